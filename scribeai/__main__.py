@@ -1,0 +1,5 @@
+import sys
+
+from scribeai.cli import main
+
+sys.exit(main())

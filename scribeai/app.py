@@ -1,0 +1,89 @@
+"""create_app(settings): the only place the parts are wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp_cors
+import socketio
+from aiohttp import web
+
+from scribeai import rest
+from scribeai.auth import Authenticator, load_secret
+from scribeai.db import Database
+from scribeai.idempotency import ChunkIngest
+from scribeai.monitor import ProcessMonitor
+from scribeai.realtime import Realtime
+from scribeai.services import Services, services_key
+from scribeai.sessions import SessionService
+from scribeai.settings import Settings
+from scribeai.storage import ChunkStore
+
+log = logging.getLogger(__name__)
+REST_BODY_LIMIT = 1024 * 1024
+
+
+def create_app(settings: Settings, *, db_schema: str | None = None) -> web.Application:
+    """A fresh server: its own Socket.IO server, database engine and workers (nothing module-level)."""
+    app = web.Application(client_max_size=REST_BODY_LIMIT, middlewares=[rest.errors_middleware, rest.auth_middleware])
+    origins = settings.cors_origin_list
+    sio = socketio.AsyncServer(
+        async_mode="aiohttp",
+        cors_allowed_origins="*" if origins == ["*"] else origins,
+        cors_credentials=True,
+        max_http_buffer_size=settings.engineio_max_message_bytes,
+        ping_interval=settings.ping_interval,
+        ping_timeout=settings.ping_timeout,
+        client_manager=socketio.AsyncRedisManager(settings.redis_url) if settings.redis_url else None,
+        logger=False,
+        engineio_logger=False,
+    )
+    sio.attach(app)
+    db = Database(settings.effective_database_url, schema=db_schema)
+    store = ChunkStore(settings.storage_dir)
+    auth = Authenticator(load_secret(settings.secret, settings.data_dir), settings.auth)
+    sessions = SessionService(db)
+    ingest = ChunkIngest(db, store, transcribe=settings.transcriber != "none")
+    monitor = ProcessMonitor(settings.memory_budget_bytes)
+    realtime = Realtime(sio, settings, auth, ingest, sessions, monitor)
+    realtime.register()
+    app[services_key] = Services(settings, db, store, auth, sessions, ingest, monitor, sio, realtime)
+    app.add_routes(rest.routes)
+    _setup_cors(app, origins)
+    app.cleanup_ctx.append(_database)
+    app.on_shutdown.append(_graceful_stop)
+    return app
+
+
+def _setup_cors(app: web.Application, origins: list[str]) -> None:
+    # python-socketio answers CORS on /socket.io/ itself; aiohttp-cors covers only the REST routes.
+    options = aiohttp_cors.ResourceOptions(allow_credentials=True, expose_headers="*", allow_headers="*", allow_methods="*")
+    cors = aiohttp_cors.setup(app, defaults={origin: options for origin in origins})
+    for route in list(app.router.routes()):
+        if not route.resource or route.resource.canonical.startswith("/socket.io"):
+            continue
+        cors.add(route)
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    services = app[services_key]
+    if services.settings.auth == "none":
+        log.warning("SCRIBEAI_AUTH=none: every connection is user 'anonymous' with no token")
+    services.settings.storage_dir.mkdir(parents=True, exist_ok=True)
+    await services.db.create_all()
+    removed = await asyncio.to_thread(services.store.sweep_temporaries)
+    if removed:
+        log.info("removed %d temporary chunk files left by a crash", removed)
+    yield
+    await services.db.dispose()
+
+
+async def _graceful_stop(app: web.Application) -> None:
+    """Refuse new chunks, let in-flight ones finish and ack, then disconnect every client."""
+    services = app[services_key]
+    drained = await services.realtime.drain(services.settings.shutdown_timeout)
+    if not drained:
+        log.warning("shutdown: chunks still in flight after %.1fs", services.settings.shutdown_timeout)
+    await services.realtime.disconnect_all()

@@ -1,0 +1,106 @@
+"""Tokens (JWT HS256) and the identity of a connection or request."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections.abc import Mapping
+from http.cookies import CookieError, SimpleCookie
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import jwt
+
+from scribeai.errors import Unauthorized
+
+log = logging.getLogger(__name__)
+ANONYMOUS = "anonymous"
+COOKIE_NAME = "scribeai_token"
+_USER_ID_MAX = 256
+
+
+def load_secret(secret: str, data_dir: Path) -> str:
+    """The configured secret, or one generated once into DATA_DIR/secret.key and reused after."""
+    if secret:
+        return secret
+    path = Path(data_dir) / "secret.key"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it first
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+        f.flush()
+        os.fsync(f.fileno())
+    log.info("generated a new token secret in %s", path)
+    return value
+
+
+def create_token(secret: str, user_id: str, ttl_s: int | None = None) -> str:
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": user_id, "iat": now}
+    if ttl_s:
+        claims["exp"] = now + ttl_s
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+class Authenticator:
+    """Turns a token into a user id; with auth 'none' everyone is `anonymous`."""
+
+    def __init__(self, secret: str, mode: str = "jwt") -> None:
+        if mode not in ("jwt", "none"):
+            raise ValueError(f"SCRIBEAI_AUTH must be 'jwt' or 'none', not {mode!r}")
+        self.secret = secret
+        self.disabled = mode == "none"
+
+    def __repr__(self) -> str:
+        return f"Authenticator(disabled={self.disabled})"
+
+    def user_of(self, token: str | None) -> str:
+        if self.disabled:
+            return ANONYMOUS
+        if not token:
+            raise Unauthorized("a token is required (auth.token, ?token=, Authorization: Bearer, or cookie)")
+        try:
+            claims = jwt.decode(token, self.secret, algorithms=["HS256"], options={"require": ["sub"]})
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthorized("token expired") from exc
+        except jwt.InvalidTokenError as exc:
+            raise Unauthorized(f"invalid token: {exc}") from exc
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not 0 < len(sub) <= _USER_ID_MAX:
+            raise Unauthorized("token has no valid sub")
+        return sub
+
+
+def token_from_handshake(auth: Any, query_string: str, headers: Mapping[str, str]) -> str | None:
+    """Token from `auth.token`, `?token=`, `Authorization: Bearer`, or the `scribeai_token` cookie, in that order."""
+    if isinstance(auth, dict) and isinstance(auth.get("token"), str) and auth["token"]:
+        return str(auth["token"])
+    values = parse_qs(query_string or "").get("token")
+    if values and values[0]:
+        return values[0]
+    return token_from_headers(headers)
+
+
+def token_from_headers(headers: Mapping[str, str]) -> str | None:
+    authorization = headers.get("Authorization") or headers.get("authorization") or ""
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    cookie_header = headers.get("Cookie") or headers.get("cookie")
+    if cookie_header:
+        try:
+            cookie = SimpleCookie(cookie_header)
+        except CookieError:
+            return None
+        if COOKIE_NAME in cookie and cookie[COOKIE_NAME].value:
+            return cookie[COOKIE_NAME].value
+    return None

@@ -1,0 +1,143 @@
+"""SQLModel tables: recording sessions, their chunks (which double as transcription jobs), segments."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, DateTime, Index, Text, UniqueConstraint
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out, also on SQLite, which stores no offset."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime: store UTC-aware datetimes")
+        return value.astimezone(timezone.utc) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
+
+
+def _when(nullable: bool = True, index: bool = False) -> Any:
+    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable, index=index))
+
+
+class SessionStatus:
+    RECORDING = "recording"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+
+
+class Tier:
+    HOT = "hot"
+    WARM = "warm"
+    COLD = "cold"
+
+
+class ChunkStatus:
+    PENDING = "pending"          # stored, waiting for a transcription worker
+    TRANSCRIBING = "transcribing"  # claimed by a worker until lease_until
+    DONE = "done"
+    FAILED = "failed"            # retries exhausted; `error` says why
+    STORED = "stored"            # TRANSCRIBER=none: kept, never transcribed
+
+    UNFINISHED = (PENDING, TRANSCRIBING)
+
+
+class RecordingSession(SQLModel, table=True):
+    __tablename__ = "recording_session"
+    __table_args__ = (Index("ix_session_user_created", "user_id", "created_at", "id"),)
+
+    id: str = Field(primary_key=True, max_length=128)
+    user_id: str = Field(max_length=256)
+    title: str | None = Field(default=None, max_length=512)
+    source: str | None = Field(default=None, max_length=64)
+    status: str = Field(default=SessionStatus.RECORDING, max_length=16, index=True)
+    tier: str = Field(default=Tier.HOT, max_length=8, index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    started_at: datetime | None = _when()
+    stopped_at: datetime | None = _when()
+    paused_at: datetime | None = _when()
+    completed_at: datetime | None = _when()
+    last_activity_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False, index=True))
+    archive_path: str | None = Field(default=None, max_length=1024)
+    archive_sha256: str | None = Field(default=None, max_length=64)
+    archive_bytes: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    archived_at: datetime | None = _when()
+    cold_at: datetime | None = _when()
+
+
+class Chunk(SQLModel, table=True):
+    __tablename__ = "chunk"
+    __table_args__ = (
+        UniqueConstraint("session_id", "seq", name="uq_chunk_session_seq"),
+        Index("ix_chunk_queue", "status", "next_attempt_at"),
+    )
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    session_id: str = Field(foreign_key="recording_session.id", max_length=128)
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    timestamp_ms: float = 0.0
+    size: int = Field(sa_column=Column(BigInteger, nullable=False))
+    sha256: str = Field(max_length=64)
+    mime_type: str = Field(max_length=128)
+    path: str = Field(max_length=1024)  # relative to STORAGE_DIR
+    has_header: bool = True
+    duration_ms: int | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    status: str = Field(default=ChunkStatus.PENDING, max_length=16)
+    attempts: int = 0
+    next_attempt_at: datetime | None = _when()
+    claimed_by: str | None = Field(default=None, max_length=128)
+    lease_until: datetime | None = _when()
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    transcribed_at: datetime | None = _when()
+    deleted_at: datetime | None = _when()  # raw file removed by retention (inside a verified archive)
+
+
+class TranscriptSegment(SQLModel, table=True):
+    __tablename__ = "transcript_segment"
+    __table_args__ = (UniqueConstraint("session_id", "seq", name="uq_segment_session_seq"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    session_id: str = Field(foreign_key="recording_session.id", max_length=128)
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    chunk_id: str = Field(max_length=32)
+    start_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    end_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    speaker: str | None = Field(default=None, max_length=64)
+    confidence: float | None = None
+    is_final: bool = True
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+
+    def wire(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "sessionId": self.session_id,
+            "seq": self.seq,
+            "startMs": self.start_ms,
+            "endMs": self.end_ms,
+            "text": self.text,
+            "speaker": self.speaker,
+            "confidence": self.confidence,
+            "isFinal": self.is_final,
+        }

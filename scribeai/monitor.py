@@ -1,0 +1,37 @@
+"""Process resource readings (RSS, CPU), sampled at most every `interval_s` since psutil calls are not free."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import psutil
+
+
+@dataclass(frozen=True)
+class ProcessSample:
+    rss_bytes: int
+    cpu_percent: float
+    memory_fraction: float  # rss over the memory budget
+    at: float
+
+
+class ProcessMonitor:
+    def __init__(self, budget_bytes: int = 0, interval_s: float = 0.5) -> None:
+        self._process = psutil.Process()
+        self._process.cpu_percent(None)  # primes the CPU counter
+        self.budget_bytes = budget_bytes or psutil.virtual_memory().total
+        self.interval_s = interval_s
+        self._last: ProcessSample | None = None
+        self.peak_rss_bytes = 0
+
+    def __repr__(self) -> str:
+        return f"ProcessMonitor(budget={self.budget_bytes}, peak_rss={self.peak_rss_bytes})"
+
+    def sample(self) -> ProcessSample:
+        now = time.monotonic()
+        if self._last is None or now - self._last.at >= self.interval_s:
+            rss = self._process.memory_info().rss
+            self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
+            self._last = ProcessSample(rss, self._process.cpu_percent(None), rss / self.budget_bytes, now)
+        return self._last

@@ -1,0 +1,355 @@
+"""Socket.IO edge: thin handlers registered identically on "/" and "/record"."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import socketio
+
+from scribeai import protocol
+from scribeai.auth import Authenticator, token_from_handshake
+from scribeai.backpressure import LOW_WATERMARK, BackpressureState, Decision, Limits, Reading
+from scribeai.errors import Forbidden, InvalidInput, Overloaded, ScribeError, Unauthorized, Unavailable, error_body
+from scribeai.idempotency import ChunkIngest
+from scribeai.models import SessionStatus
+from scribeai.monitor import ProcessMonitor
+from scribeai.sessions import SessionService
+from scribeai.settings import Settings
+
+log = logging.getLogger(__name__)
+NAMESPACES = ("/", "/record")
+Handler = Callable[..., Awaitable[Any]]
+
+
+@dataclass
+class Connection:
+    sid: str
+    namespace: str
+    user_id: str
+    eio_sid: str
+    backpressure: BackpressureState
+    pending: set[str] = field(default_factory=set)  # chunk ids stored here, not yet transcribed
+    in_flight: int = 0                               # chunks received, not yet answered
+    slowed: bool = False
+
+    def __repr__(self) -> str:
+        return f"Connection({self.namespace}{self.sid}, user={self.user_id!r}, pending={len(self.pending)}, {self.backpressure.state})"
+
+
+@dataclass
+class LoadFeeds:
+    """What backpressure reads from the transcription side; defaults describe an idle server."""
+
+    latency_ms: Callable[[], float] = lambda: 0.0
+    backlog: Callable[[], int] = lambda: 0
+
+
+class Realtime:
+    """Per-connection state and the event handlers; the core work lives in ChunkIngest and SessionService."""
+
+    def __init__(self, sio: socketio.AsyncServer, settings: Settings, auth: Authenticator, ingest: ChunkIngest,
+                 sessions: SessionService, monitor: ProcessMonitor, feeds: LoadFeeds | None = None) -> None:
+        self.sio = sio
+        self.settings = settings
+        self.auth = auth
+        self.ingest = ingest
+        self.sessions = sessions
+        self.monitor = monitor
+        self.feeds = feeds or LoadFeeds()
+        self.limits = Limits(settings.max_queue_size, settings.memory_threshold, settings.max_socket_buffer,
+                             settings.max_processing_latency_ms)
+        self.connections: dict[tuple[str, str], Connection] = {}
+        self._pending_owner: dict[str, Connection] = {}
+        self.accepting = True
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._in_flight_total = 0
+        self.replay_segments: Callable[[str, int | None], Awaitable[list[dict[str, Any]]]] | None = None
+        self.on_stopped: Callable[[str], Awaitable[None]] | None = None
+        self.counters: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return f"Realtime(connections={len(self.connections)}, in_flight={self._in_flight_total})"
+
+    def register(self) -> None:
+        events: dict[str, tuple[Handler, str]] = {
+            "audio-chunk": (self.on_audio_chunk, "chunk-error"),
+            "audioChunk": (self.on_audio_chunk, "chunk-error"),
+            "joinSession": (self.on_join_session, "session-error"),
+            "stopSession": (self.on_stop_session, "session-error"),
+            "start-session": (self.on_start_session, "session-error"),
+            "pause-session": (self.on_pause_session, "session-error"),
+            "resume-session": (self.on_resume_session, "session-error"),
+            "stop-session": (self.on_stop_session_original, "session-error"),
+            "join": (self.on_join_room, "session-error"),
+            "leave": (self.on_leave_room, "session-error"),
+        }
+        for namespace in NAMESPACES:
+            self.sio.on("connect", self._connect_handler(namespace), namespace=namespace)
+            self.sio.on("disconnect", self._disconnect_handler(namespace), namespace=namespace)
+            for event, (fn, error_event) in events.items():
+                self.sio.on(event, self._wrap(namespace, event, fn, error_event), namespace=namespace)
+
+    # -- connection lifecycle -------------------------------------------------
+
+    def _connect_handler(self, namespace: str) -> Handler:
+        async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+            if not self.accepting:
+                raise socketio.exceptions.ConnectionRefusedError(
+                    "server is shutting down", {"code": "unavailable", "message": "server is shutting down"})
+            request = environ.get("aiohttp.request")
+            headers = dict(request.headers) if request is not None else {}
+            token = token_from_handshake(auth, environ.get("QUERY_STRING", ""), headers)
+            try:
+                user_id = self.auth.user_of(token)
+            except Unauthorized as exc:
+                log.info("refused connection %s on %s: %s", sid, namespace, exc.message)
+                raise socketio.exceptions.ConnectionRefusedError(
+                    exc.message, {"code": exc.code, "message": exc.message}) from None
+            eio_sid = self.sio.manager.eio_sid_from_sid(sid, namespace) or ""
+            self.connections[(namespace, sid)] = Connection(sid, namespace, user_id, eio_sid, BackpressureState(self.limits))
+            self._count("connections_opened")
+            log.info("connected %s on %s as %s", sid, namespace, user_id)
+        return connect
+
+    def _disconnect_handler(self, namespace: str) -> Handler:
+        async def disconnect(sid: str, reason: Any = None) -> None:
+            conn = self.connections.pop((namespace, sid), None)
+            if conn is not None:
+                for chunk_id in conn.pending:
+                    self._pending_owner.pop(chunk_id, None)
+            log.info("disconnected %s on %s (%s)", sid, namespace, reason)
+        return disconnect
+
+    def _wrap(self, namespace: str, event: str, fn: Handler, error_event: str) -> Handler:
+        """Every path answers: the reply goes to the ack callback and, for errors, out as an event too."""
+        async def handle(sid: str, *args: Any) -> Any:
+            conn = self.connections.get((namespace, sid))
+            if conn is None:
+                return {"error": {"code": "unauthorized", "message": "not connected"}}
+            context = protocol.context_of(args[0] if args else None)
+            try:
+                return await fn(conn, *args)
+            except ScribeError as exc:
+                body = error_body(exc, **context)
+            except Exception:
+                log.exception("%s from %s failed", event, sid)
+                body = error_body(ScribeError("internal error; the chunk was not stored"), **context)
+            self._count(f"{error_event}:{body['code']}")
+            await self.sio.emit(error_event, body, to=sid, namespace=namespace)
+            return {"error": body}
+        return handle
+
+    # -- audio ----------------------------------------------------------------
+
+    async def on_audio_chunk(self, conn: Connection, *args: Any) -> dict[str, Any]:
+        self._begin()
+        conn.in_flight += 1
+        try:
+            return await self._store(conn, args)
+        finally:
+            conn.in_flight -= 1
+            self._end()
+
+    async def _store(self, conn: Connection, args: tuple[Any, ...]) -> dict[str, Any]:
+        if not self.accepting:
+            raise Unavailable("server is shutting down; resend after reconnecting")
+        chunk = protocol.parse_chunk(args, max_bytes=self.settings.max_chunk_bytes, now_ms=time.time() * 1000)
+        if chunk.user_id is not None and chunk.user_id != conn.user_id:
+            raise Forbidden("userId does not match the token's user")
+        decision = await self._assess(conn)
+        if not decision.admit:
+            raise Overloaded(f"server over its hard limit ({decision.reason}); resend later",
+                             retry_after_ms=decision.retry_after_ms or 1000)
+        await self.sessions.ensure(chunk.session_id, conn.user_id)
+        result = await self.ingest.store_chunk(chunk)
+        if not result.duplicate and result.chunk.status == "pending":
+            conn.pending.add(result.chunk.id)
+            self._pending_owner[result.chunk.id] = conn
+        self._count("chunks_duplicate" if result.duplicate else "chunks_stored")
+        decision = await self._assess(conn)
+        ack: dict[str, Any] = {
+            "sessionId": chunk.session_id,
+            "sequence": chunk.seq,
+            "timestamp": chunk.timestamp_ms,
+            "chunkId": result.chunk.id,
+            "duplicate": result.duplicate,
+            "canAccept": decision.can_accept,
+        }
+        if not result.duplicate:
+            ack["credits"] = decision.credits
+        await self.sio.emit("chunk-ack", ack, to=conn.sid, namespace=conn.namespace)
+        return ack
+
+    def reading(self, conn: Connection) -> Reading:
+        return Reading(
+            queue_size=len(conn.pending) + max(conn.in_flight - 1, 0),
+            memory_fraction=self.monitor.sample().memory_fraction,
+            socket_buffer_bytes=self._socket_buffer_bytes(conn),
+            latency_ms=self.feeds.latency_ms(),
+        )
+
+    async def _assess(self, conn: Connection) -> Decision:
+        """Update the connection's state; tell the client once per transition, and slowDown per episode."""
+        decision = conn.backpressure.update(self.reading(conn))
+        if decision.changed:
+            self._count(f"backpressure:{decision.state}")
+            await self.sio.emit("backpressure", decision.wire(), to=conn.sid, namespace=conn.namespace)
+        backlog = self.feeds.backlog()
+        if backlog > self.settings.global_queue_limit and not conn.slowed:
+            conn.slowed = True
+            await self.sio.emit("slowDown", {"message": f"transcription backlog of {backlog} chunks; slow down"},
+                                to=conn.sid, namespace=conn.namespace)
+        elif backlog <= self.settings.global_queue_limit * LOW_WATERMARK:
+            conn.slowed = False
+        return decision
+
+    def _socket_buffer_bytes(self, conn: Connection) -> int:
+        # engineio keeps outgoing packets in a private asyncio.Queue; sum what they hold.
+        try:
+            queue = self.sio.eio.sockets[conn.eio_sid].queue
+            return sum(len(p.data) for p in list(queue._queue) if isinstance(getattr(p, "data", None), (str, bytes)))
+        except (KeyError, AttributeError):
+            return 0
+
+    async def chunk_transcribed(self, chunk_id: str) -> None:
+        """Called by the transcription side: the chunk left this connection's queue; maybe resume it."""
+        conn = self._pending_owner.pop(chunk_id, None)
+        if conn is None:
+            return
+        conn.pending.discard(chunk_id)
+        if conn.backpressure.state != "ok" and (conn.namespace, conn.sid) in self.connections:
+            await self._assess(conn)
+
+    # -- sessions -------------------------------------------------------------
+
+    async def on_join_session(self, conn: Connection, payload: Any = None) -> dict[str, Any]:
+        body = protocol.parse_object(payload, "joinSession")
+        session_id = protocol.parse_session_id(body.get("sessionId"))
+        last_seq = protocol.parse_optional_seq(body, "lastSeq")
+        await self.sessions.ensure(session_id, conn.user_id)
+        await self.sio.enter_room(conn.sid, protocol.room_of(session_id), namespace=conn.namespace)
+        reply = (await self.sessions.gap_summary(session_id)).wire()
+        await self.sio.emit("session-joined", reply, to=conn.sid, namespace=conn.namespace)
+        if self.replay_segments is not None:
+            segments = await self.replay_segments(session_id, last_seq)
+            asyncio.get_running_loop().create_task(self._replay(conn, segments))
+        return reply
+
+    async def _replay(self, conn: Connection, segments: list[dict[str, Any]]) -> None:
+        await asyncio.sleep(0)  # let the join reply go out first
+        for segment in segments:
+            await self.sio.emit("transcriptSegment", segment, to=conn.sid, namespace=conn.namespace)
+
+    async def on_stop_session(self, conn: Connection, payload: Any = None) -> dict[str, Any]:
+        body = protocol.parse_object(payload, "stopSession")
+        session_id = protocol.parse_session_id(body.get("sessionId"))
+        last_seq = protocol.parse_optional_seq(body, "lastSeq")
+        await self.sessions.check_access(session_id, conn.user_id)
+        reply = await self.sessions.stop(session_id, last_seq)
+        await self.sio.emit("session-stopped", reply, to=conn.sid, namespace=conn.namespace)
+        if self.on_stopped is not None:
+            await self.on_stopped(session_id)
+        return reply
+
+    async def on_stop_session_original(self, conn: Connection, payload: Any = None) -> dict[str, Any]:
+        return await self.on_stop_session(conn, payload)
+
+    async def on_start_session(self, conn: Connection, payload: Any = None) -> dict[str, Any]:
+        body = protocol.parse_object(payload, "start-session")
+        session_id = protocol.parse_session_id(body.get("sessionId"))
+        self._check_user_field(conn, body)
+        title, source = _optional_text(body, "title", 512), _optional_text(body, "source", 64)
+        await self.sessions.ensure(session_id, conn.user_id, title=title, source=source)
+        await self.sio.enter_room(conn.sid, protocol.room_of(session_id), namespace=conn.namespace)
+        row = await self.sessions.get_owned(session_id, conn.user_id)
+        status = row.status
+        if status == SessionStatus.PAUSED:
+            await self.sessions.set_status(session_id, SessionStatus.RECORDING)
+            status = SessionStatus.RECORDING
+        started_at = row.started_at or row.created_at
+        reply = {"sessionId": session_id, "status": status, "startedAt": started_at.isoformat()}
+        await self.sio.emit("session-started", reply, to=conn.sid, namespace=conn.namespace)
+        return reply
+
+    async def on_pause_session(self, conn: Connection, payload: Any = None) -> dict[str, Any]:
+        return await self._transition(conn, payload, "pause-session", SessionStatus.PAUSED, "session-paused", "pausedAt")
+
+    async def on_resume_session(self, conn: Connection, payload: Any = None) -> dict[str, Any]:
+        return await self._transition(conn, payload, "resume-session", SessionStatus.RECORDING, "session-resumed", "resumedAt")
+
+    async def _transition(self, conn: Connection, payload: Any, event: str, status: str, answer: str, at_field: str) -> dict[str, Any]:
+        body = protocol.parse_object(payload, event)
+        session_id = protocol.parse_session_id(body.get("sessionId"))
+        self._check_user_field(conn, body)
+        await self.sessions.check_access(session_id, conn.user_id)
+        at = await self.sessions.set_status(session_id, status)
+        reply = {"sessionId": session_id, "status": status, at_field: at.isoformat()}
+        await self.sio.emit(answer, reply, to=conn.sid, namespace=conn.namespace)
+        return reply
+
+    async def on_join_room(self, conn: Connection, room: Any = None) -> dict[str, Any]:
+        session_id = self._session_of_room(room)
+        await self.sessions.ensure(session_id, conn.user_id)
+        await self.sio.enter_room(conn.sid, protocol.room_of(session_id), namespace=conn.namespace)
+        return {"room": protocol.room_of(session_id), "joined": True}
+
+    async def on_leave_room(self, conn: Connection, room: Any = None) -> dict[str, Any]:
+        session_id = self._session_of_room(room)
+        await self.sio.leave_room(conn.sid, protocol.room_of(session_id), namespace=conn.namespace)
+        return {"room": protocol.room_of(session_id), "joined": False}
+
+    @staticmethod
+    def _session_of_room(room: Any) -> str:
+        if isinstance(room, dict):
+            room = room.get("room", room.get("sessionId"))
+        if not isinstance(room, str):
+            raise InvalidInput('expected a room name "session:<id>"')
+        return protocol.parse_session_id(room.removeprefix(protocol.SESSION_ROOM_PREFIX), "room")
+
+    @staticmethod
+    def _check_user_field(conn: Connection, body: dict[str, Any]) -> None:
+        user_id = body.get("userId")
+        if user_id is not None and user_id != conn.user_id:
+            raise Forbidden("userId does not match the token's user")
+
+    # -- shutdown -------------------------------------------------------------
+
+    def _begin(self) -> None:
+        self._in_flight_total += 1
+        self._idle.clear()
+
+    def _end(self) -> None:
+        self._in_flight_total -= 1
+        if self._in_flight_total == 0:
+            self._idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Refuse new chunks and connections, wait for in-flight chunks to be acked."""
+        self.accepting = False
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def disconnect_all(self) -> None:
+        for namespace, sid in list(self.connections):
+            await self.sio.disconnect(sid, namespace=namespace)
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+
+def _optional_text(body: dict[str, Any], key: str, limit: int) -> str | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > limit:
+        raise InvalidInput(f"{key} must be a string of at most {limit} characters", field=key)
+    return value

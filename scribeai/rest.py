@@ -1,0 +1,223 @@
+"""aiohttp routes: thin handlers over SessionService; one JSON error shape everywhere."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import and_, func, or_, select
+
+from scribeai import protocol
+from scribeai.auth import token_from_headers
+from scribeai.errors import InvalidInput, ScribeError, http_error_body
+from scribeai.models import Chunk, RecordingSession, TranscriptSegment
+from scribeai.services import Services, services_key
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+user_key = web.RequestKey("user_id", str)
+MAX_PAGE = 200
+SESSION_STATUSES = ("recording", "paused", "stopped")
+PUBLIC_PATHS = ("/healthz", "/metrics", "/api/openapi.json")
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Every error leaves as {error: {code, message}} with its HTTP status."""
+    try:
+        return await handler(request)
+    except ScribeError as exc:
+        return web.json_response(http_error_body(exc.code, exc.message), status=exc.http_status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http_error")
+        response = web.json_response(http_error_body(code, exc.reason), status=exc.status)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return web.json_response(http_error_body("internal", "internal server error"), status=500)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    if request.path.startswith("/api/") and request.path not in PUBLIC_PATHS and request.method != "OPTIONS":
+        services = request.app[services_key]
+        request[user_key] = services.auth.user_of(token_from_headers(request.headers))
+    return await handler(request)
+
+
+def _services(request: web.Request) -> Services:
+    return request.app[services_key]
+
+
+def _session_id(request: web.Request) -> str:
+    return protocol.parse_session_id(request.match_info["session_id"], "id")
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput("request body is not valid JSON") from exc
+    return protocol.parse_object(body, "request body")
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/api/sessions")
+async def list_sessions(request: web.Request) -> web.Response:
+    limit = _int_param(request, "limit", 50, 1, MAX_PAGE)
+    status = request.query.get("status")
+    if status is not None and status not in SESSION_STATUSES:
+        raise InvalidInput(f"status must be one of {', '.join(SESSION_STATUSES)}")
+    cursor = _decode_cursor(request.query.get("cursor"))
+    query = select(RecordingSession).where(RecordingSession.user_id == request[user_key])
+    if status:
+        query = query.where(RecordingSession.status == status)
+    if cursor is not None:
+        created, sid = cursor
+        query = query.where(or_(RecordingSession.created_at < created,
+                                and_(RecordingSession.created_at == created, RecordingSession.id < sid)))
+    query = query.order_by(RecordingSession.created_at.desc(), RecordingSession.id.desc()).limit(limit + 1)  # type: ignore[attr-defined]
+    async with _services(request).db.read() as s:
+        rows = list((await s.execute(query)).scalars())
+        page = rows[:limit]
+        counts = await _chunk_counts(s, [r.id for r in page])
+    items = [_session_wire(r, counts.get(r.id, (0, 0, 0))) for r in page]
+    next_cursor = _encode_cursor(page[-1]) if len(rows) > limit else None
+    return web.json_response({"sessions": items, "nextCursor": next_cursor})
+
+
+@routes.post("/api/sessions")
+async def create_session(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    services = _services(request)
+    session_id = protocol.parse_session_id(body["id"], "id") if body.get("id") is not None else services.new_session_id()
+    title = body.get("title")
+    if title is not None and (not isinstance(title, str) or len(title) > 512):
+        raise InvalidInput("title must be a string of at most 512 characters", field="title")
+    await services.sessions.ensure(session_id, request[user_key], title=title)
+    return web.json_response(await _session_view(services, session_id, request[user_key]), status=201)
+
+
+@routes.get("/api/sessions/{session_id}")
+async def get_session(request: web.Request) -> web.Response:
+    return web.json_response(await _session_view(_services(request), _session_id(request), request[user_key]))
+
+
+@routes.get("/api/sessions/{session_id}/missing-chunks")
+async def missing_chunks(request: web.Request) -> web.Response:
+    services, session_id = _services(request), _session_id(request)
+    await services.sessions.get_owned(session_id, request[user_key])
+    last_seq = _int_param(request, "lastSeq", None, 0, protocol.MAX_SEQUENCE)
+    summary = await services.sessions.gap_summary(session_id, last_seq)
+    return web.json_response({"missing": summary.missing, "maxSeq": summary.max_seq, "totalChunks": summary.total_chunks})
+
+
+@routes.post("/api/sessions/{session_id}/stop")
+async def stop_session(request: web.Request) -> web.Response:
+    services, session_id = _services(request), _session_id(request)
+    await services.sessions.get_owned(session_id, request[user_key])
+    body = await _json_body(request)
+    reply = await services.sessions.stop(session_id, protocol.parse_optional_seq(body, "lastSeq"))
+    if services.realtime.on_stopped is not None:
+        await services.realtime.on_stopped(session_id)
+    return web.json_response(reply)
+
+
+@routes.get("/api/sessions/{session_id}/transcript")
+async def transcript(request: web.Request) -> web.Response:
+    services, session_id = _services(request), _session_id(request)
+    session = await services.sessions.get_owned(session_id, request[user_key])
+    async with services.db.read() as s:
+        segments = list((await s.execute(
+            select(TranscriptSegment).where(TranscriptSegment.session_id == session_id).order_by(TranscriptSegment.seq)  # type: ignore[arg-type]
+        )).scalars())
+    return web.json_response({"sessionId": session_id, "status": session.status, "segments": [g.wire() for g in segments]})
+
+
+async def _session_view(services: Services, session_id: str, user_id: str) -> dict[str, Any]:
+    row = await services.sessions.get_owned(session_id, user_id)
+    async with services.db.read() as s:
+        counts = await _chunk_counts(s, [session_id])
+        by_status = dict((await s.execute(
+            select(Chunk.status, func.count()).where(Chunk.session_id == session_id).group_by(Chunk.status)
+        )).all())
+    view = _session_wire(row, counts.get(session_id, (0, 0, 0)))
+    view["chunksByStatus"] = {str(k): int(v) for k, v in by_status.items()}
+    return view
+
+
+async def _chunk_counts(s: Any, session_ids: list[str]) -> dict[str, tuple[int, int, int]]:
+    """(chunks, bytes, duration ms) per session, in one grouped query."""
+    if not session_ids:
+        return {}
+    rows = await s.execute(
+        select(Chunk.session_id, func.count(), func.coalesce(func.sum(Chunk.size), 0), func.coalesce(func.sum(Chunk.duration_ms), 0))
+        .where(Chunk.session_id.in_(session_ids)).group_by(Chunk.session_id)  # type: ignore[attr-defined]
+    )
+    return {sid: (int(n), int(b), int(d)) for sid, n, b, d in rows.all()}
+
+
+def _session_wire(row: RecordingSession, counts: tuple[int, int, int]) -> dict[str, Any]:
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+    return {
+        "id": row.id,
+        "title": row.title,
+        "status": row.status,
+        "tier": row.tier,
+        "createdAt": iso(row.created_at),
+        "startedAt": iso(row.started_at),
+        "stoppedAt": iso(row.stopped_at),
+        "lastActivityAt": iso(row.last_activity_at),
+        "totalChunks": counts[0],
+        "bytes": counts[1],
+        "durationMs": counts[2],
+        "archive": {"path": row.archive_path, "sha256": row.archive_sha256, "bytes": row.archive_bytes,
+                    "archivedAt": iso(row.archived_at)} if row.archive_path else None,
+    }
+
+
+def _int_param(request: web.Request, name: str, default: Any, low: int, high: int) -> Any:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise InvalidInput(f"{name} must be an integer") from exc
+    if not low <= value <= high:
+        raise InvalidInput(f"{name} must be between {low} and {high}")
+    return value
+
+
+def _encode_cursor(row: RecordingSession) -> str:
+    raw = f"{row.created_at.isoformat()}|{row.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(value: str | None) -> tuple[datetime, str] | None:
+    if not value:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+        created, session_id = raw.split("|", 1)
+        return datetime.fromisoformat(created), protocol.parse_session_id(session_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError, ScribeError) as exc:
+        raise InvalidInput("cursor is not valid") from exc
+

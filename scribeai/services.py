@@ -1,0 +1,42 @@
+"""The running server's parts, built once per app by `create_app` and reached through one AppKey."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import socketio
+from aiohttp import web
+
+from scribeai.auth import Authenticator
+from scribeai.db import Database
+from scribeai.idempotency import ChunkIngest
+from scribeai.monitor import ProcessMonitor
+from scribeai.sessions import SessionService
+from scribeai.settings import Settings
+from scribeai.storage import ChunkStore
+
+if TYPE_CHECKING:
+    from scribeai.realtime import Realtime
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    store: ChunkStore
+    auth: Authenticator
+    sessions: SessionService
+    ingest: ChunkIngest
+    monitor: ProcessMonitor
+    sio: socketio.AsyncServer
+    realtime: Realtime
+    pipeline: Any = None  # transcription.Pipeline when an engine is configured
+
+    @staticmethod
+    def new_session_id() -> str:
+        return uuid.uuid4().hex
+
+
+services_key = web.AppKey("services", Services)

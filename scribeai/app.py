@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator
 
 import aiohttp_cors
@@ -20,6 +21,8 @@ from scribeai.services import Services, services_key
 from scribeai.sessions import SessionService
 from scribeai.settings import Settings
 from scribeai.storage import ChunkStore
+from scribeai.transcription.engines import create_engine
+from scribeai.transcription.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 REST_BODY_LIMIT = 1024 * 1024
@@ -47,12 +50,19 @@ def create_app(settings: Settings, *, db_schema: str | None = None) -> web.Appli
     sessions = SessionService(db)
     ingest = ChunkIngest(db, store, transcribe=settings.transcriber != "none")
     monitor = ProcessMonitor(settings.memory_budget_bytes)
-    realtime = Realtime(sio, settings, auth, ingest, sessions, monitor)
+    engine = create_engine(settings.transcriber, whisper_model=settings.whisper_model, whisper_threads=settings.whisper_threads,
+                           workers=settings.max_concurrency, openai_base_url=settings.openai_base_url,
+                           openai_api_key=settings.openai_api_key, transcribe_model=settings.transcribe_model)
+    pipeline = Pipeline(db, store, engine, sio, node_id=settings.node_id or socket.gethostname(),
+                        workers=settings.max_concurrency if settings.transcriber != "none" else 0,
+                        chunk_duration_ms=settings.chunk_duration_ms, retry_base_s=settings.transcribe_retry_base_s)
+    realtime = Realtime(sio, settings, auth, ingest, sessions, monitor, pipeline)
     realtime.register()
-    app[services_key] = Services(settings, db, store, auth, sessions, ingest, monitor, sio, realtime)
+    pipeline.on_transcribed = realtime.chunk_transcribed
+    app[services_key] = Services(settings, db, store, auth, sessions, ingest, monitor, sio, pipeline, realtime)
     app.add_routes(rest.routes)
     _setup_cors(app, origins)
-    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.extend([_database, _transcription])
     app.on_shutdown.append(_graceful_stop)
     return app
 
@@ -78,6 +88,13 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         log.info("removed %d temporary chunk files left by a crash", removed)
     yield
     await services.db.dispose()
+
+
+async def _transcription(app: web.Application) -> AsyncIterator[None]:
+    pipeline = app[services_key].pipeline
+    await pipeline.start()
+    yield
+    await pipeline.stop()
 
 
 async def _graceful_stop(app: web.Application) -> None:

@@ -16,6 +16,7 @@ from scribeai.errors import Conflict
 from scribeai.models import Chunk, ChunkStatus, RecordingSession, utcnow
 from scribeai.protocol import IncomingChunk
 from scribeai.storage import ChunkStore
+from scribeai.transcription import media
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +51,14 @@ class KeyedLocks:
                 self._locks[key] = (lock, users - 1)
 
 
-def has_container_header(audio: bytes, mime_type: str) -> bool:
-    """False for a MediaRecorder timeslice continuation: a WebM/Ogg chunk without its stream header."""
-    base = mime_type.split(";")[0].strip().lower()
-    if base == "audio/webm":
-        return audio[:4] == b"\x1a\x45\xdf\xa3"
-    if base == "audio/ogg":
-        return audio[:4] == b"OggS" and (b"OpusHead" in audio[:512] or b"\x01vorbis" in audio[:512])
-    return True
+def needs_session_header(audio: bytes, mime_type: str) -> bool:
+    """True for a MediaRecorder timeslice continuation: WebM clusters or Ogg pages without the stream header.
+
+    Anything else is decoded as it is (and fails with a reason if it is not audio), so a job never
+    waits for a header that garbage would never get.
+    """
+    container = media.detect_container(audio)
+    return container in ("webm", "ogg") and not media.has_container_header(audio, container)
 
 
 class ChunkIngest:
@@ -99,7 +100,7 @@ class ChunkIngest:
         row = Chunk(
             session_id=chunk.session_id, seq=chunk.seq, timestamp_ms=chunk.timestamp_ms, size=len(chunk.audio),
             sha256=chunk.sha256, mime_type=chunk.mime_type, path=relative, duration_ms=chunk.duration_ms,
-            has_header=has_container_header(chunk.audio, chunk.mime_type), created_at=now,
+            has_header=not needs_session_header(chunk.audio, chunk.mime_type), created_at=now,
             status=self.initial_status, next_attempt_at=now,
         )
         async with self.db.write() as s:

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import socketio
 
@@ -16,7 +16,7 @@ from scribeai.auth import Authenticator, token_from_handshake
 from scribeai.backpressure import LOW_WATERMARK, BackpressureState, Decision, Limits, Reading
 from scribeai.errors import Forbidden, InvalidInput, Overloaded, ScribeError, Unauthorized, Unavailable, error_body
 from scribeai.idempotency import ChunkIngest
-from scribeai.models import SessionStatus
+from scribeai.models import ChunkStatus, SessionStatus
 from scribeai.monitor import ProcessMonitor
 from scribeai.sessions import SessionService
 from scribeai.settings import Settings
@@ -41,26 +41,29 @@ class Connection:
         return f"Connection({self.namespace}{self.sid}, user={self.user_id!r}, pending={len(self.pending)}, {self.backpressure.state})"
 
 
-@dataclass
-class LoadFeeds:
-    """What backpressure reads from the transcription side; defaults describe an idle server."""
+class TranscriptionSide(Protocol):
+    """What the edge needs from the transcription pipeline."""
 
-    latency_ms: Callable[[], float] = lambda: 0.0
-    backlog: Callable[[], int] = lambda: 0
+    backlog: int
+
+    def notify(self) -> None: ...
+    def recent_latency_ms(self) -> float: ...
+    async def segments_after(self, session_id: str, last_seq: int | None) -> list[dict[str, Any]]: ...
+    async def check_completed(self, session_id: str) -> None: ...
 
 
 class Realtime:
     """Per-connection state and the event handlers; the core work lives in ChunkIngest and SessionService."""
 
     def __init__(self, sio: socketio.AsyncServer, settings: Settings, auth: Authenticator, ingest: ChunkIngest,
-                 sessions: SessionService, monitor: ProcessMonitor, feeds: LoadFeeds | None = None) -> None:
+                 sessions: SessionService, monitor: ProcessMonitor, pipeline: TranscriptionSide) -> None:
         self.sio = sio
         self.settings = settings
         self.auth = auth
         self.ingest = ingest
         self.sessions = sessions
         self.monitor = monitor
-        self.feeds = feeds or LoadFeeds()
+        self.pipeline = pipeline
         self.limits = Limits(settings.max_queue_size, settings.memory_threshold, settings.max_socket_buffer,
                              settings.max_processing_latency_ms)
         self.connections: dict[tuple[str, str], Connection] = {}
@@ -69,8 +72,6 @@ class Realtime:
         self._idle = asyncio.Event()
         self._idle.set()
         self._in_flight_total = 0
-        self.replay_segments: Callable[[str, int | None], Awaitable[list[dict[str, Any]]]] | None = None
-        self.on_stopped: Callable[[str], Awaitable[None]] | None = None
         self.counters: dict[str, int] = {}
 
     def __repr__(self) -> str:
@@ -168,9 +169,10 @@ class Realtime:
                              retry_after_ms=decision.retry_after_ms or 1000)
         await self.sessions.ensure(chunk.session_id, conn.user_id)
         result = await self.ingest.store_chunk(chunk)
-        if not result.duplicate and result.chunk.status == "pending":
+        if not result.duplicate and result.chunk.status == ChunkStatus.PENDING:
             conn.pending.add(result.chunk.id)
             self._pending_owner[result.chunk.id] = conn
+            self.pipeline.notify()
         self._count("chunks_duplicate" if result.duplicate else "chunks_stored")
         decision = await self._assess(conn)
         ack: dict[str, Any] = {
@@ -191,7 +193,7 @@ class Realtime:
             queue_size=len(conn.pending) + max(conn.in_flight - 1, 0),
             memory_fraction=self.monitor.sample().memory_fraction,
             socket_buffer_bytes=self._socket_buffer_bytes(conn),
-            latency_ms=self.feeds.latency_ms(),
+            latency_ms=self.pipeline.recent_latency_ms(),
         )
 
     async def _assess(self, conn: Connection) -> Decision:
@@ -200,7 +202,7 @@ class Realtime:
         if decision.changed:
             self._count(f"backpressure:{decision.state}")
             await self.sio.emit("backpressure", decision.wire(), to=conn.sid, namespace=conn.namespace)
-        backlog = self.feeds.backlog()
+        backlog = self.pipeline.backlog
         if backlog > self.settings.global_queue_limit and not conn.slowed:
             conn.slowed = True
             await self.sio.emit("slowDown", {"message": f"transcription backlog of {backlog} chunks; slow down"},
@@ -236,8 +238,8 @@ class Realtime:
         await self.sio.enter_room(conn.sid, protocol.room_of(session_id), namespace=conn.namespace)
         reply = (await self.sessions.gap_summary(session_id)).wire()
         await self.sio.emit("session-joined", reply, to=conn.sid, namespace=conn.namespace)
-        if self.replay_segments is not None:
-            segments = await self.replay_segments(session_id, last_seq)
+        segments = await self.pipeline.segments_after(session_id, last_seq)
+        if segments:
             asyncio.get_running_loop().create_task(self._replay(conn, segments))
         return reply
 
@@ -253,8 +255,7 @@ class Realtime:
         await self.sessions.check_access(session_id, conn.user_id)
         reply = await self.sessions.stop(session_id, last_seq)
         await self.sio.emit("session-stopped", reply, to=conn.sid, namespace=conn.namespace)
-        if self.on_stopped is not None:
-            await self.on_stopped(session_id)
+        await self.pipeline.check_completed(session_id)
         return reply
 
     async def on_stop_session_original(self, conn: Connection, payload: Any = None) -> dict[str, Any]:

@@ -134,8 +134,7 @@ async def stop_session(request: web.Request) -> web.Response:
     await services.sessions.get_owned(session_id, request[user_key])
     body = await _json_body(request)
     reply = await services.sessions.stop(session_id, protocol.parse_optional_seq(body, "lastSeq"))
-    if services.realtime.on_stopped is not None:
-        await services.realtime.on_stopped(session_id)
+    await services.pipeline.check_completed(session_id)
     return web.json_response(reply)
 
 

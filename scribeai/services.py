@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import socketio
 from aiohttp import web
@@ -19,6 +19,7 @@ from scribeai.storage import ChunkStore
 
 if TYPE_CHECKING:
     from scribeai.realtime import Realtime
+    from scribeai.transcription.pipeline import Pipeline
 
 
 @dataclass
@@ -31,8 +32,8 @@ class Services:
     ingest: ChunkIngest
     monitor: ProcessMonitor
     sio: socketio.AsyncServer
+    pipeline: Pipeline
     realtime: Realtime
-    pipeline: Any = None  # transcription.Pipeline when an engine is configured
 
     @staticmethod
     def new_session_id() -> str:

@@ -80,6 +80,7 @@ class RunningServer:
     url: str
     app: web.Application
     settings: Settings
+    schema: str | None = None
 
     @property
     def services(self) -> Services:
@@ -95,10 +96,14 @@ async def start_server(base_settings: Settings, backend: str) -> AsyncIterator[S
     servers: list[TestServer] = []
     schemas: list[str] = []
 
-    async def start(**overrides: Any) -> RunningServer:
+    async def start(same_database_as: RunningServer | None = None, **overrides: Any) -> RunningServer:
+        """A server; `same_database_as` shares another one's database (a restart, or a second node)."""
         settings = dataclasses.replace(base_settings, **overrides)
         schema = None
-        if backend == "postgres" and not overrides.get("database_url"):
+        if same_database_as is not None:
+            schema = same_database_as.schema
+            settings = dataclasses.replace(settings, database_url=same_database_as.settings.database_url)
+        elif backend == "postgres" and not overrides.get("database_url"):
             schema = f"t_{uuid.uuid4().hex[:12]}"
             schemas.append(schema)
             settings = dataclasses.replace(settings, database_url=POSTGRES_URL)
@@ -106,7 +111,7 @@ async def start_server(base_settings: Settings, backend: str) -> AsyncIterator[S
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()
         servers.append(server)
-        return RunningServer(str(server.make_url("")).rstrip("/"), app, settings)
+        return RunningServer(str(server.make_url("")).rstrip("/"), app, settings, schema)
 
     yield start
     for server in servers:

@@ -1,0 +1,258 @@
+"""Transcription workers: claim a job, decode behind the session header, transcribe, store, push live."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import socketio
+from sqlalchemy import func, select, update
+
+from scribeai.db import Database
+from scribeai.models import Chunk, ChunkStatus, RecordingSession, SessionStatus, TranscriptSegment, utcnow
+from scribeai.protocol import room_of
+from scribeai.storage import ChunkStore
+from scribeai.transcription import media
+from scribeai.transcription.engines import Engine, Transcription, TranscriptionFailed
+from scribeai.transcription.queue import JobQueue
+
+log = logging.getLogger(__name__)
+NAMESPACES = ("/", "/record")
+HEADER_WAIT_S = 2.0
+HEADER_GIVE_UP_S = 600.0
+IDLE_POLL_S = 1.0
+BACKLOG_REFRESH_S = 1.0
+
+
+class Pipeline:
+    """`workers` tasks over one JobQueue; `drain()` waits until nothing is left (tests, burst runs)."""
+
+    def __init__(self, db: Database, store: ChunkStore, engine: Engine, sio: socketio.AsyncServer | None, *,
+                 node_id: str, workers: int, chunk_duration_ms: int, retry_base_s: float = 1.0) -> None:
+        self.db = db
+        self.store = store
+        self.engine = engine
+        self.sio = sio
+        self.queue = JobQueue(db, node_id, retry_base_s=retry_base_s)
+        self.workers = workers
+        self.chunk_duration_ms = chunk_duration_ms
+        self.on_transcribed: Callable[[str], Awaitable[None]] | None = None
+        self.completed = 0
+        self.failed = 0
+        self.retried = 0
+        self.in_flight = 0
+        self.backlog = 0
+        self.audio_ms = 0
+        self.busy_s = 0.0
+        self._latencies: deque[float] = deque(maxlen=8)
+        self._headers: OrderedDict[str, bytes] = OrderedDict()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def __repr__(self) -> str:
+        return (f"Pipeline({self.engine.name}, workers={self.workers}, backlog={self.backlog}, in_flight={self.in_flight}, "
+                f"completed={self.completed}, failed={self.failed})")
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        recovered = await self.queue.recover()
+        if recovered:
+            log.info("requeued %d transcription jobs this node held before it stopped", recovered)
+        self.backlog = await self.queue.backlog()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._work(i), name=f"transcriber-{i}") for i in range(self.workers)]
+        self._tasks.append(loop.create_task(self._refresh_backlog(), name="transcription-backlog"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        await self.engine.close()
+
+    def notify(self) -> None:
+        """A job was queued: wake an idle worker now rather than at its next poll."""
+        self.backlog += 1
+        self._wake.set()
+
+    async def drain(self, timeout: float = 60.0) -> None:
+        """Wait until no job is pending or running (failed ones count as finished)."""
+        deadline = time.monotonic() + timeout
+        while await self.queue.backlog() > 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"transcription queue not drained after {timeout}s: {self!r}")
+            await asyncio.sleep(0.05)
+
+    def recent_latency_ms(self) -> float:
+        return max(self._latencies, default=0.0)
+
+    def real_time_factor(self) -> float:
+        """Seconds of audio transcribed per second of worker time."""
+        return (self.audio_ms / 1000) / self.busy_s if self.busy_s else 0.0
+
+    # -- the worker loop ------------------------------------------------------
+
+    async def _work(self, index: int) -> None:
+        while True:
+            try:
+                job = await self.queue.claim()
+            except Exception:
+                log.exception("claiming a transcription job failed")
+                await asyncio.sleep(IDLE_POLL_S)
+                continue
+            if job is None:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
+                except TimeoutError:
+                    pass
+                continue
+            self.in_flight += 1
+            try:
+                await self._process(job)
+            except Exception:
+                log.exception("transcription of %s/%s crashed", job.session_id, job.seq)
+                await self._record_failure(job, "internal error (see server log)")
+            finally:
+                self.in_flight -= 1
+
+    async def _refresh_backlog(self) -> None:
+        while True:
+            await asyncio.sleep(BACKLOG_REFRESH_S)
+            try:
+                self.backlog = await self.queue.backlog()
+            except Exception:
+                log.exception("counting the transcription backlog failed")
+
+    async def _process(self, job: Chunk) -> None:
+        started = time.monotonic()
+        data = await asyncio.to_thread(self.store.read, job.path)
+        header = None if job.has_header else await self._session_header(job)
+        if header is None and not job.has_header:
+            if (utcnow() - job.created_at).total_seconds() > HEADER_GIVE_UP_S:
+                await self._record_failure(job, "headerless chunk and the session's first chunk never arrived")
+            else:
+                await self.queue.defer(job, HEADER_WAIT_S, "waiting for the session's first chunk (container header)")
+            return
+        try:
+            prepared = await asyncio.to_thread(media.prepare, data, job.mime_type, header)
+            result = await self.engine.transcribe(prepared, job.mime_type)
+        except (TranscriptionFailed, media.UndecodableAudio, media.MissingHeader) as exc:
+            await self._record_failure(job, getattr(exc, "reason", str(exc)))
+            return
+        elapsed = time.monotonic() - started
+        segment = await self._segment(job, result)
+        if await self.queue.complete(job, segment, result.duration_ms):
+            await self._publish(segment, job)
+        self.completed += 1
+        self.busy_s += elapsed
+        self.audio_ms += result.duration_ms or 0
+        self._latencies.append(elapsed * 1000)
+        self.backlog = max(self.backlog - 1, 0)
+        if self.on_transcribed is not None:
+            await self.on_transcribed(job.id)
+        await self.check_completed(job.session_id)
+
+    async def _record_failure(self, job: Chunk, reason: str) -> None:
+        failure = await self.queue.fail(job, reason)
+        if failure.final:
+            self.failed += 1
+            self.backlog = max(self.backlog - 1, 0)
+            log.warning("transcription of %s/%s failed for good after %d attempts: %s",
+                        job.session_id, job.seq, failure.attempts, reason, extra={"sessionId": job.session_id, "seq": job.seq})
+            if self.on_transcribed is not None:
+                await self.on_transcribed(job.id)
+            await self.check_completed(job.session_id)
+        else:
+            self.retried += 1
+            log.info("transcription of %s/%s failed (attempt %d), retry in %.0fs: %s",
+                     job.session_id, job.seq, failure.attempts, failure.retry_in_s or 0, reason)
+
+    # -- session header and timing ---------------------------------------------
+
+    async def _session_header(self, job: Chunk) -> bytes | None:
+        """The container header from the session's first chunk; None until that chunk is stored."""
+        if job.session_id in self._headers:
+            return self._headers[job.session_id]
+        async with self.db.read() as s:
+            first = (await s.execute(
+                select(Chunk).where(Chunk.session_id == job.session_id, Chunk.has_header.is_(True))  # type: ignore[attr-defined]
+                .order_by(Chunk.seq).limit(1)  # type: ignore[arg-type]
+            )).scalars().first()
+        if first is None or first.seq > job.seq:
+            return None
+        data = await asyncio.to_thread(self.store.read, first.path)
+        container = media.detect_container(data)
+        try:
+            header = await asyncio.to_thread(media.extract_header, data, container)
+        except ValueError:
+            return None
+        self._headers[job.session_id] = header
+        while len(self._headers) > 256:
+            self._headers.popitem(last=False)
+        return header
+
+    async def _segment(self, job: Chunk, result: Transcription) -> TranscriptSegment:
+        """Offsets from the session start: from the chunk timestamps, else from earlier chunks' durations."""
+        async with self.db.read() as s:
+            first_ts, known_ms, known_count = (await s.execute(
+                select(
+                    select(Chunk.timestamp_ms).where(Chunk.session_id == job.session_id).order_by(Chunk.seq).limit(1).scalar_subquery(),  # type: ignore[arg-type]
+                    func.coalesce(func.sum(Chunk.duration_ms), 0),
+                    func.count(Chunk.duration_ms),
+                ).where(Chunk.session_id == job.session_id, Chunk.seq < job.seq)
+            )).one()
+        duration = result.duration_ms or job.duration_ms or self.chunk_duration_ms
+        if first_ts is not None and job.timestamp_ms > first_ts:
+            start = int(job.timestamp_ms - first_ts)
+        else:  # no usable timestamps: earlier chunks' measured lengths, the default for unknown ones
+            start = int(known_ms) + (job.seq - int(known_count)) * self.chunk_duration_ms
+        return TranscriptSegment(
+            session_id=job.session_id, seq=job.seq, chunk_id=job.id, start_ms=start, end_ms=start + duration,
+            text=result.text.strip(), speaker=None, confidence=result.confidence, is_final=True,
+        )
+
+    # -- pushing results ---------------------------------------------------------
+
+    async def _publish(self, segment: TranscriptSegment, job: Chunk) -> None:
+        if self.sio is None:
+            return
+        updated = {"sessionId": segment.session_id, "sequence": segment.seq, "text": segment.text,
+                   "speaker": segment.speaker, "chunkId": job.id, "timestamp": job.timestamp_ms}
+        for namespace in NAMESPACES:
+            await self.sio.emit("transcriptSegment", segment.wire(), room=room_of(segment.session_id), namespace=namespace)
+            await self.sio.emit("transcript-updated", updated, room=room_of(segment.session_id), namespace=namespace)
+
+    async def check_completed(self, session_id: str) -> None:
+        """Once a stopped session has no unfinished chunk, say session-completed (once)."""
+        async with self.db.read() as s:
+            session = await s.get(RecordingSession, session_id)
+            if session is None or session.status != SessionStatus.STOPPED or session.completed_at is not None:
+                return
+            unfinished = (await s.execute(
+                select(func.count()).select_from(Chunk)
+                .where(Chunk.session_id == session_id, Chunk.status.in_(ChunkStatus.UNFINISHED))  # type: ignore[attr-defined]
+            )).scalar_one()
+        if unfinished:
+            return
+        async with self.db.write() as s:
+            claimed = await s.execute(
+                update(RecordingSession).where(RecordingSession.id == session_id, RecordingSession.completed_at.is_(None))  # type: ignore[union-attr]
+                .values(completed_at=utcnow())
+            )
+        if claimed.rowcount and self.sio is not None:
+            for namespace in NAMESPACES:
+                await self.sio.emit("session-completed", {"sessionId": session_id}, room=room_of(session_id), namespace=namespace)
+
+    async def segments_after(self, session_id: str, last_seq: int | None) -> list[dict[str, Any]]:
+        query = select(TranscriptSegment).where(TranscriptSegment.session_id == session_id)
+        if last_seq is not None:
+            query = query.where(TranscriptSegment.seq > last_seq)
+        async with self.db.read() as s:
+            rows = (await s.execute(query.order_by(TranscriptSegment.seq))).scalars()  # type: ignore[arg-type]
+            return [row.wire() for row in rows]

@@ -1,0 +1,123 @@
+"""The durable job queue is the chunk table: a stored chunk is a pending job until its segment exists."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from scribeai.db import Database
+from scribeai.models import Chunk, ChunkStatus, TranscriptSegment, utcnow
+
+def retry_delays(base_s: float = 1.0) -> tuple[float, ...]:
+    """1 s, 4 s, 16 s by default: after the 1st, 2nd and 3rd failure; the 4th is final."""
+    return (base_s, base_s * 4, base_s * 16)
+
+
+@dataclass(frozen=True)
+class Failure:
+    final: bool
+    attempts: int
+    retry_in_s: float | None
+
+
+class JobQueue:
+    """Claim, complete, retry and recover transcription jobs; safe with several processes on PostgreSQL."""
+
+    def __init__(self, db: Database, node_id: str, lease_s: float = 120.0, retry_base_s: float = 1.0) -> None:
+        self.db = db
+        self.retry_delays = retry_delays(retry_base_s)
+        self.node_id = node_id
+        self.lease_s = lease_s
+
+    def __repr__(self) -> str:
+        return f"JobQueue(node={self.node_id!r}, lease={self.lease_s}s)"
+
+    async def claim(self) -> Chunk | None:
+        """Take the oldest due pending job, or a job whose worker's lease ran out."""
+        now = utcnow()
+        due = or_(
+            and_(Chunk.status == ChunkStatus.PENDING, or_(Chunk.next_attempt_at.is_(None), Chunk.next_attempt_at <= now)),  # type: ignore[union-attr,operator]
+            and_(Chunk.status == ChunkStatus.TRANSCRIBING, Chunk.lease_until < now),  # type: ignore[operator]
+        )
+        pick = select(Chunk.id).where(due).order_by(Chunk.next_attempt_at, Chunk.created_at).limit(1)  # type: ignore[arg-type]
+        if not self.db.is_sqlite:
+            pick = pick.with_for_update(skip_locked=True)  # several workers on several nodes never share a job
+        statement = (
+            update(Chunk)
+            .where(Chunk.id == pick.scalar_subquery())
+            .values(status=ChunkStatus.TRANSCRIBING, claimed_by=self.node_id, lease_until=now + timedelta(seconds=self.lease_s))
+            .returning(Chunk)
+        )
+        async with self.db.write() as s:
+            row = (await s.execute(statement)).scalars().first()
+        return row
+
+    async def complete(self, chunk: Chunk, segment: TranscriptSegment, duration_ms: int | None) -> bool:
+        """Store the segment and mark the job done, in one transaction; False if it was done already."""
+        insert = sqlite.insert if self.db.is_sqlite else postgresql.insert
+        values = {c.name: getattr(segment, c.name) for c in TranscriptSegment.__table__.columns}  # type: ignore[attr-defined]
+        async with self.db.write() as s:
+            inserted = await s.execute(insert(TranscriptSegment).values(**values).on_conflict_do_nothing(index_elements=["session_id", "seq"]))
+            await s.execute(
+                update(Chunk).where(Chunk.id == chunk.id).values(
+                    status=ChunkStatus.DONE, transcribed_at=utcnow(), claimed_by=None, lease_until=None, error=None,
+                    duration_ms=duration_ms if duration_ms is not None else chunk.duration_ms,
+                )
+            )
+        return bool(inserted.rowcount)
+
+    async def fail(self, chunk: Chunk, reason: str) -> Failure:
+        attempts = chunk.attempts + 1
+        final = attempts > len(self.retry_delays)
+        retry_in = None if final else self.retry_delays[attempts - 1]
+        async with self.db.write() as s:
+            await s.execute(
+                update(Chunk).where(Chunk.id == chunk.id).values(
+                    status=ChunkStatus.FAILED if final else ChunkStatus.PENDING,
+                    attempts=attempts, error=reason[:2000], claimed_by=None, lease_until=None,
+                    next_attempt_at=None if final else utcnow() + timedelta(seconds=retry_in or 0),
+                )
+            )
+        return Failure(final, attempts, retry_in)
+
+    async def defer(self, chunk: Chunk, seconds: float, reason: str) -> None:
+        """Put a job back without counting an attempt (it waits for something, e.g. the session's header)."""
+        async with self.db.write() as s:
+            await s.execute(
+                update(Chunk).where(Chunk.id == chunk.id).values(
+                    status=ChunkStatus.PENDING, claimed_by=None, lease_until=None, error=reason,
+                    next_attempt_at=utcnow() + timedelta(seconds=seconds),
+                )
+            )
+
+    async def recover(self) -> int:
+        """At start: jobs this node held when it died go back to the queue."""
+        async with self.db.write() as s:
+            result = await s.execute(
+                update(Chunk).where(Chunk.status == ChunkStatus.TRANSCRIBING, Chunk.claimed_by == self.node_id)
+                .values(status=ChunkStatus.PENDING, claimed_by=None, lease_until=None, next_attempt_at=utcnow())
+            )
+        return int(result.rowcount or 0)
+
+    async def retry_failed(self, session_id: str | None = None) -> int:
+        query = update(Chunk).where(Chunk.status == ChunkStatus.FAILED)
+        if session_id is not None:
+            query = query.where(Chunk.session_id == session_id)
+        async with self.db.write() as s:
+            result = await s.execute(query.values(status=ChunkStatus.PENDING, attempts=0, next_attempt_at=utcnow()))
+        return int(result.rowcount or 0)
+
+    async def backlog(self) -> int:
+        async with self.db.read() as s:
+            return int((await s.execute(
+                select(func.count()).select_from(Chunk).where(Chunk.status.in_(ChunkStatus.UNFINISHED))  # type: ignore[attr-defined]
+            )).scalar_one())
+
+    async def next_due(self) -> datetime | None:
+        async with self.db.read() as s:
+            return (await s.execute(
+                select(func.min(Chunk.next_attempt_at)).where(Chunk.status == ChunkStatus.PENDING)
+            )).scalar_one_or_none()

@@ -1,0 +1,206 @@
+"""The transcription pipeline end to end: real speech through whisper, the durable queue, live segments."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import socketio
+from sqlalchemy import func, select
+
+from scribeai.models import Chunk, TranscriptSegment
+from tests.conftest import RunningServer, ServerFactory, chunk
+from tests.fake_openai import FakeTranscriptionAPI
+
+FIXTURES = Path(__file__).parent / "fixtures" / "audio"
+MANIFEST: dict[str, Any] = json.loads((FIXTURES / "manifest.json").read_text())
+TIMESLICES = sorted(name for name in MANIFEST if name.startswith("timeslice_"))
+
+
+def audio(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def words(text: str) -> set[str]:
+    return set(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split())
+
+
+async def collect(client: socketio.AsyncSimpleClient, event: str, count: int, timeout: float = 60) -> list[Any]:
+    found: list[Any] = []
+    while len(found) < count:
+        name, *args = await client.receive(timeout=timeout)
+        if name == event:
+            found.append(args[0])
+    return found
+
+
+@pytest.fixture
+async def fake_api() -> AsyncIterator[FakeTranscriptionAPI]:
+    api = FakeTranscriptionAPI()
+    yield api
+    await api.close()
+
+
+async def test_whisper_pushes_each_chunk_as_a_segment_with_its_words(start_server: ServerFactory, connect: Any) -> None:
+    server = await start_server(transcriber="whisper", max_concurrency=2)
+    recorder = await connect(server.url)
+    viewer = await connect(server.url, namespace="/record")
+    await viewer.call("joinSession", {"sessionId": "live"}, timeout=5)
+    names = ["speech_fox.webm", "speech_stella.webm", "speech_train.webm"]
+    for seq, name in enumerate(names):
+        ack = await recorder.call("audio-chunk", chunk("live", seq, audio(name), mimeType=MANIFEST[name]["mime_type"],
+                                                      timestamp=1_000_000 + seq * 5000), timeout=5)
+        assert ack["duplicate"] is False
+    segments = sorted(await collect(viewer, "transcriptSegment", 3), key=lambda s: s["seq"])
+    assert [s["seq"] for s in segments] == [0, 1, 2]
+    for segment, name in zip(segments, names, strict=True):
+        assert set(MANIFEST[name]["keywords"]) <= words(segment["text"]), (name, segment["text"])
+        assert segment["sessionId"] == "live" and segment["isFinal"] is True
+        assert 0 < segment["confidence"] <= 1
+    assert [s["startMs"] for s in segments] == [0, 5000, 10000]
+    assert [s["endMs"] - s["startMs"] for s in segments] == [pytest.approx(MANIFEST[n]["duration_ms"], abs=100) for n in names]
+
+
+async def test_other_containers_and_undecodable_audio(start_server: ServerFactory, connect: Any) -> None:
+    server = await start_server(transcriber="whisper", max_concurrency=1, transcribe_retry_base_s=0.01)
+    client = await connect(server.url)
+    await client.call("audio-chunk", chunk("mixed", 0, audio("speech_welcome.ogg"), mimeType="audio/ogg"), timeout=5)
+    await client.call("audio-chunk", chunk("mixed", 1, audio("speech_hello.wav"), mimeType="audio/wav"), timeout=5)
+    await client.call("audio-chunk", chunk("mixed", 2, b"\x00not audio at all" * 50, mimeType="audio/mpeg"), timeout=5)
+    await server.services.pipeline.drain(timeout=90)
+    async with server.services.db.read() as s:
+        rows = {c.seq: c for c in (await s.execute(select(Chunk).where(Chunk.session_id == "mixed"))).scalars()}
+        texts = {g.seq: g.text for g in (await s.execute(select(TranscriptSegment))).scalars()}
+    assert set(MANIFEST["speech_welcome.ogg"]["keywords"]) <= words(texts[0])
+    assert set(MANIFEST["speech_hello.wav"]["keywords"]) <= words(texts[1])
+    assert (rows[2].status, rows[2].attempts) == ("failed", 4)
+    assert rows[2].error
+    assert 2 not in texts
+
+
+async def test_timeslice_chunks_decode_behind_the_session_header(start_server: ServerFactory, connect: Any) -> None:
+    """Headerless continuations that arrive before chunk 0 wait for it, then decode behind its header."""
+    server = await start_server(transcriber="whisper", max_concurrency=2)
+    client = await connect(server.url)
+    await client.call("joinSession", {"sessionId": "slices"}, timeout=5)
+    for name in reversed(TIMESLICES):
+        info = MANIFEST[name]
+        ack = await client.call("audio-chunk", chunk("slices", info["order"], audio(name), timestamp=info["start_ms"]), timeout=5)
+        assert ack["duplicate"] is False
+    segments = sorted(await collect(client, "transcriptSegment", 4, timeout=90), key=lambda s: s["seq"])
+    for segment, name in zip(segments, TIMESLICES, strict=True):
+        assert set(MANIFEST[name]["keywords"]) <= words(segment["text"]), (name, segment["text"])
+        assert segment["startMs"] == MANIFEST[name]["start_ms"]
+
+
+async def test_replay_after_last_seq_in_order(start_server: ServerFactory, connect: Any, fake_api: FakeTranscriptionAPI) -> None:
+    server = await start_server(transcriber="openai", openai_base_url=await fake_api.start(), openai_api_key="k")
+    client = await connect(server.url)
+    sent = [f"chunk {i}".encode() * 40 for i in range(5)]
+    for seq, data in enumerate(sent):
+        await client.call("audio-chunk", chunk("replay", seq, data, mimeType="audio/wav"), timeout=5)
+    await server.services.pipeline.drain()
+    late = await connect(server.url, namespace="/record")
+    joined = await late.call("joinSession", {"sessionId": "replay", "lastSeq": 2}, timeout=5)
+    assert (joined["maxSeq"], joined["totalChunks"], joined["missing"]) == (4, 5, [])
+    replayed = await collect(late, "transcriptSegment", 2, timeout=5)
+    assert [(s["seq"], s["text"]) for s in replayed] == [(3, fake_api.text_for(sent[3])), (4, fake_api.text_for(sent[4]))]
+    everyone = await connect(server.url)
+    await everyone.call("joinSession", {"sessionId": "replay"}, timeout=5)
+    assert [s["seq"] for s in await collect(everyone, "transcriptSegment", 5, timeout=5)] == [0, 1, 2, 3, 4]
+
+
+async def test_failures_retry_with_backoff_then_succeed(start_server: ServerFactory, connect: Any, fake_api: FakeTranscriptionAPI) -> None:
+    fake_api.fail_first = 2
+    server = await start_server(transcriber="openai", openai_base_url=await fake_api.start(), transcribe_retry_base_s=0.05)
+    client = await connect(server.url)
+    await client.call("audio-chunk", chunk("flaky", 0, b"RIFF-ish audio" * 10, mimeType="audio/wav"), timeout=5)
+    await server.services.pipeline.drain()
+    async with server.services.db.read() as s:
+        row = (await s.execute(select(Chunk).where(Chunk.session_id == "flaky"))).scalar_one()
+    assert (row.status, row.attempts, len(fake_api.requests)) == ("done", 2, 3)
+    assert server.services.pipeline.retried == 2
+
+
+async def test_restart_mid_queue_finishes_every_job_exactly_once(start_server: ServerFactory, connect: Any,
+                                                                   fake_api: FakeTranscriptionAPI) -> None:
+    fake_api.delay_s = 0.2
+    url = await fake_api.start()
+    shared = {"transcriber": "openai", "openai_base_url": url, "max_concurrency": 1, "node_id": "node-a"}
+    first = await start_server(**shared)
+    client = await connect(first.url)
+    sent = [bytes([i]) * 3000 for i in range(8)]
+    for seq, data in enumerate(sent):
+        await client.call("audio-chunk", chunk("restart", seq, data, mimeType="audio/wav"), timeout=5)
+    while first.services.pipeline.completed < 2:
+        await asyncio.sleep(0.05)
+    await client.disconnect()
+    await first.app.shutdown()
+    await first.app.cleanup()  # workers cancelled mid-job: that job stays claimed by node-a
+    second = await start_server(same_database_as=first, **shared)
+    await second.services.pipeline.drain()
+    async with second.services.db.read() as s:
+        segments = list((await s.execute(select(TranscriptSegment).where(TranscriptSegment.session_id == "restart")
+                                         .order_by(TranscriptSegment.seq))).scalars())
+        done = (await s.execute(select(func.count()).select_from(Chunk).where(Chunk.status == "done"))).scalar_one()
+    assert [g.seq for g in segments] == list(range(8))
+    assert [g.text for g in segments] == [fake_api.text_for(d) for d in sent]
+    assert done == 8
+    assert len(fake_api.requests) <= 9  # at most the one job cut off by the stop is sent twice
+
+
+async def test_slow_engine_makes_a_fast_recorder_buffer_then_resume(start_server: ServerFactory, connect: Any,
+                                                                     fake_api: FakeTranscriptionAPI) -> None:
+    fake_api.delay_s = 0.25
+    server = await start_server(transcriber="openai", openai_base_url=await fake_api.start(), max_concurrency=1, max_queue_size=4)
+    client = await connect(server.url)
+    await client.call("joinSession", {"sessionId": "fast"}, timeout=5)
+    events: list[tuple[str, Any]] = []
+    can_accept = True
+    acks = 0
+    for seq in range(12):
+        while not can_accept:  # obey: wait for backpressure {canAccept: true}
+            name, *args = await client.receive(timeout=30)
+            events.append((name, args[0] if args else None))
+            if name == "backpressure":
+                can_accept = args[0]["canAccept"]
+        ack = await client.call("audio-chunk", chunk("fast", seq, bytes([seq]) * 2000, mimeType="audio/wav"), timeout=10)
+        assert "error" not in ack, ack
+        acks += 1
+        can_accept = ack["canAccept"]
+        assert (ack["credits"] == 0) is (not ack["canAccept"])
+    await server.services.pipeline.drain()
+    while True:
+        try:
+            name, *args = await client.receive(timeout=1)
+        except socketio.exceptions.TimeoutError:
+            break
+        events.append((name, args[0] if args else None))
+    signals = [(e[1]["state"], e[1]["canAccept"]) for e in events if e[0] == "backpressure"]
+    assert signals[0] == ("buffering", False)
+    assert signals[-1] == ("ok", True)
+    assert all(a != b for a, b in zip(signals, signals[1:], strict=False))  # one signal per transition, no spam
+    assert acks == 12
+    assert len([e for e in events if e[0] == "transcriptSegment"]) == 12
+    assert server.services.realtime.connections and all(c.pending == set() for c in server.services.realtime.connections.values())
+
+
+async def test_session_completed_after_stop_once_everything_is_transcribed(start_server: ServerFactory, connect: Any,
+                                                                           fake_api: FakeTranscriptionAPI) -> None:
+    fake_api.delay_s = 0.1
+    server = await start_server(transcriber="openai", openai_base_url=await fake_api.start())
+    client = await connect(server.url)
+    await client.call("start-session", {"sessionId": "done-soon"}, timeout=5)
+    for seq in range(3):
+        await client.call("audio-chunk", chunk("done-soon", seq, bytes([seq]) * 500, mimeType="audio/wav"), timeout=5)
+    await client.call("stop-session", {"sessionId": "done-soon"}, timeout=5)
+    names: list[str] = []
+    while "session-completed" not in names:
+        names.append((await client.receive(timeout=10))[0])
+    assert names.count("transcriptSegment") == 3
+    assert names.count("transcript-updated") == 3

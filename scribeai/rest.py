@@ -149,6 +149,27 @@ async def transcript(request: web.Request) -> web.Response:
     return web.json_response({"sessionId": session_id, "status": session.status, "segments": [g.wire() for g in segments]})
 
 
+@routes.get("/api/server/stats")
+async def server_stats(request: web.Request) -> web.Response:
+    """The server's own load, for the stress script and dashboards (any authenticated user)."""
+    services = _services(request)
+    sample = services.monitor.sample()
+    pipeline = services.pipeline
+    return web.json_response({
+        "rssBytes": sample.rss_bytes,
+        "peakRssBytes": services.monitor.peak_rss_bytes,
+        "cpuPercent": sample.cpu_percent,
+        "connections": len(services.realtime.connections),
+        "transcription": {
+            "engine": pipeline.engine.name, "workers": pipeline.workers, "backlog": pipeline.backlog,
+            "inFlight": pipeline.in_flight, "completed": pipeline.completed, "failed": pipeline.failed,
+            "retried": pipeline.retried, "recentLatencyMs": round(pipeline.recent_latency_ms(), 1),
+            "realTimeFactor": round(pipeline.real_time_factor(), 3),
+        },
+        "counters": services.realtime.counters,
+    })
+
+
 async def _session_view(services: Services, session_id: str, user_id: str) -> dict[str, Any]:
     row = await services.sessions.get_owned(session_id, user_id)
     async with services.db.read() as s:

@@ -117,3 +117,17 @@ async def test_cors_preflight_for_rest(server: RunningServer) -> None:
         async with http.get(f"{server.url}/socket.io/?EIO=4&transport=polling", headers={"Origin": "http://recorder.example"}) as response:
             assert response.status == 200
             assert response.headers.getall("Access-Control-Allow-Origin") == ["http://recorder.example"]
+
+
+async def test_server_stats_reports_load(server: RunningServer, connect: Any) -> None:
+    client = await connect(server.url)
+    await client.call("audio-chunk", chunk("stats", 0, AUDIO), timeout=5)
+    await client.call("audio-chunk", chunk("stats", 0, AUDIO), timeout=5)
+    status, stats = await request("GET", f"{server.url}/api/server/stats")
+    assert status == 200
+    assert stats["rssBytes"] > 10_000_000
+    assert stats["connections"] == 1
+    assert stats["counters"]["chunks_stored"] == 1
+    assert stats["counters"]["chunks_duplicate"] == 1
+    assert stats["transcription"]["engine"] == "none"
+    assert (await request("GET", f"{server.url}/api/server/stats", user=None))[0] == 401

@@ -41,7 +41,7 @@ class Settings:
     max_concurrency: int = _setting(3, "MAX_CONCURRENCY", "Transcription workers in this process; each whisper worker gets cores/workers threads.")
     transcriber: str = _setting("whisper", "TRANSCRIBER", "Engine: whisper, openai or none.")
     whisper_model: str = _setting("", "WHISPER_MODEL", "faster-whisper model path or size name; empty: bundled tiny.en.")
-    whisper_threads: int = _setting(0, "WHISPER_THREADS", "CPU threads per whisper worker; 0 lets CTranslate2 choose.")
+    whisper_threads: int = _setting(0, "WHISPER_THREADS", "CPU threads per whisper worker; 0 means cores / MAX_CONCURRENCY (at least 1).")
     openai_base_url: str = _setting("https://api.openai.com", "OPENAI_BASE_URL", "OpenAI-compatible endpoint for TRANSCRIBER=openai.")
     openai_api_key: str = _setting("", "OPENAI_API_KEY", "API key for TRANSCRIBER=openai.")
     transcribe_model: str = _setting("whisper-1", "TRANSCRIBE_MODEL", "Model name sent to the OpenAI-compatible endpoint.")
@@ -55,7 +55,7 @@ class Settings:
     metrics_token: str = _setting("", "METRICS_TOKEN", "When set, /metrics requires 'Authorization: Bearer <token>'.")
     log_format: str = _setting("text", "LOG_FORMAT", "'text' or 'json' (one object a line).")
     log_level: str = _setting("INFO", "LOG_LEVEL", "Python logging level.")
-    node_id: str = _setting("", "NODE_ID", "Name of this node in logs and job claims; empty: host:pid.")
+    node_id: str = _setting("", "NODE_ID", "Name of this node in logs and job claims (unique per node); empty: the host name.")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -61,6 +61,7 @@ async def run(workers: int, jobs: int, audio: bytes, mime: str, threads: int) ->
         "audio_per_wall_s": round(audio_s / wall, 2),
         "audio_per_cpu_s": round(audio_s / cpu, 2),
         "mean_latency_s": round(sum(latencies) / len(latencies), 2),
+        "load_1m": round(os.getloadavg()[0], 2),  # other processes on the machine skew the numbers
     }
 
 
@@ -77,10 +78,10 @@ def main() -> int:
     rows = [asyncio.run(run(int(w), args.jobs, audio, mime, args.threads)) for w in args.workers.split(",")]
     print(f"clip {args.clip.name}: {media.measure_duration_ms(audio)} ms, {cores} cores")
     header = ["workers", "cpu_threads", "jobs", "audio_s", "wall_s", "cpu_s", "audio_per_wall_s", "audio_per_cpu_s",
-              "mean_latency_s"]
-    print("  ".join(f"{h:>16}" for h in header))
+              "mean_latency_s", "load_1m"]
+    print("  ".join(f"{h:>{max(7, len(h))}}" for h in header))
     for row in rows:
-        print("  ".join(f"{row[h]:>16}" for h in header))
+        print("  ".join(f"{row[h]:>{max(7, len(h))}}" for h in header))
     print(json.dumps({"bench": "whisper", "clip": args.clip.name, "cores": cores, "results": rows}))
     return 0
 

@@ -39,7 +39,7 @@ def create_app(settings: Settings, *, db_schema: str | None = None) -> web.Appli
         max_http_buffer_size=settings.engineio_max_message_bytes,
         ping_interval=settings.ping_interval,
         ping_timeout=settings.ping_timeout,
-        client_manager=socketio.AsyncRedisManager(settings.redis_url) if settings.redis_url else None,
+        client_manager=socketio.AsyncRedisManager(settings.redis_url, channel=settings.redis_channel) if settings.redis_url else None,
         logger=False,
         engineio_logger=False,
     )

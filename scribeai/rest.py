@@ -138,6 +138,17 @@ async def stop_session(request: web.Request) -> web.Response:
     return web.json_response(reply)
 
 
+@routes.post("/api/sessions/{session_id}/retry-failed")
+async def retry_failed(request: web.Request) -> web.Response:
+    """Requeue this session's chunks whose transcription failed for good."""
+    services, session_id = _services(request), _session_id(request)
+    await services.sessions.get_owned(session_id, request[user_key])
+    count = await services.pipeline.queue.retry_failed(session_id)
+    if count:
+        services.pipeline.notify()
+    return web.json_response({"sessionId": session_id, "requeued": count})
+
+
 @routes.get("/api/sessions/{session_id}/transcript")
 async def transcript(request: web.Request) -> web.Response:
     services, session_id = _services(request), _session_id(request)

@@ -27,6 +27,7 @@ class Settings:
     archive_storage_path: Path = _setting(Path("./archives"), "ARCHIVE_STORAGE_PATH", "Warm tier: one verified ZIP per session.")
     database_url: str = _setting("", "DATABASE_URL", "SQLAlchemy async URL; default sqlite+aiosqlite:///<DATA_DIR>/scribeai.db.")
     redis_url: str = _setting("", "REDIS_URL", "Redis for multi-node rooms (empty: single node).")
+    redis_channel: str = _setting("scribeai", "REDIS_CHANNEL", "Pub/sub channel the nodes of one deployment share.")
     secret: str = _setting("", "SCRIBEAI_SECRET", "JWT HS256 secret; empty: generated once into DATA_DIR/secret.key.")
     auth: str = _setting("jwt", "SCRIBEAI_AUTH", "'jwt' (default) or 'none' (every connection is user 'anonymous').")
     cors_origins: str = _setting("*", "CORS_ORIGINS", "Comma-separated allowed browser origins for Socket.IO and REST, or '*'.")

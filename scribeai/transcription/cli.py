@@ -1,0 +1,33 @@
+"""`scribeai transcripts retry-failed`: put chunks whose transcription failed for good back in the queue."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+from typing import Any
+
+from scribeai.db import Database
+from scribeai.settings import Settings
+from scribeai.transcription.queue import JobQueue
+
+
+def register(sub: Any) -> None:
+    transcripts = sub.add_parser("transcripts", help="transcription jobs").add_subparsers(dest="transcripts_command", required=True)
+    retry = transcripts.add_parser("retry-failed", help="requeue failed transcriptions (a running server picks them up)")
+    retry.add_argument("--session", default=None, help="only this session")
+    retry.set_defaults(func=_retry_failed, overrides=())
+
+
+def _retry_failed(args: argparse.Namespace, settings: Settings) -> int:
+    async def run() -> int:
+        db = Database(settings.effective_database_url)
+        try:
+            await db.create_all()
+            return await JobQueue(db, settings.node_id or socket.gethostname()).retry_failed(args.session)
+        finally:
+            await db.dispose()
+
+    count = asyncio.run(run())
+    print(f"requeued {count} failed chunk(s)")
+    return 0

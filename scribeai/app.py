@@ -15,6 +15,7 @@ from scribeai import rest
 from scribeai.auth import Authenticator, load_secret
 from scribeai.db import Database
 from scribeai.idempotency import ChunkIngest
+from scribeai.metrics import LiveGauges, Metrics
 from scribeai.monitor import ProcessMonitor
 from scribeai.realtime import Realtime
 from scribeai.services import Services, services_key
@@ -53,13 +54,19 @@ def create_app(settings: Settings, *, db_schema: str | None = None) -> web.Appli
     engine = create_engine(settings.transcriber, whisper_model=settings.whisper_model, whisper_threads=settings.whisper_threads,
                            workers=settings.max_concurrency, openai_base_url=settings.openai_base_url,
                            openai_api_key=settings.openai_api_key, transcribe_model=settings.transcribe_model)
-    pipeline = Pipeline(db, store, engine, sio, node_id=settings.node_id or socket.gethostname(),
+    metrics = Metrics()
+    pipeline = Pipeline(db, store, engine, sio, node_id=settings.node_id or socket.gethostname(), metrics=metrics,
                         workers=settings.max_concurrency if settings.transcriber != "none" else 0,
                         chunk_duration_ms=settings.chunk_duration_ms, retry_base_s=settings.transcribe_retry_base_s)
-    realtime = Realtime(sio, settings, auth, ingest, sessions, monitor, pipeline)
+    realtime = Realtime(sio, settings, auth, ingest, sessions, monitor, pipeline, metrics)
     realtime.register()
     pipeline.on_transcribed = realtime.chunk_transcribed
-    app[services_key] = Services(settings, db, store, auth, sessions, ingest, monitor, sio, pipeline, realtime)
+    metrics.live = LiveGauges(
+        connections=lambda: len(realtime.connections), queue_depth=lambda: pipeline.backlog,
+        in_flight=lambda: pipeline.in_flight, real_time_factor=pipeline.real_time_factor,
+        rss_bytes=lambda: monitor.sample().rss_bytes,
+    )
+    app[services_key] = Services(settings, db, store, auth, sessions, ingest, monitor, sio, pipeline, realtime, metrics)
     app.add_routes(rest.routes)
     _setup_cors(app, origins)
     app.cleanup_ctx.extend([_database, _transcription])

@@ -17,6 +17,7 @@ from scribeai.backpressure import LOW_WATERMARK, BackpressureState, Decision, Li
 from scribeai.errors import Forbidden, InvalidInput, Overloaded, ScribeError, Unauthorized, Unavailable, error_body
 from scribeai.idempotency import ChunkIngest
 from scribeai.models import ChunkStatus, SessionStatus
+from scribeai.metrics import Metrics
 from scribeai.monitor import ProcessMonitor
 from scribeai.sessions import SessionService
 from scribeai.settings import Settings
@@ -56,7 +57,7 @@ class Realtime:
     """Per-connection state and the event handlers; the core work lives in ChunkIngest and SessionService."""
 
     def __init__(self, sio: socketio.AsyncServer, settings: Settings, auth: Authenticator, ingest: ChunkIngest,
-                 sessions: SessionService, monitor: ProcessMonitor, pipeline: TranscriptionSide) -> None:
+                 sessions: SessionService, monitor: ProcessMonitor, pipeline: TranscriptionSide, metrics: Metrics) -> None:
         self.sio = sio
         self.settings = settings
         self.auth = auth
@@ -64,6 +65,7 @@ class Realtime:
         self.sessions = sessions
         self.monitor = monitor
         self.pipeline = pipeline
+        self.metrics = metrics
         self.limits = Limits(settings.max_queue_size, settings.memory_threshold, settings.max_socket_buffer,
                              settings.max_processing_latency_ms)
         self.connections: dict[tuple[str, str], Connection] = {}
@@ -109,13 +111,15 @@ class Realtime:
             try:
                 user_id = self.auth.user_of(token)
             except Unauthorized as exc:
-                log.info("refused connection %s on %s: %s", sid, namespace, exc.message)
+                log.info("refused connection %s on %s: %s", sid, namespace, exc.message, extra={"sid": sid})
+                self.metrics.refused_total.labels(exc.code).inc()
                 raise socketio.exceptions.ConnectionRefusedError(
                     exc.message, {"code": exc.code, "message": exc.message}) from None
             eio_sid = self.sio.manager.eio_sid_from_sid(sid, namespace) or ""
             self.connections[(namespace, sid)] = Connection(sid, namespace, user_id, eio_sid, BackpressureState(self.limits))
             self._count("connections_opened")
-            log.info("connected %s on %s as %s", sid, namespace, user_id)
+            self.metrics.connections_total.inc()
+            log.info("connected %s on %s as %s", sid, namespace, user_id, extra={"sid": sid, "userId": user_id})
         return connect
 
     def _disconnect_handler(self, namespace: str) -> Handler:
@@ -124,7 +128,7 @@ class Realtime:
             if conn is not None:
                 for chunk_id in conn.pending:
                     self._pending_owner.pop(chunk_id, None)
-            log.info("disconnected %s on %s (%s)", sid, namespace, reason)
+            log.info("disconnected %s on %s (%s)", sid, namespace, reason, extra={"sid": sid})
         return disconnect
 
     def _wrap(self, namespace: str, event: str, fn: Handler, error_event: str) -> Handler:
@@ -139,9 +143,13 @@ class Realtime:
             except ScribeError as exc:
                 body = error_body(exc, **context)
             except Exception:
-                log.exception("%s from %s failed", event, sid)
+                log.exception("%s from %s failed", event, sid, extra={"sid": sid, **_log_context(context)})
                 body = error_body(ScribeError("internal error; the chunk was not stored"), **context)
             self._count(f"{error_event}:{body['code']}")
+            if error_event == "chunk-error":
+                self.metrics.chunk_errors_total.labels(body["code"]).inc()
+            log.info("%s from %s answered %s: %s", event, sid, body["code"], body["message"],
+                     extra={"sid": sid, "code": body["code"], **_log_context(context)})
             await self.sio.emit(error_event, body, to=sid, namespace=namespace)
             return {"error": body}
         return handle
@@ -151,8 +159,11 @@ class Realtime:
     async def on_audio_chunk(self, conn: Connection, *args: Any) -> dict[str, Any]:
         self._begin()
         conn.in_flight += 1
+        started = time.perf_counter()
         try:
-            return await self._store(conn, args)
+            ack = await self._store(conn, args)
+            self.metrics.ack_seconds.observe(time.perf_counter() - started)
+            return ack
         finally:
             conn.in_flight -= 1
             self._end()
@@ -174,6 +185,11 @@ class Realtime:
             self._pending_owner[result.chunk.id] = conn
             self.pipeline.notify()
         self._count("chunks_duplicate" if result.duplicate else "chunks_stored")
+        self.metrics.chunks_total.labels("duplicate" if result.duplicate else "stored").inc()
+        if not result.duplicate:
+            self.metrics.chunk_bytes_total.inc(len(chunk.audio))
+        log.debug("chunk %s/%s %s", chunk.session_id, chunk.seq, "duplicate" if result.duplicate else "stored",
+                  extra={"sid": conn.sid, "sessionId": chunk.session_id, "seq": chunk.seq, "bytes": len(chunk.audio)})
         decision = await self._assess(conn)
         ack: dict[str, Any] = {
             "sessionId": chunk.session_id,
@@ -201,10 +217,14 @@ class Realtime:
         decision = conn.backpressure.update(self.reading(conn))
         if decision.changed:
             self._count(f"backpressure:{decision.state}")
+            self.metrics.backpressure_total.labels(decision.state).inc()
+            log.info("backpressure %s for %s (%s %.2f)", decision.state, conn.sid, decision.reason, decision.fill_ratio,
+                     extra={"sid": conn.sid, "state": decision.state})
             await self.sio.emit("backpressure", decision.wire(), to=conn.sid, namespace=conn.namespace)
         backlog = self.pipeline.backlog
         if backlog > self.settings.global_queue_limit and not conn.slowed:
             conn.slowed = True
+            self.metrics.slowdown_total.inc()
             await self.sio.emit("slowDown", {"message": f"transcription backlog of {backlog} chunks; slow down"},
                                 to=conn.sid, namespace=conn.namespace)
         elif backlog <= self.settings.global_queue_limit * LOW_WATERMARK:
@@ -345,6 +365,10 @@ class Realtime:
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
+
+
+def _log_context(context: dict[str, Any]) -> dict[str, Any]:
+    return {"sessionId": context.get("sessionId"), "seq": context.get("sequence")}
 
 
 def _optional_text(body: dict[str, Any], key: str, limit: int) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -15,7 +16,8 @@ from sqlalchemy import and_, func, or_, select
 
 from scribeai import protocol
 from scribeai.auth import token_from_headers
-from scribeai.errors import InvalidInput, ScribeError, http_error_body
+from scribeai.errors import InvalidInput, ScribeError, Unauthorized, http_error_body
+from scribeai.metrics import CONTENT_TYPE
 from scribeai.models import Chunk, RecordingSession, TranscriptSegment
 from scribeai.services import Services, services_key
 
@@ -76,6 +78,16 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text; behind METRICS_TOKEN when one is set."""
+    services = _services(request)
+    expected = services.settings.metrics_token
+    if expected and not hmac.compare_digest(token_from_headers(request.headers) or "", expected):
+        raise Unauthorized("/metrics needs Authorization: Bearer <METRICS_TOKEN>")
+    return web.Response(body=services.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 
 @routes.get("/api/sessions")

@@ -12,6 +12,7 @@ from aiohttp import web
 from scribeai.auth import Authenticator
 from scribeai.db import Database
 from scribeai.idempotency import ChunkIngest
+from scribeai.metrics import Metrics
 from scribeai.monitor import ProcessMonitor
 from scribeai.sessions import SessionService
 from scribeai.settings import Settings
@@ -34,6 +35,7 @@ class Services:
     sio: socketio.AsyncServer
     pipeline: Pipeline
     realtime: Realtime
+    metrics: Metrics
 
     @staticmethod
     def new_session_id() -> str:

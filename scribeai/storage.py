@@ -67,11 +67,25 @@ class ChunkStore:
         os.replace(temp, final)
         _fsync_dir(final.parent)
 
+    def publish_many(self, items: list[tuple[Path, str]]) -> None:
+        """Rename each temporary file into place, then fsync each directory once for all of them."""
+        directories: dict[Path, None] = {}
+        for temp, relative in items:
+            final = self.absolute(relative)
+            os.replace(temp, final)
+            directories[final.parent] = None
+        for directory in directories:
+            _fsync_dir(directory)
+
     def write_atomic(self, relative: str, data: bytes) -> None:
         self.publish(self.write_temp(relative, data), relative)
 
     def discard(self, temp: Path) -> None:
         temp.unlink(missing_ok=True)
+
+    def discard_many(self, temps: list[Path]) -> None:
+        for temp in temps:
+            temp.unlink(missing_ok=True)
 
     def size_of(self, relative: str) -> int | None:
         try:

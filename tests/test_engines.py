@@ -90,12 +90,25 @@ async def test_whisper_runs_off_the_event_loop(whisper: WhisperEngine) -> None:
     assert {"train", "london"} <= words(second.text)
 
 
+@pytest.mark.slow
+async def test_whisper_with_the_bundled_silero_vad_works_offline(whisper: WhisperEngine) -> None:
+    engine = WhisperEngine(whisper.model, cpu_threads=whisper.cpu_threads, vad_filter=True)
+    await engine.load()
+    result = await engine.transcribe(read("speech_stella.webm"), "audio/webm")
+    assert set(MANIFEST["speech_stella.webm"]["keywords"]) <= words(result.text), result.text
+
+
 async def test_whisper_rejects_undecodable_audio(whisper: WhisperEngine) -> None:
     with pytest.raises(TranscriptionFailed, match="undecodable audio") as info:
         await whisper.transcribe(b"definitely not audio" * 50, "audio/webm")
     assert info.value.retryable is False
     with pytest.raises(TranscriptionFailed):
         await whisper.transcribe(read(PIECES[1]), "audio/webm")  # a continuation without its header
+
+
+async def test_whisper_header_only_chunk_is_empty_text(whisper: WhisperEngine) -> None:
+    header = media.extract_header(read(PIECES[0]), "webm")
+    assert await whisper.transcribe(header, "audio/webm") == Transcription(text="", confidence=None, duration_ms=0)
 
 
 def test_create_engine_kinds_and_threads() -> None:

@@ -74,6 +74,8 @@ def test_detect_container_of_fixtures(name: str, container: str) -> None:
         (b"\xff\xf1\x50\x80\x02\x1f\xfc", "unknown"),  # ADTS AAC: layer bits 00, not MPEG audio
         (b"", "unknown"),
         (b"hello, world", "unknown"),
+        (b"\xa3\x85\x00\x00\x00", "unknown"),  # a SimpleBlock ID and size, but track number 0
+        (b"\xa3\x88\x81\x00\x00", "unknown"),  # a SimpleBlock longer than the data
     ],
 )
 def test_detect_container_by_magic(data: bytes, container: str) -> None:
@@ -200,12 +202,32 @@ def test_chunk_starting_inside_a_cluster_is_decoded_whole() -> None:
     assert piece[:4] == CLUSTER_ID and piece[12] == 0xE7  # Cluster(unknown size), Timecode ...
     mid = piece[12 + 2 + piece[13] - 0x80 :]  # ... dropped: the chunk starts at a SimpleBlock
     assert mid[0] == 0xA3
+    assert media.detect_container(mid) == "webm"
+    assert media.has_container_header(mid, "webm") is False
+    with pytest.raises(MissingHeader):
+        media.prepare(mid, "", None)
     whole = media.decode_pcm(media.prepare(piece, WEBM_MIME, session_header()))
     resumed = media.prepare(mid, WEBM_MIME, session_header())
     assert len(media.decode_pcm(resumed)) == len(whole)
     assert media.measure_duration_ms(resumed) == 4000
     inside = mid[: mid.index(CLUSTER_ID)]  # only blocks of one cluster, no Cluster element at all
     assert abs(len(media.decode_pcm(media.prepare(inside, WEBM_MIME, session_header()))) / 16 - 500) <= 10
+
+
+def test_fragmented_mp4_continuation_decodes_behind_the_init_segment() -> None:
+    """Safari records audio/mp4 as fragments: chunk 0 = ftyp + moov (+ fragments), then moof + mdat."""
+    pcm = media.decode_pcm(read("speech_stella.webm"), sample_rate=48000)
+    data = _encode_fragmented_mp4((pcm * 32767).astype(np.int16))
+    header = media.extract_header(data, "mp4")
+    assert header[4:8] == b"ftyp" and b"moov" in header and data[len(header) + 4 : len(header) + 8] == b"moof"
+    later = data[data.index(b"moof", len(header) + 8) - 4 :]  # from the second fragment on
+    assert (media.detect_container(later), media.has_container_header(later, "mp4")) == ("mp4", False)
+    with pytest.raises(UndecodableAudio):
+        media.decode_pcm(later)
+    with pytest.raises(MissingHeader):
+        media.prepare(later, "audio/mp4", None)
+    decoded_ms = len(media.decode_pcm(media.prepare(later, "audio/mp4", header))) / 16
+    assert 2500 < decoded_ms < 3500  # 4.3 s of speech minus the first 1 s fragment
 
 
 def test_decode_fixture_at_another_rate() -> None:
@@ -239,9 +261,14 @@ def test_garbage_is_undecodable(garbage: bytes) -> None:
     assert media.measure_duration_ms(garbage) is None
 
 
-def test_header_without_audio_is_undecodable() -> None:
+def test_header_alone_is_empty_audio_not_garbage() -> None:
+    """A recorder's first blob can be just the header; libavformat would not even open it."""
+    ogg_header, _ = ogg_parts()
+    for header in [session_header(), ogg_header]:
+        assert media.decode_pcm(header).shape == (0,)
+        assert media.measure_duration_ms(header) == 0
     with pytest.raises(UndecodableAudio):
-        media.decode_pcm(session_header())
+        media.decode_pcm(session_header()[:-10])  # a truncated header is not audio
 
 
 def _encode_webm(pcm: np.ndarray, cluster_ms: int) -> bytes:
@@ -250,6 +277,19 @@ def _encode_webm(pcm: np.ndarray, cluster_ms: int) -> bytes:
         stream = out.add_stream("libopus", rate=48000, layout="mono")
         for start in range(0, len(pcm), 960):
             frame = av.AudioFrame.from_ndarray(pcm[None, start : start + 960], format="s16", layout="mono")
+            frame.sample_rate, frame.pts = 48000, start
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return buf.getvalue()
+
+
+def _encode_fragmented_mp4(pcm: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    options = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "frag_duration": "1000000"}
+    with av.open(buf, "w", format="mp4", container_options=options) as out:
+        stream = out.add_stream("aac", rate=48000, layout="mono")
+        for start in range(0, len(pcm), 1024):
+            frame = av.AudioFrame.from_ndarray(pcm[None, start : start + 1024], format="s16", layout="mono")
             frame.sample_rate, frame.pts = 48000, start
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))

@@ -106,6 +106,10 @@ class WhisperEngine:
     def __repr__(self) -> str:
         return f"WhisperEngine(model={self.model!r}, cpu_threads={self.cpu_threads}, workers={self.workers})"
 
+    async def load(self) -> None:
+        """Load the model now (it is otherwise loaded by the first transcription): fail at start, not later."""
+        await asyncio.to_thread(_load_model, self.model, self.cpu_threads, self.workers)
+
     async def transcribe(self, audio: bytes, mime_type: str) -> Transcription:
         return await asyncio.to_thread(self.transcribe_sync, audio)
 
@@ -115,6 +119,8 @@ class WhisperEngine:
             pcm = media.decode_pcm(audio, sample_rate=16000)
         except media.UndecodableAudio as exc:
             raise TranscriptionFailed(f"undecodable audio: {exc.reason}") from exc
+        if len(pcm) == 0:  # a header-only chunk: nothing to say, nothing failed
+            return Transcription(text="", confidence=None, duration_ms=0)
         model = _load_model(self.model, self.cpu_threads, self.workers)
         segments, info = model.transcribe(
             pcm, beam_size=1, vad_filter=self.vad_filter, condition_on_previous_text=False

@@ -42,7 +42,7 @@ class MissingHeader(Exception):
     """A continuation chunk needs the session's container header, and none is known."""
 
 
-class UndecodableAudio(Exception):
+class UndecodableAudio(ValueError):
     """The bytes are not audio this server can decode."""
 
     def __init__(self, reason: str) -> None:
@@ -57,7 +57,7 @@ def container_for_mime(mime_type: str) -> str:
 
 def detect_container(data: bytes) -> str:
     """The container of a chunk by its magic bytes; continuation chunks are recognised too."""
-    if data[:4] in (_EBML, _CLUSTER.to_bytes(4, "big")):
+    if data[:4] in (_EBML, _CLUSTER.to_bytes(4, "big")) or _starts_with_block(data):
         return "webm"
     if data[:4] == b"OggS":
         return "ogg"
@@ -79,15 +79,15 @@ def has_container_header(data: bytes, container: str) -> bool:
         return data[:4] == b"OggS" and len(data) > 5 and bool(data[5] & 0x02)
     if container == "mp4":
         return any(box == b"moov" for box, _, _ in _mp4_boxes(data))
-    return detect_container(data) == container
+    return container != "unknown" and detect_container(data) == container  # WAV, MP3: every chunk is whole
 
 
 def extract_header(first_chunk: bytes, container: str) -> bytes:
     """The header a session's later chunks are decoded behind (WebM, Ogg and fragmented MP4)."""
     if container == "webm":
-        return _webm_header(first_chunk)
+        return _webm_header(first_chunk)[0]
     if container == "ogg":
-        return _ogg_header(first_chunk)
+        return first_chunk[: _ogg_header_end(first_chunk)]
     if container == "mp4":
         end = next((start for box, start, _ in _mp4_boxes(first_chunk) if box == b"moof"), len(first_chunk))
         return first_chunk[:end]
@@ -111,7 +111,9 @@ def prepare(chunk: bytes, mime_type: str, session_header: bytes | None) -> bytes
 
 
 def decode_pcm(data: bytes, sample_rate: int = 16000) -> NDArray[np.float32]:
-    """Decode the first audio stream to float32 mono at `sample_rate`."""
+    """Decode the first audio stream to float32 mono at `sample_rate` (empty for a header alone)."""
+    if _header_only(data):
+        return np.zeros(0, dtype=np.float32)
     resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
     pieces: list[NDArray[np.float32]] = []
     try:
@@ -132,6 +134,8 @@ def decode_pcm(data: bytes, sample_rate: int = 16000) -> NDArray[np.float32]:
 
 def measure_duration_ms(data: bytes) -> int | None:
     """Length of the audio from its packet timestamps (no decoding); None when not readable."""
+    if _header_only(data):
+        return 0
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.audio:
@@ -144,6 +148,20 @@ def measure_duration_ms(data: bytes) -> int | None:
         return None
     ticks = max(end for _, end in spans) - min(start for start, _ in spans)
     return round(ticks * stream.time_base * 1000)
+
+
+def _header_only(data: bytes) -> bool:
+    """A WebM or Ogg chunk that is a complete header and nothing else (a recorder's first blob
+    can be), which libavformat refuses to open; it holds no audio rather than bad audio."""
+    container = detect_container(data)
+    try:
+        if container == "webm" and has_container_header(data, "webm"):
+            return _webm_header(data)[1] == len(data)
+        if container == "ogg" and has_container_header(data, "ogg"):
+            return _ogg_header_end(data) == len(data)
+    except UndecodableAudio:
+        return False
+    return False
 
 
 # --- WebM (EBML) ---------------------------------------------------------------------------
@@ -174,7 +192,7 @@ def _element(data: bytes, pos: int) -> _Element:
     return _Element(eid, pos, pos + id_len + size_len, None if unknown else size)
 
 
-def _webm_header(data: bytes) -> bytes:
+def _webm_header(data: bytes) -> tuple[bytes, int]:
     """EBML header + Segment start + every Segment child before the first Cluster.
 
     Walks the elements instead of searching for the Cluster ID, which could also occur inside
@@ -199,7 +217,23 @@ def _webm_header(data: bytes) -> bytes:
         end = child.data_start + child.size
         out += _void(end - pos) if child.id == _SEEKHEAD else data[pos:end]
         pos = end
-    return bytes(out)
+    return bytes(out), pos
+
+
+def _starts_with_block(data: bytes) -> bool:
+    """A WebM chunk that starts inside a cluster: a whole SimpleBlock of track >= 1, or a BlockGroup."""
+    if data[:1] not in (bytes([_SIMPLEBLOCK]), bytes([_BLOCKGROUP])):
+        return False
+    try:
+        element = _element(data, 0)
+        if element.size is None or element.data_start + element.size > len(data):
+            return False
+        if element.id == _BLOCKGROUP:
+            return data[element.data_start] == 0xA1  # its Block
+        track, length = _vint(data, element.data_start)
+        return track & ~(1 << (7 * length)) >= 1 and element.size >= length + 3
+    except UndecodableAudio:
+        return False
 
 
 def _resume_cluster(chunk: bytes) -> bytes:
@@ -243,7 +277,9 @@ def _cluster_timecode(data: bytes, cluster: _Element) -> int | None:
 
 
 def _void(length: int) -> bytes:
-    """A Void element of exactly `length` bytes (length >= 9), with an 8-byte size."""
+    """A Void element of exactly `length` (>= 2) bytes."""
+    if length < 129:
+        return bytes([_VOID, 0x80 | (length - 2)]) + bytes(length - 2)
     return bytes([_VOID]) + (1 << 56 | (length - 9)).to_bytes(8, "big") + bytes(length - 9)
 
 
@@ -267,8 +303,8 @@ def _ogg_pages(data: bytes) -> Iterator[tuple[int, list[int], bytes]]:
         pos = end
 
 
-def _ogg_header(data: bytes) -> bytes:
-    """The pages that carry the codec's header packets (OpusHead and OpusTags for Opus)."""
+def _ogg_header_end(data: bytes) -> int:
+    """End of the pages that carry the codec's header packets (OpusHead and OpusTags for Opus)."""
     needed, packets = None, 0
     for end, lacing, body in _ogg_pages(data):
         if needed is None:
@@ -277,7 +313,7 @@ def _ogg_header(data: bytes) -> bytes:
                 raise UndecodableAudio("Ogg stream of an unsupported codec")
         packets += sum(1 for value in lacing if value < 255)
         if packets >= needed:
-            return data[:end]
+            return end
     raise UndecodableAudio("Ogg chunk ends before its header packets")
 
 

@@ -13,6 +13,7 @@ import socketio
 from sqlalchemy import func, select, update
 
 from scribeai.db import Database
+from scribeai.metrics import Metrics
 from scribeai.models import Chunk, ChunkStatus, RecordingSession, SessionStatus, TranscriptSegment, utcnow
 from scribeai.protocol import room_of
 from scribeai.storage import ChunkStore
@@ -32,12 +33,14 @@ class Pipeline:
     """`workers` tasks over one JobQueue; `drain()` waits until nothing is left (tests, burst runs)."""
 
     def __init__(self, db: Database, store: ChunkStore, engine: Engine, sio: socketio.AsyncServer | None, *,
-                 node_id: str, workers: int, chunk_duration_ms: int, retry_base_s: float = 1.0) -> None:
+                 node_id: str, workers: int, chunk_duration_ms: int, retry_base_s: float = 1.0,
+                 metrics: Metrics | None = None) -> None:
         self.db = db
         self.store = store
         self.engine = engine
         self.sio = sio
         self.queue = JobQueue(db, node_id, retry_base_s=retry_base_s)
+        self.metrics = metrics or Metrics()
         self.workers = workers
         self.chunk_duration_ms = chunk_duration_ms
         self.on_transcribed: Callable[[str], Awaitable[None]] | None = None
@@ -153,6 +156,9 @@ class Pipeline:
         self.busy_s += elapsed
         self.audio_ms += result.duration_ms or 0
         self._latencies.append(elapsed * 1000)
+        self.metrics.transcribe_seconds.observe(elapsed)
+        self.metrics.transcriptions_total.labels("done").inc()
+        log.debug("transcribed %s/%s in %.2fs", job.session_id, job.seq, elapsed, extra={"sessionId": job.session_id, "seq": job.seq})
         self.backlog = max(self.backlog - 1, 0)
         if self.on_transcribed is not None:
             await self.on_transcribed(job.id)
@@ -160,6 +166,7 @@ class Pipeline:
 
     async def _record_failure(self, job: Chunk, reason: str) -> None:
         failure = await self.queue.fail(job, reason)
+        self.metrics.transcriptions_total.labels("failed" if failure.final else "retry").inc()
         if failure.final:
             self.failed += 1
             self.backlog = max(self.backlog - 1, 0)
@@ -171,7 +178,8 @@ class Pipeline:
         else:
             self.retried += 1
             log.info("transcription of %s/%s failed (attempt %d), retry in %.0fs: %s",
-                     job.session_id, job.seq, failure.attempts, failure.retry_in_s or 0, reason)
+                     job.session_id, job.seq, failure.attempts, failure.retry_in_s or 0, reason,
+                     extra={"sessionId": job.session_id, "seq": job.seq})
 
     # -- session header and timing ---------------------------------------------
 

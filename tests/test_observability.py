@@ -1,0 +1,85 @@
+"""/metrics after a known workload, METRICS_TOKEN, and JSON logs that carry ids but never audio or tokens."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from scribeai.cli import JsonFormatter
+from tests.conftest import RunningServer, ServerFactory, chunk, token_for
+
+AUDIO = os.urandom(3000)
+
+
+async def scrape(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, float]]:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/metrics", headers=headers or {}) as response:
+            if response.status != 200:
+                return response.status, {}
+            assert response.headers["Content-Type"].startswith("text/plain")
+            text = await response.text()
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()) if k != "le")
+            if "le" not in sample.labels:
+                values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return 200, values
+
+
+async def test_metrics_count_a_known_workload(server: RunningServer, connect: Any) -> None:
+    client = await connect(server.url)
+    for seq in range(3):
+        await client.call("audio-chunk", chunk("m", seq, AUDIO), timeout=5)
+    await client.call("audio-chunk", chunk("m", 0, AUDIO), timeout=5)            # duplicate
+    await client.call("audio-chunk", chunk("m", 1, b"different"), timeout=5)     # conflict
+    await client.call("audio-chunk", {"sessionId": "m"}, timeout=5)              # invalid
+    status, values = await scrape(server.url)
+    assert status == 200
+    assert values["scribeai_chunks_total{result=stored}"] == 3
+    assert values["scribeai_chunks_total{result=duplicate}"] == 1
+    assert values["scribeai_chunk_errors_total{code=conflict}"] == 1
+    assert values["scribeai_chunk_errors_total{code=invalid}"] == 1
+    assert values["scribeai_chunk_bytes_total"] == 3 * len(AUDIO)
+    assert values["scribeai_ack_latency_seconds_count"] == 4
+    assert values["scribeai_connections"] == 1
+    assert values["scribeai_connections_opened_total"] == 1
+    assert values["scribeai_transcription_queue_depth"] == 0
+    assert values["process_resident_memory_bytes"] > 10_000_000
+
+
+async def test_metrics_token(start_server: ServerFactory) -> None:
+    server = await start_server(metrics_token="scrape-me")
+    assert (await scrape(server.url))[0] == 401
+    assert (await scrape(server.url, {"Authorization": "Bearer wrong"}))[0] == 401
+    assert (await scrape(server.url, {"Authorization": "Bearer scrape-me"}))[0] == 200
+
+
+def test_json_log_lines_carry_context_fields() -> None:
+    record = logging.LogRecord("scribeai.realtime", logging.INFO, __file__, 1, "chunk %s stored", ("s/1",), None)
+    record.sessionId, record.seq, record.sid = "s", 1, "abc"
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["message"] == "chunk s/1 stored"
+    assert (entry["sessionId"], entry["seq"], entry["sid"], entry["level"]) == ("s", 1, "abc", "INFO")
+
+
+async def test_logs_never_contain_audio_or_tokens(server: RunningServer, connect: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="scribeai")
+    marker = b"AUDIO-MARKER-0123456789"
+    client = await connect(server.url)
+    await client.call("audio-chunk", chunk("logged", 0, marker * 10), timeout=5)
+    await client.call("audio-chunk", chunk("logged", 0, marker * 11), timeout=5)  # conflict, logged with context
+    formatter = JsonFormatter()
+    lines = [formatter.format(r) for r in caplog.records]
+    text = "\n".join(lines)
+    assert "AUDIO-MARKER" not in text
+    assert token_for("alice") not in text
+    conflict = [json.loads(line) for line in lines if '"code": "conflict"' in line]
+    assert conflict and (conflict[0]["sessionId"], conflict[0]["seq"]) == ("logged", 0)
+    assert conflict[0]["sid"]

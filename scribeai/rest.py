@@ -14,11 +14,11 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import and_, func, or_, select
 
-from scribeai import protocol
+from scribeai import protocol, transcripts
 from scribeai.auth import token_from_headers
 from scribeai.errors import InvalidInput, ScribeError, Unauthorized, http_error_body
 from scribeai.metrics import CONTENT_TYPE
-from scribeai.models import Chunk, RecordingSession, TranscriptSegment
+from scribeai.models import Chunk, ChunkStatus, RecordingSession
 from scribeai.services import Services, services_key
 
 log = logging.getLogger(__name__)
@@ -163,13 +163,29 @@ async def retry_failed(request: web.Request) -> web.Response:
 
 @routes.get("/api/sessions/{session_id}/transcript")
 async def transcript(request: web.Request) -> web.Response:
+    """Segments in seq order, with the chunks still waiting or failed; ?format=txt|srt|vtt downloads."""
     services, session_id = _services(request), _session_id(request)
     session = await services.sessions.get_owned(session_id, request[user_key])
+    fmt = request.query.get("format", "json")
+    if fmt != "json" and fmt not in transcripts.FORMATS:
+        raise InvalidInput(f"format must be json, {', '.join(transcripts.FORMATS)}")
+    segments = await services.pipeline.segments_after(session_id, None)
+    if fmt != "json":
+        return web.Response(
+            text=transcripts.render(segments, fmt),
+            headers={"Content-Type": transcripts.FORMATS[fmt],
+                     "Content-Disposition": f'attachment; filename="{session_id}.{fmt}"'},
+        )
     async with services.db.read() as s:
-        segments = list((await s.execute(
-            select(TranscriptSegment).where(TranscriptSegment.session_id == session_id).order_by(TranscriptSegment.seq)  # type: ignore[arg-type]
-        )).scalars())
-    return web.json_response({"sessionId": session_id, "status": session.status, "segments": [g.wire() for g in segments]})
+        unfinished = (await s.execute(
+            select(Chunk.seq, Chunk.status, Chunk.error).where(Chunk.session_id == session_id, Chunk.status != ChunkStatus.DONE)
+            .order_by(Chunk.seq)  # type: ignore[arg-type]
+        )).all()
+    return web.json_response({
+        "sessionId": session_id, "status": session.status, "tier": session.tier, "segments": segments,
+        "pending": [seq for seq, status, _ in unfinished if status in ChunkStatus.UNFINISHED],
+        "failed": [{"seq": seq, "error": error} for seq, status, error in unfinished if status == ChunkStatus.FAILED],
+    })
 
 
 @routes.get("/api/server/stats")

@@ -141,10 +141,9 @@ def clusters(webm: bytes) -> list[tuple[int, int]]:
             continue
         start, pos = pos, pos + id_len + size_len
         timecode = None
-        while pos < len(webm):  # an unknown-size cluster ends where the next level-1 element starts
-            child = elements(webm, pos, len(webm))[0] if _vint(webm, pos, True)[0] not in LEVEL1 else None
-            if child is None:
-                break
+        # An unknown-size cluster ends where the next level-1 element starts.
+        while pos < len(webm) and _vint(webm, pos, keep_marker=True)[0] not in LEVEL1:
+            child = elements(webm, pos, len(webm))[0]
             if child.id == TIMECODE:
                 timecode = int.from_bytes(webm[child.data_start : child.end], "big")
             pos = child.end

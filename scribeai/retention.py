@@ -1,0 +1,902 @@
+"""Storage tiers: hot chunk files -> warm verified ZIP -> cold transcript only (seed 002, PROTOCOL.md).
+
+Four parts, kept apart: the policy (pure: which sessions move, from their facts and `now`), the
+archive actions (blocking ZIP write/verify/extract, run off the event loop), the runner that applies
+the policy under one lock per database, and the daily scheduler plus storage metrics for the server.
+
+Crash safety rests on one ordering: a raw chunk file is deleted only after the database says it is
+inside an archive that was verified member by member. Every other interruption leaves either a
+temporary ZIP (removed by the next run), a verified ZIP the database does not know yet (re-verified
+and adopted), or raw files the database already counts as archived (deleted by the next run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time as _time
+import uuid
+import zipfile
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta, timezone
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+import zipfile_deflate64  # noqa: F401  (patches zipfile so Deflate64 members can be read)
+from aiohttp import web
+from sqlalchemy import and_, case, exists, func, or_, select, text, update
+from sqlalchemy.engine import make_url
+
+from scribeai.db import Database
+from scribeai.errors import NotFound, ScribeError
+from scribeai.models import Chunk, ChunkStatus, RecordingSession, SessionStatus, Tier, TranscriptSegment
+from scribeai.services import services_key
+from scribeai.settings import Settings
+
+log = logging.getLogger(__name__)
+
+METADATA_NAME = "metadata.json"
+ARCHIVE_FORMAT = 1
+COPY_BLOCK = 1024 * 1024
+ID_BATCH = 500
+FINISHED = (ChunkStatus.DONE, ChunkStatus.FAILED, ChunkStatus.STORED)
+COMPRESSION_NAMES = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", 9: "deflate64"}
+SCHEDULER_MAX_SLEEP_S = 300.0
+
+
+class RetentionBusy(ScribeError):
+    """Another retention run (or restore) holds the lock for this database."""
+
+    code = "busy"
+    http_status = 409
+
+
+class ArchiveFailed(ScribeError):
+    """One session could not be archived, verified or restored; the others are not affected."""
+
+    code = "archive_failed"
+    http_status = 500
+
+
+class SessionChanged(ScribeError):
+    """A chunk changed under the run (a late chunk, a retried transcription): try again next run."""
+
+    code = "changed"
+    http_status = 409
+
+
+# -- policy (pure) ---------------------------------------------------------------------------------
+
+
+class Move:
+    ARCHIVE = "archive"  # hot chunks -> one verified ZIP (warm)
+    COLD = "cold"        # warm ZIP deleted -> transcript only
+    WAIT = "wait"        # due, but chunks are still in the transcription queue
+    KEEP = "keep"
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    retention_days: float = 7
+    archive_retention_days: float = 30
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetentionPolicy:
+        return cls(settings.retention_days, settings.archive_retention_days)
+
+
+@dataclass(frozen=True)
+class SessionFacts:
+    """What the policy needs to know about one session; built from rows, or by hand in tests."""
+
+    session_id: str
+    status: str
+    tier: str
+    last_activity_at: datetime
+    archived_at: datetime | None = None
+    live_chunks: int = 0         # raw files still in hot storage (deleted_at is null)
+    unfinished_chunks: int = 0   # live chunks still pending or being transcribed
+    latest_chunk_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    session_id: str
+    move: str
+    reason: str
+
+
+def decide(facts: SessionFacts, now: datetime, policy: RetentionPolicy) -> Decision:
+    """The tier move for one session at `now`: hot after RETENTION_DAYS idle -> warm, warm after ARCHIVE_RETENTION_DAYS -> cold."""
+    sid = facts.session_id
+    if facts.tier == Tier.HOT or facts.live_chunks:
+        idle_since = max(facts.last_activity_at, facts.latest_chunk_at or facts.last_activity_at)
+        idle = now - idle_since
+        if idle < timedelta(days=policy.retention_days):
+            return Decision(sid, Move.KEEP, f"active {_days(idle)} ago")
+        if facts.unfinished_chunks:
+            return Decision(sid, Move.WAIT, f"{facts.unfinished_chunks} chunk(s) not transcribed yet")
+        if facts.tier != Tier.HOT:
+            return Decision(sid, Move.ARCHIVE, f"{facts.live_chunks} late chunk(s) idle for {_days(idle)}")
+        kind = "stopped" if facts.status == SessionStatus.STOPPED else f"abandoned ({facts.status})"
+        return Decision(sid, Move.ARCHIVE, f"{kind}, idle for {_days(idle)}")
+    if facts.tier == Tier.WARM:
+        warm_since = facts.archived_at or facts.last_activity_at
+        if now - warm_since >= timedelta(days=policy.archive_retention_days):
+            return Decision(sid, Move.COLD, f"archived {_days(now - warm_since)} ago")
+        return Decision(sid, Move.KEEP, f"archived {_days(now - warm_since)} ago")
+    return Decision(sid, Move.KEEP, "cold: transcript only")
+
+
+def _days(delta: timedelta) -> str:
+    return f"{delta.total_seconds() / 86400:.1f} days"
+
+
+def parse_schedule(value: str) -> time | None:
+    """RETENTION_SCHEDULE: local 'HH:MM' (or 'HH:MM:SS'); 'off' or empty disables the daily run."""
+    if value.strip().lower() in ("", "off", "none", "disabled"):
+        return None
+    try:
+        parts = [int(p) for p in value.strip().split(":")]
+        if len(parts) not in (2, 3):
+            raise ValueError
+        return time(*parts)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"RETENTION_SCHEDULE must be HH:MM (local time) or 'off', not {value!r}") from exc
+
+
+def next_run(after: datetime, at: time) -> datetime:
+    """The first local wall-clock `at` strictly after `after` (aware), as an aware datetime."""
+    local = after.astimezone()
+    candidate = datetime.combine(local.date(), at).astimezone()  # naive -> this machine's zone, DST-aware
+    if candidate <= local:
+        candidate = datetime.combine(local.date() + timedelta(days=1), at).astimezone()
+    return candidate
+
+
+# -- archive actions (blocking; run them off the event loop) --------------------------------------
+
+
+@dataclass(frozen=True)
+class Member:
+    """One chunk inside an archive, with where its bytes come from while the archive is written."""
+
+    name: str
+    size: int
+    sha256: str
+    seq: int
+    source: Path | None = None          # a raw chunk file in hot storage
+    from_archive: Path | None = None    # or the same member of the session's previous archive
+
+
+@dataclass(frozen=True)
+class ArchiveFile:
+    path: Path
+    sha256: str
+    bytes: int
+    adopted: bool = False
+
+
+@dataclass
+class ArchiveCheck:
+    """The result of reading an archive back member by member."""
+
+    path: Path
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    members_checked: int = 0
+    compression: dict[str, int] = field(default_factory=dict)
+    metadata: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def member_name(chunk_path: str) -> str:
+    """A chunk's member name: its stored file name (`<sessionId>_<seq>.<ext>`)."""
+    return PurePosixPath(chunk_path).name
+
+
+def archive_name(session_id: str) -> str:
+    return f"{session_id}.zip"
+
+
+def _copy_hashed(src: IO[bytes], dst: IO[bytes] | None) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    while block := src.read(COPY_BLOCK):
+        digest.update(block)
+        size += len(block)
+        if dst is not None:
+            dst.write(block)
+    return digest.hexdigest(), size
+
+
+def _zip_time(when: datetime | None) -> tuple[int, int, int, int, int, int]:
+    when = (when or datetime(1980, 1, 1, tzinfo=timezone.utc)).astimezone(timezone.utc)
+    return (max(when.year, 1980), when.month, when.day, when.hour, when.minute, when.second)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _open_source(member: Member, previous: zipfile.ZipFile | None) -> Iterator[IO[bytes]]:
+    try:
+        if member.source is not None:
+            with open(member.source, "rb") as f:
+                yield f
+        elif previous is not None:
+            with previous.open(member.name) as f:
+                yield f
+        else:
+            raise FileNotFoundError(member.name)
+    except (OSError, KeyError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise ArchiveFailed(f"chunk {member.seq} ({member.name}) is unreadable: {exc}", seq=member.seq) from exc
+
+
+def _write_zip(temp: Path, members: list[Member], metadata: bytes, when: datetime) -> None:
+    """Stream every member into `temp` (audio stored, metadata deflated), checking each source's sha256."""
+    previous_path = next((m.from_archive for m in members if m.from_archive is not None), None)
+    with contextlib.ExitStack() as stack:
+        previous = stack.enter_context(zipfile.ZipFile(previous_path)) if previous_path else None
+        raw = stack.enter_context(open(temp, "xb"))
+        with zipfile.ZipFile(raw, "w", allowZip64=True) as zf:
+            info = zipfile.ZipInfo(METADATA_NAME, _zip_time(when))
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, metadata, compress_type=zipfile.ZIP_DEFLATED, compresslevel=6)
+            for member in members:
+                info = zipfile.ZipInfo(member.name, _zip_time(when))
+                info.compress_type = zipfile.ZIP_STORED  # opus does not compress; do not spend CPU on it
+                info.file_size = member.size
+                info.external_attr = 0o644 << 16
+                with _open_source(member, previous) as src, zf.open(info, "w") as dst:
+                    try:
+                        digest, size = _copy_hashed(src, dst)
+                    except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
+                        raise ArchiveFailed(f"chunk {member.seq} ({member.name}) is unreadable: {exc}", seq=member.seq) from exc
+                if (digest, size) != (member.sha256, member.size):
+                    raise ArchiveFailed(
+                        f"chunk {member.seq} ({member.name}) does not match its checksum: "
+                        f"sha256 {digest[:12]}…/{size} bytes on disk, {member.sha256[:12]}…/{member.size} bytes recorded",
+                        seq=member.seq,
+                    )
+        raw.flush()
+        os.fsync(raw.fileno())
+
+
+def verify_archive(path: Path, members: Iterable[Member], session_id: str, *, exact: bool = False) -> ArchiveCheck:
+    """Read `path` back: every expected member present with its size and sha256, and a metadata.json for `session_id`."""
+    check = ArchiveCheck(path)
+    expected = {m.name: m for m in members}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = {i.filename: i for i in zf.infolist()}
+            for info in infos.values():
+                kind = COMPRESSION_NAMES.get(info.compress_type, f"method {info.compress_type}")
+                check.compression[kind] = check.compression.get(kind, 0) + 1
+            check.metadata = _read_metadata(zf, infos, session_id, check)
+            for name, member in expected.items():
+                _check_member(zf, infos.get(name), member, check)
+            extra = sorted(set(infos) - set(expected) - {METADATA_NAME})
+            if extra:
+                (check.problems if exact else check.notes).append(f"members not in the database's list: {', '.join(extra[:5])}")
+    except FileNotFoundError:
+        check.problems.append("archive file is missing")
+    except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        check.problems.append(f"archive is unreadable: {exc}")
+    return check
+
+
+def _read_metadata(zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo], session_id: str, check: ArchiveCheck) -> dict[str, Any] | None:
+    if METADATA_NAME not in infos:
+        check.problems.append("metadata.json is missing")
+        return None
+    try:
+        metadata = json.loads(zf.read(METADATA_NAME))
+    except (ValueError, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+        check.problems.append(f"metadata.json is unreadable: {exc}")
+        return None
+    found = metadata.get("session", {}).get("id") if isinstance(metadata, dict) else None
+    if found != session_id:
+        check.problems.append(f"metadata.json is for session {found!r}")
+    return metadata if isinstance(metadata, dict) else None
+
+
+def _check_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo | None, member: Member, check: ArchiveCheck) -> None:
+    if info is None:
+        check.problems.append(f"chunk {member.seq} ({member.name}) is missing")
+        return
+    try:
+        with zf.open(info) as f:  # zipfile also checks the CRC-32 at the end of the stream
+            digest, size = _copy_hashed(f, None)
+    except (OSError, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+        check.problems.append(f"chunk {member.seq} ({member.name}) is unreadable: {exc}")
+        return
+    if (digest, size) != (member.sha256, member.size):
+        check.problems.append(f"chunk {member.seq} ({member.name}) does not match its checksum")
+        return
+    check.members_checked += 1
+
+
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write_archive(archive_dir: Path, session_id: str, members: list[Member], metadata: bytes, when: datetime) -> ArchiveFile:
+    """`<sessionId>.zip`, or adopt a verified one left by an interrupted run.
+
+    Written to a temporary name and fsync'd, then read back and verified member by member *before*
+    it takes the final name, so a bad archive can never replace a good one; then renamed, dir fsync'd.
+    """
+    archive_dir.mkdir(parents=True, exist_ok=True)
+    final = archive_dir / archive_name(session_id)
+    if final.exists() and not any(m.from_archive for m in members):
+        if verify_archive(final, members, session_id, exact=True).ok:
+            return ArchiveFile(final, _file_sha256(final), final.stat().st_size, adopted=True)
+        log.warning("archive %s does not match session %s: writing it again", final, session_id)
+    temp = archive_dir / f".{final.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        _write_zip(temp, members, metadata, when)
+        check = verify_archive(temp, members, session_id, exact=True)
+        if not check.ok:
+            raise ArchiveFailed(f"the archive did not verify after writing: {'; '.join(check.problems)}")
+        sha256, size = _file_sha256(temp), temp.stat().st_size
+        os.replace(temp, final)
+        _fsync_dir(archive_dir)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return ArchiveFile(final, sha256, size)
+
+
+def extract_members(archive: Path, members: list[Member], destinations: dict[str, Path]) -> None:
+    """Unpack members back to their hot paths: temp file beside each, sha256 checked, fsync, rename, dir fsync."""
+    with zipfile.ZipFile(archive) as zf:
+        for member in members:
+            final = destinations[member.name]
+            final.parent.mkdir(parents=True, exist_ok=True)
+            temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")  # ChunkStore.sweep_temporaries' pattern
+            try:
+                with zf.open(member.name) as src, open(temp, "xb") as dst:
+                    digest, size = _copy_hashed(src, dst)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+                if (digest, size) != (member.sha256, member.size):
+                    raise ArchiveFailed(f"chunk {member.seq} ({member.name}) does not match its checksum", seq=member.seq)
+                os.replace(temp, final)
+            except BaseException:
+                temp.unlink(missing_ok=True)
+                raise
+        for directory in {destinations[m.name].parent for m in members}:
+            _fsync_dir(directory)
+
+
+def delete_files(paths: Iterable[Path]) -> int:
+    """Remove raw chunk files (missing ones are fine) and their session folders once empty."""
+    removed, folders = 0, set()
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed += 1
+        folders.add(path.parent)
+    for folder in folders:
+        with contextlib.suppress(FileNotFoundError, OSError):
+            _fsync_dir(folder)
+            if not any(folder.iterdir()):
+                folder.rmdir()
+    return removed
+
+
+def sweep_archive_temporaries(archive_dir: Path) -> int:
+    """Temporary ZIPs of interrupted runs; only called under the retention lock, so none is in use."""
+    if not archive_dir.is_dir():
+        return 0
+    removed = 0
+    for temp in archive_dir.glob(".*.zip.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+            removed += 1
+    return removed
+
+
+# -- the lock: one run at a time per database --------------------------------------------------------
+
+
+class RetentionLock:
+    """pg_try_advisory_lock on PostgreSQL (all nodes, the CLI), flock on a file beside the SQLite database."""
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
+        self.key = int.from_bytes(hashlib.sha256(f"scribeai.retention:{db.schema or ''}".encode()).digest()[:8], "big", signed=True)
+        database = make_url(db.url).database if db.is_sqlite else None
+        if database and database != ":memory:":
+            self.path = Path(f"{database}.retention.lock")
+        else:
+            self.path = settings.data_dir / "retention.lock"
+
+    def __repr__(self) -> str:
+        return f"RetentionLock({'flock ' + str(self.path) if self.db.is_sqlite else f'pg advisory {self.key}'})"
+
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        """Take the lock or raise RetentionBusy at once (never wait behind a long run)."""
+        if self.db.is_sqlite:
+            with self._flock():
+                yield
+            return
+        async with self.db.engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            if not (await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key})).scalar():
+                raise RetentionBusy("another retention run holds the lock")
+            try:
+                yield
+            finally:
+                try:
+                    await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+                except Exception:  # a broken connection released the lock with it; never pool it
+                    await conn.invalidate()
+
+    @contextlib.contextmanager
+    def _flock(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise RetentionBusy("another retention run holds the lock", lock=str(self.path)) from exc
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the flock
+
+
+# -- the runner --------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunReport:
+    now: datetime
+    dry_run: bool
+    archived: list[dict[str, Any]] = field(default_factory=list)
+    cold: list[dict[str, Any]] = field(default_factory=list)
+    waiting: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    removed_temporary_archives: int = 0
+    removed_orphan_chunk_files: int = 0
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def wire(self) -> dict[str, Any]:
+        return {
+            "now": self.now.isoformat(), "dryRun": self.dry_run, "ok": self.ok,
+            "archived": self.archived, "cold": self.cold, "waiting": self.waiting, "failed": self.failed,
+            "removed": {"temporaryArchives": self.removed_temporary_archives, "orphanChunkFiles": self.removed_orphan_chunk_files},
+            "durationS": round(self.duration_s, 3),
+        }
+
+
+class Retention:
+    """The tier moves over one database, STORAGE_DIR and ARCHIVE_STORAGE_PATH (server and CLI alike)."""
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
+        self.settings = settings
+        self.storage_dir = Path(settings.storage_dir)
+        self.archive_dir = Path(settings.archive_storage_path)
+        self.policy = RetentionPolicy.from_settings(settings)
+        self.lock = RetentionLock(db, settings)
+
+    def __repr__(self) -> str:
+        return f"Retention({self.policy}, archives={str(self.archive_dir)!r}, {self.lock!r})"
+
+    # -- retention run ---------------------------------------------------------------------------
+
+    async def run(self, now: datetime, *, dry_run: bool = False) -> RunReport:
+        """Apply the policy at `now` to every session; one failing session never stops the others."""
+        started = _time.monotonic()
+        report = RunReport(now, dry_run)
+        if dry_run:
+            await self._apply(await self.decisions(now), now, report)
+        else:
+            async with self.lock.hold():
+                report.removed_temporary_archives = await asyncio.to_thread(sweep_archive_temporaries, self.archive_dir)
+                await self._apply(await self.decisions(now), now, report)
+                report.removed_orphan_chunk_files = await self._remove_orphans()
+        report.duration_s = _time.monotonic() - started
+        return report
+
+    async def decisions(self, now: datetime) -> list[Decision]:
+        """The policy's verdict for every session that might move at `now` (sessions kept are left out)."""
+        return [d for d in (decide(f, now, self.policy) for f in await self._facts(now)) if d.move != Move.KEEP]
+
+    async def _apply(self, decisions: list[Decision], now: datetime, report: RunReport) -> None:
+        for decision in decisions:
+            sid = decision.session_id
+            if decision.move == Move.WAIT:
+                report.waiting.append({"sessionId": sid, "reason": decision.reason})
+                continue
+            try:
+                if decision.move == Move.ARCHIVE:
+                    done = {"sessionId": sid, "reason": decision.reason}
+                    if not report.dry_run:
+                        done.update(await self.archive(sid, now))
+                    report.archived.append(done)
+                elif decision.move == Move.COLD:
+                    if not report.dry_run:
+                        await self.make_cold(sid, now)
+                    report.cold.append({"sessionId": sid, "reason": decision.reason})
+            except SessionChanged as exc:
+                report.waiting.append({"sessionId": sid, "reason": exc.message})
+            except ScribeError as exc:
+                log.warning("retention of session %s failed: %s", sid, exc.message, extra={"sessionId": sid})
+                report.failed.append({"sessionId": sid, "move": decision.move, "code": exc.code, "error": exc.message})
+            except Exception as exc:  # one session's surprise must not stop the others
+                log.exception("retention of session %s crashed", sid, extra={"sessionId": sid})
+                report.failed.append({"sessionId": sid, "move": decision.move, "code": "internal", "error": f"{type(exc).__name__}: {exc}"})
+
+    async def _facts(self, now: datetime) -> list[SessionFacts]:
+        hot_cutoff = now - timedelta(days=self.policy.retention_days)
+        warm_cutoff = now - timedelta(days=self.policy.archive_retention_days)
+        live = exists().where(Chunk.session_id == RecordingSession.id, Chunk.deleted_at.is_(None))  # type: ignore[union-attr]
+        # last_activity_at moves with every chunk, so it prefilters exactly; the policy sees the full facts.
+        query = select(RecordingSession).where(or_(
+            and_(RecordingSession.last_activity_at <= hot_cutoff, or_(RecordingSession.tier == Tier.HOT, live)),  # type: ignore[operator]
+            and_(RecordingSession.tier == Tier.WARM, RecordingSession.archived_at <= warm_cutoff),  # type: ignore[operator]
+        )).order_by(RecordingSession.last_activity_at, RecordingSession.id)  # type: ignore[arg-type]
+        async with self.db.read() as s:
+            sessions = list((await s.execute(query)).scalars())
+            counts: dict[str, tuple[int, int, datetime | None]] = {}
+            for batch in _batches([r.id for r in sessions]):
+                counts.update(await _chunk_facts(s, batch))
+        return [
+            SessionFacts(r.id, r.status, r.tier, r.last_activity_at, r.archived_at, *counts.get(r.id, (0, 0, None)))
+            for r in sessions
+        ]
+
+    async def archive(self, session_id: str, now: datetime) -> dict[str, Any]:
+        """hot -> warm: write (or adopt) the verified ZIP, record it, then delete the raw chunks it holds."""
+        session, chunks, segments = await self._load(session_id)
+        live = [c for c in chunks if c.deleted_at is None]
+        if any(c.status not in FINISHED for c in live):
+            raise SessionChanged("chunks went back to the transcription queue; next run")
+        members = self._members(session, chunks)
+        metadata = _metadata(session, chunks, members, segments, now)
+        result = await asyncio.to_thread(write_archive, self.archive_dir, session_id, members, metadata, now)
+        await self._record_archive(session_id, [c.id for c in live], result, now)
+        removed = await asyncio.to_thread(delete_files, [self.storage_dir / c.path for c in live])
+        log.info("archived session %s: %d chunks in %s (%d bytes)%s", session_id, len(members), result.path,
+                 result.bytes, " (adopted)" if result.adopted else "", extra={"sessionId": session_id})
+        return {"chunks": len(members), "chunkBytes": sum(m.size for m in members), "archiveBytes": result.bytes,
+                "archiveSha256": result.sha256, "adopted": result.adopted, "deletedChunkFiles": removed}
+
+    def _members(self, session: RecordingSession, chunks: list[Chunk]) -> list[Member]:
+        """Live chunks come from hot storage; chunks already archived (late chunks merge in) from the old ZIP."""
+        previous = self.archive_dir / archive_name(session.id) if session.tier == Tier.WARM else None
+        members = []
+        for c in chunks:
+            if c.deleted_at is None:
+                members.append(Member(member_name(c.path), c.size, c.sha256, c.seq, source=self.storage_dir / c.path))
+            elif previous is not None:
+                members.append(Member(member_name(c.path), c.size, c.sha256, c.seq, from_archive=previous))
+        return members
+
+    async def _record_archive(self, session_id: str, live_ids: list[str], result: ArchiveFile, now: datetime) -> None:
+        async with self.db.write() as s:
+            marked = 0
+            for batch in _batches(live_ids):
+                outcome = await s.execute(
+                    update(Chunk).where(Chunk.id.in_(batch), Chunk.deleted_at.is_(None), Chunk.status.in_(FINISHED))  # type: ignore[attr-defined,union-attr]
+                    .values(deleted_at=now)
+                )
+                marked += int(outcome.rowcount or 0)
+            if marked != len(live_ids):  # raising rolls the whole transaction back
+                raise SessionChanged("a chunk changed while the archive was written; next run")
+            await s.execute(update(RecordingSession).where(RecordingSession.id == session_id).values(
+                tier=Tier.WARM, archive_path=result.path.name, archive_sha256=result.sha256,
+                archive_bytes=result.bytes, archived_at=now, cold_at=None,
+            ))
+
+    async def make_cold(self, session_id: str, now: datetime) -> None:
+        """warm -> cold: delete the ZIP first (a crash here leaves a warm session without a ZIP: next run finishes)."""
+        async with self.db.read() as s:
+            session = await s.get(RecordingSession, session_id)
+        if session is None or session.tier != Tier.WARM:
+            raise SessionChanged("session is no longer warm")
+        path = self.archive_dir / (session.archive_path or archive_name(session_id))
+        await asyncio.to_thread(_unlink_and_sync, path)
+        async with self.db.write() as s:
+            await s.execute(
+                update(RecordingSession).where(RecordingSession.id == session_id, RecordingSession.tier == Tier.WARM)
+                .values(tier=Tier.COLD, cold_at=now, archive_path=None, archive_sha256=None, archive_bytes=None)
+            )
+        log.info("session %s is cold: archive deleted, transcript kept", session_id, extra={"sessionId": session_id})
+
+    async def _remove_orphans(self) -> int:
+        """Raw files of chunks the database already counts as archived (a run killed after its commit)."""
+        if not self.storage_dir.is_dir():
+            return 0
+        folders = await asyncio.to_thread(lambda: [p.name for p in self.storage_dir.iterdir() if p.is_dir()])
+        paths: list[Path] = []
+        async with self.db.read() as s:
+            for batch in _batches(folders):
+                rows = await s.execute(
+                    select(Chunk.path).where(Chunk.session_id.in_(batch), Chunk.deleted_at.is_not(None))  # type: ignore[attr-defined,union-attr]
+                )
+                paths += [self.storage_dir / p for p in rows.scalars()]
+        return await asyncio.to_thread(delete_files, [p for p in paths if p.exists()]) if paths else 0
+
+    async def _load(self, session_id: str) -> tuple[RecordingSession, list[Chunk], list[TranscriptSegment]]:
+        async with self.db.read() as s:
+            session = await s.get(RecordingSession, session_id)
+            if session is None:
+                raise NotFound("session not found", sessionId=session_id)
+            chunks = list((await s.execute(select(Chunk).where(Chunk.session_id == session_id).order_by(Chunk.seq))).scalars())  # type: ignore[arg-type]
+            segments = list((await s.execute(
+                select(TranscriptSegment).where(TranscriptSegment.session_id == session_id).order_by(TranscriptSegment.seq)  # type: ignore[arg-type]
+            )).scalars())
+        return session, chunks, segments
+
+    # -- verify and restore ------------------------------------------------------------------------
+
+    async def verify(self, session_id: str) -> dict[str, Any]:
+        """Check what the session keeps: its archive member by member (warm) and its raw files (hot)."""
+        session, chunks, _ = await self._load(session_id)
+        live = [c for c in chunks if c.deleted_at is None]
+        report: dict[str, Any] = {"sessionId": session_id, "tier": session.tier, "problems": [], "notes": []}
+        problems = await asyncio.to_thread(_check_files, [(c, self.storage_dir / c.path) for c in live])
+        report["problems"] += problems
+        report["hotChunksChecked"] = len(live) - len(problems)
+        if session.tier == Tier.WARM:
+            path = self.archive_dir / (session.archive_path or archive_name(session_id))
+            members = [m for m in self._members(session, chunks) if m.from_archive is not None]
+            check = await asyncio.to_thread(verify_archive, path, members, session_id)
+            report["problems"] += check.problems
+            report["notes"] += check.notes
+            report["archive"] = {"name": path.name, "members": check.members_checked, "compression": check.compression}
+            if not check.problems:
+                sha = await asyncio.to_thread(_file_sha256, path)
+                report["archive"]["sha256"] = sha
+                if sha != session.archive_sha256:
+                    report["notes"].append("archive file differs from the one written (repacked?); every member still verifies")
+        elif session.tier == Tier.COLD:
+            report["notes"].append("cold: no audio is kept, only the transcript")
+        report["ok"] = not report["problems"]
+        return report
+
+    async def restore(self, session_id: str, now: datetime) -> dict[str, Any]:
+        """warm -> hot: unpack the verified archive into STORAGE_DIR, then the database, then drop the ZIP."""
+        async with self.lock.hold():
+            session, chunks, _ = await self._load(session_id)
+            if session.tier == Tier.COLD:
+                raise ArchiveFailed("session is cold: its archive was deleted, only the transcript remains", sessionId=session_id)
+            if session.tier == Tier.HOT:
+                return {"sessionId": session_id, "tier": Tier.HOT, "restoredChunks": 0}
+            archived = [c for c in chunks if c.deleted_at is not None]
+            path = self.archive_dir / (session.archive_path or archive_name(session_id))
+            members = [m for m in self._members(session, chunks) if m.from_archive is not None]
+            check = await asyncio.to_thread(verify_archive, path, members, session_id)
+            if not check.ok:
+                raise ArchiveFailed(f"archive does not verify: {'; '.join(check.problems)}", sessionId=session_id)
+            destinations = {member_name(c.path): self.storage_dir / c.path for c in archived}
+            await asyncio.to_thread(extract_members, path, members, destinations)
+            async with self.db.write() as s:
+                for batch in _batches([c.id for c in archived]):
+                    await s.execute(update(Chunk).where(Chunk.id.in_(batch)).values(deleted_at=None))  # type: ignore[attr-defined]
+                await s.execute(update(RecordingSession).where(RecordingSession.id == session_id).values(
+                    tier=Tier.HOT, archive_path=None, archive_sha256=None, archive_bytes=None, archived_at=None,
+                    cold_at=None, last_activity_at=now,  # a restore is activity: it gets RETENTION_DAYS hot again
+                ))
+            await asyncio.to_thread(_unlink_and_sync, path)
+        log.info("restored session %s: %d chunks back in hot storage", session_id, len(archived), extra={"sessionId": session_id})
+        return {"sessionId": session_id, "tier": Tier.HOT, "restoredChunks": len(archived),
+                "restoredBytes": sum(c.size for c in archived)}
+
+    # -- metrics -----------------------------------------------------------------------------------
+
+    async def metrics(self, now: datetime) -> dict[str, Any]:
+        """Seed 002's getStorageMetrics(): per tier sessions/chunks/bytes, archives, oldest hot session, disk, saving."""
+        live = case((Chunk.deleted_at.is_(None), 1), else_=0)  # type: ignore[union-attr]
+        async with self.db.read() as s:
+            sessions = dict((await s.execute(select(RecordingSession.tier, func.count()).group_by(RecordingSession.tier))).all())
+            archive_bytes = int((await s.execute(select(func.coalesce(func.sum(RecordingSession.archive_bytes), 0)))).scalar_one())
+            rows = (await s.execute(
+                select(RecordingSession.tier, live, func.count(), func.coalesce(func.sum(Chunk.size), 0))
+                .join(RecordingSession, RecordingSession.id == Chunk.session_id).group_by(RecordingSession.tier, live)  # type: ignore[arg-type]
+            )).all()
+            oldest = (await s.execute(
+                select(RecordingSession.id, RecordingSession.last_activity_at).where(RecordingSession.tier == Tier.HOT)
+                .order_by(RecordingSession.last_activity_at, RecordingSession.id).limit(1)  # type: ignore[arg-type]
+            )).first()
+            segments = int((await s.execute(select(func.count()).select_from(TranscriptSegment))).scalar_one())
+        tiers = {t: {"sessions": int(sessions.get(t, 0)), "chunks": 0, "bytes": 0, "chunkBytes": 0} for t in (Tier.HOT, Tier.WARM, Tier.COLD)}
+        for tier, is_live, count, size in rows:
+            bucket = tiers[Tier.HOT if is_live else tier if tier in tiers else Tier.COLD]
+            bucket["chunks"] += int(count)
+            bucket["chunkBytes"] += int(size)
+        tiers[Tier.HOT]["bytes"] = tiers[Tier.HOT]["chunkBytes"]
+        tiers[Tier.WARM]["bytes"] = archive_bytes
+        all_hot = sum(t["chunkBytes"] for t in tiers.values())
+        kept = tiers[Tier.HOT]["bytes"] + archive_bytes
+        disk = {"storage": _disk(self.storage_dir), "archives": _disk(self.archive_dir)}
+        return {
+            "generatedAt": now.isoformat(),
+            "tiers": tiers,
+            "archiveBytes": archive_bytes,
+            "transcriptSegments": segments,
+            "oldestHotSession": None if oldest is None else {
+                "sessionId": oldest[0], "lastActivityAt": oldest[1].isoformat(),
+                "ageDays": round((now - oldest[1]).total_seconds() / 86400, 3)},
+            "disk": disk,
+            "freeDiskBytes": min(d["freeBytes"] for d in disk.values()),
+            "saving": {"allHotBytes": all_hot, "keptBytes": kept, "savedBytes": all_hot - kept,
+                       "savedRatio": round((all_hot - kept) / all_hot, 4) if all_hot else 0.0},
+        }
+
+
+async def _chunk_facts(s: Any, session_ids: list[str]) -> dict[str, tuple[int, int, datetime | None]]:
+    """(live chunks, unfinished live chunks, latest chunk time) per session, in one grouped query."""
+    is_live = Chunk.deleted_at.is_(None)  # type: ignore[union-attr]
+    rows = await s.execute(
+        select(
+            Chunk.session_id,
+            func.coalesce(func.sum(case((is_live, 1), else_=0)), 0),
+            func.coalesce(func.sum(case((and_(is_live, Chunk.status.in_(ChunkStatus.UNFINISHED)), 1), else_=0)), 0),  # type: ignore[attr-defined]
+            func.max(Chunk.created_at),
+        ).where(Chunk.session_id.in_(session_ids)).group_by(Chunk.session_id)  # type: ignore[attr-defined]
+    )
+    return {sid: (int(n), int(u), _aware(latest)) for sid, n, u, latest in rows.all()}
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # max() over a column comes back without the column type's UTC conversion on SQLite.
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+
+
+def _batches(items: list[str], size: int = ID_BATCH) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _metadata(session: RecordingSession, chunks: list[Chunk], members: list[Member], segments: list[TranscriptSegment],
+              now: datetime) -> bytes:
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+    inside = {m.name for m in members}
+    return json.dumps({
+        "format": ARCHIVE_FORMAT,
+        "archivedAt": now.isoformat(),
+        "session": {"id": session.id, "userId": session.user_id, "title": session.title, "source": session.source,
+                    "status": session.status, "createdAt": iso(session.created_at), "startedAt": iso(session.started_at),
+                    "stoppedAt": iso(session.stopped_at), "lastActivityAt": iso(session.last_activity_at)},
+        "chunks": [{"seq": c.seq, "name": member_name(c.path), "size": c.size, "sha256": c.sha256, "mimeType": c.mime_type,
+                    "timestampMs": c.timestamp_ms, "durationMs": c.duration_ms, "status": c.status, "createdAt": iso(c.created_at)}
+                   for c in chunks if member_name(c.path) in inside],
+        "transcript": [g.wire() for g in segments],
+    }, indent=1).encode()
+
+
+def _check_files(items: list[tuple[Chunk, Path]]) -> list[str]:
+    problems = []
+    for chunk, path in items:
+        try:
+            with open(path, "rb") as f:
+                digest, size = _copy_hashed(f, None)
+        except OSError as exc:
+            problems.append(f"chunk {chunk.seq} ({member_name(chunk.path)}) is unreadable: {exc.strerror or exc}")
+            continue
+        if (digest, size) != (chunk.sha256, chunk.size):
+            problems.append(f"chunk {chunk.seq} ({member_name(chunk.path)}) does not match its checksum")
+    return problems
+
+
+def _unlink_and_sync(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    if path.parent.is_dir():
+        _fsync_dir(path.parent)
+
+
+def _disk(path: Path) -> dict[str, int]:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    usage = shutil.disk_usage(probe)
+    return {"freeBytes": usage.free, "totalBytes": usage.total}
+
+
+# -- the server side: daily schedule and the metrics route --------------------------------------------
+
+
+class RetentionScheduler:
+    """Runs retention daily at RETENTION_SCHEDULE (local time); a run another node holds is skipped."""
+
+    def __init__(self, retention: Retention, at: time, clock: Callable[[], datetime] | None = None) -> None:
+        self.retention = retention
+        self.at = at
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
+        self.runs = 0
+        self.skipped = 0
+        self.next_at: datetime | None = None
+        self.last_report: RunReport | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"RetentionScheduler(at={self.at.isoformat()}, next={self.next_at}, runs={self.runs}, skipped={self.skipped})"
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="retention-scheduler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            self.next_at = next_run(self.clock(), self.at)
+            while (remaining := (self.next_at - self.clock()).total_seconds()) > 0:
+                await asyncio.sleep(min(remaining, SCHEDULER_MAX_SLEEP_S))  # short naps follow wall-clock jumps
+            await self.run_once()
+
+    async def run_once(self) -> RunReport | None:
+        try:
+            report = await self.retention.run(self.clock())
+        except RetentionBusy:
+            self.skipped += 1
+            log.info("retention: another run holds the lock; skipped")
+            return None
+        except Exception:
+            log.exception("scheduled retention run failed")
+            return None
+        self.runs += 1
+        self.last_report = report
+        log.info("retention run: %d archived, %d cold, %d waiting, %d failed", len(report.archived), len(report.cold),
+                 len(report.waiting), len(report.failed))
+        return report
+
+
+scheduler_key = web.AppKey("retention_scheduler", RetentionScheduler)
+
+
+async def scheduler(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the daily retention task, unless RETENTION_SCHEDULE is 'off'."""
+    services = app[services_key]
+    at = parse_schedule(services.settings.retention_schedule)
+    if at is None:
+        yield
+        return
+    task = RetentionScheduler(Retention(services.db, services.settings), at)
+    app[scheduler_key] = task
+    task.start()
+    yield
+    await task.stop()
+
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/api/storage/metrics")
+async def storage_metrics(request: web.Request) -> web.Response:
+    """Storage per tier for the whole server (any authenticated user, like /api/server/stats)."""
+    services = request.app[services_key]
+    return web.json_response(await Retention(services.db, services.settings).metrics(datetime.now(timezone.utc)))

@@ -1,0 +1,49 @@
+"""Transcript exports (pure): plain text, SubRip and WebVTT from ordered segments."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+FORMATS = {
+    "txt": "text/plain; charset=utf-8",
+    "srt": "application/x-subrip; charset=utf-8",
+    "vtt": "text/vtt; charset=utf-8",
+}
+
+
+def _clock(ms: int, separator: str) -> str:
+    ms = max(int(ms), 0)
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    seconds, millis = divmod(rest, 1000)
+    return f"{hours:02d}:{minutes:02d}:{seconds:02d}{separator}{millis:03d}"
+
+
+def _cues(segments: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    # Cues must not run backwards or overlap for players: clamp each start to the previous end.
+    cues, last_end = [], 0
+    for segment in segments:
+        text = " ".join(str(segment["text"]).split())
+        if not text:
+            continue
+        start = max(int(segment["startMs"]), last_end)
+        end = max(int(segment["endMs"]), start + 1)
+        cues.append({"start": start, "end": end, "text": text})
+        last_end = end
+    return cues
+
+
+def render(segments: Sequence[dict[str, Any]], fmt: str) -> str:
+    """Segments in seq order (wire shape) as `txt`, `srt` or `vtt`."""
+    cues = _cues(segments)
+    if fmt == "txt":
+        return "".join(f"[{_clock(c['start'], '.')[:-4]}] {c['text']}\n" for c in cues)
+    if fmt == "srt":
+        return "\n".join(
+            f"{i}\n{_clock(c['start'], ',')} --> {_clock(c['end'], ',')}\n{c['text']}\n" for i, c in enumerate(cues, 1)
+        )
+    if fmt == "vtt":
+        body = "\n".join(f"{_clock(c['start'], '.')} --> {_clock(c['end'], '.')}\n{c['text']}\n" for c in cues)
+        return "WEBVTT\n\n" + body
+    raise ValueError(f"unknown transcript format {fmt!r}")

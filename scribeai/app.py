@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 from collections.abc import AsyncIterator
 
@@ -11,7 +12,7 @@ import aiohttp_cors
 import socketio
 from aiohttp import web
 
-from scribeai import rest
+from scribeai import rest, retention
 from scribeai.auth import Authenticator, load_secret
 from scribeai.db import Database
 from scribeai.idempotency import ChunkIngest
@@ -68,8 +69,9 @@ def create_app(settings: Settings, *, db_schema: str | None = None) -> web.Appli
     )
     app[services_key] = Services(settings, db, store, auth, sessions, ingest, monitor, sio, pipeline, realtime, metrics)
     app.add_routes(rest.routes)
+    app.add_routes(retention.routes)
     _setup_cors(app, origins)
-    app.cleanup_ctx.extend([_database, _transcription])
+    app.cleanup_ctx.extend([_database, _transcription, retention.scheduler])
     app.on_shutdown.append(_graceful_stop)
     return app
 
@@ -105,9 +107,31 @@ async def _transcription(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _graceful_stop(app: web.Application) -> None:
-    """Refuse new chunks, let in-flight ones finish and ack, then disconnect every client."""
+    """Refuse new chunks, let in-flight ones finish and ack, then disconnect every client (once)."""
     services = app[services_key]
-    drained = await services.realtime.drain(services.settings.shutdown_timeout)
-    if not drained:
-        log.warning("shutdown: chunks still in flight after %.1fs", services.settings.shutdown_timeout)
-    await services.realtime.disconnect_all()
+    await services.realtime.stop(services.settings.shutdown_timeout)
+
+
+async def serve(app: web.Application, host: str, port: int) -> None:
+    """Run until SIGTERM/SIGINT, then stop gracefully.
+
+    aiohttp's own run_app closes connections for reading before on_shutdown runs, which would
+    drop chunks already on the wire; here the drain happens while connections still read.
+    """
+    services = app[services_key]
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=services.settings.shutdown_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    log.info("ScribeAI listening on http://%s:%d", host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+        log.info("stopping: draining in-flight chunks")
+        await site.stop()
+        await _graceful_stop(app)
+    finally:
+        await runner.cleanup()

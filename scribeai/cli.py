@@ -43,15 +43,16 @@ def setup_logging(settings: Settings) -> None:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from aiohttp import web
+    import asyncio
 
-    from scribeai.app import create_app
+    from scribeai.app import create_app, serve
 
     setup_logging(settings)
-    app = create_app(settings)
-    logging.getLogger("scribeai").info("ScribeAI listening on http://%s:%d", settings.host, settings.port)
-    web.run_app(app, host=settings.host, port=settings.port, shutdown_timeout=settings.shutdown_timeout,
-                print=None, access_log=None)
+
+    async def run() -> None:
+        await serve(create_app(settings), settings.host, settings.port)
+
+    asyncio.run(run())
     return 0
 
 

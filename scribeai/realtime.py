@@ -74,6 +74,8 @@ class Realtime:
         self._idle = asyncio.Event()
         self._idle.set()
         self._in_flight_total = 0
+        self._begun = 0
+        self._stopped = False
         self.counters: dict[str, int] = {}
 
     def __repr__(self) -> str:
@@ -342,6 +344,7 @@ class Realtime:
     # -- shutdown -------------------------------------------------------------
 
     def _begin(self) -> None:
+        self._begun += 1
         self._in_flight_total += 1
         self._idle.clear()
 
@@ -350,18 +353,39 @@ class Realtime:
         if self._in_flight_total == 0:
             self._idle.set()
 
-    async def drain(self, timeout: float) -> bool:
-        """Refuse new chunks and connections, wait for in-flight chunks to be acked."""
+    async def drain(self, timeout: float, quiet_s: float = 1.0) -> bool:
+        """Refuse new chunks and connections, wait until in-flight chunks are acked and no more arrive.
+
+        Chunks still on the wire when the stop begins get `unavailable` instead of vanishing with
+        the disconnect, so a recorder learns at once that it must resend them elsewhere or later.
+        """
         self.accepting = False
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            seen = self._begun
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._idle.wait(), remaining)
+            except TimeoutError:
+                return False
+            await asyncio.sleep(min(quiet_s, max(deadline - asyncio.get_running_loop().time(), 0)))
+            if self._begun == seen and self._idle.is_set():
+                return True
 
     async def disconnect_all(self) -> None:
         for namespace, sid in list(self.connections):
             await self.sio.disconnect(sid, namespace=namespace)
+
+    async def stop(self, timeout: float) -> None:
+        """The graceful stop, once: drain, then disconnect every client."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if not await self.drain(timeout):
+            log.warning("shutdown: chunks still in flight after %.1fs", timeout)
+        await self.disconnect_all()
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1

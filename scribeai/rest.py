@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import and_, func, or_, select
 
-from scribeai import protocol, transcripts
+from scribeai import openapi, protocol, transcripts
 from scribeai.auth import token_from_headers
 from scribeai.errors import InvalidInput, ScribeError, Unauthorized, http_error_body
 from scribeai.metrics import CONTENT_TYPE
@@ -88,6 +88,12 @@ async def metrics(request: web.Request) -> web.Response:
     if expected and not hmac.compare_digest(token_from_headers(request.headers) or "", expected):
         raise Unauthorized("/metrics needs Authorization: Bearer <METRICS_TOKEN>")
     return web.Response(body=services.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+@routes.get("/api/openapi.json")
+async def openapi_document(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 description of these routes (no token needed)."""
+    return web.json_response(openapi.document(max_page=MAX_PAGE, session_statuses=SESSION_STATUSES))
 
 
 @routes.get("/api/sessions")

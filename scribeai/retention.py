@@ -38,7 +38,6 @@ from sqlalchemy.engine import make_url
 from scribeai.db import Database
 from scribeai.errors import NotFound, ScribeError
 from scribeai.models import Chunk, ChunkStatus, RecordingSession, SessionStatus, Tier, TranscriptSegment
-from scribeai.services import services_key
 from scribeai.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,6 +47,7 @@ ARCHIVE_FORMAT = 1
 COPY_BLOCK = 1024 * 1024
 ID_BATCH = 500
 FINISHED = (ChunkStatus.DONE, ChunkStatus.FAILED, ChunkStatus.STORED)
+READ_ERRORS = (OSError, KeyError, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
 COMPRESSION_NAMES = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", 9: "deflate64"}
 SCHEDULER_MAX_SLEEP_S = 300.0
 
@@ -64,6 +64,10 @@ class ArchiveFailed(ScribeError):
 
     code = "archive_failed"
     http_status = 500
+
+
+class Unreadable(ArchiveFailed):
+    """A chunk file or archive member could not be read (missing, damaged, bad CRC)."""
 
 
 class SessionChanged(ScribeError):
@@ -176,6 +180,10 @@ class Member:
     source: Path | None = None          # a raw chunk file in hot storage
     from_archive: Path | None = None    # or the same member of the session's previous archive
 
+    @property
+    def label(self) -> str:
+        return f"chunk {self.seq} ({self.name})"
+
 
 @dataclass(frozen=True)
 class ArchiveFile:
@@ -206,18 +214,43 @@ def member_name(chunk_path: str) -> str:
     return PurePosixPath(chunk_path).name
 
 
+def in_archive(chunk: Chunk, session: RecordingSession) -> bool:
+    """Is this chunk's audio in the session's current archive? Chunks deleted by the time the session
+    last went cold are gone for good (cold_at is never cleared); later ones are late chunks archived since."""
+    if chunk.deleted_at is None or session.tier != Tier.WARM:
+        return False
+    return session.cold_at is None or chunk.deleted_at > session.cold_at
+
+
 def archive_name(session_id: str) -> str:
     return f"{session_id}.zip"
 
 
-def _copy_hashed(src: IO[bytes], dst: IO[bytes] | None) -> tuple[str, int]:
+def _copy_hashed(src: IO[bytes], dst: IO[bytes] | None, label: str) -> tuple[str, int]:
+    """sha256 and size of `src`, copied to `dst` on the way; read failures become Unreadable(label)."""
     digest, size = hashlib.sha256(), 0
-    while block := src.read(COPY_BLOCK):
+    while True:
+        try:
+            block = src.read(COPY_BLOCK)
+        except READ_ERRORS as exc:  # zipfile raises BadZipFile here when a member's CRC-32 is wrong
+            raise Unreadable(f"{label} is unreadable: {exc}") from exc
+        if not block:
+            return digest.hexdigest(), size
         digest.update(block)
         size += len(block)
         if dst is not None:
             dst.write(block)
-    return digest.hexdigest(), size
+
+
+def _open_source(stack: contextlib.ExitStack, member: Member, previous: zipfile.ZipFile | None) -> IO[bytes]:
+    try:
+        if member.source is not None:
+            return stack.enter_context(open(member.source, "rb"))
+        if previous is None:
+            raise FileNotFoundError("no previous archive")
+        return stack.enter_context(previous.open(member.name))
+    except READ_ERRORS as exc:
+        raise Unreadable(f"{member.label} is unreadable: {exc}", seq=member.seq) from exc
 
 
 def _zip_time(when: datetime | None) -> tuple[int, int, int, int, int, int]:
@@ -233,26 +266,11 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def _open_source(member: Member, previous: zipfile.ZipFile | None) -> Iterator[IO[bytes]]:
-    try:
-        if member.source is not None:
-            with open(member.source, "rb") as f:
-                yield f
-        elif previous is not None:
-            with previous.open(member.name) as f:
-                yield f
-        else:
-            raise FileNotFoundError(member.name)
-    except (OSError, KeyError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
-        raise ArchiveFailed(f"chunk {member.seq} ({member.name}) is unreadable: {exc}", seq=member.seq) from exc
-
-
 def _write_zip(temp: Path, members: list[Member], metadata: bytes, when: datetime) -> None:
     """Stream every member into `temp` (audio stored, metadata deflated), checking each source's sha256."""
     previous_path = next((m.from_archive for m in members if m.from_archive is not None), None)
     with contextlib.ExitStack() as stack:
-        previous = stack.enter_context(zipfile.ZipFile(previous_path)) if previous_path else None
+        previous = _open_previous(stack, previous_path) if previous_path else None
         raw = stack.enter_context(open(temp, "xb"))
         with zipfile.ZipFile(raw, "w", allowZip64=True) as zf:
             info = zipfile.ZipInfo(METADATA_NAME, _zip_time(when))
@@ -261,21 +279,25 @@ def _write_zip(temp: Path, members: list[Member], metadata: bytes, when: datetim
             for member in members:
                 info = zipfile.ZipInfo(member.name, _zip_time(when))
                 info.compress_type = zipfile.ZIP_STORED  # opus does not compress; do not spend CPU on it
-                info.file_size = member.size
+                info.file_size = member.size  # lets zipfile choose ZIP64 up front for huge members
                 info.external_attr = 0o644 << 16
-                with _open_source(member, previous) as src, zf.open(info, "w") as dst:
-                    try:
-                        digest, size = _copy_hashed(src, dst)
-                    except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
-                        raise ArchiveFailed(f"chunk {member.seq} ({member.name}) is unreadable: {exc}", seq=member.seq) from exc
+                with contextlib.ExitStack() as member_stack:
+                    src = _open_source(member_stack, member, previous)
+                    dst = member_stack.enter_context(zf.open(info, "w"))
+                    digest, size = _copy_hashed(src, dst, member.label)
                 if (digest, size) != (member.sha256, member.size):
                     raise ArchiveFailed(
-                        f"chunk {member.seq} ({member.name}) does not match its checksum: "
-                        f"sha256 {digest[:12]}…/{size} bytes on disk, {member.sha256[:12]}…/{member.size} bytes recorded",
-                        seq=member.seq,
-                    )
+                        f"{member.label} does not match its checksum: {size} bytes with sha256 {digest[:12]}… on disk, "
+                        f"{member.size} bytes with sha256 {member.sha256[:12]}… recorded", seq=member.seq)
         raw.flush()
         os.fsync(raw.fileno())
+
+
+def _open_previous(stack: contextlib.ExitStack, path: Path) -> zipfile.ZipFile:
+    try:
+        return stack.enter_context(zipfile.ZipFile(path))
+    except READ_ERRORS as exc:
+        raise Unreadable(f"the session's previous archive {path.name} is unreadable: {exc}") from exc
 
 
 def verify_archive(path: Path, members: Iterable[Member], session_id: str, *, exact: bool = False) -> ArchiveCheck:
@@ -318,16 +340,19 @@ def _read_metadata(zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo], sessi
 
 def _check_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo | None, member: Member, check: ArchiveCheck) -> None:
     if info is None:
-        check.problems.append(f"chunk {member.seq} ({member.name}) is missing")
+        check.problems.append(f"{member.label} is missing")
         return
     try:
-        with zf.open(info) as f:  # zipfile also checks the CRC-32 at the end of the stream
-            digest, size = _copy_hashed(f, None)
-    except (OSError, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
-        check.problems.append(f"chunk {member.seq} ({member.name}) is unreadable: {exc}")
+        with zf.open(info) as f:
+            digest, size = _copy_hashed(f, None, member.label)
+    except Unreadable as exc:
+        check.problems.append(exc.message)
+        return
+    except READ_ERRORS as exc:
+        check.problems.append(f"{member.label} is unreadable: {exc}")
         return
     if (digest, size) != (member.sha256, member.size):
-        check.problems.append(f"chunk {member.seq} ({member.name}) does not match its checksum")
+        check.problems.append(f"{member.label} does not match its checksum")
         return
     check.members_checked += 1
 
@@ -373,11 +398,11 @@ def extract_members(archive: Path, members: list[Member], destinations: dict[str
             temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")  # ChunkStore.sweep_temporaries' pattern
             try:
                 with zf.open(member.name) as src, open(temp, "xb") as dst:
-                    digest, size = _copy_hashed(src, dst)
+                    digest, size = _copy_hashed(src, dst, member.label)
                     dst.flush()
                     os.fsync(dst.fileno())
                 if (digest, size) != (member.sha256, member.size):
-                    raise ArchiveFailed(f"chunk {member.seq} ({member.name}) does not match its checksum", seq=member.seq)
+                    raise ArchiveFailed(f"{member.label} does not match its checksum", seq=member.seq)
                 os.replace(temp, final)
             except BaseException:
                 temp.unlink(missing_ok=True)
@@ -589,12 +614,12 @@ class Retention:
 
     def _members(self, session: RecordingSession, chunks: list[Chunk]) -> list[Member]:
         """Live chunks come from hot storage; chunks already archived (late chunks merge in) from the old ZIP."""
-        previous = self.archive_dir / archive_name(session.id) if session.tier == Tier.WARM else None
+        previous = self.archive_dir / (session.archive_path or archive_name(session.id))
         members = []
         for c in chunks:
             if c.deleted_at is None:
                 members.append(Member(member_name(c.path), c.size, c.sha256, c.seq, source=self.storage_dir / c.path))
-            elif previous is not None:
+            elif in_archive(c, session):
                 members.append(Member(member_name(c.path), c.size, c.sha256, c.seq, from_archive=previous))
         return members
 
@@ -611,7 +636,7 @@ class Retention:
                 raise SessionChanged("a chunk changed while the archive was written; next run")
             await s.execute(update(RecordingSession).where(RecordingSession.id == session_id).values(
                 tier=Tier.WARM, archive_path=result.path.name, archive_sha256=result.sha256,
-                archive_bytes=result.bytes, archived_at=now, cold_at=None,
+                archive_bytes=result.bytes, archived_at=now,
             ))
 
     async def make_cold(self, session_id: str, now: datetime) -> None:
@@ -689,7 +714,7 @@ class Retention:
                 raise ArchiveFailed("session is cold: its archive was deleted, only the transcript remains", sessionId=session_id)
             if session.tier == Tier.HOT:
                 return {"sessionId": session_id, "tier": Tier.HOT, "restoredChunks": 0}
-            archived = [c for c in chunks if c.deleted_at is not None]
+            archived = [c for c in chunks if in_archive(c, session)]
             path = self.archive_dir / (session.archive_path or archive_name(session_id))
             members = [m for m in self._members(session, chunks) if m.from_archive is not None]
             check = await asyncio.to_thread(verify_archive, path, members, session_id)
@@ -702,7 +727,7 @@ class Retention:
                     await s.execute(update(Chunk).where(Chunk.id.in_(batch)).values(deleted_at=None))  # type: ignore[attr-defined]
                 await s.execute(update(RecordingSession).where(RecordingSession.id == session_id).values(
                     tier=Tier.HOT, archive_path=None, archive_sha256=None, archive_bytes=None, archived_at=None,
-                    cold_at=None, last_activity_at=now,  # a restore is activity: it gets RETENTION_DAYS hot again
+                    last_activity_at=now,  # a restore is activity: it gets RETENTION_DAYS hot again
                 ))
             await asyncio.to_thread(_unlink_and_sync, path)
         log.info("restored session %s: %d chunks back in hot storage", session_id, len(archived), extra={"sessionId": session_id})
@@ -713,7 +738,7 @@ class Retention:
 
     async def metrics(self, now: datetime) -> dict[str, Any]:
         """Seed 002's getStorageMetrics(): per tier sessions/chunks/bytes, archives, oldest hot session, disk, saving."""
-        live = case((Chunk.deleted_at.is_(None), 1), else_=0)  # type: ignore[union-attr]
+        live = Chunk.deleted_at.is_(None)  # type: ignore[union-attr]
         async with self.db.read() as s:
             sessions = dict((await s.execute(select(RecordingSession.tier, func.count()).group_by(RecordingSession.tier))).all())
             archive_bytes = int((await s.execute(select(func.coalesce(func.sum(RecordingSession.archive_bytes), 0)))).scalar_one())
@@ -798,14 +823,18 @@ def _metadata(session: RecordingSession, chunks: list[Chunk], members: list[Memb
 def _check_files(items: list[tuple[Chunk, Path]]) -> list[str]:
     problems = []
     for chunk, path in items:
+        label = f"chunk {chunk.seq} ({member_name(chunk.path)})"
         try:
             with open(path, "rb") as f:
-                digest, size = _copy_hashed(f, None)
+                digest, size = _copy_hashed(f, None, label)
+        except Unreadable as exc:
+            problems.append(exc.message)
+            continue
         except OSError as exc:
-            problems.append(f"chunk {chunk.seq} ({member_name(chunk.path)}) is unreadable: {exc.strerror or exc}")
+            problems.append(f"{label} is unreadable: {exc.strerror or exc}")
             continue
         if (digest, size) != (chunk.sha256, chunk.size):
-            problems.append(f"chunk {chunk.seq} ({member_name(chunk.path)}) does not match its checksum")
+            problems.append(f"{label} does not match its checksum")
     return problems
 
 
@@ -875,18 +904,16 @@ class RetentionScheduler:
         return report
 
 
-scheduler_key = web.AppKey("retention_scheduler", RetentionScheduler)
-
-
 async def scheduler(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the daily retention task, unless RETENTION_SCHEDULE is 'off'."""
+    from scribeai.services import services_key  # not at import time: the CLI need not load the server
+
     services = app[services_key]
     at = parse_schedule(services.settings.retention_schedule)
     if at is None:
         yield
         return
     task = RetentionScheduler(Retention(services.db, services.settings), at)
-    app[scheduler_key] = task
     task.start()
     yield
     await task.stop()
@@ -898,5 +925,7 @@ routes = web.RouteTableDef()
 @routes.get("/api/storage/metrics")
 async def storage_metrics(request: web.Request) -> web.Response:
     """Storage per tier for the whole server (any authenticated user, like /api/server/stats)."""
+    from scribeai.services import services_key
+
     services = request.app[services_key]
     return web.json_response(await Retention(services.db, services.settings).metrics(datetime.now(timezone.utc)))

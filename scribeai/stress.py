@@ -277,10 +277,12 @@ def load_chunk_audio(seconds: float, speech: str, cache_dir: Path, bitrate: int,
     label = str(source) if source else "synthetic"
     if all(p.is_file() for p in paths):
         return ChunkAudio(tuple(p.read_bytes() for p in paths), round(samples * 1000 / SAMPLE_RATE), label, True)
-    pcm = decode_pcm(source) if source else synthetic_speech(min(max(seconds * 2, 20.0), 120.0))
+    pcm = decode_pcm(source) if source else synthetic_speech(min(max(seconds * variants, 20.0), 240.0))
+    # Consecutive variants continue the loop; when it is too short for that, spread their starts over it.
+    step = samples if samples * variants <= len(pcm) else len(pcm) // variants
     made = []
     for i, path in enumerate(paths):
-        index = (np.arange(samples) + i * samples) % len(pcm)  # consecutive variants continue the loop
+        index = (np.arange(samples) + i * step) % len(pcm)
         data = encode_webm(pcm[index], bitrate)
         if abs(decoded_ms(data) - seconds * 1000) > 100:
             raise CannotRun(f"generated chunk decodes to {decoded_ms(data)} ms, not {seconds * 1000:.0f} ms")
@@ -421,6 +423,7 @@ class Recorder:
         if self.fatal is None:
             await self._finish()
         if self._client is not None and self._client.connected:
+            self.connected = False  # our own goodbye is not a drop
             await self._client.disconnect()
 
     async def _produce(self) -> None:
@@ -975,7 +978,7 @@ def _session_report(r: Recorder, v: dict[str, Any], options: Options) -> dict[st
                             f"({len([s for s in segments_missing if s in stored])} of them stored on the server; "
                             f"chunks by status {session.get('chunksByStatus')})")
     return {
-        "sessionId": r.session_id, "chunksAcked": len(r.acked), "chunksStored": r.stored, "duplicates": r.duplicates,
+        "sessionId": r.session_id, "chunksAcked": len(r.acked), "acksNew": r.stored, "duplicates": r.duplicates,
         "resends": r.resends, "failed": {str(k): c for k, c in r.failed.items()}, "bytesAcked": acked_bytes,
         "server": {"missing": missing.get("missing"), "maxSeq": missing.get("maxSeq"), "totalChunks": missing.get("totalChunks"),
                    "bytes": session.get("bytes"), "durationMs": session.get("durationMs"), "status": session.get("status"),
@@ -1052,7 +1055,7 @@ def build_report(options: Options, audio: ChunkAudio, engine: str, started_at: d
         "server": {"url": options.url, "engine": engine, "statsBefore": stats_before, "statsAfter": stats_after},
         "totals": {"sessions": options.sessions, "chunksPlanned": planned, "chunksSent": sum(len(r.first_sent) for r in recorders),
                    "sendAttempts": sum(sum(r.attempts.values()) for r in recorders), "chunksAcked": acked,
-                   "chunksStored": sum(r.stored for r in recorders), "duplicates": sum(r.duplicates for r in recorders),
+                   "acksNew": sum(r.stored for r in recorders), "duplicates": sum(r.duplicates for r in recorders),
                    "resends": sum(r.resends for r in recorders), "failed": sum(len(r.failed) for r in recorders),
                    "lostAfterAck": sum(len(r.lost_after_ack) for r in recorders), "bytesAcked": acked_bytes,
                    "successRate": round(acked / planned, 6) if planned else None},
@@ -1158,7 +1161,7 @@ def summary_table(report: dict[str, Any], path: Path | None) -> str:
 
     rows = [
         ("run", f"{report['runId']}  {tot['sessions']} session(s) x {report['settings']['chunks']} chunks, engine {tr['engine']}"),
-        ("acked", f"{tot['chunksAcked']}/{tot['chunksPlanned']} ({100 * (tot['successRate'] or 0):.2f}%)  stored {tot['chunksStored']}  "
+        ("acked", f"{tot['chunksAcked']}/{tot['chunksPlanned']} ({100 * (tot['successRate'] or 0):.2f}%)  new acks {tot['acksNew']}  "
                   f"duplicates {tot['duplicates']}  resends {tot['resends']}  failed {tot['failed']}"),
         ("throughput", f"{tp['kbPerS']} KB/s  {tp['chunksPerS']} chunks/s  over {tp['sendPhaseS']} s"),
         ("ack ms", f"avg {lat['avg']}  min {lat['min']}  p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}  max {lat['max']}"),

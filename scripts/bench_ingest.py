@@ -94,6 +94,12 @@ class ProcessSampler:
             pass
 
 
+def _busy_cpu_s(times: Any) -> float:
+    # guest time is already inside user time on Linux, so only these fields add up to "busy"
+    fields = ("user", "nice", "system", "irq", "softirq", "steal")
+    return sum(getattr(times, f, 0.0) for f in fields)
+
+
 def mint_token(secret: str, user: str) -> str:
     import jwt
 
@@ -226,6 +232,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     server = ProcessSampler(args.server_pid)
     me = psutil.Process()
     client_cpu0 = sum(me.cpu_times()[:2])
+    system0 = psutil.cpu_times()
+    load_before = os.getloadavg()[0]
     server.start()
     tasks = [asyncio.create_task(r.run()) for r in live]
     t0 = time.perf_counter()
@@ -234,6 +242,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     await server.stop()
     client_cpu = sum(me.cpu_times()[:2]) - client_cpu0
+    system1 = psutil.cpu_times()
+    # CPU seconds used by every process on the machine: what is neither server nor client competed with them.
+    system_busy = _busy_cpu_s(system1) - _busy_cpu_s(system0)
     await asyncio.gather(*(r.close() for r in recorders), return_exceptions=True)
 
     latencies = sorted(x for r in recorders for x in r.result.latencies_ms)
@@ -273,6 +284,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                         "end": round(server.end_rss / 1e6, 1)} if args.server_pid else None,
         "serverCpuS": round(server.cpu_s, 2) if args.server_pid else None,
         "clientCpuS": round(client_cpu, 2),
+        "otherCpuS": round(system_busy - client_cpu - (server.cpu_s if args.server_pid else 0.0), 2),
+        "machineBusyPct": round(100 * system_busy / (wall * (os.cpu_count() or 1)), 1) if wall > 0 else None,
+        "loadAvg1Before": round(load_before, 2),
         "cpuCount": os.cpu_count(),
     }
 
@@ -293,6 +307,8 @@ def table(report: dict[str, Any]) -> str:
         rows.append(("server RSS", f"start {r['start']} MB   peak {r['peak']} MB   end {r['end']} MB"))
         rows.append(("server CPU", f"{report['serverCpuS']} s  ({100 * report['serverCpuS'] / report['wallS']:.0f}% of one core)"))
     rows.append(("client CPU", f"{report['clientCpuS']} s  ({100 * report['clientCpuS'] / report['wallS']:.0f}% of one core)"))
+    rows.append(("machine", f"{report['cpuCount']} cores {report['machineBusyPct']}% busy; other processes {report['otherCpuS']} CPU s;"
+                            f" load avg before {report['loadAvg1Before']}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 

@@ -1,7 +1,7 @@
 // The real socket.io-client against a real ScribeAI server (started by tests/test_js_interop.py).
 // Every test asserts exact values: the acks' bodies, the bytes on disk (sha256), the REST answers.
 
-import { after, afterEach, describe, test } from "node:test";
+import { after, afterEach, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash, createHmac, randomBytes, randomUUID } from "node:crypto";
 import { readdir, readFile } from "node:fs/promises";
@@ -39,8 +39,8 @@ function closeAll() {
 afterEach(closeAll);
 after(closeAll);
 
-/** A socket with its own connection (forceNew) that never reconnects unless asked to. */
-function open({ url = URL, namespace = "/", token = ALICE, ...options } = {}) {
+/** A socket with its own connection (forceNew) that never reconnects unless asked to; closed after the test unless `keep`. */
+function open({ url = URL, namespace = "/", token = ALICE, keep = false, ...options } = {}) {
   const socket = io(url + namespace, {
     auth: token === null ? undefined : { token },
     forceNew: true,
@@ -48,7 +48,7 @@ function open({ url = URL, namespace = "/", token = ALICE, ...options } = {}) {
     timeout: 5000,
     ...options,
   });
-  sockets.add(socket);
+  if (!keep) sockets.add(socket);
   return socket;
 }
 
@@ -451,10 +451,9 @@ describe("every bad input is answered with code invalid and the client stays con
     ["three arguments", "audio-chunk", [{ sessionId: id, sequence: 0 }, Buffer.from("a"), "extra"], /got 3 arguments/],
   ];
 
-  let socket;
-  test("connect", { timeout: 10_000 }, async () => {
-    socket = await connect({ transports: ["websocket"] });
-  });
+  let socket; // one connection for all the cases: each one must leave it connected
+  before(async () => { socket = await connect({ transports: ["websocket"], keep: true }); });
+  after(() => socket.disconnect());
 
   for (const [name, event, args, pattern] of cases) {
     test(name, { timeout: 10_000 }, async () => {
@@ -539,17 +538,21 @@ describe("unauthorized connections are refused with connect_error data.code unau
 
 test("the token is accepted from auth.token, ?token=, Authorization: Bearer and the scribeai_token cookie, on both transports", { timeout: 15_000 }, async () => {
   const id = sid("carriers");
+  // Fresh option objects for every socket: engine.io-client writes into `extraHeaders` (see the cookie note below).
   const carriers = [
-    ["auth.token", { token: ALICE }],
-    ["query", { token: null, query: { token: ALICE } }],
-    ["bearer header", { token: null, extraHeaders: { Authorization: `Bearer ${ALICE}` } }],
-    ["cookie", { token: null, withCredentials: true, extraHeaders: { Cookie: `scribeai_token=${ALICE}` } }],
+    ["auth.token", () => ({ token: ALICE })],
+    ["query", () => ({ token: null, query: { token: ALICE } })],
+    ["bearer header", () => ({ token: null, extraHeaders: { Authorization: `Bearer ${ALICE}` } })],
+    ["cookie header", () => ({ token: null, extraHeaders: { Cookie: `scribeai_token=${ALICE}` } })],
+    // engine.io-client 6.6 in Node, with withCredentials (its cookie jar), sets `headers.cookie` (lower case) on the
+    // websocket request, which replaces an extraHeaders `Cookie` (capitalised): on websocket only the lower-case key works.
+    ["cookie header + withCredentials", () => ({ token: null, withCredentials: true, extraHeaders: { cookie: `scribeai_token=${ALICE}` } })],
   ];
   let seq = 0;
   const expected = {};
   for (const [name, options] of carriers) {
     for (const transport of ["websocket", "polling"]) {
-      const socket = await connect({ ...options, transports: [transport] });
+      const socket = await connect({ ...options(), transports: [transport] });
       const audio = randomBytes(256);
       // a chunk of alice's session is accepted only from alice
       const ack = await call(socket, "audio-chunk", chunk(id, seq, audio));
@@ -675,7 +678,7 @@ test("the client's own reconnection: new sid, a chunk emitted while offline is d
   const buffered = call(socket, "audio-chunk", chunk(id, 2, audios[2])); // queued by the client until it is back
   assert.equal(await back, 1);
   assert.notEqual(socket.id, oldId);
-  assert.equal(socket.recovered, false); // python-socketio has no connection state recovery
+  assert.ok(!socket.recovered); // python-socketio has no connection state recovery
   assertAck(await buffered, { sessionId: id, sequence: 2 });
   const joined = await call(socket, "joinSession", { sessionId: id, lastSeq: 2 });
   assert.deepEqual(joined, { sessionId: id, status: "recording", maxSeq: 2, totalChunks: 3, missing: [] });

@@ -66,6 +66,16 @@ def parse_object(payload: Any, event: str) -> dict[str, Any]:
     return payload
 
 
+def parse_optional_text(payload: dict[str, Any], field: str, limit: int) -> str | None:
+    """An optional free-text field (title, source); NUL is refused since PostgreSQL text cannot store it."""
+    value = payload.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > limit or "\x00" in value:
+        raise InvalidInput(f"{field} must be a string of at most {limit} characters, without NUL", field=field)
+    return value
+
+
 def parse_optional_seq(payload: dict[str, Any], field: str) -> int | None:
     value = payload.get(field)
     if value is None:

@@ -287,7 +287,7 @@ class Realtime:
         body = protocol.parse_object(payload, "start-session")
         session_id = protocol.parse_session_id(body.get("sessionId"))
         self._check_user_field(conn, body)
-        title, source = _optional_text(body, "title", 512), _optional_text(body, "source", 64)
+        title, source = protocol.parse_optional_text(body, "title", 512), protocol.parse_optional_text(body, "source", 64)
         await self.sessions.ensure(session_id, conn.user_id, title=title, source=source)
         await self.sio.enter_room(conn.sid, protocol.room_of(session_id), namespace=conn.namespace)
         row = await self.sessions.get_owned(session_id, conn.user_id)
@@ -393,12 +393,3 @@ class Realtime:
 
 def _log_context(context: dict[str, Any]) -> dict[str, Any]:
     return {"sessionId": context.get("sessionId"), "seq": context.get("sequence")}
-
-
-def _optional_text(body: dict[str, Any], key: str, limit: int) -> str | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) > limit:
-        raise InvalidInput(f"{key} must be a string of at most {limit} characters", field=key)
-    return value

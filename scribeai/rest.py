@@ -125,9 +125,7 @@ async def create_session(request: web.Request) -> web.Response:
     body = await _json_body(request)
     services = _services(request)
     session_id = protocol.parse_session_id(body["id"], "id") if body.get("id") is not None else services.new_session_id()
-    title = body.get("title")
-    if title is not None and (not isinstance(title, str) or len(title) > 512):
-        raise InvalidInput("title must be a string of at most 512 characters", field="title")
+    title = protocol.parse_optional_text(body, "title", 512)
     await services.sessions.ensure(session_id, request[user_key], title=title)
     return web.json_response(await _session_view(services, session_id, request[user_key]), status=201)
 

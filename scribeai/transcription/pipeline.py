@@ -63,6 +63,8 @@ class Pipeline:
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.workers and hasattr(self.engine, "load"):
+            await self.engine.load()  # the first chunk should not wait for the model
         recovered = await self.queue.recover()
         if recovered:
             log.info("requeued %d transcription jobs this node held before it stopped", recovered)
@@ -145,8 +147,9 @@ class Pipeline:
         try:
             prepared = await asyncio.to_thread(media.prepare, data, job.mime_type, header)
             result = await self.engine.transcribe(prepared, job.mime_type)
-        except (TranscriptionFailed, media.UndecodableAudio, media.MissingHeader) as exc:
-            await self._record_failure(job, getattr(exc, "reason", str(exc)))
+        except (TranscriptionFailed, media.UndecodableAudio) as exc:
+            # Audio that does not decode will not decode on a retry; a busy upstream API may answer later.
+            await self._record_failure(job, exc.reason, retryable=getattr(exc, "retryable", False))
             return
         elapsed = time.monotonic() - started
         segment = await self._segment(job, result)
@@ -164,8 +167,8 @@ class Pipeline:
             await self.on_transcribed(job.id)
         await self.check_completed(job.session_id)
 
-    async def _record_failure(self, job: Chunk, reason: str) -> None:
-        failure = await self.queue.fail(job, reason)
+    async def _record_failure(self, job: Chunk, reason: str, retryable: bool = True) -> None:
+        failure = await self.queue.fail(job, reason, retryable=retryable)
         self.metrics.transcriptions_total.labels("failed" if failure.final else "retry").inc()
         if failure.final:
             self.failed += 1

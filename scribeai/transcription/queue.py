@@ -69,9 +69,10 @@ class JobQueue:
             )
         return bool(inserted.rowcount)
 
-    async def fail(self, chunk: Chunk, reason: str) -> Failure:
+    async def fail(self, chunk: Chunk, reason: str, *, retryable: bool = True) -> Failure:
+        """Count a failed attempt: retry after the next delay, or mark it failed for good."""
         attempts = chunk.attempts + 1
-        final = attempts > len(self.retry_delays)
+        final = not retryable or attempts > len(self.retry_delays)
         retry_in = None if final else self.retry_delays[attempts - 1]
         async with self.db.write() as s:
             await s.execute(

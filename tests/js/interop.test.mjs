@@ -117,13 +117,17 @@ async function rest(pathname, token = ALICE, url = URL) {
   return { status: res.status, body: await res.json() };
 }
 
-/** A stored or duplicate ack, checked field by field. */
-function assertAck(ack, { sessionId, sequence, timestamp = T0 + sequence * 15000, duplicate = false, credits = IDLE_CREDITS }) {
+/**
+ * A stored or duplicate ack, checked field by field. `credits: null` accepts any window >= 1;
+ * `busy: true` is for bursts, where the server may answer canAccept:false (and then credits 0).
+ */
+function assertAck(ack, { sessionId, sequence, timestamp = T0 + sequence * 15000, duplicate = false, credits = IDLE_CREDITS, busy = false }) {
   assert.match(ack.chunkId, /^[0-9a-f]{32}$/);
-  const expected = { sessionId, sequence, timestamp, chunkId: ack.chunkId, duplicate, canAccept: true };
-  if (!duplicate) expected.credits = credits === null ? ack.credits : credits;
+  const canAccept = busy && ack.canAccept === false ? false : true;
+  const expected = { sessionId, sequence, timestamp, chunkId: ack.chunkId, duplicate, canAccept };
+  if (!duplicate) expected.credits = !canAccept ? 0 : credits === null ? ack.credits : credits;
   assert.deepEqual(ack, expected);
-  if (!duplicate) assert.ok(Number.isInteger(ack.credits) && ack.credits >= 1, `credits ${ack.credits}`);
+  if (!duplicate && canAccept) assert.ok(Number.isInteger(ack.credits) && ack.credits >= 1, `credits ${ack.credits}`);
 }
 
 /** The chunk-error body the server must send for `payload` (context fields only when well formed). */
@@ -332,7 +336,7 @@ test("concurrent duplicates from two sockets (websocket on /, polling on /record
     assert.equal(group.length, 4);
     assert.deepEqual(group.map((ack) => ack.duplicate).sort(), [false, true, true, true], `seq ${seq}`);
     assert.equal(new Set(group.map((ack) => ack.chunkId)).size, 1, `seq ${seq}`);
-    for (const ack of group) assertAck(ack, { sessionId: id, sequence: seq, duplicate: ack.duplicate, credits: null });
+    for (const ack of group) assertAck(ack, { sessionId: id, sequence: seq, duplicate: ack.duplicate, credits: null, busy: true });
   }
   const expected = Object.fromEntries(audios.map((audio, seq) => [fileName(id, seq), sha256(audio)]));
   assert.deepEqual(await storedFiles(id), expected);
@@ -373,6 +377,31 @@ for (const [transport, size] of [["websocket", 5 * MIB], ["polling", 5 * MIB], [
     assert.deepEqual(await storedFiles(id), { [fileName(id, 0)]: sha256(audio), [fileName(id, 1)]: sha256(small) });
   });
 }
+
+test("polling: chunks buffered before the connection is up, then a burst, arrive batched in POSTs and are all stored", { timeout: 15_000 }, async () => {
+  // socket.io-client queues emits while offline and flushes them together: one POST then carries
+  // two Engine.IO packets per chunk (the event and its binary attachment), here far more than 16.
+  const socket = open({ transports: ["polling"] });
+  const batches = []; // Engine.IO packets per POST, observed on the client's transport
+  const transport = socket.io.engine.transport;
+  const send = transport.send.bind(transport);
+  transport.send = (packets) => { batches.push(packets.length); return send(packets); };
+  const disconnects = [];
+  socket.on("disconnect", (reason) => disconnects.push(reason));
+  const id = sid("burst");
+  // 12 at a time: more than 16 packets per POST, and below the server's hard queue limit (no "overloaded")
+  const audios = Array.from({ length: 24 }, () => randomBytes(20_000));
+  const offline = audios.slice(0, 12).map((audio, seq) => call(socket, "audio-chunk", chunk(id, seq, audio)));
+  await connected(socket);
+  const acks = await Promise.all(offline);
+  const burst = audios.slice(12).map((audio, i) => call(socket, "audio-chunk", chunk(id, 12 + i, audio)));
+  acks.push(...(await Promise.all(burst)));
+  acks.forEach((ack, seq) => assertAck(ack, { sessionId: id, sequence: seq, credits: null, busy: true }));
+  assert.ok(Math.max(...batches) > 16, `packets per POST: ${batches}`);
+  assert.deepEqual(disconnects, []);
+  assert.equal(socket.io.engine.transport.name, "polling");
+  assert.deepEqual(await storedFiles(id), Object.fromEntries(audios.map((a, seq) => [fileName(id, seq), sha256(a)])));
+});
 
 for (const transport of ["websocket", "polling"]) {
   test(`a chunk over MAX_CHUNK_BYTES over ${transport}: chunk-error too_large, still connected, still serving`, { timeout: 15_000 }, async () => {

@@ -75,7 +75,7 @@ class Authenticator:
         except jwt.InvalidTokenError as exc:
             raise Unauthorized(f"invalid token: {exc}") from exc
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not 0 < len(sub) <= _USER_ID_MAX:
+        if not isinstance(sub, str) or not 0 < len(sub) <= _USER_ID_MAX or "\x00" in sub:  # PostgreSQL text has no NUL
             raise Unauthorized("token has no valid sub")
         return sub
 

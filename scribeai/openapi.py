@@ -76,7 +76,8 @@ def _paths(max_page: int, statuses: Sequence[str]) -> dict[str, Any]:
                               {"200": _json("SessionPage")}, errors=(400, 401), parameters=[
                                   _query("limit", {"type": "integer", "minimum": 1, "maximum": max_page, "default": 50},
                                          "Page size."),
-                                  _query("cursor", _TEXT, "`nextCursor` of the previous page (opaque)."),
+                                  _query("cursor", {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"},
+                                         "`nextCursor` of the previous page (opaque; anything else is a 400)."),
                                   _query("status", {"type": "string", "enum": list(statuses)}, "Only sessions in this status."),
                               ]),
             "post": _operation("createSession", "Create a session (idempotent for its owner).",

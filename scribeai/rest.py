@@ -8,7 +8,7 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
@@ -70,7 +70,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         return {}
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, LookupError) as exc:  # LookupError: an unknown charset
         raise InvalidInput("request body is not valid JSON") from exc
     return protocol.parse_object(body, "request body")
 
@@ -280,7 +280,10 @@ def _decode_cursor(value: str | None) -> tuple[datetime, str] | None:
     try:
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
         created, session_id = raw.split("|", 1)
-        return datetime.fromisoformat(created), protocol.parse_session_id(session_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError, ScribeError) as exc:
+        when = datetime.fromisoformat(created)
+        if when.tzinfo is None:  # the column binds only aware datetimes: a naive one would be a 500
+            raise ValueError("cursor time has no UTC offset")
+        return when.astimezone(timezone.utc), protocol.parse_session_id(session_id)
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError, ScribeError) as exc:
         raise InvalidInput("cursor is not valid") from exc
 

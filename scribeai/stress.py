@@ -189,7 +189,8 @@ def synthetic_speech(seconds: float, seed: int = 5) -> NDArray[np.int16]:
         parts.append(np.zeros(int(pause * SAMPLE_RATE)))
         n += len(parts[-1])
     signal = np.concatenate(parts)[:total]
-    return (signal / max(np.abs(signal).max(), 1e-9) * 0.3 * 32767).astype(np.int16)
+    scaled: NDArray[np.int16] = (signal / max(np.abs(signal).max(), 1e-9) * 0.3 * 32767).astype(np.int16)
+    return scaled
 
 
 def _syllable(rng: np.random.Generator) -> NDArray[np.float64]:
@@ -210,7 +211,7 @@ def _syllable(rng: np.random.Generator) -> NDArray[np.float64]:
 
 def decode_pcm(path: Path) -> NDArray[np.int16]:
     resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-    with av.open(str(path)) as container:
+    with av.open(str(path), mode="r") as container:
         frames = [f for frame in container.decode(audio=0) for f in resampler.resample(frame)]
     frames += resampler.resample(None)
     if not frames:
@@ -234,8 +235,8 @@ def encode_webm(pcm: NDArray[np.int16], bitrate: int) -> bytes:
 
 
 def decoded_ms(data: bytes) -> int:
-    with av.open(io.BytesIO(data)) as container:
-        samples = sum(frame.samples for frame in container.decode(audio=0))
+    with av.open(io.BytesIO(data), mode="r") as container:
+        samples = sum(int(frame.samples) for frame in container.decode(audio=0))
     return round(samples * 1000 / SAMPLE_RATE)
 
 
@@ -309,7 +310,7 @@ def summary(values: Sequence[float]) -> dict[str, float | int | None]:
     def r(v: float | None) -> float | None:
         return None if v is None else round(v, 2)
     return {"count": len(values), "avg": r(sum(values) / len(values)) if values else None,
-            "min": r(min(values, default=None)), "max": r(max(values, default=None)),  # type: ignore[type-var]
+            "min": r(min(values)) if values else None, "max": r(max(values)) if values else None,
             "p50": r(percentile(values, 50)), "p95": r(percentile(values, 95)), "p99": r(percentile(values, 99))}
 
 
@@ -350,8 +351,9 @@ class Api:
 @dataclass
 class Episode:
     start: float
-    reason: str
+    reason: str                      # what paused the recorder: canAccept, credits, overloaded, or a backpressure state
     end: float | None = None
+    server_reason: str | None = None  # the metric the server named in its backpressure event (queue, latency, memory, ...)
 
 
 @dataclass
@@ -380,6 +382,7 @@ class Recorder:
     errors: Counter[str] = field(default_factory=Counter)
     signals: Counter[str] = field(default_factory=Counter)                      # backpressure events by state
     episodes: list[Episode] = field(default_factory=list)
+    overloads: list[tuple[float, int, float]] = field(default_factory=list)     # (time, seq, retryAfterMs) of each refusal
     reconnects: list[dict[str, Any]] = field(default_factory=list)
     duplicates: int = 0
     stored: int = 0
@@ -563,9 +566,11 @@ class Recorder:
         code = str(error.get("code", "unknown"))
         self.errors[code] += 1
         if code == "overloaded":
+            retry_after_ms = float(error.get("retryAfterMs") or 1000)
             self.overloaded_retries += 1
+            self.overloads.append((self.clock(), seq, retry_after_ms))
             self._pause(self.clock(), "overloaded")
-            self._retry_later(seq, float(error.get("retryAfterMs") or 1000) / 1000, code)
+            self._retry_later(seq, retry_after_ms / 1000, code)
         elif code in TRANSIENT_CODES:
             self._retry_later(seq, 1.0, code)
         else:  # invalid, too_large, forbidden, conflict: resending the same bytes cannot help
@@ -598,6 +603,8 @@ class Recorder:
             self._resume(now)
         elif data.get("canAccept") is False:
             self._pause(now, str(data.get("state") or "backpressure"))
+            if self.episodes[-1].server_reason is None and data.get("reason"):
+                self.episodes[-1].server_reason = str(data["reason"])
         self._wake.set()
 
     def _on_segment(self, conn: int, data: Any) -> None:
@@ -1067,11 +1074,14 @@ def build_report(options: Options, audio: ChunkAudio, engine: str, started_at: d
         "errors": dict(sorted(errors.items())),
         "backpressure": {"episodes": len(episodes), "pausedS": round(paused_s, 3),
                          "episodesOpenAtEnd": sum(e.end is None for _, e in episodes),
-                         "byReason": dict(Counter(e.reason for _, e in episodes)), "serverSignals": dict(signals),
+                         "byReason": dict(Counter(e.reason for _, e in episodes)),
+                         "byServerReason": dict(Counter(e.server_reason or "unknown" for _, e in episodes)), "serverSignals": dict(signals),
                          "overloadedRetries": sum(r.overloaded_retries for r in recorders),
+                         "overloaded": [{"session": r.index, "seq": seq, "t": round(t, 3), "retryAfterMs": ms}
+                                        for r in recorders for t, seq, ms in r.overloads],
                          "probes": sum(r.probes for r in recorders), "slowDown": sum(r.slowdowns for r in recorders),
                          "list": [{"session": i, "start": round(e.start, 3), "end": None if e.end is None else round(e.end, 3),
-                                   "reason": e.reason} for i, e in episodes]},
+                                   "reason": e.reason, "serverReason": e.server_reason} for i, e in episodes]},
         "reconnects": {"count": sum("reconnectedAt" in c for c in reconnects), "planned": sum(bool(c.get("planned")) for c in reconnects),
                        "downtimeMs": summary([c["downtimeMs"] for c in reconnects if "downtimeMs" in c]),
                        "chunksToResend": sum(len(c.get("toResend", [])) for c in reconnects),
@@ -1105,17 +1115,17 @@ def write_report(report: dict[str, Any], out_dir: Path) -> Path:
 
 def require_matplotlib() -> None:
     try:
-        import matplotlib  # noqa: F401
+        import matplotlib  # type: ignore[import-not-found]  # noqa: F401
     except ModuleNotFoundError as exc:
         raise CannotRun("--plot needs matplotlib: pip install 'scribeai[plot]' (or pip install matplotlib)") from exc
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
     """Ack latency, server memory and queue depth over time, paused spans shaded."""
-    import matplotlib
+    import matplotlib  # type: ignore[import-not-found]
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found]
 
     series = report["timeSeries"]
     samples = series["samples"]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,9 @@ from tests.conftest import RunningServer, chunk, token_for
 AUDIO = os.urandom(1000)
 SEEDED = "seeded-session"
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance"
-SCHEMATHESIS_TIMEOUT_S = 90
+# A deeper local run: SCRIBEAI_SCHEMATHESIS_ARGS="--max-examples 500 --checks all" (later options win).
+EXTRA_ARGS = shlex.split(os.environ.get("SCRIBEAI_SCHEMATHESIS_ARGS", ""))
+SCHEMATHESIS_TIMEOUT_S = 600 if EXTRA_ARGS else 90
 
 
 def router_operations(app: web.Application) -> set[tuple[str, str]]:
@@ -88,9 +92,33 @@ async def test_schemathesis_finds_no_violation(server: RunningServer, connect: A
         sys.executable, "-m", "schemathesis.cli", "run", str(schema), "--url", server.url,
         "--header", f"Authorization: Bearer {token_for('alice')}", "--checks", CHECKS,
         "--max-examples", "25", "--seed", "6", "--request-timeout", "10", "--workers", "1",
-        "--generation-database", "none", "--no-color", "--output-truncate", "false",
+        "--generation-database", "none", "--no-color", "--output-truncate", "false", *EXTRA_ARGS,
         cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
-    output, _ = await asyncio.wait_for(process.communicate(), SCHEMATHESIS_TIMEOUT_S)
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), SCHEMATHESIS_TIMEOUT_S)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
     text = output.decode(errors="replace")
     assert process.returncode == 0, text[-20000:]
+
+
+async def test_errors_the_fuzzer_does_not_reach_have_the_documented_shape(server: RunningServer) -> None:
+    spec = await fetch_spec(server)
+    responses = spec["components"]["responses"]
+
+    def documented_code(name: str) -> str:
+        return str(responses[name]["content"]["application/json"]["schema"]["properties"]["error"]["properties"]["code"]["const"])
+
+    headers = {"Authorization": f"Bearer {token_for('alice')}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{server.url}/api/sessions", data=io.BytesIO(b"x" * (2 * 1024 * 1024)), headers=headers) as response:
+            assert "413" in spec["paths"]["/api/sessions"]["post"]["responses"]
+            assert (response.status, (await response.json())["error"]["code"]) == (413, documented_code("PayloadTooLarge"))
+        async with http.delete(f"{server.url}/api/sessions", headers=headers) as response:
+            assert (response.status, (await response.json())["error"]["code"]) == (405, documented_code("MethodNotAllowed"))
+            assert set(response.headers["Allow"].split(",")) >= {"GET", "POST"}
+        async with http.get(f"{server.url}/api/sessions") as response:
+            assert (response.status, (await response.json())["error"]["code"]) == (401, documented_code("Unauthorized"))

@@ -86,7 +86,16 @@ function next(socket, event, match = () => true, ms = 5000) {
   });
 }
 
-const call = (socket, event, ...args) => socket.timeout(10_000).emitWithAck(event, ...args);
+/** emitWithAck with a timeout; a disconnect fails it at once, with its reason, instead of at the timeout. */
+function call(socket, event, ...args) {
+  return new Promise((resolve, reject) => {
+    const dropped = (reason) => reject(new Error(`${event}: disconnected (${reason}) before the ack`));
+    socket.once("disconnect", dropped);
+    socket.timeout(10_000).emitWithAck(event, ...args)
+      .then(resolve, reject)
+      .finally(() => socket.off("disconnect", dropped));
+  });
+}
 
 function chunk(sessionId, sequence, audio, extra = {}) {
   return { sessionId, sequence, timestamp: T0 + sequence * 15000, mimeType: "audio/webm;codecs=opus", audio, ...extra };
@@ -314,7 +323,7 @@ test("the same chunk three times: duplicate [false, true, true], one file with t
   assertAck(acks[0], { sessionId: id, sequence: 5 });
   assertAck(acks[1], { sessionId: id, sequence: 5, duplicate: true });
   assertAck(acks[2], { sessionId: id, sequence: 5, duplicate: true });
-  assert.deepEqual(new Set(acks.map((a) => a.chunkId)).size, 1);
+  assert.equal(new Set(acks.map((a) => a.chunkId)).size, 1);
   assert.deepEqual(await storedFiles(id), { [fileName(id, 5)]: sha256(audio) });
   assert.deepEqual(await rest(`/api/sessions/${id}/missing-chunks`), { status: 200, body: { missing: [0, 1, 2, 3, 4], maxSeq: 5, totalChunks: 1 } });
 });
@@ -349,8 +358,10 @@ test("different bytes under a stored sequence: chunk-error conflict, the stored 
   const original = randomBytes(4096);
   assertAck(await call(socket, "audio-chunk", chunk(id, 0, original)), { sessionId: id, sequence: 0 });
   const event = next(socket, "chunk-error");
-  const reply = await call(socket, "audio-chunk", chunk(id, 0, randomBytes(4096)));
-  assertChunkError(reply.error, "conflict", "Chunk conflict", /./, { sessionId: id, sequence: 0 });
+  const other = randomBytes(4096);
+  const reply = await call(socket, "audio-chunk", chunk(id, 0, other));
+  assertChunkError(reply.error, "conflict", "Chunk conflict", /^sequence 0 is already stored with different audio/, { sessionId: id, sequence: 0 });
+  assert.deepEqual(reply.error.details, { storedSha256: sha256(original), receivedSha256: sha256(other) });
   assert.deepEqual(await event, reply.error);
   assert.deepEqual(await storedFiles(id), { [fileName(id, 0)]: sha256(original) });
   // the original bytes are still the stored ones
@@ -567,14 +578,15 @@ describe("unauthorized connections are refused with connect_error data.code unau
 
 test("the token is accepted from auth.token, ?token=, Authorization: Bearer and the scribeai_token cookie, on both transports", { timeout: 15_000 }, async () => {
   const id = sid("carriers");
-  // Fresh option objects for every socket: engine.io-client writes into `extraHeaders` (see the cookie note below).
+  // Fresh option objects for every socket: with withCredentials, engine.io-client writes into `extraHeaders`.
   const carriers = [
     ["auth.token", () => ({ token: ALICE })],
     ["query", () => ({ token: null, query: { token: ALICE } })],
     ["bearer header", () => ({ token: null, extraHeaders: { Authorization: `Bearer ${ALICE}` } })],
     ["cookie header", () => ({ token: null, extraHeaders: { Cookie: `scribeai_token=${ALICE}` } })],
-    // engine.io-client 6.6 in Node, with withCredentials (its cookie jar), sets `headers.cookie` (lower case) on the
-    // websocket request, which replaces an extraHeaders `Cookie` (capitalised): on websocket only the lower-case key works.
+    // engine.io-client 6.6.8 in Node, with withCredentials (its cookie jar), adds `cookie` (lower case, the jar's
+    // cookies, none here) to the extraHeaders object itself when it opens a websocket; that empty header replaces a
+    // capitalised `Cookie` on that request and on later polling requests: only the lower-case key always works.
     ["cookie header + withCredentials", () => ({ token: null, withCredentials: true, extraHeaders: { cookie: `scribeai_token=${ALICE}` } })],
   ];
   let seq = 0;
@@ -607,7 +619,7 @@ test("bob can neither write to, join, stop, pause nor read alice's session (forb
 
   const chunkError = next(bob, "chunk-error");
   const write = await call(bob, "audio-chunk", chunk(id, 1, randomBytes(1024)));
-  assertChunkError(write.error, "forbidden", "Forbidden", /./, { sessionId: id, sequence: 1 });
+  assertChunkError(write.error, "forbidden", "Forbidden", /^this session belongs to another user$/, { sessionId: id, sequence: 1 });
   assert.deepEqual(await chunkError, write.error);
   const overwrite = await call(bob, "audio-chunk", chunk(id, 0, audio)); // even the identical bytes
   assert.equal(overwrite.error.code, "forbidden");
@@ -629,7 +641,8 @@ test("bob can neither write to, join, stop, pause nor read alice's session (forb
     assert.deepEqual(await sessionError, reply.error);
   }
   // alice writing with bob's userId is refused too
-  assert.equal((await call(alice, "audio-chunk", chunk(id, 1, audio, { userId: "bob" }))).error.code, "forbidden");
+  const spoofed = await call(alice, "audio-chunk", chunk(id, 1, audio, { userId: "bob" }));
+  assertChunkError(spoofed.error, "forbidden", "Forbidden", /^userId does not match the token's user$/, { sessionId: id, sequence: 1 });
 
   assert.equal(bob.connected, true);
   for (const pathname of [`/api/sessions/${id}`, `/api/sessions/${id}/missing-chunks`, `/api/sessions/${id}/transcript`]) {
@@ -718,6 +731,8 @@ test("the client's own reconnection: new sid, a chunk emitted while offline is d
 // -- the original web app ---------------------------------------------------------
 
 test("original app flow with cookie auth: start, relative timestamps, pause, resume, join room, stop", { timeout: 15_000 }, async () => {
+  // The app's own options. The Socket.IO connect (the only place the token is checked) travels on the polling
+  // handshake, which carries the cookie; the upgrade request does not need it (see the token carriers test).
   const socket = open({ token: null, withCredentials: true, extraHeaders: { Cookie: `scribeai_token=${ALICE}` } });
   const upgraded = new Promise((resolve) => socket.io.engine.once("upgrade", (t) => resolve(t.name)));
   const names = [];

@@ -1,0 +1,120 @@
+"""The real JavaScript socket.io-client (tests/js, `node --test`) against real servers of this suite."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from scribeai.auth import create_token
+from tests.conftest import IN_CI, SECRET, ServerFactory, token_for
+
+JS_DIR = Path(__file__).parent / "js"
+CLIENT_VERSION = "4.8.4"  # pinned in tests/js/package.json
+MIN_NODE_MAJOR = 20
+MIN_JS_TESTS = 90  # a guard against a run that silently collects nothing
+NODE_TIMEOUT_S = 90
+SMALL_MAX_CHUNK_BYTES = 1024 * 1024
+
+
+def _unavailable(reason: str) -> None:
+    """Skip when the toolchain is missing; in CI it is a failure."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI is set: Node.js must be installed)", pytrace=False)
+    pytest.skip(reason)
+
+
+async def _node() -> str:
+    node = shutil.which("node")
+    if node is None:
+        _unavailable("Node.js is not installed (no `node` on PATH): the socket.io-client interop suite needs it")
+        raise AssertionError("unreachable")
+    proc = await asyncio.create_subprocess_exec(node, "--version", stdout=asyncio.subprocess.PIPE)
+    version = (await proc.communicate())[0].decode().strip()
+    if int(version.lstrip("v").split(".")[0]) < MIN_NODE_MAJOR:
+        _unavailable(f"Node.js >= {MIN_NODE_MAJOR} is needed for `node --test`, found {version}")
+    return node
+
+
+def _check_node_modules() -> None:
+    manifest = JS_DIR / "node_modules" / "socket.io-client" / "package.json"
+    if not manifest.exists():
+        pytest.fail(f"{JS_DIR / 'node_modules'} is missing: run `npm ci --prefix tests/js` before pytest", pytrace=False)
+    installed = json.loads(manifest.read_text())["version"]
+    if installed != CLIENT_VERSION:
+        pytest.fail(f"socket.io-client {installed} is installed, the lock file pins {CLIENT_VERSION}: "
+                    "run `npm ci --prefix tests/js`", pytrace=False)
+
+
+def _tap_counts(tap: str) -> dict[str, int]:
+    return {name: int(value) for name, value in re.findall(r"^# (tests|pass|fail|cancelled|skipped|todo) (\d+)$", tap, re.M)}
+
+
+@pytest.mark.timeout(NODE_TIMEOUT_S + 30)
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_socketio_client_interop(start_server: ServerFactory, tmp_path: Path) -> None:
+    node = await _node()
+    _check_node_modules()
+    main = await start_server()
+    small = await start_server(max_chunk_bytes=SMALL_MAX_CHUNK_BYTES, storage_dir=tmp_path / "small-chunks",
+                               data_dir=tmp_path / "small-data")
+    env = {
+        **os.environ,
+        "NO_COLOR": "1",
+        "SCRIBEAI_URL": main.url,
+        "SCRIBEAI_STORAGE_DIR": str(main.settings.storage_dir),
+        "SCRIBEAI_MAX_CHUNK_BYTES": str(main.settings.max_chunk_bytes),
+        "SCRIBEAI_MAX_QUEUE_SIZE": str(main.settings.max_queue_size),
+        "SCRIBEAI_SMALL_URL": small.url,
+        "SCRIBEAI_SMALL_STORAGE_DIR": str(small.settings.storage_dir),
+        "SCRIBEAI_SMALL_MAX_CHUNK_BYTES": str(small.settings.max_chunk_bytes),
+        "SCRIBEAI_TOKEN_ALICE": token_for("alice"),
+        "SCRIBEAI_TOKEN_BOB": token_for("bob"),
+        "SCRIBEAI_TOKEN_EXPIRED": create_token(SECRET, "alice", ttl_s=-60),
+    }
+    env.pop("NODE_OPTIONS", None)
+    tap_file = tmp_path / "node-test.tap"
+    files = sorted(str(p) for p in JS_DIR.glob("*.test.mjs"))
+    assert files, f"no *.test.mjs in {JS_DIR}"
+    # An asyncio subprocess: the servers live on this event loop and must keep serving while node runs.
+    proc = await asyncio.create_subprocess_exec(
+        node, "--test", "--test-reporter=spec", "--test-reporter-destination=stdout",
+        "--test-reporter=tap", f"--test-reporter-destination={tap_file}", *files,
+        cwd=JS_DIR, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    received: list[bytes] = []
+
+    async def collect() -> None:
+        assert proc.stdout is not None
+        while data := await proc.stdout.read(65536):
+            received.append(data)
+        await proc.wait()
+
+    try:
+        await asyncio.wait_for(collect(), NODE_TIMEOUT_S)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # node --test runs each test file in a child process
+        await proc.wait()
+        output = b"".join(received).decode(errors="replace")
+        pytest.fail(f"node --test did not finish within {NODE_TIMEOUT_S} s; its output:\n{output}", pytrace=False)
+
+    output = b"".join(received).decode(errors="replace")
+    if proc.returncode != 0:
+        pytest.fail(f"node --test exited with {proc.returncode}; its output:\n{output}", pytrace=False)
+    counts = _tap_counts(tap_file.read_text())
+    assert counts["fail"] == counts["cancelled"] == counts["skipped"] == counts["todo"] == 0, output
+    assert counts["pass"] == counts["tests"], output
+    assert counts["tests"] >= MIN_JS_TESTS, output
+    # every error the clients saw was one they provoked: no handler failed
+    for server in (main, small):
+        assert {k: v for k, v in server.services.realtime.counters.items() if k.endswith(":internal")} == {}
+    print(f"socket.io-client {CLIENT_VERSION}: {counts['pass']} JS tests passed")

@@ -1,0 +1,255 @@
+"""The stress client (scripts/stress.py, `scribeai stress`) against real servers: its report is checked
+against what the server stored, reconnects lose nothing, a slow engine makes it pause and still finish."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from scribeai import stress
+from scribeai.models import Chunk, TranscriptSegment
+from tests.conftest import SECRET, RunningServer, ServerFactory
+from tests.fake_openai import FakeTranscriptionAPI
+
+ROOT = Path(__file__).resolve().parent.parent
+SQLITE = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # the client is the subject, not the database
+
+
+@pytest.fixture(scope="module")
+def audio_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Chunk audio is generated once for the whole file, as the script caches it between runs."""
+    return tmp_path_factory.mktemp("stress-audio")
+
+
+@pytest.fixture
+async def fake_api() -> AsyncIterator[FakeTranscriptionAPI]:
+    api = FakeTranscriptionAPI()
+    yield api
+    await api.close()
+
+
+def options_for(server: RunningServer, tmp_path: Path, cache: Path, **overrides: Any) -> stress.Options:
+    base = stress.Options(
+        url=server.url, secret=SECRET, user_id="stress-user", chunks=12, interval_s=0.02, chunk_seconds=0.5,
+        sample_interval_s=0.2, transcript_timeout_s=30, progress=False, storage_dir=server.settings.storage_dir,
+        out_dir=tmp_path / "out", cache_dir=cache, speech="auto",
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+def argv_for(options: stress.Options) -> list[str]:
+    args = ["--url", options.url, "--secret", str(options.secret), "--userId", options.user_id, "--chunks", str(options.chunks),
+            "--interval", str(options.interval_s), "--chunk-seconds", str(options.chunk_seconds),
+            "--sample-interval", str(options.sample_interval_s), "--transcript-timeout", str(options.transcript_timeout_s),
+            "--storage-dir", str(options.storage_dir), "--out", str(options.out_dir), "--cache-dir", str(options.cache_dir),
+            "--no-progress", "--namespace", options.namespace, "--transport", options.transport, "--window", str(options.window)]
+    if options.drop_every:
+        args += ["--drop-every", str(options.drop_every), "--drop-seconds", str(options.drop_seconds)]
+    return args
+
+
+async def run_process(*command: str) -> tuple[int, str, str]:
+    """Run the script as a subprocess while this loop keeps serving the server under test."""
+    proc = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def only_report(out_dir: Path) -> dict[str, Any]:
+    reports = list(out_dir.glob("perf-report-*.json"))
+    assert len(reports) == 1, reports
+    return dict(json.loads(reports[0].read_text()))
+
+
+async def stored_chunks(server: RunningServer, session_id: str) -> list[Chunk]:
+    async with server.services.db.read() as s:
+        rows = (await s.execute(select(Chunk).where(Chunk.session_id == session_id).order_by(Chunk.seq))).scalars()  # type: ignore[arg-type]
+        return list(rows)
+
+
+async def stored_segment_seqs(server: RunningServer, session_id: str) -> list[int]:
+    async with server.services.db.read() as s:
+        rows = (await s.execute(select(TranscriptSegment).where(TranscriptSegment.session_id == session_id))).scalars()  # type: ignore[arg-type]
+        return sorted(row.seq for row in rows)
+
+
+def files_on_disk(server: RunningServer, session_id: str) -> dict[str, int]:
+    folder = server.settings.storage_dir / session_id
+    return {p.name: p.stat().st_size for p in folder.iterdir() if not p.name.startswith(".")}
+
+
+@SQLITE
+async def test_report_matches_what_the_server_stored(start_server: ServerFactory, fake_api: FakeTranscriptionAPI,
+                                                     tmp_path: Path, audio_cache: Path) -> None:
+    server = await start_server(transcriber="openai", openai_base_url=await fake_api.start(), openai_api_key="k")
+    options = options_for(server, tmp_path, audio_cache, sessions=2, window=2)
+    report = await stress.run(options)
+
+    assert report["verdict"] == {"ok": True, "problems": []}
+    assert report["server"]["engine"] == "openai"
+    sizes = [len(v) for v in stress.load_chunk_audio(0.5, "auto", audio_cache, 32_000, 4).variants]
+    expected_bytes = sum(sizes[seq % 4] for seq in range(12))
+    for entry in report["sessions"]:
+        sid = entry["sessionId"]
+        chunks = await stored_chunks(server, sid)
+        assert [c.seq for c in chunks] == list(range(12))
+        assert {c.mime_type for c in chunks} == {stress.MIME_TYPE}
+        assert sum(c.size for c in chunks) == entry["bytesAcked"] == entry["server"]["bytes"] == expected_bytes
+        assert sum(files_on_disk(server, sid).values()) == entry["disk"]["bytes"] == expected_bytes
+        assert entry["disk"]["files"] == 12
+        assert entry["server"]["missing"] == [] and entry["server"]["totalChunks"] == 12 and entry["server"]["maxSeq"] == 11
+        assert await stored_segment_seqs(server, sid) == list(range(12))
+        assert (entry["segmentsReceived"], entry["segmentsMissing"]) == (12, [])
+        assert entry["stopReply"]["status"] == "stopped" and entry["stopReply"]["missing"] == []
+    counters = server.services.realtime.counters
+    totals = report["totals"]
+    assert (totals["chunksPlanned"], totals["chunksSent"], totals["chunksAcked"], totals["acksNew"]) == (24, 24, 24, 24)
+    assert totals["chunksAcked"] == counters["chunks_stored"] + counters.get("chunks_duplicate", 0)
+    assert totals["duplicates"] == counters.get("chunks_duplicate", 0) == 0
+    assert (totals["successRate"], totals["failed"], totals["lostAfterAck"]) == (1.0, 0, 0)
+    assert report["disk"]["bytes"] == 2 * expected_bytes == totals["bytesAcked"]
+    assert len(fake_api.requests) == 24  # every chunk really went through transcription
+    assert report["ackLatencyMs"]["count"] == 24 and 0 < report["ackLatencyMs"]["min"] <= report["ackLatencyMs"]["p50"]
+    assert report["ackLatencyMs"]["p50"] <= report["ackLatencyMs"]["p95"] <= report["ackLatencyMs"]["p99"] <= report["ackLatencyMs"]["max"]
+    lag = report["transcription"]["lagMs"]
+    assert (report["transcription"]["segmentsReceived"], lag["count"]) == (24, 24) and lag["p50"] <= lag["p95"]
+    assert report["throughput"]["chunksPerS"] > 0 and report["throughput"]["kbPerS"] > 0
+    assert report["errors"] == {} and report["reconnects"]["count"] == 0
+    samples = report["timeSeries"]["samples"]
+    assert len(samples) >= 2 and all(s["rssBytes"] > 0 for s in samples)
+    assert samples[-1]["acked"] == 24 and samples[-1]["diskBytes"] == 2 * expected_bytes
+    rss = report["serverResources"]["rssBytes"]
+    assert rss["start"] > 0 and rss["end"] > 0 and rss["max"] >= rss["end"]
+    assert len(report["timeSeries"]["acks"]) == 24 and len(report["timeSeries"]["segments"]) == 24
+    assert report["settings"]["chunks"] == 12 and report["settings"]["sessions"] == 2 and report["settings"]["secret"] == "<given>"
+    path = stress.write_report(report, options.out_dir)
+    assert path.name.startswith("perf-report-") and json.loads(path.read_text())["totals"] == totals
+
+
+@SQLITE
+async def test_drop_every_resumes_with_nothing_missing(start_server: ServerFactory, fake_api: FakeTranscriptionAPI,
+                                                       tmp_path: Path, audio_cache: Path) -> None:
+    server = await start_server(transcriber="openai", openai_base_url=await fake_api.start(), openai_api_key="k")
+    options = options_for(server, tmp_path, audio_cache, drop_every=4, drop_seconds=0.2, transport="polling", namespace="/record")
+    code, out, err = await run_process(sys.executable, "scripts/stress.py", *argv_for(options))
+
+    assert code == 0, out + err
+    report = only_report(options.out_dir)
+    assert report["verdict"]["ok"] is True
+    (entry,) = report["sessions"]
+    chunks = await stored_chunks(server, entry["sessionId"])
+    assert [c.seq for c in chunks] == list(range(12))
+    assert entry["server"]["missing"] == [] and entry["server"]["totalChunks"] == 12
+    assert report["reconnects"]["count"] == report["reconnects"]["planned"] == 3  # after chunks 3, 7 and 11
+    assert [r["planned"] for r in entry["reconnects"]] == [True, True, True]
+    assert all("reconnectedAt" in r for r in entry["reconnects"])
+    counters = server.services.realtime.counters
+    assert report["totals"]["duplicates"] == counters.get("chunks_duplicate", 0)
+    assert report["totals"]["acksNew"] == counters["chunks_stored"] == 12
+    assert await stored_segment_seqs(server, entry["sessionId"]) == list(range(12))
+    assert entry["segmentsReceived"] == 12
+    assert "verdict       OK" in out
+
+
+@SQLITE
+async def test_slow_engine_makes_it_pause_and_it_still_completes(start_server: ServerFactory, fake_api: FakeTranscriptionAPI,
+                                                                 tmp_path: Path, audio_cache: Path) -> None:
+    fake_api.delay_s = 0.12
+    server = await start_server(transcriber="openai", openai_base_url=await fake_api.start(), openai_api_key="k",
+                                max_concurrency=1, max_queue_size=1)
+    options = options_for(server, tmp_path, audio_cache, chunks=16, interval_s=0.0, window=3)
+    code, out, err = await run_process(sys.executable, "-m", "scribeai", "stress", *argv_for(options))
+
+    assert code == 0, out + err
+    report = only_report(options.out_dir)
+    bp = report["backpressure"]
+    counters = server.services.realtime.counters
+    server_signals = {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("backpressure:")}
+    assert bp["episodes"] >= 1 and bp["pausedS"] > 0
+    assert bp["serverSignals"] == server_signals  # every transition the server made reached the recorder
+    assert bp["episodesOpenAtEnd"] == 0 and bp["episodes"] == server_signals["ok"]
+    assert bp["overloadedRetries"] == report["errors"].get("overloaded", 0) == counters.get("chunk-error:overloaded", 0) >= 1
+    for refusal in bp["overloaded"]:  # each refused chunk went out again only after retryAfterMs, and was stored
+        (t_ack, latency_ms), *_ = [(a[0], a[3]) for a in report["timeSeries"]["acks"] if a[2] == refusal["seq"]]
+        assert t_ack - latency_ms / 1000 >= refusal["t"] + refusal["retryAfterMs"] / 1000 - 0.01
+    (entry,) = report["sessions"]
+    assert [c.seq for c in await stored_chunks(server, entry["sessionId"])] == list(range(16))
+    assert (report["totals"]["chunksAcked"], report["transcription"]["segmentsReceived"]) == (16, 16)
+    assert report["verdict"]["ok"] is True
+
+
+@SQLITE
+async def test_store_only_server_skips_the_segment_check_with_a_note(start_server: ServerFactory, tmp_path: Path,
+                                                                     audio_cache: Path) -> None:
+    server = await start_server()  # TRANSCRIBER=none
+    report = await stress.run(options_for(server, tmp_path, audio_cache, chunks=5, storage_dir=None))
+
+    assert report["verdict"]["ok"] is True
+    assert report["transcription"]["checked"] is False
+    assert "TRANSCRIBER=none" in report["transcription"]["note"]
+    assert report["disk"]["method"] == "rest"
+    assert report["disk"]["bytes"] == sum(c.size for c in await stored_chunks(server, report["sessions"][0]["sessionId"]))
+
+
+@SQLITE
+async def test_any_loss_makes_the_exit_status_non_zero(start_server: ServerFactory, tmp_path: Path, audio_cache: Path) -> None:
+    server = await start_server(max_chunk_bytes=2400)  # some of the generated chunks are larger: refused as too_large
+    options = options_for(server, tmp_path, audio_cache, chunks=8)
+    code, out, err = await run_process(sys.executable, "scripts/stress.py", *argv_for(options))
+
+    assert code == 1, out + err
+    report = only_report(options.out_dir)
+    sizes = [len(v) for v in stress.load_chunk_audio(0.5, "auto", audio_cache, 32_000, 4).variants]
+    refused = [seq for seq in range(8) if sizes[seq % 4] > 2400]
+    assert refused and len(refused) < 8
+    assert report["verdict"]["ok"] is False
+    assert report["errors"] == {"too_large": len(refused)}
+    assert report["totals"]["failed"] == len(refused) and report["totals"]["chunksAcked"] == 8 - len(refused)
+    assert report["sessions"][0]["failed"] == {str(seq): "too_large" for seq in refused}
+    assert "LOSS" in out
+
+
+def test_plot_without_matplotlib_fails_before_running(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the 'plot' extra were not installed
+    assert stress.main(["--plot", "--url", "http://127.0.0.1:9", "--no-progress"]) == stress.EXIT_CANNOT_RUN
+    assert "pip install 'scribeai[plot]'" in capsys.readouterr().err
+
+
+def test_plot_draws_latency_memory_and_queue(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    report = {"settings": {"sessions": 1, "chunks": 2, "chunk_seconds": 1.0, "interval_s": 0.1}, "server": {"engine": "none"},
+              "wallS": 3.0, "backpressure": {"list": [{"session": 0, "start": 0.5, "end": 1.0, "reason": "canAccept"}]},
+              "timeSeries": {"acks": [[0.1, 0, 0, 12.5, False], [0.2, 0, 1, 20.0, False]],
+                             "samples": [{"t": 0.0, "rssBytes": 10 * 2**20, "peakRssBytes": 10 * 2**20, "backlog": 0, "localQueue": 1, "paused": 0},
+                                         {"t": 2.0, "rssBytes": 11 * 2**20, "peakRssBytes": 11 * 2**20, "backlog": 2, "localQueue": 0, "paused": 1}]}}
+    stress.plot(report, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_scribeai_stress_has_the_options_of_the_script() -> None:
+    from scribeai import cli
+
+    cli._EXTRA_COMMANDS.clear()
+    cli._load_extra_commands()
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    registered = sub.choices["stress"]  # type: ignore[index]
+
+    def flags(p: Any) -> set[str]:
+        return {s for a in p._actions for s in a.option_strings}
+
+    assert flags(registered) == flags(stress.build_parser())
+    args = parser.parse_args(["stress", "--chunks=120", "--fast", "--userId=test-user"])
+    options = stress.options_from_args(args)
+    assert (options.chunks, options.interval_s, options.user_id, options.url) == (120, 0.1, "test-user", "http://localhost:3001")
+    assert stress.options_from_args(parser.parse_args(["stress"])).interval_s == 1.0
+    assert stress.options_from_args(parser.parse_args(["stress", "--fast", "--interval", "0.5"])).interval_s == 0.5

@@ -67,6 +67,11 @@ class Database:
         await self.engine.dispose()
 
 
+def affected(result: Any) -> int:
+    """Rows an UPDATE/INSERT touched (the async Result type does not declare `rowcount`)."""
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")

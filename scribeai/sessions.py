@@ -10,6 +10,8 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from sqlmodel import col
+
 from scribeai.db import Database
 from scribeai.errors import Forbidden, NotFound
 from scribeai.models import Chunk, ChunkStatus, RecordingSession, SessionStatus, utcnow
@@ -65,7 +67,7 @@ class SessionService:
         async with self.db.write() as s:
             await s.execute(statement)
         async with self.db.read() as s:
-            owner = (await s.execute(select(RecordingSession.user_id).where(RecordingSession.id == session_id))).scalar_one()
+            owner = (await s.execute(select(col(RecordingSession.user_id)).where(col(RecordingSession.id) == session_id))).scalar_one()
         self._remember(session_id, owner)
         return str(owner)
 
@@ -80,7 +82,7 @@ class SessionService:
         owner = self._owners.get(session_id)
         if owner is None:
             async with self.db.read() as s:
-                owner = (await s.execute(select(RecordingSession.user_id).where(RecordingSession.id == session_id))).scalar_one_or_none()
+                owner = (await s.execute(select(col(RecordingSession.user_id)).where(col(RecordingSession.id) == session_id))).scalar_one_or_none()
             if owner is None:
                 raise NotFound("session not found", sessionId=session_id)
             self._remember(session_id, owner)
@@ -97,8 +99,8 @@ class SessionService:
 
     async def gap_summary(self, session_id: str, last_seq: int | None = None) -> GapSummary:
         async with self.db.read() as s:
-            status = (await s.execute(select(RecordingSession.status).where(RecordingSession.id == session_id))).scalar_one()
-            seqs = list((await s.execute(select(Chunk.seq).where(Chunk.session_id == session_id).order_by(Chunk.seq))).scalars())
+            status = (await s.execute(select(col(RecordingSession.status)).where(col(RecordingSession.id) == session_id))).scalar_one()
+            seqs = list((await s.execute(select(col(Chunk.seq)).where(col(Chunk.session_id) == session_id).order_by(col(Chunk.seq)))).scalars())
         return GapSummary(session_id, status, seqs[-1] if seqs else -1, len(seqs), gaps(seqs, last_seq))
 
     async def set_status(self, session_id: str, status: str) -> datetime:
@@ -109,7 +111,7 @@ class SessionService:
         elif status == SessionStatus.PAUSED:
             values["paused_at"] = now
         async with self.db.write() as s:
-            await s.execute(update(RecordingSession).where(RecordingSession.id == session_id).values(**values))
+            await s.execute(update(RecordingSession).where(col(RecordingSession.id) == session_id).values(**values))
         return now
 
     async def stop(self, session_id: str, last_seq: int | None = None) -> dict[str, Any]:
@@ -121,5 +123,5 @@ class SessionService:
         async with self.db.read() as s:
             return int((await s.execute(
                 select(func.count()).select_from(Chunk)
-                .where(Chunk.session_id == session_id, Chunk.status.in_(ChunkStatus.UNFINISHED))  # type: ignore[attr-defined]
+                .where(col(Chunk.session_id) == session_id, col(Chunk.status).in_(ChunkStatus.UNFINISHED))
             )).scalar_one())

@@ -58,7 +58,9 @@ async def seed(database_url: str, storage: Path, sessions: int, chunks: int, siz
         folder.mkdir(parents=True, exist_ok=True)
         session = RecordingSession(id=sid, user_id="bench", status="stopped", created_at=now, started_at=now,
                                    stopped_at=now, last_activity_at=now)
-        rows: list[Any] = [session]
+        async with db.write() as s:  # its own transaction: the unit of work does not order rows without relationships
+            s.add(session)
+        rows: list[Any] = []
         for seq in range(chunks):
             data = seq.to_bytes(4, "big") + blob[4:]  # every chunk different, none compressible
             name = f"{sid}_{seq:04d}.webm"

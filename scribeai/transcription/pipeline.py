@@ -12,7 +12,9 @@ from typing import Any
 import socketio
 from sqlalchemy import func, select, update
 
-from scribeai.db import Database
+from sqlmodel import col
+
+from scribeai.db import Database, affected
 from scribeai.metrics import Metrics
 from scribeai.models import Chunk, ChunkStatus, RecordingSession, SessionStatus, TranscriptSegment, utcnow
 from scribeai.protocol import room_of
@@ -192,8 +194,8 @@ class Pipeline:
             return self._headers[job.session_id]
         async with self.db.read() as s:
             first = (await s.execute(
-                select(Chunk).where(Chunk.session_id == job.session_id, Chunk.has_header.is_(True))  # type: ignore[attr-defined]
-                .order_by(Chunk.seq).limit(1)  # type: ignore[arg-type]
+                select(Chunk).where(col(Chunk.session_id) == job.session_id, col(Chunk.has_header).is_(True))
+                .order_by(col(Chunk.seq)).limit(1)
             )).scalars().first()
         if first is None or first.seq > job.seq:
             return None
@@ -213,10 +215,10 @@ class Pipeline:
         async with self.db.read() as s:
             first_ts, known_ms, known_count = (await s.execute(
                 select(
-                    select(Chunk.timestamp_ms).where(Chunk.session_id == job.session_id).order_by(Chunk.seq).limit(1).scalar_subquery(),  # type: ignore[arg-type]
-                    func.coalesce(func.sum(Chunk.duration_ms), 0),
-                    func.count(Chunk.duration_ms),
-                ).where(Chunk.session_id == job.session_id, Chunk.seq < job.seq)
+                    select(col(Chunk.timestamp_ms)).where(col(Chunk.session_id) == job.session_id).order_by(col(Chunk.seq)).limit(1).scalar_subquery(),
+                    func.coalesce(func.sum(col(Chunk.duration_ms)), 0),
+                    func.count(col(Chunk.duration_ms)),
+                ).where(col(Chunk.session_id) == job.session_id, col(Chunk.seq) < job.seq)
             )).one()
         duration = result.duration_ms or job.duration_ms or self.chunk_duration_ms
         if first_ts is not None and job.timestamp_ms > first_ts:
@@ -247,23 +249,23 @@ class Pipeline:
                 return
             unfinished = (await s.execute(
                 select(func.count()).select_from(Chunk)
-                .where(Chunk.session_id == session_id, Chunk.status.in_(ChunkStatus.UNFINISHED))  # type: ignore[attr-defined]
+                .where(col(Chunk.session_id) == session_id, col(Chunk.status).in_(ChunkStatus.UNFINISHED))
             )).scalar_one()
         if unfinished:
             return
         async with self.db.write() as s:
             claimed = await s.execute(
-                update(RecordingSession).where(RecordingSession.id == session_id, RecordingSession.completed_at.is_(None))  # type: ignore[union-attr]
+                update(RecordingSession).where(col(RecordingSession.id) == session_id, col(RecordingSession.completed_at).is_(None))
                 .values(completed_at=utcnow())
             )
-        if claimed.rowcount and self.sio is not None:
+        if affected(claimed) and self.sio is not None:
             for namespace in NAMESPACES:
                 await self.sio.emit("session-completed", {"sessionId": session_id}, room=room_of(session_id), namespace=namespace)
 
     async def segments_after(self, session_id: str, last_seq: int | None) -> list[dict[str, Any]]:
-        query = select(TranscriptSegment).where(TranscriptSegment.session_id == session_id)
+        query = select(TranscriptSegment).where(col(TranscriptSegment.session_id) == session_id)
         if last_seq is not None:
-            query = query.where(TranscriptSegment.seq > last_seq)
+            query = query.where(col(TranscriptSegment.seq) > last_seq)
         async with self.db.read() as s:
-            rows = (await s.execute(query.order_by(TranscriptSegment.seq))).scalars()  # type: ignore[arg-type]
+            rows = (await s.execute(query.order_by(col(TranscriptSegment.seq)))).scalars()
             return [row.wire() for row in rows]

@@ -8,7 +8,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from scribeai.db import Database
+from sqlmodel import col
+
+from scribeai.db import Database, affected
 from scribeai.models import Chunk, ChunkStatus, TranscriptSegment, utcnow
 
 def retry_delays(base_s: float = 1.0) -> tuple[float, ...]:
@@ -39,15 +41,15 @@ class JobQueue:
         """Take the oldest due pending job, or a job whose worker's lease ran out."""
         now = utcnow()
         due = or_(
-            and_(Chunk.status == ChunkStatus.PENDING, or_(Chunk.next_attempt_at.is_(None), Chunk.next_attempt_at <= now)),  # type: ignore[union-attr,operator]
-            and_(Chunk.status == ChunkStatus.TRANSCRIBING, Chunk.lease_until < now),  # type: ignore[operator]
+            and_(col(Chunk.status) == ChunkStatus.PENDING, or_(col(Chunk.next_attempt_at).is_(None), col(Chunk.next_attempt_at) <= now)),
+            and_(col(Chunk.status) == ChunkStatus.TRANSCRIBING, col(Chunk.lease_until) < now),
         )
-        pick = select(Chunk.id).where(due).order_by(Chunk.next_attempt_at, Chunk.created_at).limit(1)  # type: ignore[arg-type]
+        pick = select(col(Chunk.id)).where(due).order_by(col(Chunk.next_attempt_at), col(Chunk.created_at)).limit(1)
         if not self.db.is_sqlite:
             pick = pick.with_for_update(skip_locked=True)  # several workers on several nodes never share a job
         statement = (
             update(Chunk)
-            .where(Chunk.id == pick.scalar_subquery())
+            .where(col(Chunk.id) == pick.scalar_subquery())
             .values(status=ChunkStatus.TRANSCRIBING, claimed_by=self.node_id, lease_until=now + timedelta(seconds=self.lease_s))
             .returning(Chunk)
         )
@@ -62,12 +64,12 @@ class JobQueue:
         async with self.db.write() as s:
             inserted = await s.execute(insert(TranscriptSegment).values(**values).on_conflict_do_nothing(index_elements=["session_id", "seq"]))
             await s.execute(
-                update(Chunk).where(Chunk.id == chunk.id).values(
+                update(Chunk).where(col(Chunk.id) == chunk.id).values(
                     status=ChunkStatus.DONE, transcribed_at=utcnow(), claimed_by=None, lease_until=None, error=None,
                     duration_ms=duration_ms if duration_ms is not None else chunk.duration_ms,
                 )
             )
-        return bool(inserted.rowcount)
+        return affected(inserted) > 0
 
     async def fail(self, chunk: Chunk, reason: str, *, retryable: bool = True) -> Failure:
         """Count a failed attempt: retry after the next delay, or mark it failed for good."""
@@ -76,7 +78,7 @@ class JobQueue:
         retry_in = None if final else self.retry_delays[attempts - 1]
         async with self.db.write() as s:
             await s.execute(
-                update(Chunk).where(Chunk.id == chunk.id).values(
+                update(Chunk).where(col(Chunk.id) == chunk.id).values(
                     status=ChunkStatus.FAILED if final else ChunkStatus.PENDING,
                     attempts=attempts, error=reason[:2000], claimed_by=None, lease_until=None,
                     next_attempt_at=None if final else utcnow() + timedelta(seconds=retry_in or 0),
@@ -88,7 +90,7 @@ class JobQueue:
         """Put a job back without counting an attempt (it waits for something, e.g. the session's header)."""
         async with self.db.write() as s:
             await s.execute(
-                update(Chunk).where(Chunk.id == chunk.id).values(
+                update(Chunk).where(col(Chunk.id) == chunk.id).values(
                     status=ChunkStatus.PENDING, claimed_by=None, lease_until=None, error=reason,
                     next_attempt_at=utcnow() + timedelta(seconds=seconds),
                 )
@@ -98,27 +100,27 @@ class JobQueue:
         """At start: jobs this node held when it died go back to the queue."""
         async with self.db.write() as s:
             result = await s.execute(
-                update(Chunk).where(Chunk.status == ChunkStatus.TRANSCRIBING, Chunk.claimed_by == self.node_id)
+                update(Chunk).where(col(Chunk.status) == ChunkStatus.TRANSCRIBING, col(Chunk.claimed_by) == self.node_id)
                 .values(status=ChunkStatus.PENDING, claimed_by=None, lease_until=None, next_attempt_at=utcnow())
             )
-        return int(result.rowcount or 0)
+        return affected(result)
 
     async def retry_failed(self, session_id: str | None = None) -> int:
-        query = update(Chunk).where(Chunk.status == ChunkStatus.FAILED)
+        query = update(Chunk).where(col(Chunk.status) == ChunkStatus.FAILED)
         if session_id is not None:
-            query = query.where(Chunk.session_id == session_id)
+            query = query.where(col(Chunk.session_id) == session_id)
         async with self.db.write() as s:
             result = await s.execute(query.values(status=ChunkStatus.PENDING, attempts=0, next_attempt_at=utcnow()))
-        return int(result.rowcount or 0)
+        return affected(result)
 
     async def backlog(self) -> int:
         async with self.db.read() as s:
             return int((await s.execute(
-                select(func.count()).select_from(Chunk).where(Chunk.status.in_(ChunkStatus.UNFINISHED))  # type: ignore[attr-defined]
+                select(func.count()).select_from(Chunk).where(col(Chunk.status).in_(ChunkStatus.UNFINISHED))
             )).scalar_one())
 
     async def next_due(self) -> datetime | None:
         async with self.db.read() as s:
             return (await s.execute(
-                select(func.min(Chunk.next_attempt_at)).where(Chunk.status == ChunkStatus.PENDING)
+                select(func.min(col(Chunk.next_attempt_at))).where(col(Chunk.status) == ChunkStatus.PENDING)
             )).scalar_one_or_none()

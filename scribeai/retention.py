@@ -33,7 +33,7 @@ from typing import IO, Any
 import zipfile_deflate64  # noqa: F401  (patches zipfile so Deflate64 members can be read)
 from aiohttp import web
 from sqlalchemy import and_, case, exists, func, or_, select, text, update
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Row, make_url
 
 from scribeai.db import Database
 from scribeai.errors import NotFound, ScribeError
@@ -50,6 +50,10 @@ FINISHED = (ChunkStatus.DONE, ChunkStatus.FAILED, ChunkStatus.STORED)
 READ_ERRORS = (OSError, KeyError, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
 COMPRESSION_NAMES = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", 9: "deflate64"}
 SCHEDULER_MAX_SLEEP_S = 300.0
+# Chunks are read as plain rows, not ORM objects: a long session costs a few hundred bytes per chunk.
+CHUNK_COLUMNS = (Chunk.id, Chunk.seq, Chunk.size, Chunk.sha256, Chunk.mime_type, Chunk.path, Chunk.status,
+                 Chunk.timestamp_ms, Chunk.duration_ms, Chunk.created_at, Chunk.deleted_at)
+ChunkRow = Row[Any]
 
 
 class RetentionBusy(ScribeError):
@@ -214,7 +218,7 @@ def member_name(chunk_path: str) -> str:
     return PurePosixPath(chunk_path).name
 
 
-def in_archive(chunk: Chunk, session: RecordingSession) -> bool:
+def in_archive(chunk: ChunkRow, session: RecordingSession) -> bool:
     """Is this chunk's audio in the session's current archive? Chunks deleted by the time the session
     last went cold are gone for good (cold_at is never cleared); later ones are late chunks archived since."""
     if chunk.deleted_at is None or session.tier != Tier.WARM:
@@ -598,7 +602,7 @@ class Retention:
 
     async def archive(self, session_id: str, now: datetime) -> dict[str, Any]:
         """hot -> warm: write (or adopt) the verified ZIP, record it, then delete the raw chunks it holds."""
-        session, chunks, segments = await self._load(session_id)
+        session, chunks, segments = await self._load(session_id, transcript=True)
         live = [c for c in chunks if c.deleted_at is None]
         if any(c.status not in FINISHED for c in live):
             raise SessionChanged("chunks went back to the transcription queue; next run")
@@ -612,7 +616,7 @@ class Retention:
         return {"chunks": len(members), "chunkBytes": sum(m.size for m in members), "archiveBytes": result.bytes,
                 "archiveSha256": result.sha256, "adopted": result.adopted, "deletedChunkFiles": removed}
 
-    def _members(self, session: RecordingSession, chunks: list[Chunk]) -> list[Member]:
+    def _members(self, session: RecordingSession, chunks: list[ChunkRow]) -> list[Member]:
         """Live chunks come from hot storage; chunks already archived (late chunks merge in) from the old ZIP."""
         previous = self.archive_dir / (session.archive_path or archive_name(session.id))
         members = []
@@ -668,15 +672,18 @@ class Retention:
                 paths += [self.storage_dir / p for p in rows.scalars()]
         return await asyncio.to_thread(delete_files, [p for p in paths if p.exists()]) if paths else 0
 
-    async def _load(self, session_id: str) -> tuple[RecordingSession, list[Chunk], list[TranscriptSegment]]:
+    async def _load(self, session_id: str, *, transcript: bool = False) -> tuple[RecordingSession, list[ChunkRow], list[dict[str, Any]]]:
+        """The session, its chunks as plain rows in seq order, and (for metadata.json) its transcript in wire shape."""
         async with self.db.read() as s:
             session = await s.get(RecordingSession, session_id)
             if session is None:
                 raise NotFound("session not found", sessionId=session_id)
-            chunks = list((await s.execute(select(Chunk).where(Chunk.session_id == session_id).order_by(Chunk.seq))).scalars())  # type: ignore[arg-type]
-            segments = list((await s.execute(
-                select(TranscriptSegment).where(TranscriptSegment.session_id == session_id).order_by(TranscriptSegment.seq)  # type: ignore[arg-type]
-            )).scalars())
+            chunks = list((await s.execute(select(*CHUNK_COLUMNS).where(Chunk.session_id == session_id).order_by(Chunk.seq))).all())  # type: ignore[arg-type]
+            segments = []
+            if transcript:  # streamed, so only one batch of ORM objects is alive at a time
+                query = select(TranscriptSegment).where(TranscriptSegment.session_id == session_id).order_by(TranscriptSegment.seq)  # type: ignore[arg-type]
+                async for segment in await s.stream_scalars(query.execution_options(yield_per=256)):
+                    segments.append(segment.wire())
         return session, chunks, segments
 
     # -- verify and restore ------------------------------------------------------------------------
@@ -802,7 +809,7 @@ def _batches(items: list[str], size: int = ID_BATCH) -> Iterator[list[str]]:
         yield items[start:start + size]
 
 
-def _metadata(session: RecordingSession, chunks: list[Chunk], members: list[Member], segments: list[TranscriptSegment],
+def _metadata(session: RecordingSession, chunks: list[ChunkRow], members: list[Member], segments: list[dict[str, Any]],
               now: datetime) -> bytes:
     def iso(value: datetime | None) -> str | None:
         return value.isoformat() if value else None
@@ -816,11 +823,11 @@ def _metadata(session: RecordingSession, chunks: list[Chunk], members: list[Memb
         "chunks": [{"seq": c.seq, "name": member_name(c.path), "size": c.size, "sha256": c.sha256, "mimeType": c.mime_type,
                     "timestampMs": c.timestamp_ms, "durationMs": c.duration_ms, "status": c.status, "createdAt": iso(c.created_at)}
                    for c in chunks if member_name(c.path) in inside],
-        "transcript": [g.wire() for g in segments],
+        "transcript": segments,
     }, indent=1).encode()
 
 
-def _check_files(items: list[tuple[Chunk, Path]]) -> list[str]:
+def _check_files(items: list[tuple[ChunkRow, Path]]) -> list[str]:
     problems = []
     for chunk, path in items:
         label = f"chunk {chunk.seq} ({member_name(chunk.path)})"

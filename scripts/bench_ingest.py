@@ -229,6 +229,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         else:
             live.append(recorder)
 
+    # What the websocket handshake agreed on (0: no permessage-deflate), as seen by the first live client.
+    ws = getattr(live[0].client.eio, "ws", None) if live else None
+    negotiated = getattr(ws, "compress", None) if args.transport == "websocket" else None
     server = ProcessSampler(args.server_pid)
     me = psutil.Process()
     client_cpu0 = sum(me.cpu_times()[:2])
@@ -263,6 +266,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "transport": args.transport,
         "namespace": args.namespace,
         "deflate": bool(args.deflate),
+        "deflateNegotiated": negotiated,
         "recorders": args.recorders,
         "chunksPerRecorder": args.chunks,
         "bytesPerChunk": args.bytes,
@@ -294,7 +298,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 def table(report: dict[str, Any]) -> str:
     a = report["ackMs"]
     rows = [
-        ("run", f"{report['runId']}  {report['transport']}{' +deflate' if report['deflate'] else ''}  ns={report['namespace']}"),
+        ("run", f"{report['runId']}  {report['transport']}{' +deflate' if report['deflate'] else ''}"
+                f" (negotiated compress={report['deflateNegotiated']})  ns={report['namespace']}"),
         ("load", f"{report['recorders']} recorders x {report['chunksPerRecorder']} chunks x {report['bytesPerChunk']} B, window {report['window']}"),
         ("acked", f"{report['chunksAcked']} / {report['chunksSent']}  (duplicates {report['duplicates']}, resends {report['resends']}, unacked {report['unacked']})"),
         ("wall", f"{report['wallS']} s"),

@@ -48,6 +48,7 @@ class Database:
             if self.schema and not self.is_sqlite:
                 await conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
             await conn.run_sync(SQLModel.metadata.create_all)
+            await conn.run_sync(_create_missing_indexes)
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -70,6 +71,13 @@ class Database:
 def affected(result: Any) -> int:
     """Rows an UPDATE/INSERT touched (the async Result type does not declare `rowcount`)."""
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _create_missing_indexes(conn: Any) -> None:
+    # create_all skips a table that exists, with its indexes: an index added later reaches old databases here.
+    for table in SQLModel.metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -64,7 +64,11 @@ class ChunkStatus:
 
 class RecordingSession(SQLModel, table=True):
     __tablename__ = "recording_session"
-    __table_args__ = (Index("ix_session_user_created", "user_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_session_user_created", "user_id", "created_at", "id"),
+        # GET /api/sessions?status=: a rare status would otherwise walk the user's whole history to fill a page.
+        Index("ix_session_user_status_created", "user_id", "status", "created_at", "id"),
+    )
 
     id: str = Field(primary_key=True, max_length=128)
     user_id: str = Field(max_length=256)

@@ -76,6 +76,7 @@ class Realtime:
         self._in_flight_total = 0
         self._begun = 0
         self._stopped = False
+        self._replays: set[asyncio.Task[None]] = set()
         self.counters: dict[str, int] = {}
 
     def __repr__(self) -> str:
@@ -262,7 +263,11 @@ class Realtime:
         await self.sio.emit("session-joined", reply, to=conn.sid, namespace=conn.namespace)
         segments = await self.pipeline.segments_after(session_id, last_seq)
         if segments:
-            asyncio.get_running_loop().create_task(self._replay(conn, segments))
+            # The room is joined first, so a segment finished meanwhile may come twice (clients dedupe by seq),
+            # but none is missed.
+            task = asyncio.get_running_loop().create_task(self._replay(conn, segments))
+            self._replays.add(task)
+            task.add_done_callback(self._replays.discard)
         return reply
 
     async def _replay(self, conn: Connection, segments: list[dict[str, Any]]) -> None:

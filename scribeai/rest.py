@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, or_, select
 
 from scribeai import openapi, protocol, transcripts
 from scribeai.auth import token_from_headers
@@ -108,8 +108,9 @@ async def list_sessions(request: web.Request) -> web.Response:
         query = query.where(RecordingSession.status == status)
     if cursor is not None:
         created, sid = cursor
-        query = query.where(or_(RecordingSession.created_at < created,
-                                and_(RecordingSession.created_at == created, RecordingSession.id < sid)))
+        # The plain `created_at <=` lets both databases seek the index to the page instead of filtering from the top.
+        query = query.where(RecordingSession.created_at <= created,
+                            or_(RecordingSession.created_at < created, RecordingSession.id < sid))
     query = query.order_by(RecordingSession.created_at.desc(), RecordingSession.id.desc()).limit(limit + 1)  # type: ignore[attr-defined]
     async with _services(request).db.read() as s:
         rows = list((await s.execute(query)).scalars())

@@ -34,8 +34,9 @@ import zipfile_deflate64  # noqa: F401  (patches zipfile so Deflate64 members ca
 from aiohttp import web
 from sqlalchemy import and_, case, exists, func, or_, select, text, update
 from sqlalchemy.engine import Row, make_url
+from sqlmodel import col
 
-from scribeai.db import Database
+from scribeai.db import Database, affected
 from scribeai.errors import NotFound, ScribeError
 from scribeai.models import Chunk, ChunkStatus, RecordingSession, SessionStatus, Tier, TranscriptSegment
 from scribeai.settings import Settings
@@ -51,8 +52,9 @@ READ_ERRORS = (OSError, KeyError, zipfile.BadZipFile, zlib.error, EOFError, NotI
 COMPRESSION_NAMES = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", 9: "deflate64"}
 SCHEDULER_MAX_SLEEP_S = 300.0
 # Chunks are read as plain rows, not ORM objects: a long session costs a few hundred bytes per chunk.
-CHUNK_COLUMNS = (Chunk.id, Chunk.seq, Chunk.size, Chunk.sha256, Chunk.mime_type, Chunk.path, Chunk.status,
-                 Chunk.timestamp_ms, Chunk.duration_ms, Chunk.created_at, Chunk.deleted_at)
+CHUNK_COLUMNS: tuple[Any, ...] = tuple(col(c) for c in (
+    Chunk.id, Chunk.seq, Chunk.size, Chunk.sha256, Chunk.mime_type, Chunk.path, Chunk.status,
+    Chunk.timestamp_ms, Chunk.duration_ms, Chunk.created_at, Chunk.deleted_at))
 ChunkRow = Row[Any]
 
 
@@ -153,10 +155,10 @@ def parse_schedule(value: str) -> time | None:
     if value.strip().lower() in ("", "off", "none", "disabled"):
         return None
     try:
-        parts = [int(p) for p in value.strip().split(":")]
-        if len(parts) not in (2, 3):
+        hour, minute, *second = (int(p) for p in value.strip().split(":"))
+        if len(second) > 1:
             raise ValueError
-        return time(*parts)
+        return time(hour, minute, second[0] if second else 0)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"RETENTION_SCHEDULE must be HH:MM (local time) or 'off', not {value!r}") from exc
 
@@ -584,12 +586,12 @@ class Retention:
     async def _facts(self, now: datetime) -> list[SessionFacts]:
         hot_cutoff = now - timedelta(days=self.policy.retention_days)
         warm_cutoff = now - timedelta(days=self.policy.archive_retention_days)
-        live = exists().where(Chunk.session_id == RecordingSession.id, Chunk.deleted_at.is_(None))  # type: ignore[union-attr]
+        live = exists().where(col(Chunk.session_id) == col(RecordingSession.id), col(Chunk.deleted_at).is_(None))
         # last_activity_at moves with every chunk, so it prefilters exactly; the policy sees the full facts.
         query = select(RecordingSession).where(or_(
-            and_(RecordingSession.last_activity_at <= hot_cutoff, or_(RecordingSession.tier == Tier.HOT, live)),  # type: ignore[operator]
-            and_(RecordingSession.tier == Tier.WARM, RecordingSession.archived_at <= warm_cutoff),  # type: ignore[operator]
-        )).order_by(RecordingSession.last_activity_at, RecordingSession.id)  # type: ignore[arg-type]
+            and_(col(RecordingSession.last_activity_at) <= hot_cutoff, or_(col(RecordingSession.tier) == Tier.HOT, live)),
+            and_(col(RecordingSession.tier) == Tier.WARM, col(RecordingSession.archived_at) <= warm_cutoff),
+        )).order_by(col(RecordingSession.last_activity_at), col(RecordingSession.id))
         async with self.db.read() as s:
             sessions = list((await s.execute(query)).scalars())
             counts: dict[str, tuple[int, int, datetime | None]] = {}
@@ -632,13 +634,13 @@ class Retention:
             marked = 0
             for batch in _batches(live_ids):
                 outcome = await s.execute(
-                    update(Chunk).where(Chunk.id.in_(batch), Chunk.deleted_at.is_(None), Chunk.status.in_(FINISHED))  # type: ignore[attr-defined,union-attr]
+                    update(Chunk).where(col(Chunk.id).in_(batch), col(Chunk.deleted_at).is_(None), col(Chunk.status).in_(FINISHED))
                     .values(deleted_at=now)
                 )
-                marked += int(outcome.rowcount or 0)
+                marked += affected(outcome)
             if marked != len(live_ids):  # raising rolls the whole transaction back
                 raise SessionChanged("a chunk changed while the archive was written; next run")
-            await s.execute(update(RecordingSession).where(RecordingSession.id == session_id).values(
+            await s.execute(update(RecordingSession).where(col(RecordingSession.id) == session_id).values(
                 tier=Tier.WARM, archive_path=result.path.name, archive_sha256=result.sha256,
                 archive_bytes=result.bytes, archived_at=now,
             ))
@@ -653,7 +655,7 @@ class Retention:
         await asyncio.to_thread(_unlink_and_sync, path)
         async with self.db.write() as s:
             await s.execute(
-                update(RecordingSession).where(RecordingSession.id == session_id, RecordingSession.tier == Tier.WARM)
+                update(RecordingSession).where(col(RecordingSession.id) == session_id, col(RecordingSession.tier) == Tier.WARM)
                 .values(tier=Tier.COLD, cold_at=now, archive_path=None, archive_sha256=None, archive_bytes=None)
             )
         log.info("session %s is cold: archive deleted, transcript kept", session_id, extra={"sessionId": session_id})
@@ -667,7 +669,7 @@ class Retention:
         async with self.db.read() as s:
             for batch in _batches(folders):
                 rows = await s.execute(
-                    select(Chunk.path).where(Chunk.session_id.in_(batch), Chunk.deleted_at.is_not(None))  # type: ignore[attr-defined,union-attr]
+                    select(col(Chunk.path)).where(col(Chunk.session_id).in_(batch), col(Chunk.deleted_at).is_not(None))
                 )
                 paths += [self.storage_dir / p for p in rows.scalars()]
         return await asyncio.to_thread(delete_files, [p for p in paths if p.exists()]) if paths else 0
@@ -678,11 +680,13 @@ class Retention:
             session = await s.get(RecordingSession, session_id)
             if session is None:
                 raise NotFound("session not found", sessionId=session_id)
-            chunks = list((await s.execute(select(*CHUNK_COLUMNS).where(Chunk.session_id == session_id).order_by(Chunk.seq))).all())  # type: ignore[arg-type]
+            query = select(*CHUNK_COLUMNS).where(col(Chunk.session_id) == session_id).order_by(col(Chunk.seq))
+            chunks = list((await s.execute(query)).all())
             segments = []
             if transcript:  # streamed, so only one batch of ORM objects is alive at a time
-                query = select(TranscriptSegment).where(TranscriptSegment.session_id == session_id).order_by(TranscriptSegment.seq)  # type: ignore[arg-type]
-                async for segment in await s.stream_scalars(query.execution_options(yield_per=256)):
+                segments_query = (select(TranscriptSegment).where(col(TranscriptSegment.session_id) == session_id)
+                                  .order_by(col(TranscriptSegment.seq)).execution_options(yield_per=256))
+                async for segment in await s.stream_scalars(segments_query):
                     segments.append(segment.wire())
         return session, chunks, segments
 
@@ -731,8 +735,8 @@ class Retention:
             await asyncio.to_thread(extract_members, path, members, destinations)
             async with self.db.write() as s:
                 for batch in _batches([c.id for c in archived]):
-                    await s.execute(update(Chunk).where(Chunk.id.in_(batch)).values(deleted_at=None))  # type: ignore[attr-defined]
-                await s.execute(update(RecordingSession).where(RecordingSession.id == session_id).values(
+                    await s.execute(update(Chunk).where(col(Chunk.id).in_(batch)).values(deleted_at=None))
+                await s.execute(update(RecordingSession).where(col(RecordingSession.id) == session_id).values(
                     tier=Tier.HOT, archive_path=None, archive_sha256=None, archive_bytes=None, archived_at=None,
                     last_activity_at=now,  # a restore is activity: it gets RETENTION_DAYS hot again
                 ))
@@ -745,22 +749,25 @@ class Retention:
 
     async def metrics(self, now: datetime) -> dict[str, Any]:
         """Seed 002's getStorageMetrics(): per tier sessions/chunks/bytes, archives, oldest hot session, disk, saving."""
-        live = Chunk.deleted_at.is_(None)  # type: ignore[union-attr]
+        live = col(Chunk.deleted_at).is_(None)
+        tier = col(RecordingSession.tier)
         async with self.db.read() as s:
-            sessions = dict((await s.execute(select(RecordingSession.tier, func.count()).group_by(RecordingSession.tier))).all())
-            archive_bytes = int((await s.execute(select(func.coalesce(func.sum(RecordingSession.archive_bytes), 0)))).scalar_one())
+            sessions: dict[str, int] = {t: int(n) for t, n in (await s.execute(select(tier, func.count()).group_by(tier))).all()}
+            total = select(func.coalesce(func.sum(col(RecordingSession.archive_bytes)), 0))
+            archive_bytes = int((await s.execute(total)).scalar_one() or 0)
             rows = (await s.execute(
-                select(RecordingSession.tier, live, func.count(), func.coalesce(func.sum(Chunk.size), 0))
-                .join(RecordingSession, RecordingSession.id == Chunk.session_id).group_by(RecordingSession.tier, live)  # type: ignore[arg-type]
+                select(tier, live, func.count(), func.coalesce(func.sum(col(Chunk.size)), 0))
+                .join(RecordingSession, col(RecordingSession.id) == col(Chunk.session_id)).group_by(tier, live)
             )).all()
             oldest = (await s.execute(
-                select(RecordingSession.id, RecordingSession.last_activity_at).where(RecordingSession.tier == Tier.HOT)
-                .order_by(RecordingSession.last_activity_at, RecordingSession.id).limit(1)  # type: ignore[arg-type]
+                select(col(RecordingSession.id), col(RecordingSession.last_activity_at)).where(tier == Tier.HOT)
+                .order_by(col(RecordingSession.last_activity_at), col(RecordingSession.id)).limit(1)
             )).first()
             segments = int((await s.execute(select(func.count()).select_from(TranscriptSegment))).scalar_one())
         tiers = {t: {"sessions": int(sessions.get(t, 0)), "chunks": 0, "bytes": 0, "chunkBytes": 0} for t in (Tier.HOT, Tier.WARM, Tier.COLD)}
-        for tier, is_live, count, size in rows:
-            bucket = tiers[Tier.HOT if is_live else tier if tier in tiers else Tier.COLD]
+        for session_tier, is_live, count, size in rows:
+            # A raw file is hot wherever its session is; an archived chunk is warm only while its session is.
+            bucket = tiers[Tier.HOT if is_live else Tier.WARM if session_tier == Tier.WARM else Tier.COLD]
             bucket["chunks"] += int(count)
             bucket["chunkBytes"] += int(size)
         tiers[Tier.HOT]["bytes"] = tiers[Tier.HOT]["chunkBytes"]
@@ -785,14 +792,14 @@ class Retention:
 
 async def _chunk_facts(s: Any, session_ids: list[str]) -> dict[str, tuple[int, int, datetime | None]]:
     """(live chunks, unfinished live chunks, latest chunk time) per session, in one grouped query."""
-    is_live = Chunk.deleted_at.is_(None)  # type: ignore[union-attr]
+    is_live = col(Chunk.deleted_at).is_(None)
     rows = await s.execute(
         select(
-            Chunk.session_id,
+            col(Chunk.session_id),
             func.coalesce(func.sum(case((is_live, 1), else_=0)), 0),
-            func.coalesce(func.sum(case((and_(is_live, Chunk.status.in_(ChunkStatus.UNFINISHED)), 1), else_=0)), 0),  # type: ignore[attr-defined]
-            func.max(Chunk.created_at),
-        ).where(Chunk.session_id.in_(session_ids)).group_by(Chunk.session_id)  # type: ignore[attr-defined]
+            func.coalesce(func.sum(case((and_(is_live, col(Chunk.status).in_(ChunkStatus.UNFINISHED)), 1), else_=0)), 0),
+            func.max(col(Chunk.created_at)),
+        ).where(col(Chunk.session_id).in_(session_ids)).group_by(col(Chunk.session_id))
     )
     return {sid: (int(n), int(u), _aware(latest)) for sid, n, u, latest in rows.all()}
 

@@ -405,6 +405,8 @@ class Recorder:
     _client: socketio.AsyncClient | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _dropping: bool = False
+    _lose_reply: tuple[int, int] | None = None   # (seq, connection) whose answer the next drop swallows
+    _reply_lost: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __repr__(self) -> str:
         return (f"Recorder({self.session_id}, acked={len(self.acked)}/{self.options.chunks}, inflight={len(self.inflight)}, "
@@ -413,21 +415,24 @@ class Recorder:
     # -- the run ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Record the whole session; whatever goes wrong ends up in `fatal` and the report, not in a traceback."""
         try:
             await self._connect()
-        except CannotRun as exc:
-            self.fatal = str(exc)
+        except (CannotRun, socketio.exceptions.SocketIOError, TimeoutError) as exc:
+            self.fatal = f"first connection failed: {exc}"
             return
         producer = asyncio.get_running_loop().create_task(self._produce())
         try:
             await self._send_loop()
+            if self.fatal is None:
+                await self._finish()
+        except Exception as exc:  # the outermost edge of one recorder: keep the others and the report going
+            self.fatal = f"{type(exc).__name__}: {exc}"
         finally:
             producer.cancel()
-        if self.fatal is None:
-            await self._finish()
-        if self._client is not None and self._client.connected:
-            self.connected = False  # our own goodbye is not a drop
-            await self._client.disconnect()
+            if self._client is not None and self._client.connected:
+                self.connected = False  # our own goodbye is not a drop
+                await self._client.disconnect()
 
     async def _produce(self) -> None:
         """The microphone: one chunk every interval, whatever the network does (drift-free pacing)."""
@@ -457,7 +462,7 @@ class Recorder:
                 continue
             await self._emit(seq)
             if self.options.drop_every and (seq + 1) % self.options.drop_every == 0 and self.attempts[seq] == 1:
-                await self._drop()
+                await self._drop(seq)
 
     async def _nap(self, seconds: float) -> None:
         self._wake.clear()
@@ -530,6 +535,9 @@ class Recorder:
     # -- server answers --------------------------------------------------------------------------
 
     def _on_reply(self, seq: int, conn: int, sent: float, reply: Any) -> None:
+        if self._lose_reply == (seq, conn):  # the network "ate" this answer: the chunk stays unacked
+            self._reply_lost.set()
+            return
         now = self.clock()
         if self.inflight.get(seq) == sent:
             del self.inflight[seq]
@@ -672,22 +680,43 @@ class Recorder:
         body: dict[str, Any] = {"sessionId": self.session_id}
         if prefix > 0:
             body["lastSeq"] = prefix - 1
-        reply = await client.call("joinSession", body, namespace=self.options.namespace, timeout=15)
+        try:
+            reply = await client.call("joinSession", body, namespace=self.options.namespace, timeout=15)
+        except socketio.exceptions.SocketIOError as exc:
+            reply = {"error": {"code": "client", "message": f"{type(exc).__name__}: {exc}"}}
         if not isinstance(reply, dict) or "error" in reply:
-            raise CannotRun(f"joinSession {self.session_id} refused: {reply}")
+            self.connected = False
+            await client.disconnect()
+            raise CannotRun(f"joinSession {self.session_id} failed: {reply}")
         self.last_signal = self.clock()
         return reply
 
-    async def _drop(self) -> None:
-        """Cut the connection like a network drop: no Socket.IO goodbye, acks in flight are lost."""
+    async def _drop(self, seq: int) -> None:
+        """Cut the connection like a network drop: no Socket.IO goodbye, answers in flight are lost.
+
+        Drops alternate between the two ways a network loses a chunk: odd ones cut right after the
+        emit (the chunk itself is usually lost), even ones let the server store it and lose the
+        ack (the resend must come back `duplicate: true`)."""
         self._dropping = True
+        planned = sum(1 for r in self.reconnects if r.get("planned")) + 1
         try:
+            if planned % 2 == 0:
+                self._lose_reply = (seq, self.conn_no)
+                self._reply_lost.clear()
+                try:
+                    await asyncio.wait_for(self._reply_lost.wait(), self.options.ack_timeout_s)
+                except TimeoutError:
+                    pass
+            records = len(self.reconnects)
             if self._client is not None:
                 await self._client.eio.disconnect(abort=True)
             self._on_disconnect(self.conn_no)
+            if len(self.reconnects) > records:
+                self.reconnects[-1]["kind"] = "ack lost" if planned % 2 == 0 else "cut after send"
             await asyncio.sleep(self.options.drop_seconds)
         finally:
             self._dropping = False
+            self._lose_reply = None
 
     async def _reconnect(self) -> bool:
         """Seed 003's resume: reconnect with backoff, rejoin, read missing-chunks, resend everything unacked."""
@@ -705,7 +734,11 @@ class Recorder:
                     return False
                 delay = min(max(delay * 2, 1.0), 5.0)
         last_sent = max(self.first_sent, default=-1)
-        rest = await self.api.missing_chunks(self.session_id, last_sent)
+        try:
+            rest = await self.api.missing_chunks(self.session_id, last_sent)
+        except (aiohttp.ClientError, RuntimeError, TimeoutError) as exc:
+            self.errors["missing_chunks_failed"] += 1
+            rest = {"missing": [], "error": str(exc)}
         reported = set(join.get("missing") or []) | set(rest.get("missing") or [])
         for seq in sorted(reported):
             if seq in self.acked:  # the server acked it and no longer has it: a broken promise, resend
@@ -722,6 +755,8 @@ class Recorder:
 
     async def _finish(self) -> None:
         """stopSession with lastSeq, then wait for the segments (and for the last pause to end)."""
+        if not self.connected and not await self._reconnect():
+            return
         assert self._client is not None
         try:
             self.stop_reply = await self._client.call("stopSession", {"sessionId": self.session_id, "lastSeq": self.options.chunks - 1},

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextvars
+import itertools
 import json
 import random
 import re
@@ -100,10 +101,12 @@ def _session_rows(user: str, count: int, start: datetime, span: timedelta) -> li
 
 def _chunk_batches(sessions: list[dict[str, Any]], chunks: int) -> Iterator[list[dict[str, Any]]]:
     batch: list[dict[str, Any]] = []
+    prefix = uuid.uuid4().hex[:8]
+    ids = itertools.count()
     for session in sessions:
         sid, created = session["id"], session["created_at"]
         for seq in range(chunks):
-            batch.append({"id": uuid.uuid4().hex, "session_id": sid, "seq": seq, "timestamp_ms": seq * 15000.0,
+            batch.append({"id": f"{prefix}{next(ids):024x}", "session_id": sid, "seq": seq, "timestamp_ms": seq * 15000.0,
                           "size": 240_000, "sha256": "0" * 64, "mime_type": "audio/webm;codecs=opus",
                           "path": f"{sid}/{sid}_{seq:04d}.webm", "has_header": seq == 0, "duration_ms": 15000,
                           "created_at": created + timedelta(seconds=15 * seq), "status": "done" if seq % 97 else "failed",

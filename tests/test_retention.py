@@ -588,11 +588,11 @@ async def test_one_run_at_a_time_across_processes(start: Any, connect: Any) -> N
 
 
 async def test_the_server_runs_retention_at_the_scheduled_time(start: Any, connect: Any, caplog: pytest.LogCaptureFixture) -> None:
-    """RETENTION_SCHEDULE in two seconds: the first server finds the lock taken and skips; the second archives."""
+    """RETENTION_SCHEDULE in three seconds: the first server finds the lock taken and skips; the second archives."""
     caplog.set_level(logging.INFO, logger="scribeai.retention")
 
     def soon() -> str:
-        return (datetime.now() + timedelta(seconds=2)).strftime("%H:%M:%S")
+        return (datetime.now() + timedelta(seconds=3)).strftime("%H:%M:%S")
     first = await start(retention_days=0)
     client = await connect(first.url)
     await send(client, "sched", [b"y" * 100])
@@ -602,11 +602,11 @@ async def test_the_server_runs_retention_at_the_scheduled_time(start: Any, conne
 
         async def skipped() -> bool:
             return any("another run holds the lock; skipped" in r.getMessage() for r in caplog.records)
-        await wait_for(skipped, timeout=10)
+        await wait_for(skipped, timeout=15)
     assert (await rows(held, "sched"))[0].tier == "hot"
     second = await start(retention_days=0, retention_schedule=soon())
 
     async def archived() -> bool:
         return (await rows(second, "sched"))[0].tier == "warm"
-    await wait_for(archived, timeout=10)
+    await wait_for(archived, timeout=15)
     assert_archive_holds(archive_of(second, "sched"), "sched", [b"y" * 100])

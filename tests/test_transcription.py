@@ -54,7 +54,7 @@ async def test_whisper_pushes_each_chunk_as_a_segment_with_its_words(start_serve
     names = ["speech_fox.webm", "speech_stella.webm", "speech_train.webm"]
     for seq, name in enumerate(names):
         ack = await recorder.call("audio-chunk", chunk("live", seq, audio(name), mimeType=MANIFEST[name]["mime_type"],
-                                                      timestamp=1_000_000 + seq * 5000), timeout=5)
+                                                      timestamp=1_732_000_000_000 + seq * 5000), timeout=5)
         assert ack["duplicate"] is False
     segments = sorted(await collect(viewer, "transcriptSegment", 3), key=lambda s: s["seq"])
     assert [s["seq"] for s in segments] == [0, 1, 2]
@@ -204,3 +204,20 @@ async def test_session_completed_after_stop_once_everything_is_transcribed(start
         names.append((await client.receive(timeout=10))[0])
     assert names.count("transcriptSegment") == 3
     assert names.count("transcript-updated") == 3
+
+
+async def test_offsets_do_not_depend_on_arrival_order(start_server: ServerFactory, connect: Any, fake_api: FakeTranscriptionAPI) -> None:
+    server = await start_server(transcriber="openai", openai_base_url=await fake_api.start())
+    client = await connect(server.url)
+    # epoch timestamps, chunk 1 first: it waits for chunk 0 instead of guessing its offset
+    await client.call("audio-chunk", chunk("epoch", 1, b"b" * 500, mimeType="audio/wav", timestamp=1_700_000_005_000), timeout=5)
+    await asyncio.sleep(0.3)
+    await client.call("audio-chunk", chunk("epoch", 0, b"a" * 500, mimeType="audio/wav", timestamp=1_700_000_000_000), timeout=5)
+    # relative timestamps (ms since the recording started) are the offsets themselves
+    for seq, ts in ((2, 31_000), (1, 16_000)):
+        await client.call("audio-chunk", chunk("relative", seq, bytes([seq]) * 500, mimeType="audio/wav", timestamp=ts), timeout=5)
+    await server.services.pipeline.drain()
+    epoch = await server.services.pipeline.segments_after("epoch", None)
+    relative = await server.services.pipeline.segments_after("relative", None)
+    assert [(g["seq"], g["startMs"], g["endMs"]) for g in epoch] == [(0, 0, 2500), (1, 5000, 7500)]
+    assert [(g["seq"], g["startMs"]) for g in relative] == [(1, 16_000), (2, 31_000)]

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 NAMESPACES = ("/", "/record")
 HEADER_WAIT_S = 2.0
 HEADER_GIVE_UP_S = 600.0
+EPOCH_MS_MIN = 1e11  # below: ms since the recording started (about 3 years of it)
+ORIGIN_WAIT_S = 5.0
+ORIGIN_RETRY_S = 0.5
 IDLE_POLL_S = 1.0
 BACKLOG_REFRESH_S = 1.0
 
@@ -146,6 +149,9 @@ class Pipeline:
             else:
                 await self.queue.defer(job, HEADER_WAIT_S, "waiting for the session's first chunk (container header)")
             return
+        if await self._waits_for_origin(job):
+            await self.queue.defer(job, ORIGIN_RETRY_S, "waiting for the session's chunk 0 (timing origin)")
+            return
         try:
             prepared = await asyncio.to_thread(media.prepare, data, job.mime_type, header)
             result = await self.engine.transcribe(prepared, job.mime_type)
@@ -210,21 +216,37 @@ class Pipeline:
             self._headers.popitem(last=False)
         return header
 
-    async def _segment(self, job: Chunk, result: Transcription) -> TranscriptSegment:
-        """Offsets from the session start: from the chunk timestamps, else from earlier chunks' durations."""
+    async def _timing_origin(self, job: Chunk) -> tuple[int, float] | None:
+        """(seq, timestamp) of the session's chunk 0, else of its lowest stored chunk."""
         async with self.db.read() as s:
-            first_ts, known_ms, known_count = (await s.execute(
-                select(
-                    select(col(Chunk.timestamp_ms)).where(col(Chunk.session_id) == job.session_id).order_by(col(Chunk.seq)).limit(1).scalar_subquery(),
-                    func.coalesce(func.sum(col(Chunk.duration_ms)), 0),
-                    func.count(col(Chunk.duration_ms)),
-                ).where(col(Chunk.session_id) == job.session_id, col(Chunk.seq) < job.seq)
-            )).one()
+            row = (await s.execute(
+                select(col(Chunk.seq), col(Chunk.timestamp_ms)).where(col(Chunk.session_id) == job.session_id)
+                .order_by(col(Chunk.seq)).limit(1)
+            )).first()
+        return (int(row[0]), float(row[1])) if row is not None else None
+
+    async def _waits_for_origin(self, job: Chunk) -> bool:
+        """An epoch-stamped chunk that arrived before chunk 0 waits a little for it, so offsets are exact."""
+        if job.seq == 0 or job.timestamp_ms < EPOCH_MS_MIN:
+            return False
+        origin = await self._timing_origin(job)
+        return (origin is None or origin[0] != 0) and (utcnow() - job.created_at).total_seconds() < ORIGIN_WAIT_S
+
+    async def _segment(self, job: Chunk, result: Transcription) -> TranscriptSegment:
+        """Offsets from the session start.
+
+        Relative timestamps (the original app: ms since the recording started) are the offset; epoch
+        timestamps count from chunk 0's; without chunk 0, from the lowest stored chunk, assuming the
+        chunks before it were of nominal length.
+        """
         duration = result.duration_ms or job.duration_ms or self.chunk_duration_ms
-        if first_ts is not None and job.timestamp_ms > first_ts:
-            start = int(job.timestamp_ms - first_ts)
-        else:  # no usable timestamps: earlier chunks' measured lengths, the default for unknown ones
-            start = int(known_ms) + (job.seq - int(known_count)) * self.chunk_duration_ms
+        origin = await self._timing_origin(job)
+        if job.timestamp_ms < EPOCH_MS_MIN:
+            start = int(job.timestamp_ms)
+        elif origin is not None and job.timestamp_ms >= origin[1]:
+            start = int(job.timestamp_ms - origin[1]) + origin[0] * self.chunk_duration_ms
+        else:
+            start = job.seq * self.chunk_duration_ms
         return TranscriptSegment(
             session_id=job.session_id, seq=job.seq, chunk_id=job.id, start_ms=start, end_ms=start + duration,
             text=result.text.strip(), speaker=None, confidence=result.confidence, is_final=True,

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlmodel import SQLModel
 
 from scribeai import models  # noqa: F401  (registers the tables)
+
+T = TypeVar("T")
 
 
 class Database:
@@ -39,6 +42,14 @@ class Database:
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer; queueing writers here beats SQLITE_BUSY retries in threads.
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        # A hot write path on SQLite: a plain (sync) connection on one thread of its own runs a whole
+        # transaction per call, where aiosqlite costs a loop<->thread round trip per statement.
+        self.sync_engine: Engine | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        if self.is_sqlite and parsed.database and parsed.database != ":memory:":
+            self.sync_engine = create_engine(parsed.set(drivername="sqlite+pysqlite"),
+                                             connect_args={"timeout": 30, "check_same_thread": False})
+            event.listen(self.sync_engine, "connect", _sqlite_pragmas)
 
     def __repr__(self) -> str:
         return f"Database({make_url(self.url).render_as_string(hide_password=True)!r})"
@@ -64,8 +75,34 @@ class Database:
                 async with session.begin():
                     yield session
 
+    async def write_in_thread(self, fn: Callable[[Connection], T]) -> T:
+        """Run `fn(connection)` in one transaction off the event loop: one thread hop for the whole write.
+
+        Only where `sync_engine` exists (SQLite files); it shares the in-process writer queue with `write()`.
+        """
+        if self.sync_engine is None:
+            raise RuntimeError("write_in_thread needs a SQLite file database")
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        lock = self._write_lock or contextlib.nullcontext()
+        async with lock:
+            return await asyncio.get_running_loop().run_in_executor(self._writer, self._transaction, fn)
+
+    def _transaction(self, fn: Callable[[Connection], T]) -> T:
+        assert self.sync_engine is not None
+        with self.sync_engine.begin() as conn:
+            return fn(conn)
+
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._writer is not None:
+            await asyncio.get_running_loop().run_in_executor(self._writer, self._dispose_sync)
+            self._writer.shutdown(wait=True)
+            self._writer = None
+
+    def _dispose_sync(self) -> None:
+        if self.sync_engine is not None:
+            self.sync_engine.dispose()
 
 
 def affected(result: Any) -> int:

@@ -166,21 +166,38 @@ class ChunkIngest:
                 e.stored.set_exception(exc)
 
     async def _commit_batch(self, batch: list[_Pending]) -> set[str]:
-        """One transaction: insert the rows that are new, publish their files, touch their sessions, commit."""
+        """One transaction: insert the rows that are new, touch their sessions, publish their files, commit."""
         table = Chunk.__table__  # type: ignore[attr-defined]
         insert = (sqlite.insert if self.db.is_sqlite else postgresql.insert)(table)
         statement = insert.on_conflict_do_nothing(index_elements=["session_id", "seq"]).returning(table.c.id)
         rows = [{c.name: getattr(e.row, c.name) for c in table.columns} for e in batch]
         now = utcnow()
-        async with self.db.write() as s:
-            inserted = set((await s.execute(statement, rows)).scalars())
-            fresh = [e for e in batch if e.row.id in inserted]
-            if fresh:
-                sessions = sorted({e.row.session_id for e in fresh})
-                await s.execute(update(RecordingSession).where(RecordingSession.id.in_(sessions))  # type: ignore[attr-defined]
-                                .values(last_activity_at=now))
-                # The names are published and fsync'd before the commit: a committed row always has its file.
-                await asyncio.to_thread(self.store.publish_many, [(e.temp, e.row.path) for e in fresh])
+
+        def touch(fresh: list[_Pending]) -> Any:
+            sessions = sorted({e.row.session_id for e in fresh})
+            return update(RecordingSession).where(RecordingSession.id.in_(sessions)).values(last_activity_at=now)  # type: ignore[attr-defined]
+
+        def published(fresh: list[_Pending]) -> list[tuple[Path, str]]:
+            return [(e.temp, e.row.path) for e in fresh]
+
+        # The names are published and fsync'd before the commit: a committed row always has its file.
+        if self.db.sync_engine is not None:
+            def write(conn: Any) -> set[str]:
+                inserted = set(conn.execute(statement, rows).scalars())
+                fresh = [e for e in batch if e.row.id in inserted]
+                if fresh:
+                    conn.execute(touch(fresh))
+                    self.store.publish_many(published(fresh))
+                return inserted
+
+            inserted = await self.db.write_in_thread(write)
+        else:
+            async with self.db.write() as s:
+                inserted = set((await s.execute(statement, rows)).scalars())
+                fresh = [e for e in batch if e.row.id in inserted]
+                if fresh:
+                    await s.execute(touch(fresh))
+                    await asyncio.to_thread(self.store.publish_many, published(fresh))
         self.batches += 1
         self.batched_rows += len(batch)
         return inserted

@@ -168,8 +168,7 @@ def _error_response(code: str | None, description: str, status: int) -> dict[str
 
 def _schemas(statuses: Sequence[str]) -> dict[str, Any]:
     counts = {"type": "object", "additionalProperties": _INT}
-    tier = {"type": "object", "properties": {k: _INT for k in ("sessions", "chunks", "bytes", "chunkBytes")},
-            "required": ["sessions", "chunks", "bytes", "chunkBytes"], "additionalProperties": False}
+    tier = _object({k: _INT for k in ("sessions", "chunks", "bytes", "chunkBytes")})
     disk = _object({"freeBytes": _INT, "totalBytes": _INT})
     text_or_null = {"type": ["string", "null"]}
     session = {

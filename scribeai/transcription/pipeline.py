@@ -195,22 +195,31 @@ class Pipeline:
     # -- session header and timing ---------------------------------------------
 
     async def _session_header(self, job: Chunk) -> bytes | None:
-        """The container header from the session's first chunk; None until that chunk is stored."""
+        """The container header from the session's first chunk; None until that chunk is stored.
+
+        It is kept on the session row once found, so it outlives chunk 0's file (retention).
+        """
         if job.session_id in self._headers:
             return self._headers[job.session_id]
         async with self.db.read() as s:
-            first = (await s.execute(
+            header = (await s.execute(
+                select(col(RecordingSession.container_header)).where(col(RecordingSession.id) == job.session_id)
+            )).scalar_one_or_none()
+            first = None if header else (await s.execute(
                 select(Chunk).where(col(Chunk.session_id) == job.session_id, col(Chunk.has_header).is_(True))
                 .order_by(col(Chunk.seq)).limit(1)
             )).scalars().first()
-        if first is None or first.seq > job.seq:
-            return None
-        data = await asyncio.to_thread(self.store.read, first.path)
-        container = media.detect_container(data)
-        try:
-            header = await asyncio.to_thread(media.extract_header, data, container)
-        except ValueError:
-            return None
+        if header is None:
+            if first is None or first.seq > job.seq or first.deleted_at is not None:
+                return None
+            data = await asyncio.to_thread(self.store.read, first.path)
+            try:
+                header = await asyncio.to_thread(media.extract_header, data, media.detect_container(data))
+            except ValueError:
+                return None
+            async with self.db.write() as s:
+                await s.execute(update(RecordingSession).where(col(RecordingSession.id) == job.session_id)
+                                .values(container_header=header))
         self._headers[job.session_id] = header
         while len(self._headers) > 256:
             self._headers.popitem(last=False)

@@ -106,7 +106,8 @@ class JobQueue:
         return affected(result)
 
     async def retry_failed(self, session_id: str | None = None) -> int:
-        query = update(Chunk).where(col(Chunk.status) == ChunkStatus.FAILED)
+        """Failed chunks back to pending; not those whose raw file retention already removed."""
+        query = update(Chunk).where(col(Chunk.status) == ChunkStatus.FAILED, col(Chunk.deleted_at).is_(None))
         if session_id is not None:
             query = query.where(col(Chunk.session_id) == session_id)
         async with self.db.write() as s:

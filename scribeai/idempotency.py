@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import col
 
 from scribeai.db import Database
 from scribeai.errors import Conflict, ScribeError, Unavailable
@@ -175,7 +176,7 @@ class ChunkIngest:
 
         def touch(fresh: list[_Pending]) -> Any:
             sessions = sorted({e.row.session_id for e in fresh})
-            return update(RecordingSession).where(RecordingSession.id.in_(sessions)).values(last_activity_at=now)  # type: ignore[attr-defined]
+            return update(RecordingSession).where(col(RecordingSession.id).in_(sessions)).values(last_activity_at=now)
 
         def published(fresh: list[_Pending]) -> list[tuple[Path, str]]:
             return [(e.temp, e.row.path) for e in fresh]
@@ -204,7 +205,7 @@ class ChunkIngest:
 
     async def _find(self, session_id: str, seq: int) -> Chunk | None:
         async with self.db.read() as s:
-            result = await s.execute(select(Chunk).where(Chunk.session_id == session_id, Chunk.seq == seq))
+            result = await s.execute(select(Chunk).where(col(Chunk.session_id) == session_id, col(Chunk.seq) == seq))
             return result.scalar_one_or_none()
 
     async def _repeat(self, existing: Chunk, chunk: IncomingChunk) -> StoreResult:

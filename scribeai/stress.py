@@ -401,6 +401,7 @@ class Recorder:
     fatal: str | None = None
     completed: bool = False
     bytes_acked: int = 0
+    finished_at: float | None = None
     epoch_ms: int = field(default_factory=lambda: int(time.time() * 1000))  # the recording's start, for chunk timestamps
     _client: socketio.AsyncClient | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -430,6 +431,7 @@ class Recorder:
             self.fatal = f"{type(exc).__name__}: {exc}"
         finally:
             producer.cancel()
+            self.finished_at = self.clock()  # before the goodbye: a polling disconnect waits out the long poll
             if self._client is not None and self._client.connected:
                 self.connected = False  # our own goodbye is not a drop
                 await self._client.disconnect()
@@ -919,7 +921,7 @@ def mint_token(options: Options) -> str | None:
 
 
 async def run(options: Options) -> dict[str, Any]:
-    """Run the stress test and return the report (also written to --out)."""
+    """Run the stress test and return the report (run_cli writes it to --out)."""
     problems = check_options(options)
     if problems:
         raise CannotRun("; ".join(problems))
@@ -961,8 +963,12 @@ async def run(options: Options) -> dict[str, Any]:
         if fatal and all(r.conn_no == 0 for r in recorders):
             raise CannotRun(fatal[0])
         verification = await _verify(api, recorders, options)
-        stats_after = await api.server_stats()
-    report = build_report(options, audio, engine, started_at, clock(), recorders, sampler, verification, stats_before, stats_after, run_id)
+        try:
+            stats_after = await api.server_stats()
+        except (aiohttp.ClientError, RuntimeError, TimeoutError, ValueError) as exc:
+            stats_after = {"error": f"{type(exc).__name__}: {exc}"}
+    wall_s = max((r.finished_at for r in recorders if r.finished_at is not None), default=clock())
+    report = build_report(options, audio, engine, started_at, wall_s, recorders, sampler, verification, stats_before, stats_after, run_id)
     return report
 
 
@@ -972,9 +978,12 @@ async def _verify(api: Api, recorders: list[Recorder], options: Options) -> dict
 
     async def one(r: Recorder) -> tuple[str, dict[str, Any]]:
         async with limit:
-            missing = await api.missing_chunks(r.session_id, options.chunks - 1)
-            session = await api.session(r.session_id)
-            transcript = await api.transcript(r.session_id)
+            try:
+                missing = await api.missing_chunks(r.session_id, options.chunks - 1)
+                session = await api.session(r.session_id)
+                transcript = await api.transcript(r.session_id)
+            except (aiohttp.ClientError, RuntimeError, TimeoutError, ValueError) as exc:
+                return r.session_id, {"missing": {}, "session": {}, "segmentSeqs": [], "error": f"{type(exc).__name__}: {exc}"}
         return r.session_id, {"missing": missing, "session": session, "segmentSeqs": [s["seq"] for s in transcript.get("segments", [])]}
 
     found = dict(await asyncio.gather(*(one(r) for r in recorders)))
@@ -993,6 +1002,8 @@ def _session_report(r: Recorder, v: dict[str, Any], options: Options) -> dict[st
     missing = v["missing"]
     session = v["session"]
     problems: list[str] = []
+    if "error" in v:
+        problems.append(f"could not read the session back from the server: {v['error']}")
     if r.fatal:
         problems.append(f"recorder gave up: {r.fatal}")
     unacked = sorted(set(range(n)) - set(r.acked))

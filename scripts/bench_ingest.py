@@ -56,7 +56,7 @@ class ProcessSampler:
     _task: asyncio.Task[None] | None = None
 
     def _rss(self, proc: psutil.Process) -> int:
-        rss = proc.memory_info().rss
+        rss = int(proc.memory_info().rss)
         self.peak_rss = max(self.peak_rss, rss)
         return rss
 

@@ -80,7 +80,8 @@ def create_app(settings: Settings, *, db_schema: str | None = None) -> web.Appli
 
 def _setup_cors(app: web.Application, origins: list[str]) -> None:
     # python-socketio answers CORS on /socket.io/ itself; aiohttp-cors covers only the REST routes.
-    options = aiohttp_cors.ResourceOptions(allow_credentials=True, expose_headers="*", allow_headers="*", allow_methods="*")
+    options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
+        allow_credentials=True, expose_headers="*", allow_headers="*", allow_methods="*")
     cors = aiohttp_cors.setup(app, defaults={origin: options for origin in origins})
     for route in list(app.router.routes()):
         if not route.resource or route.resource.canonical.startswith("/socket.io"):

@@ -110,9 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {name: getattr(args, name, None) for name in args.overrides}
     from pathlib import Path
 
-    for name in ("storage_dir",):
-        if overrides.get(name):
-            overrides[name] = Path(overrides[name])
+    if overrides.get("storage_dir"):
+        overrides["storage_dir"] = Path(str(overrides["storage_dir"]))
     settings = Settings.from_env(**overrides)
     return int(args.func(args, settings))
 

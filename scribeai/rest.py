@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
+from sqlmodel import col
 from sqlalchemy import func, or_, select
 
 from scribeai import openapi, protocol, transcripts
@@ -103,15 +104,15 @@ async def list_sessions(request: web.Request) -> web.Response:
     if status is not None and status not in SESSION_STATUSES:
         raise InvalidInput(f"status must be one of {', '.join(SESSION_STATUSES)}")
     cursor = _decode_cursor(request.query.get("cursor"))
-    query = select(RecordingSession).where(RecordingSession.user_id == request[user_key])
+    query = select(RecordingSession).where(col(RecordingSession.user_id) == request[user_key])
     if status:
-        query = query.where(RecordingSession.status == status)
+        query = query.where(col(RecordingSession.status) == status)
     if cursor is not None:
         created, sid = cursor
         # The plain `created_at <=` lets both databases seek the index to the page instead of filtering from the top.
-        query = query.where(RecordingSession.created_at <= created,
-                            or_(RecordingSession.created_at < created, RecordingSession.id < sid))
-    query = query.order_by(RecordingSession.created_at.desc(), RecordingSession.id.desc()).limit(limit + 1)  # type: ignore[attr-defined]
+        query = query.where(col(RecordingSession.created_at) <= created,
+                            or_(col(RecordingSession.created_at) < created, col(RecordingSession.id) < sid))
+    query = query.order_by(col(RecordingSession.created_at).desc(), col(RecordingSession.id).desc()).limit(limit + 1)
     async with _services(request).db.read() as s:
         rows = list((await s.execute(query)).scalars())
         page = rows[:limit]
@@ -183,8 +184,8 @@ async def transcript(request: web.Request) -> web.Response:
         )
     async with services.db.read() as s:
         unfinished = (await s.execute(
-            select(Chunk.seq, Chunk.status, Chunk.error).where(Chunk.session_id == session_id, Chunk.status != ChunkStatus.DONE)
-            .order_by(Chunk.seq)  # type: ignore[arg-type]
+            select(col(Chunk.seq), col(Chunk.status), col(Chunk.error)).where(col(Chunk.session_id) == session_id, col(Chunk.status) != ChunkStatus.DONE)
+            .order_by(col(Chunk.seq))
         )).all()
     return web.json_response({
         "sessionId": session_id, "status": session.status, "tier": session.tier, "segments": segments,
@@ -218,8 +219,8 @@ async def _session_view(services: Services, session_id: str, user_id: str) -> di
     row = await services.sessions.get_owned(session_id, user_id)
     async with services.db.read() as s:
         counts = await _chunk_counts(s, [session_id])
-        by_status = dict((await s.execute(
-            select(Chunk.status, func.count()).where(Chunk.session_id == session_id).group_by(Chunk.status)
+        by_status: dict[str, int] = dict((await s.execute(
+            select(col(Chunk.status), func.count()).where(col(Chunk.session_id) == session_id).group_by(col(Chunk.status))
         )).all())
     view = _session_wire(row, counts.get(session_id, (0, 0, 0)))
     view["chunksByStatus"] = {str(k): int(v) for k, v in by_status.items()}
@@ -231,8 +232,8 @@ async def _chunk_counts(s: Any, session_ids: list[str]) -> dict[str, tuple[int, 
     if not session_ids:
         return {}
     rows = await s.execute(
-        select(Chunk.session_id, func.count(), func.coalesce(func.sum(Chunk.size), 0), func.coalesce(func.sum(Chunk.duration_ms), 0))
-        .where(Chunk.session_id.in_(session_ids)).group_by(Chunk.session_id)  # type: ignore[attr-defined]
+        select(col(Chunk.session_id), func.count(), func.coalesce(func.sum(col(Chunk.size)), 0), func.coalesce(func.sum(col(Chunk.duration_ms)), 0))
+        .where(col(Chunk.session_id).in_(session_ids)).group_by(col(Chunk.session_id))
     )
     return {sid: (int(n), int(b), int(d)) for sid, n, b, d in rows.all()}
 

@@ -37,6 +37,7 @@ class RecorderResult:
     duplicates: int = 0
     bytes_acked: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    trace: list[tuple[int, float, float]] = field(default_factory=list)  # (seq, sent at s, latency ms)
     errors: Counter[str] = field(default_factory=Counter)
     unacked: int = 0
     resends: int = 0
@@ -177,6 +178,7 @@ class Recorder:
             self.result.duplicates += bool(reply.get("duplicate"))
             self.result.bytes_acked += len(payload["audio"])
             self.result.latencies_ms.append(latency_ms)
+            self.result.trace.append((seq, t0, latency_ms))
             return
 
     async def run(self) -> None:
@@ -241,6 +243,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     tasks = [asyncio.create_task(r.run()) for r in live]
     t0 = time.perf_counter()
     start.set()
+    if args.trace_out:
+        trace_start = t0
     await asyncio.gather(*tasks)
     wall = time.perf_counter() - t0
     await server.stop()
@@ -250,6 +254,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     system_busy = _busy_cpu_s(system1) - _busy_cpu_s(system0)
     await asyncio.gather(*(r.close() for r in recorders), return_exceptions=True)
 
+    if args.trace_out:
+        with open(args.trace_out, "w") as f:
+            f.write("recorder,seq,sent_ms,ack_ms\n")
+            for r in recorders:
+                for seq, sent, lat in r.result.trace:
+                    f.write(f"{r.index},{seq},{(sent - trace_start) * 1000:.1f},{lat:.2f}\n")
     latencies = sorted(x for r in recorders for x in r.result.latencies_ms)
     errors: Counter[str] = Counter(connect_errors)
     for r in recorders:
@@ -337,6 +347,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connect-timeout", type=float, default=10.0)
     p.add_argument("--max-resends", type=int, default=20, help="resends of one chunk refused as overloaded")
     p.add_argument("--json-out", help="also write the JSON report to this file")
+    p.add_argument("--trace-out", help="write every ack as CSV: recorder, seq, sent_ms (from the start), ack_ms")
     args = p.parse_args(argv)
     if not args.token and not args.secret:
         p.error("give --token, or --secret (or $SCRIBEAI_SECRET) to mint one")

@@ -25,6 +25,7 @@ serve: install
 	$(BIN)/scribeai serve
 
 test: install js-deps
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:

@@ -50,7 +50,9 @@ class ChunkStore:
     def write_temp(self, relative: str, data: bytes) -> Path:
         """Write `data` to a unique temporary file beside its final place and fsync it."""
         final = self.absolute(relative)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        if not final.parent.is_dir():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(final.parent.parent)  # a new session folder: its name must survive a crash too
         temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:

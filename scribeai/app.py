@@ -18,7 +18,7 @@ from scribeai.db import Database
 from scribeai.idempotency import ChunkIngest
 from scribeai.metrics import LiveGauges, Metrics
 from scribeai.monitor import ProcessMonitor
-from scribeai.polling import fix_polling_posts
+from scribeai.transport import disable_websocket_compression, fix_polling_posts
 from scribeai.realtime import Realtime
 from scribeai.services import Services, services_key
 from scribeai.sessions import SessionService
@@ -48,6 +48,7 @@ def create_app(settings: Settings, *, db_schema: str | None = None) -> web.Appli
     )
     sio.attach(app)
     fix_polling_posts(sio)
+    disable_websocket_compression(sio)
     db = Database(settings.effective_database_url, schema=db_schema)
     store = ChunkStore(settings.storage_dir)
     auth = Authenticator(load_secret(settings.secret, settings.data_dir), settings.auth)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Connection, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from sqlmodel import col
@@ -64,10 +64,17 @@ class SessionService:
                     tier="hot", created_at=now, started_at=now, last_activity_at=now)
             .on_conflict_do_nothing(index_elements=["id"])
         )
-        async with self.db.write() as s:
-            await s.execute(statement)
-        async with self.db.read() as s:
-            owner = (await s.execute(select(col(RecordingSession.user_id)).where(col(RecordingSession.id) == session_id))).scalar_one()
+        owner_of = select(col(RecordingSession.user_id)).where(col(RecordingSession.id) == session_id)
+        if self.db.sync_engine is not None:
+            # SQLite: insert and read back in one transaction and one thread hop (a new session's first chunk).
+            def create(conn: Connection) -> str:
+                conn.execute(statement)
+                return str(conn.execute(owner_of).scalar_one())
+            owner = await self.db.write_in_thread(create)
+        else:
+            async with self.db.write() as s:
+                await s.execute(statement)
+                owner = str((await s.execute(owner_of)).scalar_one())
         self._remember(session_id, owner)
         return str(owner)
 

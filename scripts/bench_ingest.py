@@ -243,8 +243,6 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     tasks = [asyncio.create_task(r.run()) for r in live]
     t0 = time.perf_counter()
     start.set()
-    if args.trace_out:
-        trace_start = t0
     await asyncio.gather(*tasks)
     wall = time.perf_counter() - t0
     await server.stop()
@@ -259,7 +257,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             f.write("recorder,seq,sent_ms,ack_ms\n")
             for r in recorders:
                 for seq, sent, lat in r.result.trace:
-                    f.write(f"{r.index},{seq},{(sent - trace_start) * 1000:.1f},{lat:.2f}\n")
+                    f.write(f"{r.index},{seq},{(sent - t0) * 1000:.1f},{lat:.2f}\n")
     latencies = sorted(x for r in recorders for x in r.result.latencies_ms)
     # The first chunk of each recorder also creates its session; all recorders start together, so
     # those creations queue behind each other: report the rest too, labelled as such.

@@ -245,3 +245,14 @@ async def test_twenty_recorders_thirty_chunks_each(server: RunningServer, connec
         files = stored_files(server, f"rec-{i}")
         assert len(files) == 30
         assert files["rec-%d_0029.webm" % i] == AUDIO + bytes([29])
+
+
+async def test_websocket_declines_permessage_deflate(server: RunningServer) -> None:
+    """Browsers offer deflate; opus does not compress, so the server declines it (and the socket works)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{server.url}/socket.io/?EIO=4&transport=websocket", compress=15) as ws:
+            assert ws.compress == 0
+            opening = await ws.receive_str(timeout=5)
+            assert opening.startswith('0{"sid":')

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -92,6 +93,29 @@ def _load_model(model: str, cpu_threads: int, workers: int) -> Any:
         return _models[key]
 
 
+_background: ThreadPoolExecutor | None = None
+BACKGROUND_NICE = 10
+
+
+def _lower_priority() -> None:
+    # On Linux `nice` is per thread and inherited by the threads it starts (CTranslate2's pool):
+    # transcription yields the CPU to the event loop, so acks stay fast while whisper is saturated.
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, BACKGROUND_NICE)
+    except (AttributeError, OSError):
+        pass
+
+
+def background_executor() -> ThreadPoolExecutor:
+    """Threads for CPU-heavy transcription, at a lower OS priority than the event loop's thread."""
+    global _background
+    with _models_lock:
+        if _background is None:
+            _background = ThreadPoolExecutor(max_workers=max(4, os.cpu_count() or 1), thread_name_prefix="transcribe",
+                                             initializer=_lower_priority)
+        return _background
+
+
 class WhisperEngine:
     """faster-whisper on the CPU (int8); the bundled tiny.en unless `model` names another."""
 
@@ -108,10 +132,11 @@ class WhisperEngine:
 
     async def load(self) -> None:
         """Load the model now (it is otherwise loaded by the first transcription): fail at start, not later."""
-        await asyncio.to_thread(_load_model, self.model, self.cpu_threads, self.workers)
+        await asyncio.get_running_loop().run_in_executor(
+            background_executor(), _load_model, self.model, self.cpu_threads, self.workers)
 
     async def transcribe(self, audio: bytes, mime_type: str) -> Transcription:
-        return await asyncio.to_thread(self.transcribe_sync, audio)
+        return await asyncio.get_running_loop().run_in_executor(background_executor(), self.transcribe_sync, audio)
 
     def transcribe_sync(self, audio: bytes) -> Transcription:
         """The blocking transcription (decode + model), for callers already off the event loop."""

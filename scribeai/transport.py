@@ -1,4 +1,4 @@
-"""Two fixes to python-engineio's long-polling POST path, so recorders on polling can send audio."""
+"""Adjustments to python-engineio's aiohttp driver: whole polling bodies, flushed buffers, no websocket deflate."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 import socketio
 from aiohttp import web
+from engineio.async_drivers.aiohttp import WebSocket as _EngineWebSocket
 from engineio.payload import Payload
 
 # A recorder back from a network loss flushes every chunk it buffered in one POST (two Engine.IO
@@ -43,3 +44,19 @@ def fix_polling_posts(sio: socketio.AsyncServer) -> None:
 
     # a copy: the driver table is shared by every engineio server in the process
     sio.eio._async = {**sio.eio._async, "translate_request": translate_request}
+
+
+class _UncompressedWebSocket(_EngineWebSocket):  # type: ignore[misc]
+    """engineio's aiohttp websocket without permessage-deflate: opus does not compress, and inflating what
+    browsers deflate cost about 1 ms of server CPU per chunk (scripts/bench_ingest.py --deflate)."""
+
+    async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
+        self._sock = web.WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
+        await self._sock.prepare(environ["aiohttp.request"])
+        self.environ = environ
+        await self.handler(self)
+        return self._sock
+
+
+def disable_websocket_compression(sio: socketio.AsyncServer) -> None:
+    sio.eio._async = {**sio.eio._async, "websocket": _UncompressedWebSocket}

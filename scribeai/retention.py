@@ -40,6 +40,7 @@ from scribeai.db import Database, affected
 from scribeai.errors import NotFound, ScribeError
 from scribeai.models import Chunk, ChunkStatus, RecordingSession, SessionStatus, Tier, TranscriptSegment
 from scribeai.settings import Settings
+from scribeai.storage import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -264,14 +265,6 @@ def _zip_time(when: datetime | None) -> tuple[int, int, int, int, int, int]:
     return (max(when.year, 1980), when.month, when.day, when.hour, when.minute, when.second)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_zip(temp: Path, members: list[Member], metadata: bytes, when: datetime) -> None:
     """Stream every member into `temp` (audio stored, metadata deflated), checking each source's sha256."""
     previous_path = next((m.from_archive for m in members if m.from_archive is not None), None)
@@ -388,7 +381,7 @@ def write_archive(archive_dir: Path, session_id: str, members: list[Member], met
             raise ArchiveFailed(f"the archive did not verify after writing: {'; '.join(check.problems)}")
         sha256, size = _file_sha256(temp), temp.stat().st_size
         os.replace(temp, final)
-        _fsync_dir(archive_dir)
+        fsync_dir(archive_dir)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
@@ -414,7 +407,7 @@ def extract_members(archive: Path, members: list[Member], destinations: dict[str
                 temp.unlink(missing_ok=True)
                 raise
         for directory in {destinations[m.name].parent for m in members}:
-            _fsync_dir(directory)
+            fsync_dir(directory)
 
 
 def delete_files(paths: Iterable[Path]) -> int:
@@ -427,7 +420,7 @@ def delete_files(paths: Iterable[Path]) -> int:
         folders.add(path.parent)
     for folder in folders:
         with contextlib.suppress(FileNotFoundError, OSError):
-            _fsync_dir(folder)
+            fsync_dir(folder)
             if not any(folder.iterdir()):
                 folder.rmdir()
     return removed
@@ -855,7 +848,7 @@ def _check_files(items: list[tuple[ChunkRow, Path]]) -> list[str]:
 def _unlink_and_sync(path: Path) -> None:
     path.unlink(missing_ok=True)
     if path.parent.is_dir():
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 def _disk(path: Path) -> dict[str, int]:

@@ -52,7 +52,7 @@ class ChunkStore:
         final = self.absolute(relative)
         if not final.parent.is_dir():
             final.parent.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(final.parent.parent)  # a new session folder: its name must survive a crash too
+            fsync_dir(final.parent.parent)  # a new session folder: its name must survive a crash too
         temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -69,7 +69,7 @@ class ChunkStore:
         """Rename the temporary file into place and fsync the directory, so the name survives a crash."""
         final = self.absolute(relative)
         os.replace(temp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
 
     def publish_many(self, items: list[tuple[Path, str]]) -> None:
         """Rename each temporary file into place, then fsync each directory once for all of them."""
@@ -124,15 +124,16 @@ def _fsync_dirs(directories: list[Path]) -> None:
     global _dir_sync_pool
     if len(directories) <= 1:
         for directory in directories:
-            _fsync_dir(directory)
+            fsync_dir(directory)
         return
     with _dir_sync_pool_lock:
         if _dir_sync_pool is None:
             _dir_sync_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="dir-fsync")
-    list(_dir_sync_pool.map(_fsync_dir, directories))  # one after another, ten directories cost ~3x as long
+    list(_dir_sync_pool.map(fsync_dir, directories))  # one after another, ten directories cost ~3x as long
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a directory's entries (new, renamed or removed names) durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

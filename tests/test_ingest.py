@@ -256,3 +256,16 @@ async def test_websocket_declines_permessage_deflate(server: RunningServer) -> N
             assert ws.compress == 0
             opening = await ws.receive_str(timeout=5)
             assert opening.startswith('0{"sid":')
+
+
+async def test_auth_none_lets_everyone_in_as_anonymous(start_server: Any, connect: Any, caplog: pytest.LogCaptureFixture) -> None:
+    server = await start_server(auth="none")
+    assert "SCRIBEAI_AUTH=none" in caplog.text
+    client = await connect(server.url, user=None)
+    ack = await client.call("audio-chunk", chunk("laptop", 0, AUDIO), timeout=5)
+    assert ack["duplicate"] is False
+    async with server.services.db.read() as s:
+        from scribeai.models import RecordingSession
+
+        row = await s.get(RecordingSession, "laptop")
+    assert row is not None and row.user_id == "anonymous"

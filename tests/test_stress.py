@@ -226,7 +226,7 @@ def test_plot_without_matplotlib_fails_before_running(monkeypatch: pytest.Monkey
 
 
 def test_plot_draws_latency_memory_and_queue(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
+    import matplotlib  # noqa: F401  (the test extra installs it: a missing one is a failure, not a skip)
     report = {"settings": {"sessions": 1, "chunks": 2, "chunk_seconds": 1.0, "interval_s": 0.1}, "server": {"engine": "none"},
               "wallS": 3.0, "backpressure": {"list": [{"session": 0, "start": 0.5, "end": 1.0, "reason": "canAccept"}]},
               "timeSeries": {"acks": [[0.1, 0, 0, 12.5, False], [0.2, 0, 1, 20.0, False]],

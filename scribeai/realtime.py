@@ -212,7 +212,8 @@ class Realtime:
             queue_size=len(conn.pending) + max(conn.in_flight - 1, 0),
             memory_fraction=self.monitor.sample().memory_fraction,
             socket_buffer_bytes=self._socket_buffer_bytes(conn),
-            latency_ms=self.pipeline.recent_latency_ms(),
+            # slow transcription only matters to a connection that has chunks waiting for it
+            latency_ms=self.pipeline.recent_latency_ms() if conn.pending else 0.0,
         )
 
     async def _assess(self, conn: Connection) -> Decision:

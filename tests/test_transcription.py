@@ -221,3 +221,25 @@ async def test_offsets_do_not_depend_on_arrival_order(start_server: ServerFactor
     relative = await server.services.pipeline.segments_after("relative", None)
     assert [(g["seq"], g["startMs"], g["endMs"]) for g in epoch] == [(0, 0, 2500), (1, 5000, 7500)]
     assert [(g["seq"], g["startMs"]) for g in relative] == [(1, 16_000), (2, 31_000)]
+
+
+async def test_a_latency_episode_ends_when_the_connection_queue_drains(start_server: ServerFactory, connect: Any,
+                                                                      fake_api: FakeTranscriptionAPI) -> None:
+    fake_api.delay_s = 0.3
+    server = await start_server(transcriber="openai", openai_base_url=await fake_api.start(), max_processing_latency_ms=200)
+    client = await connect(server.url)
+    first = await client.call("audio-chunk", chunk("slowish", 0, b"a" * 500, mimeType="audio/wav"), timeout=5)
+    assert first["canAccept"] is True  # no transcription has been slow yet
+    await server.services.pipeline.drain()
+    second = await client.call("audio-chunk", chunk("slowish", 1, b"b" * 500, mimeType="audio/wav"), timeout=5)
+    assert second["canAccept"] is False  # a chunk waits behind an engine slower than the limit
+    await server.services.pipeline.drain()
+    bodies: list[dict[str, Any]] = []
+    while len(bodies) < 2:
+        name, *args = await client.receive(timeout=5)
+        if name == "backpressure":
+            bodies.append(args[0])
+    assert [(b["state"], b["canAccept"], b["queueSize"]) for b in bodies] == [("buffering", False, 1), ("ok", True, 0)]
+    assert bodies[0]["reason"] == "latency"
+    third = await client.call("audio-chunk", chunk("slowish", 2, b"c" * 500, mimeType="audio/wav"), timeout=5)
+    assert third["canAccept"] is False  # the engine is still slow: a new chunk starts a new episode

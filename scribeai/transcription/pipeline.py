@@ -31,6 +31,7 @@ EPOCH_MS_MIN = 1e11  # below: ms since the recording started (about 3 years of i
 ORIGIN_WAIT_S = 5.0
 ORIGIN_RETRY_S = 0.5
 IDLE_POLL_S = 1.0
+LATENCY_HORIZON_S = 60.0  # an old slow job must not hold backpressure on forever
 BACKLOG_REFRESH_S = 1.0
 
 
@@ -56,7 +57,7 @@ class Pipeline:
         self.backlog = 0
         self.audio_ms = 0
         self.busy_s = 0.0
-        self._latencies: deque[float] = deque(maxlen=8)
+        self._latencies: deque[tuple[float, float]] = deque(maxlen=8)  # (monotonic time, ms)
         self._headers: OrderedDict[str, bytes] = OrderedDict()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -99,7 +100,9 @@ class Pipeline:
             await asyncio.sleep(0.05)
 
     def recent_latency_ms(self) -> float:
-        return max(self._latencies, default=0.0)
+        """The slowest of the last few transcriptions, if they happened in the last minute."""
+        horizon = time.monotonic() - LATENCY_HORIZON_S
+        return max((ms for at, ms in self._latencies if at >= horizon), default=0.0)
 
     def real_time_factor(self) -> float:
         """Seconds of audio transcribed per second of worker time."""
@@ -166,7 +169,7 @@ class Pipeline:
         self.completed += 1
         self.busy_s += elapsed
         self.audio_ms += result.duration_ms or 0
-        self._latencies.append(elapsed * 1000)
+        self._latencies.append((time.monotonic(), elapsed * 1000))
         self.metrics.transcribe_seconds.observe(elapsed)
         self.metrics.transcriptions_total.labels("done").inc()
         log.debug("transcribed %s/%s in %.2fs", job.session_id, job.seq, elapsed, extra={"sessionId": job.session_id, "seq": job.seq})

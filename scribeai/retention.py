@@ -52,6 +52,7 @@ from scribeai.archive import (
 )
 from scribeai.db import Database, affected
 from scribeai.errors import NotFound, ScribeError
+from scribeai.metrics import Metrics
 from scribeai.models import (
     Chunk,
     ChunkStatus,
@@ -605,8 +606,10 @@ def _disk(path: Path) -> dict[str, int]:
 class RetentionScheduler:
     """Runs retention daily at RETENTION_SCHEDULE (local time); a run another node holds is skipped."""
 
-    def __init__(self, retention: Retention, at: time, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(self, retention: Retention, at: time, clock: Callable[[], datetime] | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.retention = retention
+        self.metrics = metrics
         self.at = at
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.runs = 0
@@ -639,16 +642,28 @@ class RetentionScheduler:
             report = await self.retention.run(self.clock())
         except RetentionBusy:
             self.skipped += 1
+            self._count("skipped")
             log.info("retention: another run holds the lock; skipped")
             return None
         except Exception:
+            self._count("error")
             log.exception("scheduled retention run failed")
             return None
         self.runs += 1
         self.last_report = report
+        self._count("ok" if report.ok else "failed", report)
         log.info("retention run: %d archived, %d cold, %d waiting, %d failed", len(report.archived), len(report.cold),
                  len(report.waiting), len(report.failed))
         return report
+
+
+    def _count(self, result: str, report: RunReport | None = None) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.retention_runs_total.labels(result).inc()
+        if report is not None:
+            for action, items in (("archived", report.archived), ("cold", report.cold), ("failed", report.failed)):
+                self.metrics.retention_sessions_total.labels(action).inc(len(items))
 
 
 async def scheduler(app: web.Application) -> AsyncIterator[None]:
@@ -662,7 +677,7 @@ async def scheduler(app: web.Application) -> AsyncIterator[None]:
     if at is None:
         yield
         return
-    task = RetentionScheduler(Retention(services.db, services.settings), at)
+    task = RetentionScheduler(Retention(services.db, services.settings), at, metrics=services.metrics)
     task.start()
     yield
     await task.stop()

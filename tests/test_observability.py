@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import socketio
 from prometheus_client.parser import text_string_to_metric_families
 
 from scribeai.cli import JsonFormatter
@@ -83,3 +84,42 @@ async def test_logs_never_contain_audio_or_tokens(server: RunningServer, connect
     conflict = [json.loads(line) for line in lines if '"code": "conflict"' in line]
     assert conflict and (conflict[0]["sessionId"], conflict[0]["seq"]) == ("logged", 0)
     assert conflict[0]["sid"]
+
+
+async def test_retention_runs_are_counted(server: RunningServer) -> None:
+    from datetime import time
+
+    from scribeai.retention import Retention, RetentionScheduler
+
+    scheduler = RetentionScheduler(Retention(server.services.db, server.settings), time(2, 0), metrics=server.services.metrics)
+    report = await scheduler.run_once()
+    assert report is not None and report.ok
+    _, values = await scrape(server.url)
+    assert values["scribeai_retention_runs_total{result=ok}"] == 1
+    assert values["scribeai_retention_sessions_total{action=archived}"] == 0
+
+
+async def test_slowdown_once_when_the_global_backlog_passes_its_limit(start_server: ServerFactory, connect: Any) -> None:
+    from tests.fake_openai import FakeTranscriptionAPI
+
+    api = FakeTranscriptionAPI(delay_s=1.0)
+    try:
+        server = await start_server(transcriber="openai", openai_base_url=await api.start(), max_concurrency=1,
+                                    global_queue_limit=2, max_queue_size=100)
+        client = await connect(server.url)
+        for seq in range(5):
+            ack = await client.call("audio-chunk", chunk("busy", seq, bytes([seq]) * 300, mimeType="audio/wav"), timeout=5)
+            assert "error" not in ack
+        events = []
+        while True:
+            try:
+                events.append(await client.receive(timeout=0.5))
+            except socketio.exceptions.TimeoutError:
+                break
+        slowdowns = [e[1] for e in events if e[0] == "slowDown"]
+        assert len(slowdowns) == 1
+        assert "backlog of 3 chunks" in slowdowns[0]["message"]
+        _, values = await scrape(server.url)
+        assert values["scribeai_slowdown_total"] == 1
+    finally:
+        await api.close()

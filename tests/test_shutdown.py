@@ -59,7 +59,7 @@ async def test_sigterm_acks_in_flight_chunks_and_exits_cleanly(tmp_path: Path) -
             name = f"term_{reply['sequence']:04d}.webm"
             assert name in stored
             assert (tmp_path / "chunks" / "term" / name).read_bytes() == audio[reply["sequence"]:]
-        assert acked, "no chunk was acked before the stop"
+        assert len(acked) >= 1, "no chunk was acked before the stop"
     finally:
         if process.returncode is None:
             process.kill()

@@ -153,8 +153,9 @@ class Windower:
     Once min_ms is pending, a window is cut in the middle of the pause (>= pause_ms) nearest target_ms,
     longer pauses counting as nearer, as soon as no later pause could be better; a pause of 2 s is cut
     at once. Reaching max_ms forces a cut: the longest short pause of the last 5 s, else the quietest
-    30 ms if under half the median energy, else max_ms itself. The VAD runs once over each new 512 ms (with 512 ms before it), so the
-    windows do not depend on how the audio was split into pieces, and pending stays below max_ms.
+    30 ms if under half the median energy, else max_ms itself. The VAD runs once over each new 512 ms
+    (with 512 ms before it), so windows do not depend on how the audio was split into pieces, and
+    pending stays below max_ms.
     """
 
     def __init__(self, detector: SpeechDetector, *, sample_rate: int = 16000, min_ms: float = 10_000,

@@ -34,9 +34,13 @@ SYNC_LEAD = {"webm": 0, "ogg": 0, "mp4": 4}  # bytes of the sync unit before its
 class Recording:
     container: str
     data: bytes
-    # libavformat subtracts WebM's 6.5 ms Opus CodecDelay rounded to its 1 ms time base (7 ms);
-    # the demuxer subtracts the exact 6.5 ms, so its pts are PyAV's plus this.
-    pts_offset_ms: float = 0.0
+    # libavformat subtracts a Matroska CodecDelay rounded to its 1 ms time base (Opus: 7 ms for
+    # 6.5 ms); the demuxer subtracts it exactly, so its pts are PyAV's plus this many nanoseconds.
+    pts_offset_ns: int = 0
+    pyav_durations: bool = True  # whether libavformat knows each packet's duration
+
+
+OPUS_DELAY_ROUNDING_NS = 7_000_000 - 6_500_000
 
 
 # --- making recordings ---------------------------------------------------------------------
@@ -47,22 +51,28 @@ def _pcm() -> NDArray[np.float32]:
         return np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)
 
 
-def _encode(format_name: str, codec: str, rate: int, options: dict[str, str]) -> bytes:
+def _encode(
+    format_name: str, codec: str, rate: int, options: dict[str, str], bit_rate: int = 0, layout: str = "mono"
+) -> bytes:
     out_buf = io.BytesIO()
     with av.open(out_buf, "w", format=format_name, options=options) as out:
-        stream = out.add_stream(codec, rate=rate, layout="mono")
-        frame = av.AudioFrame.from_ndarray(_pcm(), format="fltp", layout="mono")
+        # FFmpeg's own Vorbis encoder is "experimental" and stereo only.
+        stream = out.add_stream(codec, rate=rate, layout=layout, options={"strict": "experimental"})
+        if bit_rate:
+            stream.bit_rate = bit_rate
+        pcm = _pcm()
+        frame = av.AudioFrame.from_ndarray(pcm if layout == "mono" else np.concatenate([pcm, pcm]), "fltp", layout)
         frame.sample_rate = 48000
-        resampler = av.AudioResampler(format=stream.codec_context.format.name, layout="mono", rate=rate)
+        resampler = av.AudioResampler(format=stream.codec_context.format.name, layout=layout, rate=rate)
         for resampled in [*resampler.resample(frame), *resampler.resample(None), None]:
             for packet in stream.encode(resampled):
                 out.mux(packet)
     return out_buf.getvalue()
 
 
-def _chrome_packets() -> tuple[bytes, list[bytes]]:
-    """The OpusHead and the Opus packets of the Chrome recording."""
-    with av.open(str(CHROME_WEBM)) as container:
+def _opus_packets(source: Path | io.BytesIO = CHROME_WEBM) -> tuple[bytes, list[bytes]]:
+    """The OpusHead and the Opus packets of a recording (the Chrome one by default)."""
+    with av.open(source) as container:
         stream = container.streams.audio[0]
         return bytes(stream.codec_context.extradata), [bytes(p) for p in container.demux(stream) if p.size]
 
@@ -77,7 +87,7 @@ def _uint(eid: int, value: int) -> bytes:
 
 def _laced_webm() -> bytes:
     """Known-size Segment and Clusters; blocks with no, Xiph, EBML and fixed lacing, and BlockGroups."""
-    head, packets = _chrome_packets()
+    head, packets = _opus_packets()
     track = _uint(0xD7, 1) + _uint(0x73C5, 7) + _uint(0x83, 2) + _element(0x86, b"A_OPUS") + _element(0x63A2, head)
     track += _uint(0x23E383, 20_000_000) + _element(0xE1, _element(0xB5, struct.pack(">d", 48000.0)) + _uint(0x9F, 1))
     body = _element(0x1549A966, _uint(0x2AD7B1, 1_000_000)) + _element(0x1654AE6B, _element(0xAE, track))
@@ -90,7 +100,7 @@ def _laced_webm() -> bytes:
             count = {0: 1, 1: 3, 2: 4, 3: 2, 4: 1}[kind]
             frames = packets[i : i + count]
             if kind == 3 and len({len(f) for f in frames}) != 1:
-                kind, frames = 0, frames[:1]
+                frames = frames[:1]  # fixed lacing needs equal sizes: a lace of one frame
             blocks += _block(kind, frames, rel)
             i += len(frames)
             rel += 20 * len(frames)
@@ -146,8 +156,8 @@ def ogg_page(flags: int, granule: int, sequence: int, lacing: bytes, body: bytes
 
 
 def _spanning_ogg() -> bytes:
-    """Ogg/Opus whose pages hold at most 300 bytes, so most packets continue onto the next page."""
-    head, packets = _chrome_packets()
+    """Ogg/Opus of > 255-byte packets in pages of at most 300 bytes: most continue onto the next page."""
+    head, packets = _opus_packets(io.BytesIO(_encode("ogg", "libopus", 48000, {}, bit_rate=128_000)))
     pre_skip = int.from_bytes(head[10:12], "little")
     pages = [ogg_page(0x02, 0, 0, bytes([len(head)]), head)]
     tags = b"OpusTags" + struct.pack("<I", 4) + b"test" + struct.pack("<I", 0)
@@ -175,12 +185,18 @@ def _spanning_ogg() -> bytes:
 
 def _make_recordings() -> dict[str, Recording]:
     fmp4 = {"movflags": FRAGMENTED, "frag_duration": "300000"}
+    clusters = {"cluster_size_limit": "3000"}
     return {
-        "webm-chrome": Recording("webm", CHROME_WEBM.read_bytes(), 0.5),
+        "webm-chrome": Recording("webm", CHROME_WEBM.read_bytes(), OPUS_DELAY_ROUNDING_NS),
         "webm-known-sizes": Recording(
-            "webm", _encode("webm", "libopus", 48000, {"cluster_size_limit": "3000", "cluster_time_limit": "500"}), 0.5
+            "webm", _encode("webm", "libopus", 48000, clusters | {"cluster_time_limit": "500"}), OPUS_DELAY_ROUNDING_NS
         ),
         "webm-laced": Recording("webm", _laced_webm()),
+        # CodecDelays: AAC's 1024 samples at 44.1 kHz, 23_219_955 ns; Vorbis' 16 samples, 333_333 ns.
+        "mkv-aac": Recording("webm", _encode("matroska", "aac", 44100, clusters), 23_000_000 - 23_219_955, False),
+        "webm-vorbis": Recording(
+            "webm", _encode("webm", "vorbis", 48000, clusters, layout="stereo"), -333_333, pyav_durations=False
+        ),
         "ogg": Recording("ogg", _encode("ogg", "libopus", 48000, {"page_duration": "200000"})),
         "ogg-spanning": Recording("ogg", _spanning_ogg()),
         "mp4-aac": Recording("mp4", _encode("mp4", "aac", 44100, fmp4)),
@@ -260,10 +276,24 @@ def test_packets_and_pts_match_pyavs_demuxer(name: str) -> None:
     packets, demuxer = feed(recording.container, [recording.data])
     reference = pyav_packets(recording.data)
     assert [p.data for p in packets] == [r[0] for r in reference]
-    assert [p.pts_ms for p in packets] == [r[1] + recording.pts_offset_ms for r in reference]
-    # The last packet may be trimmed by the container; the codec-derived durations cannot know.
-    assert [p.duration_ms for p in packets[:-1]] == [r[2] for r in reference[:-1]]
+    assert [round((p.pts_ms - r[1]) * 1e6) for p, r in zip(packets, reference)] == [recording.pts_offset_ns] * len(
+        reference
+    )
+    if recording.pyav_durations:
+        # The last packet may be trimmed by the container; the codec-derived durations cannot know.
+        assert [p.duration_ms for p in packets[:-1]] == [r[2] for r in reference[:-1]]
     assert (demuxer.buffered, demuxer.resyncs) == (0, 0)
+
+
+def test_the_hand_made_recordings_hold_what_they_are_for() -> None:
+    ogg = RECORDINGS["ogg-spanning"].data
+    continued = [o for o in sync_offsets(RECORDINGS["ogg-spanning"]) if ogg[o + 5] & 0x01]
+    assert len(continued) > 300
+    webm = RECORDINGS["webm-laced"].data
+    # SimpleBlock (A3) size (8 bytes), track 1, then the flags byte: no, Xiph, EBML and fixed lacing.
+    lacing = [webm[i + 12] & 0x06 for i in range(len(webm) - 13) if webm[i : i + 2] == b"\xa3\x01" and webm[i + 9] == 0x81]
+    assert {flag: lacing.count(flag) > 20 for flag in (0, 2, 4, 6)} == {0: True, 2: True, 4: True, 6: True}
+    assert webm.count(b"\xa0\x01") > 20  # BlockGroups
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -286,12 +316,12 @@ def test_decoded_sample_count_matches_pyav(name: str) -> None:
     context = av.CodecContext.create(config.codec, "r")
     context.extradata = config.extradata
     context.sample_rate = config.sample_rate
-    context.layout = "mono" if config.channels == 1 else "stereo"
+    context.layout = {1: "mono", 2: "stereo"}[config.channels]
     ours = sum(f.samples for p in packets for f in context.decode(av.Packet(p.data)))
     ours += sum(f.samples for f in context.decode(None))
     with av.open(io.BytesIO(recording.data)) as container:
         theirs = sum(f.samples for f in container.decode(audio=0))
-    frame = 1024 if config.codec == "aac" else 960
+    frame = {"aac": 1024, "opus": 960, "vorbis": 2048}[config.codec]
     assert abs(ours - theirs) <= frame, (ours, theirs)
     assert theirs > 16 * config.sample_rate  # the whole ~16.6 s recording was decoded
 
@@ -429,6 +459,33 @@ def test_a_new_stream_after_a_gap_restarts_the_timeline() -> None:
     assert demuxer.resyncs == 1
 
 
+def _chrome_header() -> bytes:
+    data = RECORDINGS["webm-chrome"].data
+    return data[: data.find(b"\x1f\x43\xb6\x75")]
+
+
+def test_a_cluster_without_timecode_gives_no_pts() -> None:
+    head, packets = _opus_packets()
+    block = b"\x81\x00\x14\x80"  # track 1, 20 ms into the cluster, keyframe
+    timed = _element(0x1F43B675, _uint(0xE7, 1000) + _element(0xA3, block + packets[0]))
+    untimed = _element(0x1F43B675, _element(0xA3, block + packets[1]))
+    packets_out, _ = feed("webm", [_chrome_header() + timed + untimed])
+    assert [(p.data, p.pts_ms) for p in packets_out] == [(packets[0], 1013.5), (packets[1], None)]
+
+
+def test_a_cluster_id_without_timecode_is_no_sync_point() -> None:
+    recording = RECORDINGS["webm-chrome"]
+    offsets = sync_offsets(recording)
+    fake = b"\x1f\x43\xb6\x75\x85\xa3\x83\x81\x00\x00"  # a Cluster ID, a size, but a block, not E7
+    data = recording.data[: offsets[5] + 100] + fake + recording.data[offsets[6] :]
+    demuxer = open_demuxer("webm")
+    demuxer.feed(data[: offsets[5] + 90], 0)
+    demuxer.gap()
+    after = demuxer.feed(data[offsets[5] + 90 :], 1)
+    assert key(after) == key(WHOLE["webm-chrome"][first_packet_at(recording, offsets[6]) :])
+    assert demuxer.resyncs == 1
+
+
 def _replace_once(data: bytes, old: bytes, new: bytes, within: int) -> bytes:
     assert data[:within].count(old) == 1
     return data.replace(old, new, 1)
@@ -456,6 +513,18 @@ def test_ogg_without_an_opus_stream_raises_stream_error() -> None:
     with pytest.raises(StreamError) as raised:
         feed("ogg", [data])
     assert raised.value.reason == "no Opus stream in the Ogg header (found vorbis)"
+
+
+@pytest.mark.parametrize("name", ["ogg", "ogg-spanning"])
+def test_a_missing_ogg_page_drops_its_packets_and_keeps_pts(name: str) -> None:
+    recording = RECORDINGS[name]
+    offsets = sync_offsets(recording)
+    lost = [o for o in offsets[5:] if recording.data[o + 5] & 0x01][0] if name == "ogg-spanning" else offsets[5]
+    after = offsets[offsets.index(lost) + 1]
+    packets, demuxer = feed("ogg", [recording.data[:lost] + recording.data[after:]])
+    expected = WHOLE[name][: completed_before(recording, lost)] + WHOLE[name][first_packet_at(recording, after) :]
+    assert key(packets) == key(expected)
+    assert demuxer.resyncs == 0  # pages stay whole: nothing to scan for
 
 
 def test_oggs_inside_audio_is_not_a_page() -> None:

@@ -275,6 +275,7 @@ _TIMECODE = 0xE7
 _SIMPLEBLOCK = 0xA3
 _BLOCK = 0xA1
 _BLOCKGROUP = 0xA0
+_CRC32 = 0xBF
 _BLOCKS = (_SIMPLEBLOCK, _BLOCK)
 _UNSIZED = (_SEGMENT, _CLUSTER)  # the only masters Matroska lets have an unknown size
 _EBML_HEADER_CHILDREN = (0x4286, 0x42F7, 0x42F2, 0x42F3, 0x4282, 0x4287, 0x4285)
@@ -286,7 +287,7 @@ _WEBM_ACTIONS: dict[int, str] = {
     _EBML: "read", _INFO: "read", _TRACKS: "read", _TIMECODE: "read", _SIMPLEBLOCK: "read", _BLOCK: "read",
     0x114D9B74: "skip-any", 0x1C53BB6B: "skip-any", 0x1254C367: "skip-any",  # SeekHead, Cues, Tags
     0x1043A770: "skip-any", 0x1941A469: "skip-any",  # Chapters, Attachments
-    0xEC: "skip", 0xBF: "skip", 0xA7: "skip", 0xAB: "skip", 0x5854: "skip", 0xAF: "skip",  # Void, CRC-32, ...
+    0xEC: "skip", _CRC32: "skip", 0xA7: "skip", 0xAB: "skip", 0x5854: "skip", 0xAF: "skip",  # Void, CRC-32, ...
     0x9B: "skip", 0xFB: "skip", 0x75A2: "skip", 0x75A1: "skip", 0xFA: "skip", 0xA4: "skip",  # in BlockGroup
     0xA2: "skip", 0x8E: "skip", 0xFD: "skip", 0xC8: "skip", 0xC0: "skip",
 }
@@ -413,7 +414,7 @@ def _webm_config(fields: dict[int, bytes]) -> CodecConfig:
     codec_id = fields.get(0x86, b"").rstrip(b"\0").decode("ascii", "replace")
     private = fields.get(0x63A2, b"")
     audio = dict(_elements(fields.get(0xE1, b"")))
-    rate = round(_ebml_float(audio.get(0xB5, b""))) or 8000
+    rate = round(_ebml_float(audio.get(0xB5, b""))) or 8000  # Matroska's defaults: 8 kHz, mono
     channels = _ebml_uint(audio.get(0x9F, b"")) or 1
     if codec_id == "A_OPUS":
         delay = _ebml_uint(fields.get(0x56AA, b"")) * 48 // 1_000_000
@@ -520,7 +521,11 @@ class WebmDemuxer(_Demuxer):
             if head[0] == _EBML:
                 child = _element_header(self._buf, at + head[2])
                 return None if child is None else child[0] in _EBML_HEADER_CHILDREN
-            timecode = _element_header(self._buf, at + head[2])
+            at += head[2]
+            timecode = _element_header(self._buf, at)
+            if timecode is not None and timecode[:2] == (_CRC32, 4):  # Matroska muxers checksum Clusters
+                at += timecode[2] + 4
+                timecode = _element_header(self._buf, at)
         except _Corrupt:
             return False
         if timecode is None:
@@ -528,7 +533,7 @@ class WebmDemuxer(_Demuxer):
         eid, size, length = timecode
         if eid != _TIMECODE or size is None or size > 8:
             return False
-        return True if at + head[2] + length + size <= len(self._buf) else None
+        return True if at + length + size <= len(self._buf) else None
 
 
 # --- Ogg -----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlmodel import SQLModel
@@ -60,6 +60,7 @@ class Database:
                 await conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
             await conn.run_sync(SQLModel.metadata.create_all)
             await conn.run_sync(_create_missing_indexes)
+            await conn.run_sync(_migrate_chunk_segments)
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -115,6 +116,21 @@ def _create_missing_indexes(conn: Any) -> None:
     for table in SQLModel.metadata.sorted_tables:
         for index in table.indexes:
             index.create(conn, checkfirst=True)
+
+
+_SEGMENT_COLUMNS = "id, session_id, seq, {from_seq}, chunk_id, start_ms, end_ms, text, speaker, confidence, is_final, created_at"
+
+
+def _migrate_chunk_segments(conn: Connection) -> None:
+    """Databases from before stream transcription kept one segment per chunk in `transcript_segment`."""
+    if not inspect(conn).has_table("transcript_segment"):
+        return
+    ignore = ("INSERT OR IGNORE INTO", "") if conn.dialect.name == "sqlite" else ("INSERT INTO", " ON CONFLICT DO NOTHING")
+    conn.exec_driver_sql(
+        f"{ignore[0]} segment ({_SEGMENT_COLUMNS.format(from_seq='from_seq')}) "
+        f"SELECT {_SEGMENT_COLUMNS.format(from_seq='seq')} FROM transcript_segment{ignore[1]}"
+    )
+    conn.exec_driver_sql("DROP TABLE transcript_segment")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

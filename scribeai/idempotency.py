@@ -19,7 +19,7 @@ from scribeai.errors import Conflict, ScribeError, Unavailable
 from scribeai.models import Chunk, ChunkStatus, RecordingSession, utcnow
 from scribeai.protocol import IncomingChunk
 from scribeai.storage import ChunkStore
-from scribeai.transcription import media
+from scribeai.transcription import streams
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +64,8 @@ class KeyedLocks:
 
 
 def needs_session_header(audio: bytes, mime_type: str) -> bool:
-    """True for a MediaRecorder timeslice continuation: WebM clusters or Ogg pages without the stream header.
-
-    Anything else is decoded as it is (and fails with a reason if it is not audio), so a job never
-    waits for a header that garbage would never get.
-    """
-    container = media.detect_container(audio)
-    return container in ("webm", "ogg") and not media.has_container_header(audio, container)
+    """True for a MediaRecorder timeslice continuation: bytes that only decode after the chunks before them."""
+    return not streams.begins_decoding(audio, mime_type)
 
 
 class ChunkIngest:

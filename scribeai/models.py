@@ -53,8 +53,8 @@ class Tier:
 
 
 class ChunkStatus:
-    PENDING = "pending"          # stored, waiting for a transcription worker
-    TRANSCRIBING = "transcribing"  # claimed by a worker until lease_until
+    PENDING = "pending"          # stored, not yet read into its session's audio stream
+    TRANSCRIBING = "transcribing"  # read into the stream; some of its audio waits for its window's text
     DONE = "done"
     FAILED = "failed"            # retries exhausted; `error` says why
     STORED = "stored"            # TRANSCRIBER=none: kept, never transcribed
@@ -120,13 +120,35 @@ class Chunk(SQLModel, table=True):
     deleted_at: datetime | None = _when()  # raw file removed by retention (inside a verified archive)
 
 
+class TranscriptStream(SQLModel, table=True):
+    """A session's transcription as one stream: who holds it (lease), how far it is done, its gaps."""
+
+    __tablename__ = "transcript_stream"
+    __table_args__ = (Index("ix_stream_due", "due_at"),)
+
+    session_id: str = Field(foreign_key="recording_session.id", primary_key=True, max_length=128)
+    claimed_by: str | None = Field(default=None, max_length=128)
+    lease_until: datetime | None = _when()
+    due_at: datetime | None = _when()  # look again then even without a new chunk (a window waiting, a retry)
+    done_ms: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))  # timeline transcribed so far
+    attempts: int = 0
+    gaps: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))  # JSON list of gap records
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+
+
 class TranscriptSegment(SQLModel, table=True):
-    __tablename__ = "transcript_segment"
-    __table_args__ = (UniqueConstraint("session_id", "seq", name="uq_segment_session_seq"),)
+    # "segment" replaced "transcript_segment" (one row per chunk) when segments became windows of the stream.
+    __tablename__ = "segment"
+    __table_args__ = (
+        UniqueConstraint("session_id", "start_ms", name="uq_segment_session_start"),
+        Index("ix_segment_session_seq", "session_id", "seq"),
+    )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
     session_id: str = Field(foreign_key="recording_session.id", max_length=128)
-    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))  # the last chunk the audio touches (= to_seq)
+    from_seq: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
     chunk_id: str = Field(max_length=32)
     start_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     end_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
@@ -141,6 +163,8 @@ class TranscriptSegment(SQLModel, table=True):
             "id": self.id,
             "sessionId": self.session_id,
             "seq": self.seq,
+            "fromSeq": self.from_seq,
+            "toSeq": self.seq,
             "startMs": self.start_ms,
             "endMs": self.end_ms,
             "text": self.text,

@@ -51,6 +51,7 @@ class TranscriptionSide(Protocol):
     def recent_latency_ms(self) -> float: ...
     async def segments_after(self, session_id: str, last_seq: int | None) -> list[dict[str, Any]]: ...
     async def check_completed(self, session_id: str) -> None: ...
+    async def session_changed(self, session_id: str) -> None: ...
 
 
 class Realtime:
@@ -283,6 +284,7 @@ class Realtime:
         await self.sessions.check_access(session_id, conn.user_id)
         reply = await self.sessions.stop(session_id, last_seq)
         await self.sio.emit("session-stopped", reply, to=conn.sid, namespace=conn.namespace)
+        await self.pipeline.session_changed(session_id)
         await self.pipeline.check_completed(session_id)
         return reply
 
@@ -318,6 +320,8 @@ class Realtime:
         self._check_user_field(conn, body)
         await self.sessions.check_access(session_id, conn.user_id)
         at = await self.sessions.set_status(session_id, status)
+        if status == SessionStatus.PAUSED:
+            await self.pipeline.session_changed(session_id)  # the audio held for a window is transcribed now
         reply = {"sessionId": session_id, "status": status, at_field: at.isoformat()}
         await self.sio.emit(answer, reply, to=conn.sid, namespace=conn.namespace)
         return reply

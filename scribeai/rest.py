@@ -152,6 +152,7 @@ async def stop_session(request: web.Request) -> web.Response:
     await services.sessions.get_owned(session_id, request[user_key])
     body = await _json_body(request)
     reply = await services.sessions.stop(session_id, protocol.parse_optional_seq(body, "lastSeq"))
+    await services.pipeline.session_changed(session_id)
     await services.pipeline.check_completed(session_id)
     return web.json_response(reply)
 
@@ -191,6 +192,7 @@ async def transcript(request: web.Request) -> web.Response:
         "sessionId": session_id, "status": session.status, "tier": session.tier, "segments": segments,
         "pending": [seq for seq, status, _ in unfinished if status in ChunkStatus.UNFINISHED],
         "failed": [{"seq": seq, "error": error} for seq, status, error in unfinished if status == ChunkStatus.FAILED],
+        "gaps": await services.pipeline.gaps(session_id),
     })
 
 

@@ -17,6 +17,7 @@ class FakeTranscriptionAPI:
     delay_s: float = 0.0
     fail_first: int = 0
     requests: list[str] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)  # texts answered, in order
     server: TestServer | None = None
 
     @staticmethod
@@ -31,6 +32,7 @@ class FakeTranscriptionAPI:
         if len(self.requests) <= self.fail_first:
             return web.json_response({"error": {"message": "upstream exploded"}}, status=500)
         await asyncio.sleep(self.delay_s)
+        self.answers.append(self.text_for(audio))
         return web.json_response({"text": self.text_for(audio), "duration": 2.5, "language": "english", "segments": []})
 
     async def start(self) -> str:

@@ -11,6 +11,7 @@ import pytest
 
 from scribeai.transcripts import render
 from tests.conftest import ServerFactory, chunk, token_for
+from tests.test_transcription import HELLO
 from tests.fake_openai import FakeTranscriptionAPI
 
 CUE = re.compile(r"(\d\d):(\d\d):(\d\d)[,.](\d{3}) --> (\d\d):(\d\d):(\d\d)[,.](\d{3})\n(.+)\n")
@@ -45,16 +46,18 @@ async def test_transcript_json_and_exports(start_server: ServerFactory, connect:
     server = await start_server(transcriber="openai", openai_base_url=await fake_api.start(), transcribe_retry_base_s=0.01)
     fake_api.fail_first = 0
     client = await connect(server.url)
-    sent = [bytes([i]) * 900 for i in range(3)]
-    for seq, data in enumerate(sent):
-        await client.call("audio-chunk", chunk("exp", seq, data, timestamp=seq * 15000, mimeType="audio/wav"), timeout=5)
+    for seq in range(3):
+        await client.call("audio-chunk", chunk("exp", seq, HELLO, mimeType="audio/wav"), timeout=5)
     await server.services.pipeline.drain()
+    texts = fake_api.answers
     headers = {"Authorization": f"Bearer {token_for('alice')}"}
     async with aiohttp.ClientSession(headers=headers) as http:
         async with http.get(f"{server.url}/api/sessions/exp/transcript") as response:
             body = await response.json()
+        lead, length = body["segments"][0]["startMs"], body["segments"][0]["endMs"] - body["segments"][0]["startMs"]
+        assert 0 <= lead < 400 and 0 < length <= 1260
         assert [(g["seq"], g["startMs"], g["endMs"], g["text"]) for g in body["segments"]] == [
-            (i, i * 15000, i * 15000 + 2500, fake_api.text_for(d)) for i, d in enumerate(sent)]
+            (i, i * 15000 + lead, i * 15000 + lead + length, texts[i]) for i in range(3)]
         assert (body["pending"], body["failed"]) == ([], [])
         for fmt, content_type in (("srt", "application/x-subrip"), ("vtt", "text/vtt"), ("txt", "text/plain")):
             async with http.get(f"{server.url}/api/sessions/exp/transcript?format={fmt}") as response:
@@ -63,7 +66,7 @@ async def test_transcript_json_and_exports(start_server: ServerFactory, connect:
                 assert response.headers["Content-Disposition"] == f'attachment; filename="exp.{fmt}"'
                 text = await response.text()
             if fmt == "txt":
-                assert text.splitlines() == [f"[00:00:{i * 15:02d}] {fake_api.text_for(d)}" for i, d in enumerate(sent)]
+                assert text.splitlines() == [f"[00:00:{i * 15:02d}] {texts[i]}" for i in range(3)]
                 continue
             cues = parse_cues(text)
             assert cues == [(g["startMs"], g["endMs"], g["text"]) for g in body["segments"]]
@@ -76,7 +79,7 @@ async def test_failed_and_pending_chunks_are_listed(start_server: ServerFactory,
     fake_api.fail_first = 100
     server = await start_server(transcriber="openai", openai_base_url=await fake_api.start(), transcribe_retry_base_s=0.01)
     client = await connect(server.url)
-    await client.call("audio-chunk", chunk("bad", 0, b"x" * 100, mimeType="audio/wav"), timeout=5)
+    await client.call("audio-chunk", chunk("bad", 0, HELLO, mimeType="audio/wav"), timeout=5)
     await server.services.pipeline.drain()
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token_for('alice')}"}) as http:
         async with http.get(f"{server.url}/api/sessions/bad/transcript") as response:
@@ -84,6 +87,7 @@ async def test_failed_and_pending_chunks_are_listed(start_server: ServerFactory,
         assert body["segments"] == []
         assert [f["seq"] for f in body["failed"]] == [0]
         assert "HTTP 500" in body["failed"][0]["error"]
+        assert [(g["fromSeq"], g["toSeq"], g["reason"], g["filled"]) for g in body["gaps"]] == [(0, 0, "failed", False)]
         fake_api.fail_first = 0
         async with http.post(f"{server.url}/api/sessions/bad/retry-failed") as response:
             assert await response.json() == {"sessionId": "bad", "requeued": 1}
@@ -93,3 +97,4 @@ async def test_failed_and_pending_chunks_are_listed(start_server: ServerFactory,
             body = await response.json()
     assert [g["seq"] for g in body["segments"]] == [0]
     assert body["failed"] == []
+    assert [(g["reason"], g["filled"]) for g in body["gaps"]] == [("failed", True)]

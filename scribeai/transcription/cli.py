@@ -9,7 +9,7 @@ from typing import Any
 
 from scribeai.db import Database
 from scribeai.settings import Settings
-from scribeai.transcription.queue import JobQueue
+from scribeai.transcription.queue import StreamQueue
 
 
 def register(sub: Any) -> None:
@@ -24,7 +24,7 @@ def _retry_failed(args: argparse.Namespace, settings: Settings) -> int:
         db = Database(settings.effective_database_url)
         try:
             await db.create_all()
-            return await JobQueue(db, settings.node_id or socket.gethostname()).retry_failed(args.session)
+            return await StreamQueue(db, settings.node_id or socket.gethostname()).retry_failed(args.session)
         finally:
             await db.dispose()
 

@@ -12,10 +12,22 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
+import numpy as np
+from numpy.typing import NDArray
 
 from scribeai.transcription import media
 
 _EXTENSIONS = {"webm": "webm", "ogg": "ogg", "wav": "wav", "mp4": "m4a", "mpeg": "mp3"}
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One stretch of text with its place inside the transcribed audio."""
+
+    start_ms: float
+    end_ms: float
+    text: str
+    confidence: float | None
 
 
 @dataclass(frozen=True)
@@ -24,6 +36,28 @@ class Transcription:
     confidence: float | None  # 0..1: exp(mean avg_logprob) of the segments
     duration_ms: int | None  # audio length measured while decoding
     language: str | None = None
+    pieces: tuple[Piece, ...] = ()
+
+
+# What whisper says, with confidence, over silence, noise and music (learned from its subtitle training data).
+HALLUCINATIONS = frozenset({
+    "thank you", "thank you very much", "thanks for watching", "thank you for watching", "thanks for listening",
+    "please subscribe", "subscribe to my channel", "you", "bye", "bye bye", "oh", "uh", "um", "so", "okay",
+    "subtitles by the amara org community", "transcription by castingwords", "the end",
+})
+
+
+def _normalized(text: str) -> str:
+    return " ".join("".join(c if c.isalnum() or c.isspace() else " " for c in text.lower()).split())
+
+
+def keep_piece(text: str, avg_logprob: float, no_speech_prob: float) -> bool:
+    """Whisper's own silence rule, plus its well-known inventions when the audio gives them little support."""
+    if not _normalized(text):
+        return False
+    if no_speech_prob > 0.6 and avg_logprob < -1.0:
+        return False
+    return not (_normalized(text) in HALLUCINATIONS and (no_speech_prob > 0.15 or avg_logprob < -0.7))
 
 
 class TranscriptionFailed(Exception):
@@ -39,7 +73,11 @@ class Engine(Protocol):
     name: str
 
     async def transcribe(self, audio: bytes, mime_type: str) -> Transcription:
-        """Transcribe a self-contained audio file (the output of media.prepare())."""
+        """Transcribe a self-contained audio file."""
+        ...
+
+    async def transcribe_pcm(self, pcm: NDArray[np.float32], prompt: str) -> Transcription:
+        """Transcribe a window of 16 kHz mono audio; `prompt` is the text before it (context, not output)."""
         ...
 
     async def close(self) -> None: ...
@@ -159,6 +197,27 @@ class WhisperEngine:
             language=info.language,
         )
 
+    async def transcribe_pcm(self, pcm: NDArray[np.float32], prompt: str) -> Transcription:
+        return await asyncio.get_running_loop().run_in_executor(background_executor(), self.transcribe_window, pcm, prompt)
+
+    def transcribe_window(self, pcm: NDArray[np.float32], prompt: str) -> Transcription:
+        """Blocking: one window cut at pauses; the previous window's text conditions this one."""
+        model = _load_model(self.model, self.cpu_threads, self.workers)
+        segments, info = model.transcribe(
+            pcm, beam_size=1, vad_filter=False, condition_on_previous_text=False,
+            initial_prompt=prompt[-600:] or None, without_timestamps=False,
+        )
+        kept = [s for s in segments if keep_piece(s.text, s.avg_logprob, s.no_speech_prob)]
+        pieces = tuple(Piece(s.start * 1000, s.end * 1000, s.text.strip(), _confidence([(s.avg_logprob, len(s.tokens))]))
+                       for s in kept)
+        return Transcription(
+            text=" ".join(p.text for p in pieces),
+            confidence=_confidence([(s.avg_logprob, len(s.tokens)) for s in kept]),
+            duration_ms=round(len(pcm) * 1000 / 16000),
+            language=info.language,
+            pieces=pieces,
+        )
+
     async def close(self) -> None:
         """The model stays cached for the process: other engines may share it."""
 
@@ -192,7 +251,7 @@ class OpenAIEngine:
     def __repr__(self) -> str:
         return f"OpenAIEngine(url={self.url!r}, model={self.model!r})"
 
-    async def transcribe(self, audio: bytes, mime_type: str) -> Transcription:
+    async def transcribe(self, audio: bytes, mime_type: str, prompt: str = "") -> Transcription:
         container = media.detect_container(audio)
         if container == "unknown":
             container = media.container_for_mime(mime_type)
@@ -201,6 +260,8 @@ class OpenAIEngine:
                        content_type=mime_type.split(";")[0] or "application/octet-stream")
         form.add_field("model", self.model)
         form.add_field("response_format", "verbose_json")
+        if prompt:
+            form.add_field("prompt", prompt[-600:])
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self.timeout)
@@ -218,6 +279,9 @@ class OpenAIEngine:
             raise TranscriptionFailed(f"answer is not JSON: {body[:300]}") from exc
         return _from_openai(payload)
 
+    async def transcribe_pcm(self, pcm: NDArray[np.float32], prompt: str) -> Transcription:
+        return await self.transcribe(media.wav_bytes(pcm, 16000), "audio/wav", prompt)
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -232,7 +296,15 @@ def _from_openai(payload: Any) -> Transcription:
     logprobs = [(float(s["avg_logprob"]), len(s.get("tokens") or [])) for s in segments
                 if isinstance(s, dict) and isinstance(s.get("avg_logprob"), (int, float))]
     duration = payload.get("duration")
+    pieces = tuple(
+        Piece(float(s["start"]) * 1000, float(s["end"]) * 1000, s["text"].strip(), None)
+        for s in segments
+        if isinstance(s, dict) and isinstance(s.get("start"), (int, float)) and isinstance(s.get("end"), (int, float))
+        and isinstance(s.get("text"), str) and keep_piece(s["text"], float(s.get("avg_logprob") or 0.0),
+                                                          float(s.get("no_speech_prob") or 0.0))
+    )
     return Transcription(
+        pieces=pieces,
         text=payload["text"].strip(),
         confidence=_confidence(logprobs),
         duration_ms=round(float(duration) * 1000) if isinstance(duration, (int, float)) else None,
@@ -254,6 +326,9 @@ class NoneEngine:
     async def transcribe(self, audio: bytes, mime_type: str) -> Transcription:
         duration = await asyncio.to_thread(media.measure_duration_ms, audio)
         return Transcription(text="", confidence=None, duration_ms=duration)
+
+    async def transcribe_pcm(self, pcm: NDArray[np.float32], prompt: str) -> Transcription:
+        return Transcription(text="", confidence=None, duration_ms=round(len(pcm) * 1000 / 16000))
 
     async def close(self) -> None:
         return None

@@ -78,7 +78,7 @@ def has_container_header(data: bytes, container: str) -> bool:
         # The first page of a stream has the beginning-of-stream flag and carries OpusHead et al.
         return data[:4] == b"OggS" and len(data) > 5 and bool(data[5] & 0x02)
     if container == "mp4":
-        return any(box == b"moov" for box, _, _ in _mp4_boxes(data))
+        return any(box == b"moov" for box, _, _ in mp4_boxes(data))
     return container != "unknown" and detect_container(data) == container  # WAV, MP3: every chunk is whole
 
 
@@ -89,7 +89,7 @@ def extract_header(first_chunk: bytes, container: str) -> bytes:
     if container == "ogg":
         return first_chunk[: _ogg_header_end(first_chunk)]
     if container == "mp4":
-        end = next((start for box, start, _ in _mp4_boxes(first_chunk) if box == b"moof"), len(first_chunk))
+        end = next((start for box, start, _ in mp4_boxes(first_chunk) if box == b"moof"), len(first_chunk))
         return first_chunk[:end]
     raise ValueError(f"{container} chunks carry no session header")
 
@@ -130,6 +130,15 @@ def decode_pcm(data: bytes, sample_rate: int = 16000) -> NDArray[np.float32]:
     if not pieces:
         raise UndecodableAudio("no audio frames")
     return np.concatenate(pieces).astype(np.float32, copy=False)
+
+
+def wav_bytes(pcm: NDArray[np.float32], sample_rate: int) -> bytes:
+    """16-bit mono WAV of float audio (for engines that take a file)."""
+    samples = (np.clip(pcm, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    header = b"RIFF" + (36 + len(samples)).to_bytes(4, "little") + b"WAVEfmt " + (16).to_bytes(4, "little")
+    header += (1).to_bytes(2, "little") + (1).to_bytes(2, "little") + sample_rate.to_bytes(4, "little")
+    header += (sample_rate * 2).to_bytes(4, "little") + (2).to_bytes(2, "little") + (16).to_bytes(2, "little")
+    return header + b"data" + len(samples).to_bytes(4, "little") + samples
 
 
 def measure_duration_ms(data: bytes) -> int | None:
@@ -320,7 +329,7 @@ def _ogg_header_end(data: bytes) -> int:
 # --- MP4 ---------------------------------------------------------------------------------------
 
 
-def _mp4_boxes(data: bytes) -> Iterator[tuple[bytes, int, int]]:
+def mp4_boxes(data: bytes) -> Iterator[tuple[bytes, int, int]]:
     """(type, start, end) of the top-level boxes, stopping at the first malformed one."""
     pos = 0
     while pos + 8 <= len(data):

@@ -1,56 +1,69 @@
-"""Transcription workers: claim a job, decode behind the session header, transcribe, store, push live."""
+"""Transcription workers: each claims a session's stream, reads its new chunks, transcribes windows, pushes them live."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import socketio
 from sqlalchemy import func, select, update
-
 from sqlmodel import col
 
 from scribeai.db import Database, affected
 from scribeai.metrics import Metrics
-from scribeai.models import Chunk, ChunkStatus, RecordingSession, SessionStatus, TranscriptSegment, utcnow
+from scribeai.models import Chunk, ChunkStatus, RecordingSession, SessionStatus, TranscriptSegment, TranscriptStream, utcnow
 from scribeai.protocol import room_of
 from scribeai.storage import ChunkStore
 from scribeai.transcription import media
 from scribeai.transcription.engines import Engine, Transcription, TranscriptionFailed
-from scribeai.transcription.queue import JobQueue
+from scribeai.transcription.queue import StreamQueue, StreamState
+from scribeai.transcription.streams import ChunkBytes, Gap, NoStream, SessionStream, Timing
+from scribeai.transcription.windows import SileroDetector, Window, Windower
 
 log = logging.getLogger(__name__)
 NAMESPACES = ("/", "/record")
-HEADER_WAIT_S = 2.0
-HEADER_GIVE_UP_S = 600.0
-EPOCH_MS_MIN = 1e11  # below: ms since the recording started (about 3 years of it)
-ORIGIN_WAIT_S = 5.0
-ORIGIN_RETRY_S = 0.5
 IDLE_POLL_S = 1.0
-LATENCY_HORIZON_S = 60.0  # an old slow job must not hold backpressure on forever
+LATENCY_HORIZON_S = 60.0  # an old slow window must not hold backpressure on forever
 BACKLOG_REFRESH_S = 1.0
+CHUNKS_PER_TURN = 32  # then the stream goes back to the queue, so one long session cannot starve the others
+CACHED_STREAMS = 256
+
+
+@dataclass
+class _Live:
+    """A stream this process holds in memory between turns."""
+
+    stream: SessionStream
+    done_ms: int  # as committed
+    prompt: str
+    last_read_at: float = field(default_factory=time.monotonic)
+    chunk_ids: dict[int, str] = field(default_factory=dict)
 
 
 class Pipeline:
-    """`workers` tasks over one JobQueue; `drain()` waits until nothing is left (tests, burst runs)."""
+    """`workers` tasks over one StreamQueue; `drain()` waits until every stored chunk is transcribed."""
 
     def __init__(self, db: Database, store: ChunkStore, engine: Engine, sio: socketio.AsyncServer | None, *,
                  node_id: str, workers: int, chunk_duration_ms: int, retry_base_s: float = 1.0,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, gap_wait_s: float = 15.0, idle_flush_s: float = 20.0) -> None:
         self.db = db
         self.store = store
         self.engine = engine
         self.sio = sio
-        self.queue = JobQueue(db, node_id, retry_base_s=retry_base_s)
+        self.queue = StreamQueue(db, node_id, retry_base_s=retry_base_s)
         self.metrics = metrics or Metrics()
         self.workers = workers
         self.chunk_duration_ms = chunk_duration_ms
+        self.gap_wait_s = gap_wait_s
+        self.idle_flush_s = idle_flush_s
         self.on_transcribed: Callable[[str], Awaitable[None]] | None = None
-        self.completed = 0
+        self.completed = 0  # windows transcribed
         self.failed = 0
         self.retried = 0
         self.in_flight = 0
@@ -58,22 +71,27 @@ class Pipeline:
         self.audio_ms = 0
         self.busy_s = 0.0
         self._latencies: deque[tuple[float, float]] = deque(maxlen=8)  # (monotonic time, ms)
-        self._headers: OrderedDict[str, bytes] = OrderedDict()
+        self._streams: OrderedDict[str, _Live] = OrderedDict()
+        self._held: set[str] = set()
+        self._flush_all = False
+        self._detector: SileroDetector | None = None
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     def __repr__(self) -> str:
         return (f"Pipeline({self.engine.name}, workers={self.workers}, backlog={self.backlog}, in_flight={self.in_flight}, "
-                f"completed={self.completed}, failed={self.failed})")
+                f"completed={self.completed}, failed={self.failed}, streams={len(self._streams)})")
 
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
         if self.workers and hasattr(self.engine, "load"):
-            await self.engine.load()  # the first chunk should not wait for the model
+            await self.engine.load()  # the first window should not wait for the model
+        if self.workers:
+            self._detector = await asyncio.to_thread(SileroDetector)
         recovered = await self.queue.recover()
         if recovered:
-            log.info("requeued %d transcription jobs this node held before it stopped", recovered)
+            log.info("took back %d transcription streams this node held before it stopped", recovered)
         self.backlog = await self.queue.backlog()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._work(i), name=f"transcriber-{i}") for i in range(self.workers)]
@@ -84,23 +102,46 @@ class Pipeline:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        for session_id in list(self._held):
+            try:
+                await self.queue.release(session_id, 0.0)  # another node may take it at once
+            except Exception:
+                log.exception("releasing the stream of %s failed", session_id)
+        self._held.clear()
         await self.engine.close()
 
     def notify(self) -> None:
-        """A job was queued: wake an idle worker now rather than at its next poll."""
+        """A chunk was stored: wake an idle worker now rather than at its next poll."""
         self.backlog += 1
         self._wake.set()
 
+    async def session_changed(self, session_id: str) -> None:
+        """Paused or stopped: its held audio can be transcribed to the end now."""
+        await self.queue.wake(session_id)
+        self._wake.set()
+
     async def drain(self, timeout: float = 60.0) -> None:
-        """Wait until no job is pending or running (failed ones count as finished)."""
+        """Transcribe everything stored, held audio included (tests, burst runs); failed chunks count as finished."""
         deadline = time.monotonic() + timeout
-        while await self.queue.backlog() > 0:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"transcription queue not drained after {timeout}s: {self!r}")
-            await asyncio.sleep(0.05)
+        self._flush_all = True
+        try:
+            while await self.queue.unfinished() > 0:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"transcription queue not drained after {timeout}s: {self!r}")
+                await self._wake_unfinished()
+                self._wake.set()
+                await asyncio.sleep(0.1)
+        finally:
+            self._flush_all = False
+
+    async def _wake_unfinished(self) -> None:
+        unfinished = select(col(Chunk.session_id)).where(col(Chunk.status).in_(ChunkStatus.UNFINISHED))
+        async with self.db.write() as s:
+            await s.execute(update(TranscriptStream).where(col(TranscriptStream.session_id).in_(unfinished))
+                            .values(due_at=utcnow()))
 
     def recent_latency_ms(self) -> float:
-        """The slowest of the last few transcriptions, if they happened in the last minute."""
+        """The slowest of the last few window transcriptions, if they happened in the last minute."""
         horizon = time.monotonic() - LATENCY_HORIZON_S
         return max((ms for at, ms in self._latencies if at >= horizon), default=0.0)
 
@@ -113,26 +154,41 @@ class Pipeline:
     async def _work(self, index: int) -> None:
         while True:
             try:
-                job = await self.queue.claim()
+                state = await self.queue.claim(exclude=sorted(self._held))
             except Exception:
-                log.exception("claiming a transcription job failed")
+                log.exception("claiming a transcription stream failed")
                 await asyncio.sleep(IDLE_POLL_S)
                 continue
-            if job is None:
+            if state is None:
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
                 except TimeoutError:
                     pass
                 continue
+            self._held.add(state.session_id)
             self.in_flight += 1
+            due: float | None = 0.0
             try:
-                await self._process(job)
+                due = await self._turn(state)
+            except TranscriptionFailed as exc:  # retryable, and tries are left
+                self._streams.pop(state.session_id, None)
+                due = await self.queue.count_failure(state.session_id, state.attempts + 1, exc.reason)
+                self.retried += 1
+                log.info("transcription of session %s failed (attempt %d), retry in %.0fs: %s", state.session_id,
+                         state.attempts + 1, due or 0, exc.reason, extra={"sessionId": state.session_id})
             except Exception:
-                log.exception("transcription of %s/%s crashed", job.session_id, job.seq)
-                await self._record_failure(job, "internal error (see server log)")
+                log.exception("transcription of session %s crashed", state.session_id, extra={"sessionId": state.session_id})
+                self._streams.pop(state.session_id, None)  # rebuilt from the stored chunks next time
+                due = await self.queue.count_failure(state.session_id, state.attempts + 1, "internal error (see server log)")
+                self.retried += 1
             finally:
                 self.in_flight -= 1
+                try:
+                    await self.queue.release(state.session_id, due)
+                except Exception:
+                    log.exception("releasing the stream of %s failed", state.session_id)
+                self._held.discard(state.session_id)
 
     async def _refresh_backlog(self) -> None:
         while True:
@@ -142,135 +198,188 @@ class Pipeline:
             except Exception:
                 log.exception("counting the transcription backlog failed")
 
-    async def _process(self, job: Chunk) -> None:
-        started = time.monotonic()
-        data = await asyncio.to_thread(self.store.read, job.path)
-        header = None if job.has_header else await self._session_header(job)
-        if header is None and not job.has_header:
-            if (utcnow() - job.created_at).total_seconds() > HEADER_GIVE_UP_S:
-                await self._record_failure(job, "headerless chunk and the session's first chunk never arrived")
-            else:
-                await self.queue.defer(job, HEADER_WAIT_S, "waiting for the session's first chunk (container header)")
-            return
-        if await self._waits_for_origin(job):
-            await self.queue.defer(job, ORIGIN_RETRY_S, "waiting for the session's chunk 0 (timing origin)")
-            return
-        try:
-            prepared = await asyncio.to_thread(media.prepare, data, job.mime_type, header)
-            result = await self.engine.transcribe(prepared, job.mime_type)
-        except (TranscriptionFailed, media.UndecodableAudio) as exc:
-            # Audio that does not decode will not decode on a retry; a busy upstream API may answer later.
-            await self._record_failure(job, exc.reason, retryable=getattr(exc, "retryable", False))
-            return
-        elapsed = time.monotonic() - started
-        segment = await self._segment(job, result)
-        if await self.queue.complete(job, segment, result.duration_ms):
-            await self._publish(segment, job)
+    async def _turn(self, state: StreamState) -> float | None:
+        """Read what is new, transcribe what is ready; the seconds until this stream needs a look again."""
+        live = self._streams.get(state.session_id)
+        if live is None or live.done_ms != state.done_ms:
+            live = await self._rebuild(state)
+        self._streams[state.session_id] = live
+        self._streams.move_to_end(state.session_id)
+        while len(self._streams) > CACHED_STREAMS:
+            self._streams.popitem(last=False)
+        await self._fill_late(state, live)
+        due = await self._read(state, live)
+        held = live.stream.windower.pending_ms > 0
+        idle = time.monotonic() - live.last_read_at
+        if held and (self._flush_all or state.status != SessionStatus.RECORDING or idle >= self.idle_flush_s):
+            await self._transcribe_all(state, live, await asyncio.to_thread(live.stream.flush))
+        await self.check_completed(state.session_id)
+        if live.stream.windower.pending_ms > 0:
+            wait = max(0.5, self.idle_flush_s - (time.monotonic() - live.last_read_at))
+            due = wait if due is None else min(due, wait)
+        return due
+
+    async def _rebuild(self, state: StreamState) -> _Live:
+        """The stream from its last container header before the first unfinished chunk, skipping what is done."""
+        start_seq = await self.queue.resume_point(state.session_id, [(g["fromSeq"], g["toSeq"]) for g in state.gaps])
+        assert self._detector is not None
+        stream = SessionStream(Windower(self._detector), await self._timing(state.session_id),
+                               resume_ms=float(state.done_ms), next_seq=start_seq)
+        stream.gaps = [Gap(g["fromSeq"], g["toSeq"], g["startMs"], g.get("endMs"), bool(g.get("filled")), g.get("reason", "missing"))
+                       for g in state.gaps]
+        return _Live(stream, state.done_ms, await self.queue.last_text(state.session_id))
+
+    async def _timing(self, session_id: str) -> Timing:
+        async with self.db.read() as s:
+            row = (await s.execute(
+                select(col(Chunk.seq), col(Chunk.timestamp_ms)).where(col(Chunk.session_id) == session_id)
+                .order_by(col(Chunk.seq)).limit(1)
+            )).first()
+        origin = None if row is None else float(row[1]) - int(row[0]) * self.chunk_duration_ms
+        return Timing(origin, self.chunk_duration_ms)
+
+    async def _transcribe_all(self, state: StreamState, live: _Live, windows: list[Window]) -> None:
+        for index, window in enumerate(windows):
+            last = index == len(windows) - 1
+            await self._transcribe(state, live, window, live.stream.done_through_seq() if last else window.to_seq - 1)
+
+    async def _read(self, state: StreamState, live: _Live) -> float | None:
+        """Feed the chunks that follow in sequence, transcribing each window as it completes.
+
+        A chunk leaves the queue (backpressure's count) once the windows it completed are transcribed:
+        with a slow engine, unread chunks pile up and the recorder is told to wait. A missing chunk is
+        waited for, then skipped (a gap).
+        """
+        stream, due = live.stream, None
+        for row in await self.queue.chunks(state.session_id, stream.next_seq, CHUNKS_PER_TURN):
+            if row.seq > stream.next_seq:
+                waited = (utcnow() - row.created_at).total_seconds()
+                if waited < self.gap_wait_s and not self._flush_all and state.status == SessionStatus.RECORDING:
+                    due = self.gap_wait_s - waited
+                    break
+                log.warning("session %s: chunks %d..%d missing after %.0fs, going on without them",
+                            state.session_id, stream.next_seq, row.seq - 1, waited, extra={"sessionId": state.session_id})
+                stream.gap(stream.next_seq, row.seq - 1)
+            if row.seq == 0:
+                stream.timing = Timing(row.timestamp_ms, self.chunk_duration_ms)  # the true origin, once known
+            data = await asyncio.to_thread(self.store.read, row.path)
+            live.chunk_ids[row.seq] = row.id
+            live.last_read_at = time.monotonic()
+            if row.status == ChunkStatus.PENDING:
+                await self.queue.mark_read([row.id])
+            try:
+                windows = await asyncio.to_thread(stream.feed, ChunkBytes(row.seq, data, row.mime_type, row.timestamp_ms))
+            except NoStream as exc:
+                await self.queue.fail_chunks(state.session_id, [row.seq], str(exc))
+                windows = []
+            except media.UndecodableAudio as exc:
+                await self.queue.fail_chunks(state.session_id, [row.seq], f"undecodable audio: {exc.reason}")
+                windows = []
+            await self._transcribe_all(state, live, windows)
+            if row.status == ChunkStatus.PENDING:
+                self.backlog = max(self.backlog - 1, 0)
+                if self.on_transcribed is not None:
+                    await self.on_transcribed(row.id)
+        return due
+
+    async def _fill_late(self, state: StreamState, live: _Live) -> None:
+        """Chunks that arrive after their gap was skipped: decode them with their neighbours, keep the gap's audio."""
+        for row in await self.queue.late_chunks(state.session_id, live.stream.next_seq):
+            gap = next((g for g in live.stream.gaps if g.from_seq <= row.seq <= g.to_seq and not g.filled), None)
+            await self.queue.mark_read([row.id])
+            if self.on_transcribed is not None:
+                await self.on_transcribed(row.id)
+            if gap is None:  # e.g. a failed chunk retried whose audio the stream has already passed
+                await self.queue.commit(state.session_id, [], 0, row.seq, row.seq, [g.wire() for g in live.stream.gaps])
+                continue
+            side, windows = await self._gap_stream(state.session_id, row.seq, gap)
+            late = _Live(side or live.stream, live.done_ms, "", chunk_ids=live.chunk_ids)
+            gap.filled = gap.reason == "failed" or all(s in live.chunk_ids or s == row.seq for s in range(gap.from_seq, gap.to_seq + 1))
+            live.chunk_ids[row.seq] = row.id
+            for window in windows:
+                await self._transcribe(state, late, window, row.seq, from_seq=row.seq)
+            await self.queue.commit(state.session_id, [], 0, row.seq, row.seq, [g.wire() for g in live.stream.gaps])
+
+    async def _gap_stream(self, session_id: str, seq: int, gap: Gap) -> tuple[SessionStream | None, list[Window]]:
+        """A side stream over the late chunk and its neighbours that keeps only the gap's stretch of the timeline."""
+        start = await self.queue.stream_start_before(session_id, seq)
+        if start is None:
+            return None, []
+        assert self._detector is not None
+        side = SessionStream(Windower(self._detector), await self._timing(session_id), resume_ms=gap.start_ms,
+                             until_ms=gap.end_ms if gap.end_ms is not None else float("inf"), next_seq=start)
+        windows: list[Window] = []
+        for row in await self.queue.chunks(session_id, start, seq + 2 - start):
+            if row.seq > side.next_seq:
+                side.gap(side.next_seq, row.seq - 1)
+            data = await asyncio.to_thread(self.store.read, row.path)
+            try:
+                windows += await asyncio.to_thread(side.feed, ChunkBytes(row.seq, data, row.mime_type, row.timestamp_ms))
+            except (NoStream, media.UndecodableAudio):
+                continue
+        return side, windows + await asyncio.to_thread(side.flush)
+
+    async def _transcribe(self, state: StreamState, live: _Live, window: Window, done_through_seq: int,
+                          from_seq: int = 0) -> None:
+        segments: list[TranscriptSegment] = []
+        if window.speech_ms > 0 and len(window.pcm):
+            started = time.monotonic()
+            try:
+                result = await self.engine.transcribe_pcm(window.pcm, live.prompt)
+            except TranscriptionFailed as exc:
+                if exc.retryable and state.attempts < len(self.queue.retry_delays):
+                    raise
+                self.failed += 1
+                log.warning("transcription of %s at %.0f..%.0f ms failed for good: %s", state.session_id,
+                            window.start_ms, window.end_ms, exc.reason, extra={"sessionId": state.session_id})
+                await self.queue.fail_chunks(state.session_id, list(range(window.from_seq, window.to_seq + 1)), exc.reason)
+                live.stream.gaps.append(Gap(window.from_seq, window.to_seq, window.start_ms, window.through_ms, reason="failed"))
+                result = None
+            elapsed = time.monotonic() - started
+            if result is not None:
+                segments = self._segments(state.session_id, live.stream, window, result, live.chunk_ids)
+                live.prompt = (live.prompt + " " + result.text).strip()[-600:] if result.text else live.prompt
+                self._account(window, elapsed)
+        stream_gaps = [g.wire() for g in live.stream.gaps]
+        new = await self.queue.commit(state.session_id, segments, round(window.through_ms), done_through_seq,
+                                      from_seq, stream_gaps)
+        live.done_ms = max(live.done_ms, round(window.through_ms))
+        live.stream.resume_ms = max(live.stream.resume_ms, window.through_ms)
+        for segment in new:
+            await self._publish(segment)
+        await self.queue.renew(state.session_id)
+
+    def _account(self, window: Window, elapsed: float) -> None:
         self.completed += 1
         self.busy_s += elapsed
-        self.audio_ms += result.duration_ms or 0
+        self.audio_ms += round(window.end_ms - window.start_ms)
         self._latencies.append((time.monotonic(), elapsed * 1000))
         self.metrics.transcribe_seconds.observe(elapsed)
         self.metrics.transcriptions_total.labels("done").inc()
-        log.debug("transcribed %s/%s in %.2fs", job.session_id, job.seq, elapsed, extra={"sessionId": job.session_id, "seq": job.seq})
-        self.backlog = max(self.backlog - 1, 0)
-        if self.on_transcribed is not None:
-            await self.on_transcribed(job.id)
-        await self.check_completed(job.session_id)
 
-    async def _record_failure(self, job: Chunk, reason: str, retryable: bool = True) -> None:
-        failure = await self.queue.fail(job, reason, retryable=retryable)
-        self.metrics.transcriptions_total.labels("failed" if failure.final else "retry").inc()
-        if failure.final:
-            self.failed += 1
-            self.backlog = max(self.backlog - 1, 0)
-            log.warning("transcription of %s/%s failed for good after %d attempts: %s",
-                        job.session_id, job.seq, failure.attempts, reason, extra={"sessionId": job.session_id, "seq": job.seq})
-            if self.on_transcribed is not None:
-                await self.on_transcribed(job.id)
-            await self.check_completed(job.session_id)
-        else:
-            self.retried += 1
-            log.info("transcription of %s/%s failed (attempt %d), retry in %.0fs: %s",
-                     job.session_id, job.seq, failure.attempts, failure.retry_in_s or 0, reason,
-                     extra={"sessionId": job.session_id, "seq": job.seq})
-
-    # -- session header and timing ---------------------------------------------
-
-    async def _session_header(self, job: Chunk) -> bytes | None:
-        """The container header from the session's first chunk; None until that chunk is stored.
-
-        It is kept on the session row once found, so it outlives chunk 0's file (retention).
-        """
-        if job.session_id in self._headers:
-            return self._headers[job.session_id]
-        async with self.db.read() as s:
-            header = (await s.execute(
-                select(col(RecordingSession.container_header)).where(col(RecordingSession.id) == job.session_id)
-            )).scalar_one_or_none()
-            first = None if header else (await s.execute(
-                select(Chunk).where(col(Chunk.session_id) == job.session_id, col(Chunk.has_header).is_(True))
-                .order_by(col(Chunk.seq)).limit(1)
-            )).scalars().first()
-        if header is None:
-            if first is None or first.seq > job.seq or first.deleted_at is not None:
-                return None
-            data = await asyncio.to_thread(self.store.read, first.path)
-            try:
-                header = await asyncio.to_thread(media.extract_header, data, media.detect_container(data))
-            except ValueError:
-                return None
-            async with self.db.write() as s:
-                await s.execute(update(RecordingSession).where(col(RecordingSession.id) == job.session_id)
-                                .values(container_header=header))
-        self._headers[job.session_id] = header
-        while len(self._headers) > 256:
-            self._headers.popitem(last=False)
-        return header
-
-    async def _timing_origin(self, job: Chunk) -> tuple[int, float] | None:
-        """(seq, timestamp) of the session's chunk 0, else of its lowest stored chunk."""
-        async with self.db.read() as s:
-            row = (await s.execute(
-                select(col(Chunk.seq), col(Chunk.timestamp_ms)).where(col(Chunk.session_id) == job.session_id)
-                .order_by(col(Chunk.seq)).limit(1)
-            )).first()
-        return (int(row[0]), float(row[1])) if row is not None else None
-
-    async def _waits_for_origin(self, job: Chunk) -> bool:
-        """An epoch-stamped chunk that arrived before chunk 0 waits a little for it, so offsets are exact."""
-        if job.seq == 0 or job.timestamp_ms < EPOCH_MS_MIN:
-            return False
-        origin = await self._timing_origin(job)
-        return (origin is None or origin[0] != 0) and (utcnow() - job.created_at).total_seconds() < ORIGIN_WAIT_S
-
-    async def _segment(self, job: Chunk, result: Transcription) -> TranscriptSegment:
-        """Offsets from the session start.
-
-        Relative timestamps (the original app: ms since the recording started) are the offset; epoch
-        timestamps count from chunk 0's; without chunk 0, from the lowest stored chunk, assuming the
-        chunks before it were of nominal length.
-        """
-        duration = result.duration_ms or job.duration_ms or self.chunk_duration_ms
-        origin = await self._timing_origin(job)
-        if job.timestamp_ms < EPOCH_MS_MIN:
-            start = int(job.timestamp_ms)
-        elif origin is not None and job.timestamp_ms >= origin[1]:
-            start = int(job.timestamp_ms - origin[1]) + origin[0] * self.chunk_duration_ms
-        else:
-            start = job.seq * self.chunk_duration_ms
-        return TranscriptSegment(
-            session_id=job.session_id, seq=job.seq, chunk_id=job.id, start_ms=start, end_ms=start + duration,
-            text=result.text.strip(), speaker=None, confidence=result.confidence, is_final=True,
-        )
+    def _segments(self, session_id: str, stream: SessionStream, window: Window, result: Transcription,
+                  chunk_ids: dict[int, str]) -> list[TranscriptSegment]:
+        """One segment per piece of text, placed on the recording's timeline and named by the chunks it covers."""
+        pieces = [(p.start_ms, p.end_ms, p.text, p.confidence) for p in result.pieces] or \
+            ([(0.0, window.end_ms - window.start_ms, result.text, result.confidence)] if result.text.strip() else [])
+        out = []
+        for start, end, text, confidence in pieces:
+            at, until = window.start_ms + start, min(window.start_ms + max(end, start), window.end_ms)
+            to_seq = _seq_at(stream, window, until)
+            out.append(TranscriptSegment(
+                session_id=session_id, seq=to_seq, from_seq=_seq_at(stream, window, at), chunk_id=chunk_ids.get(to_seq, ""),
+                start_ms=round(at),
+                end_ms=round(until), text=text.strip(), speaker=None, confidence=confidence, is_final=True,
+            ))
+        return [s for s in out if s.text]
 
     # -- pushing results ---------------------------------------------------------
 
-    async def _publish(self, segment: TranscriptSegment, job: Chunk) -> None:
+    async def _publish(self, segment: TranscriptSegment) -> None:
         if self.sio is None:
             return
         updated = {"sessionId": segment.session_id, "sequence": segment.seq, "text": segment.text,
-                   "speaker": segment.speaker, "chunkId": job.id, "timestamp": job.timestamp_ms}
+                   "speaker": segment.speaker, "chunkId": segment.chunk_id, "timestamp": segment.start_ms}
         for namespace in NAMESPACES:
             await self.sio.emit("transcriptSegment", segment.wire(), room=room_of(segment.session_id), namespace=namespace)
             await self.sio.emit("transcript-updated", updated, room=room_of(segment.session_id), namespace=namespace)
@@ -301,5 +410,19 @@ class Pipeline:
         if last_seq is not None:
             query = query.where(col(TranscriptSegment.seq) > last_seq)
         async with self.db.read() as s:
-            rows = (await s.execute(query.order_by(col(TranscriptSegment.seq)))).scalars()
+            rows = (await s.execute(query.order_by(col(TranscriptSegment.seq), col(TranscriptSegment.start_ms)))).scalars()
             return [row.wire() for row in rows]
+
+    async def gaps(self, session_id: str) -> list[dict[str, Any]]:
+        async with self.db.read() as s:
+            raw = (await s.execute(select(col(TranscriptStream.gaps)).where(col(TranscriptStream.session_id) == session_id))).scalar_one_or_none()
+        return list(json.loads(raw)) if raw else []
+
+
+def _seq_at(stream: SessionStream, window: Window, at_ms: float) -> int:
+    """The chunk whose audio reaches `at_ms`: the first of the window's chunks that ends at or after it."""
+    for seq in range(window.from_seq, window.to_seq + 1):
+        end = stream.chunk_end_ms.get(seq)
+        if end is not None and end >= at_ms - 1:
+            return seq
+    return window.to_seq

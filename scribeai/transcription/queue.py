@@ -1,17 +1,29 @@
-"""The durable job queue is the chunk table: a stored chunk is a pending job until its segment exists."""
+"""The durable transcription queue: a session's stream is the unit of work, its chunks the input.
+
+A stored chunk is `pending` until a worker reads it into its session's stream, `transcribing` while
+its audio waits for a window's text, `done` once every window it touches is stored. Work is claimed
+per session with a lease (`transcript_stream`), so two processes never transcribe one stream at once;
+a process that dies leaves a lease that runs out, and whoever claims next rebuilds the stream from
+the stored chunks and `done_ms`.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-
 from sqlmodel import col
 
 from scribeai.db import Database, affected
-from scribeai.models import Chunk, ChunkStatus, TranscriptSegment, utcnow
+from scribeai.models import Chunk, ChunkStatus, RecordingSession, TranscriptSegment, TranscriptStream, utcnow
+
+CANDIDATES = 16
+
 
 def retry_delays(base_s: float = 1.0) -> tuple[float, ...]:
     """1 s, 4 s, 16 s by default: after the 1st, 2nd and 3rd failure; the 4th is final."""
@@ -19,109 +31,242 @@ def retry_delays(base_s: float = 1.0) -> tuple[float, ...]:
 
 
 @dataclass(frozen=True)
-class Failure:
-    final: bool
+class StreamState:
+    """What the database knows of a session's stream when a worker claims it."""
+
+    session_id: str
+    done_ms: int
     attempts: int
-    retry_in_s: float | None
+    gaps: list[dict[str, Any]]
+    status: str  # the session's status (recording, paused, stopped)
 
 
-class JobQueue:
-    """Claim, complete, retry and recover transcription jobs; safe with several processes on PostgreSQL."""
+class StreamQueue:
+    """Claim, advance and release session streams; safe with several processes on PostgreSQL."""
 
     def __init__(self, db: Database, node_id: str, lease_s: float = 120.0, retry_base_s: float = 1.0) -> None:
         self.db = db
-        self.retry_delays = retry_delays(retry_base_s)
         self.node_id = node_id
         self.lease_s = lease_s
+        self.retry_delays = retry_delays(retry_base_s)
 
     def __repr__(self) -> str:
-        return f"JobQueue(node={self.node_id!r}, lease={self.lease_s}s)"
+        return f"StreamQueue(node={self.node_id!r}, lease={self.lease_s}s)"
 
-    async def claim(self) -> Chunk | None:
-        """Take the oldest due pending job, or a job whose worker's lease ran out."""
+    def _insert(self) -> Any:
+        return sqlite.insert if self.db.is_sqlite else postgresql.insert
+
+    async def claim(self, exclude: Sequence[str] = ()) -> StreamState | None:
+        """A session with work due (a new chunk, a window waiting, a retry) whose lease is free."""
         now = utcnow()
-        due = or_(
-            and_(col(Chunk.status) == ChunkStatus.PENDING, or_(col(Chunk.next_attempt_at).is_(None), col(Chunk.next_attempt_at) <= now)),
-            and_(col(Chunk.status) == ChunkStatus.TRANSCRIBING, col(Chunk.lease_until) < now),
+        free = or_(col(TranscriptStream.lease_until).is_(None), col(TranscriptStream.lease_until) < now)
+        new_chunks = (
+            select(col(Chunk.session_id)).where(
+                col(Chunk.status) == ChunkStatus.PENDING,
+                or_(col(Chunk.next_attempt_at).is_(None), col(Chunk.next_attempt_at) <= now),
+                col(Chunk.session_id).not_in(list(exclude)),
+            ).order_by(col(Chunk.created_at)).limit(CANDIDATES)
         )
-        pick = select(col(Chunk.id)).where(due).order_by(col(Chunk.next_attempt_at), col(Chunk.created_at)).limit(1)
-        if not self.db.is_sqlite:
-            pick = pick.with_for_update(skip_locked=True)  # several workers on several nodes never share a job
-        statement = (
-            update(Chunk)
-            .where(col(Chunk.id) == pick.scalar_subquery())
-            .values(status=ChunkStatus.TRANSCRIBING, claimed_by=self.node_id, lease_until=now + timedelta(seconds=self.lease_s))
-            .returning(Chunk)
+        due = select(col(TranscriptStream.session_id)).where(
+            col(TranscriptStream.due_at) <= now, free, col(TranscriptStream.session_id).not_in(list(exclude)),
+        ).order_by(col(TranscriptStream.due_at)).limit(CANDIDATES)
+        async with self.db.read() as s:
+            candidates = list(dict.fromkeys([*(await s.execute(due)).scalars(), *(await s.execute(new_chunks)).scalars()]))
+        for session_id in candidates:
+            state = await self._try_claim(session_id, now)
+            if state is not None:
+                return state
+        return None
+
+    async def _try_claim(self, session_id: str, now: datetime) -> StreamState | None:
+        # One statement decides between racing claimers, on SQLite and PostgreSQL alike: the row lock
+        # (PostgreSQL) or the single writer (SQLite) serializes them, and only a free lease is taken.
+        lease = now + timedelta(seconds=self.lease_s)
+        statement = self._insert()(TranscriptStream).values(
+            session_id=session_id, claimed_by=self.node_id, lease_until=lease, due_at=None, done_ms=0, attempts=0,
+            gaps="[]", updated_at=now,
         )
+        statement = statement.on_conflict_do_update(
+            index_elements=["session_id"],
+            set_={"claimed_by": self.node_id, "lease_until": lease, "due_at": None, "updated_at": now},
+            where=or_(col(TranscriptStream.lease_until).is_(None), col(TranscriptStream.lease_until) < now),
+        ).returning(col(TranscriptStream.done_ms), col(TranscriptStream.attempts), col(TranscriptStream.gaps))
         async with self.db.write() as s:
-            row = (await s.execute(statement)).scalars().first()
-        return row
+            row = (await s.execute(statement)).first()
+            if row is None:
+                return None
+            status = (await s.execute(select(col(RecordingSession.status)).where(col(RecordingSession.id) == session_id))).scalar_one()
+        return StreamState(session_id, int(row[0]), int(row[1]), json.loads(row[2] or "[]"), status)
 
-    async def complete(self, chunk: Chunk, segment: TranscriptSegment, duration_ms: int | None) -> bool:
-        """Store the segment and mark the job done, in one transaction; False if it was done already."""
-        insert = sqlite.insert if self.db.is_sqlite else postgresql.insert
-        values = {c.name: getattr(segment, c.name) for c in TranscriptSegment.__table__.columns}  # type: ignore[attr-defined]
-        async with self.db.write() as s:
-            inserted = await s.execute(insert(TranscriptSegment).values(**values).on_conflict_do_nothing(index_elements=["session_id", "seq"]))
-            await s.execute(
-                update(Chunk).where(col(Chunk.id) == chunk.id).values(
-                    status=ChunkStatus.DONE, transcribed_at=utcnow(), claimed_by=None, lease_until=None, error=None,
-                    duration_ms=duration_ms if duration_ms is not None else chunk.duration_ms,
-                )
-            )
-        return affected(inserted) > 0
-
-    async def fail(self, chunk: Chunk, reason: str, *, retryable: bool = True) -> Failure:
-        """Count a failed attempt: retry after the next delay, or mark it failed for good."""
-        attempts = chunk.attempts + 1
-        final = not retryable or attempts > len(self.retry_delays)
-        retry_in = None if final else self.retry_delays[attempts - 1]
-        async with self.db.write() as s:
-            await s.execute(
-                update(Chunk).where(col(Chunk.id) == chunk.id).values(
-                    status=ChunkStatus.FAILED if final else ChunkStatus.PENDING,
-                    attempts=attempts, error=reason[:2000], claimed_by=None, lease_until=None,
-                    next_attempt_at=None if final else utcnow() + timedelta(seconds=retry_in or 0),
-                )
-            )
-        return Failure(final, attempts, retry_in)
-
-    async def defer(self, chunk: Chunk, seconds: float, reason: str) -> None:
-        """Put a job back without counting an attempt (it waits for something, e.g. the session's header)."""
-        async with self.db.write() as s:
-            await s.execute(
-                update(Chunk).where(col(Chunk.id) == chunk.id).values(
-                    status=ChunkStatus.PENDING, claimed_by=None, lease_until=None, error=reason,
-                    next_attempt_at=utcnow() + timedelta(seconds=seconds),
-                )
-            )
-
-    async def recover(self) -> int:
-        """At start: jobs this node held when it died go back to the queue."""
+    async def renew(self, session_id: str) -> bool:
+        """Extend this node's lease; False if it was lost (another node took the stream)."""
         async with self.db.write() as s:
             result = await s.execute(
-                update(Chunk).where(col(Chunk.status) == ChunkStatus.TRANSCRIBING, col(Chunk.claimed_by) == self.node_id)
-                .values(status=ChunkStatus.PENDING, claimed_by=None, lease_until=None, next_attempt_at=utcnow())
+                update(TranscriptStream).where(col(TranscriptStream.session_id) == session_id,
+                                               col(TranscriptStream.claimed_by) == self.node_id)
+                .values(lease_until=utcnow() + timedelta(seconds=self.lease_s))
+            )
+        return affected(result) > 0
+
+    async def release(self, session_id: str, due_in_s: float | None, error: str | None = None) -> None:
+        """Give the stream back; look at it again in `due_in_s` seconds even without a new chunk."""
+        due = None if due_in_s is None else utcnow() + timedelta(seconds=due_in_s)
+        current = col(TranscriptStream.due_at)
+        # A wake() while this node held the stream (the session was stopped meanwhile) must not be lost.
+        keep_earlier = current if due is None else case((and_(current.is_not(None), current < due), current), else_=due)
+        async with self.db.write() as s:
+            await s.execute(
+                update(TranscriptStream).where(col(TranscriptStream.session_id) == session_id,
+                                               col(TranscriptStream.claimed_by) == self.node_id)
+                .values(claimed_by=None, lease_until=None, due_at=keep_earlier, error=error, updated_at=utcnow())
+            )
+
+    async def chunks(self, session_id: str, from_seq: int, limit: int) -> list[Chunk]:
+        """The session's stored chunks from `from_seq` on, in sequence order (files still on disk)."""
+        async with self.db.read() as s:
+            return list((await s.execute(
+                select(Chunk).where(col(Chunk.session_id) == session_id, col(Chunk.seq) >= from_seq,
+                                    col(Chunk.deleted_at).is_(None))
+                .order_by(col(Chunk.seq)).limit(limit)
+            )).scalars())
+
+    async def late_chunks(self, session_id: str, before_seq: int) -> list[Chunk]:
+        """Chunks stored after their stream had gone past them (a gap filled late, a failed chunk retried)."""
+        async with self.db.read() as s:
+            return list((await s.execute(
+                select(Chunk).where(col(Chunk.session_id) == session_id, col(Chunk.seq) < before_seq,
+                                    col(Chunk.status) == ChunkStatus.PENDING).order_by(col(Chunk.seq)).limit(CANDIDATES)
+            )).scalars())
+
+    async def stream_start_before(self, session_id: str, seq: int) -> int | None:
+        async with self.db.read() as s:
+            start = (await s.execute(
+                select(func.max(col(Chunk.seq))).where(col(Chunk.session_id) == session_id, col(Chunk.seq) <= seq,
+                                                       col(Chunk.has_header).is_(True), col(Chunk.deleted_at).is_(None))
+            )).scalar_one_or_none()
+        return None if start is None else int(start)
+
+    async def resume_point(self, session_id: str, gaps: Sequence[tuple[int, int]]) -> int:
+        """The seq to read from: the last stream start before the first chunk not yet read through.
+
+        That is the first unfinished chunk, or an earlier sequence that never arrived and was not
+        given up as a gap (the stream cannot have gone past it: later chunks arrived first).
+        """
+        async with self.db.read() as s:
+            first = (await s.execute(
+                select(func.min(col(Chunk.seq))).where(col(Chunk.session_id) == session_id,
+                                                       col(Chunk.status).in_(ChunkStatus.UNFINISHED))
+            )).scalar_one_or_none()
+            if first is None:
+                return 0
+            present = set((await s.execute(
+                select(col(Chunk.seq)).where(col(Chunk.session_id) == session_id, col(Chunk.seq) < first)
+            )).scalars())
+        skipped = {seq for low, high in gaps for seq in range(low, min(high, int(first)) + 1)}
+        missing = next((seq for seq in range(int(first)) if seq not in present and seq not in skipped), None)
+        target = int(first) if missing is None else missing
+        start = await self.stream_start_before(session_id, target)
+        return start if start is not None else (0 if missing is not None else target)
+
+    async def last_text(self, session_id: str) -> str:
+        async with self.db.read() as s:
+            text = (await s.execute(
+                select(col(TranscriptSegment.text)).where(col(TranscriptSegment.session_id) == session_id)
+                .order_by(col(TranscriptSegment.start_ms).desc()).limit(1)
+            )).scalar_one_or_none()
+        return text or ""
+
+    async def mark_read(self, chunk_ids: Sequence[str]) -> None:
+        """Chunks read into their stream: out of the pending queue (backpressure counts them done)."""
+        if not chunk_ids:
+            return
+        async with self.db.write() as s:
+            await s.execute(update(Chunk).where(col(Chunk.id).in_(list(chunk_ids)), col(Chunk.status) == ChunkStatus.PENDING)
+                            .values(status=ChunkStatus.TRANSCRIBING, error=None))
+
+    async def defer(self, chunk_ids: Sequence[str], seconds: float, reason: str) -> None:
+        """Chunks that cannot be read yet (their stream's header is missing): look again later."""
+        async with self.db.write() as s:
+            await s.execute(update(Chunk).where(col(Chunk.id).in_(list(chunk_ids))).values(
+                error=reason, next_attempt_at=utcnow() + timedelta(seconds=seconds)))
+
+    async def fail_chunks(self, session_id: str, seqs: Sequence[int], reason: str) -> None:
+        async with self.db.write() as s:
+            await s.execute(update(Chunk).where(col(Chunk.session_id) == session_id, col(Chunk.seq).in_(list(seqs)))
+                            .values(status=ChunkStatus.FAILED, error=reason[:2000], transcribed_at=utcnow()))
+
+    async def commit(self, session_id: str, segments: Sequence[TranscriptSegment], done_ms: int,
+                     done_through_seq: int, from_seq: int, gaps: list[dict[str, Any]]) -> list[TranscriptSegment]:
+        """Store a window's segments, advance the stream and finish the chunks it covered, in one transaction.
+
+        Returns the segments that were new (a window redone after a crash inserts nothing twice).
+        """
+        inserted: list[TranscriptSegment] = []
+        async with self.db.write() as s:
+            for segment in segments:
+                values = {c.name: getattr(segment, c.name) for c in TranscriptSegment.__table__.columns}  # type: ignore[attr-defined]
+                result = await s.execute(self._insert()(TranscriptSegment).values(**values)
+                                         .on_conflict_do_nothing(index_elements=["session_id", "start_ms"]))
+                if affected(result):
+                    inserted.append(segment)
+            await s.execute(
+                update(TranscriptStream).where(col(TranscriptStream.session_id) == session_id)
+                .values(done_ms=func.max(col(TranscriptStream.done_ms), done_ms) if self.db.is_sqlite
+                        else func.greatest(col(TranscriptStream.done_ms), done_ms),
+                        attempts=0, gaps=json.dumps(gaps), error=None, updated_at=utcnow())
+            )
+            await s.execute(
+                update(Chunk).where(col(Chunk.session_id) == session_id, col(Chunk.seq) >= from_seq,
+                                    col(Chunk.seq) <= done_through_seq, col(Chunk.status) == ChunkStatus.TRANSCRIBING)
+                .values(status=ChunkStatus.DONE, transcribed_at=utcnow(), error=None)
+            )
+        return inserted
+
+    async def count_failure(self, session_id: str, attempts: int, reason: str) -> float | None:
+        """A window failed: the delay before the next try, or None when it failed for good."""
+        final = attempts > len(self.retry_delays)
+        async with self.db.write() as s:
+            await s.execute(update(TranscriptStream).where(col(TranscriptStream.session_id) == session_id)
+                            .values(attempts=0 if final else attempts, error=reason[:2000]))
+        return None if final else self.retry_delays[attempts - 1]
+
+    async def recover(self) -> int:
+        """At start: streams this node held when it died are free again at once."""
+        async with self.db.write() as s:
+            result = await s.execute(
+                update(TranscriptStream).where(col(TranscriptStream.claimed_by) == self.node_id)
+                .values(claimed_by=None, lease_until=None, due_at=utcnow())
             )
         return affected(result)
 
     async def retry_failed(self, session_id: str | None = None) -> int:
-        """Failed chunks back to pending; not those whose raw file retention already removed."""
+        """Failed chunks back to pending, their stream redone from them (not those retention removed)."""
         query = update(Chunk).where(col(Chunk.status) == ChunkStatus.FAILED, col(Chunk.deleted_at).is_(None))
         if session_id is not None:
             query = query.where(col(Chunk.session_id) == session_id)
         async with self.db.write() as s:
-            result = await s.execute(query.values(status=ChunkStatus.PENDING, attempts=0, next_attempt_at=utcnow()))
-        return affected(result)
+            result = await s.execute(query.values(status=ChunkStatus.PENDING, attempts=0, next_attempt_at=utcnow())
+                                     .returning(col(Chunk.session_id), col(Chunk.seq)))
+            rows = result.all()
+        return len(rows)
 
     async def backlog(self) -> int:
+        """Chunks stored and not yet read into their stream (the signal for backpressure and slowDown)."""
+        async with self.db.read() as s:
+            return int((await s.execute(
+                select(func.count()).select_from(Chunk).where(col(Chunk.status) == ChunkStatus.PENDING)
+            )).scalar_one())
+
+    async def unfinished(self) -> int:
         async with self.db.read() as s:
             return int((await s.execute(
                 select(func.count()).select_from(Chunk).where(col(Chunk.status).in_(ChunkStatus.UNFINISHED))
             )).scalar_one())
 
-    async def next_due(self) -> datetime | None:
-        async with self.db.read() as s:
-            return (await s.execute(
-                select(func.min(col(Chunk.next_attempt_at))).where(col(Chunk.status) == ChunkStatus.PENDING)
-            )).scalar_one_or_none()
+    async def wake(self, session_id: str) -> None:
+        """Something changed for the session (paused, stopped): look at its stream now."""
+        async with self.db.write() as s:
+            await s.execute(update(TranscriptStream).where(col(TranscriptStream.session_id) == session_id)
+                            .values(due_at=utcnow()))
+
+

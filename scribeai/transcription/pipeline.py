@@ -51,7 +51,7 @@ class Pipeline:
 
     def __init__(self, db: Database, store: ChunkStore, engine: Engine, sio: socketio.AsyncServer | None, *,
                  node_id: str, workers: int, chunk_duration_ms: int, retry_base_s: float = 1.0,
-                 metrics: Metrics | None = None, gap_wait_s: float = 15.0, idle_flush_s: float = 20.0) -> None:
+                 metrics: Metrics | None = None, gap_wait_s: float = 15.0, idle_flush_s: float = 40.0) -> None:
         self.db = db
         self.store = store
         self.engine = engine
@@ -207,11 +207,12 @@ class Pipeline:
         self._streams.move_to_end(state.session_id)
         while len(self._streams) > CACHED_STREAMS:
             self._streams.popitem(last=False)
+        flush_all = self._flush_all  # as the turn starts: a drain() that begins later must not cut what this turn reads
         await self._fill_late(state, live)
         due = await self._read(state, live)
         held = live.stream.windower.pending_ms > 0
         idle = time.monotonic() - live.last_read_at
-        if held and (self._flush_all or state.status != SessionStatus.RECORDING or idle >= self.idle_flush_s):
+        if held and (flush_all or state.status != SessionStatus.RECORDING or idle >= self.idle_flush_s):
             await self._transcribe_all(state, live, await asyncio.to_thread(live.stream.flush))
         await self.check_completed(state.session_id)
         if live.stream.windower.pending_ms > 0:

@@ -1,0 +1,191 @@
+"""A session as one stream: split recordings, real Chromium blobs, gaps, new headers, silence (pure and end to end)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from scribeai.models import Chunk
+from scribeai.transcription.media import wav_bytes
+from scribeai.transcription.streams import ChunkBytes, NoStream, SessionStream, Timing
+from scribeai.transcription.windows import SileroDetector, Window, Windower
+from tests.conftest import ServerFactory, chunk
+from tests.test_containers import RECORDINGS, random_pieces
+from tests.test_transcription import words
+
+AUDIO = Path(__file__).parent / "fixtures" / "audio"
+CHROMIUM = AUDIO / "chromium"
+BROWSER: dict[str, Any] = json.loads((CHROMIUM / "manifest.json").read_text())
+DETECTOR = SileroDetector()
+STREAMED = ["webm-chrome", "webm-known-sizes", "ogg", "mp4-aac", "mp4-opus"]
+
+
+def blobs(timeslice: str) -> list[bytes]:
+    return [(CHROMIUM / timeslice / b["file"]).read_bytes() for b in BROWSER["sets"][timeslice]["blobs"]]
+
+
+def run(pieces: list[bytes], *, skip: set[int] = frozenset(), mime: str = "audio/webm;codecs=opus") -> tuple[SessionStream, list[Window]]:  # type: ignore[assignment]
+    stream = SessionStream(Windower(DETECTOR), Timing(1.7e12, 15000))
+    windows: list[Window] = []
+    for seq, data in enumerate(pieces):
+        if seq in skip:
+            continue
+        if seq > stream.next_seq:
+            stream.gap(stream.next_seq, seq - 1)
+        windows += stream.feed(ChunkBytes(seq, data, mime, 1.7e12 + seq * 1000))
+    return stream, windows + stream.flush()
+
+
+def audio_of(windows: list[Window]) -> np.ndarray:
+    return np.concatenate([w.pcm for w in windows if len(w.pcm)])
+
+
+@pytest.mark.parametrize("name", STREAMED)
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_splits_give_the_same_windows_as_the_whole_recording(name: str, seed: int) -> None:
+    data = RECORDINGS[name].data
+    _, whole = run([data])
+    _, split = run(random_pieces(data, seed, 12))
+    assert [(w.start_ms, w.end_ms, w.speech_ms) for w in split] == [(w.start_ms, w.end_ms, w.speech_ms) for w in whole]
+    assert np.array_equal(audio_of(split), audio_of(whole))
+    assert sum(w.speech_ms for w in whole) > 8000  # the recording's speech is all there (16.6 s with pauses)
+
+
+@pytest.mark.parametrize("timeslice", ["ts1000", "ts5000"])
+def test_real_chromium_timeslice_blobs_are_one_recording(timeslice: str) -> None:
+    pieces = blobs(timeslice)
+    assert pieces[0][:4] == b"\x1a\x45\xdf\xa3" and all(p[:4] != b"\x1a\x45\xdf\xa3" for p in pieces[1:])
+    stream, windows = run(pieces)
+    _, whole = run([b"".join(pieces)])
+    assert np.array_equal(audio_of(windows), audio_of(whole))
+    assert windows[-1].to_seq == len(pieces) - 1 and stream.end_ms > 7000
+    assert stream.problems == 0 and stream.gaps == []
+
+
+def test_a_missing_blob_is_a_gap_and_the_stream_goes_on_after_it() -> None:
+    pieces = blobs("ts1000")
+    stream, windows = run(pieces, skip={3})
+    _, whole = run(pieces)
+    assert [(g.from_seq, g.to_seq) for g in stream.gaps] == [(3, 3)]
+    gap = stream.gaps[0]
+    assert gap.end_ms is not None and 900 <= gap.end_ms - gap.start_ms <= 2200  # about one timeslice of audio
+    assert stream.end_ms == pytest.approx(max(w.through_ms for w in whole), abs=30)
+    assert len(audio_of(windows)) < len(audio_of(whole))
+
+
+def test_a_new_header_mid_session_starts_a_new_stream_after_the_first() -> None:
+    """A reload 20 s into the session: the new recording's header restarts the demuxer; its audio is placed at 20 s."""
+    stream = SessionStream(Windower(DETECTOR), Timing(1.7e12, 15000))
+    windows: list[Window] = []
+    pieces = blobs("ts1000")
+    for seq, data in enumerate(pieces):
+        windows += stream.feed(ChunkBytes(seq, data, "audio/webm", 1.7e12 + seq * 1000))
+    first_end = stream.end_ms
+    reload_seq = len(pieces)
+    windows += stream.feed(ChunkBytes(reload_seq, (AUDIO / "speech_fox.webm").read_bytes(), "audio/webm", 1.7e12 + 20_000))
+    windows += stream.flush()
+    assert stream.stream_start_seq == reload_seq
+    assert max(w.end_ms for w in windows if w.to_seq < reload_seq) <= first_end
+    fox = [w for w in windows if w.from_seq == reload_seq and w.speech_ms > 0]
+    assert len(fox) == 1 and 20_000 <= fox[0].start_ms and fox[0].end_ms <= 20_000 + 3438 + 20
+
+
+def test_a_stream_whose_first_chunk_never_arrives_says_so() -> None:
+    stream = SessionStream(Windower(DETECTOR), Timing(None, 15000))
+    with pytest.raises(NoStream, match="first chunk"):
+        stream.feed(ChunkBytes(1, blobs("ts1000")[1], "audio/webm", 1000.0))
+    assert stream.next_seq == 2
+
+
+def test_relative_timestamps_mark_a_chunks_end_and_epoch_ones_its_start() -> None:
+    timing = Timing(None, 15000)
+    assert timing.start_of(ChunkBytes(3, b"", "audio/webm", 60_000.0), previous_timestamp_ms=45_000.0) == 45_000.0
+    assert timing.start_of(ChunkBytes(3, b"", "audio/webm", 60_000.0), previous_timestamp_ms=None) == 45_000.0
+    assert Timing(1.7e12, 15000).start_of(ChunkBytes(3, b"", "audio/webm", 1.7e12 + 45_000), None) == 45_000.0
+
+
+# --- end to end: the server, whisper, the database --------------------------------------------
+
+
+async def test_chromium_blobs_are_transcribed_as_one_recording(start_server: ServerFactory, connect: Any) -> None:
+    server = await start_server(transcriber="whisper", max_concurrency=1)
+    client = await connect(server.url)
+    for seq, data in enumerate(blobs("ts1000")):
+        ack = await client.call("audio-chunk", chunk("browser", seq, data, timestamp=1_732_000_000_000 + seq * 1000), timeout=5)
+        assert ack["duplicate"] is False
+    await server.services.pipeline.drain(timeout=90)
+    segments = await server.services.pipeline.segments_after("browser", None)
+    heard = words(" ".join(s["text"] for s in segments))
+    assert {"quick", "brown", "fox", "lazy", "dog", "train", "london", "seven"} <= heard, heard
+    async with server.services.db.read() as s:
+        statuses = {c.seq: c.status for c in (await s.execute(select(Chunk).where(Chunk.session_id == "browser"))).scalars()}
+    assert set(statuses.values()) == {"done"} and len(statuses) == len(blobs("ts1000"))
+
+
+async def test_a_gap_is_waited_for_skipped_and_filled_late(start_server: ServerFactory, connect: Any) -> None:
+    server = await start_server(transcriber="whisper", max_concurrency=1, gap_wait_s=0.5)
+    client = await connect(server.url)
+    pieces = blobs("ts1000")
+    for seq, data in enumerate(pieces):
+        if seq != 2:
+            await client.call("audio-chunk", chunk("holey", seq, data, timestamp=1_732_000_000_000 + seq * 1000), timeout=5)
+    await server.services.pipeline.drain(timeout=90)
+    before = await server.services.pipeline.gaps("holey")
+    assert [(g["fromSeq"], g["toSeq"], g["filled"], g["reason"]) for g in before] == [(2, 2, False, "missing")]
+    await client.call("audio-chunk", chunk("holey", 2, pieces[2], timestamp=1_732_000_002_000), timeout=5)
+    await server.services.pipeline.drain(timeout=90)
+    after = await server.services.pipeline.gaps("holey")
+    assert [(g["fromSeq"], g["filled"]) for g in after] == [(2, True)]
+    segments = await server.services.pipeline.segments_after("holey", None)
+    hole = (before[0]["startMs"], before[0]["endMs"])
+    filled = [s for s in segments if hole[0] - 1 <= s["startMs"] and s["endMs"] <= hole[1] + 1]
+    assert filled and all(s["fromSeq"] <= 2 <= s["seq"] for s in filled), (hole, segments)
+    async with server.services.db.read() as s:
+        statuses = {c.seq: c.status for c in (await s.execute(select(Chunk).where(Chunk.session_id == "holey"))).scalars()}
+    assert statuses == {seq: "done" for seq in range(len(pieces))}
+
+
+@pytest.mark.parametrize("kind", ["silence", "noise"])
+async def test_sixty_seconds_of_silence_or_noise_give_no_segment(start_server: ServerFactory, connect: Any, kind: str) -> None:
+    server = await start_server(transcriber="whisper", max_concurrency=1)
+    client = await connect(server.url)
+    rng = np.random.default_rng(7)
+    for seq in range(4):
+        pcm = np.zeros(15 * 16000, dtype=np.float32) if kind == "silence" else rng.normal(0, 0.1, 15 * 16000).astype(np.float32)
+        await client.call("audio-chunk", chunk(kind, seq, wav_bytes(pcm, 16000), mimeType="audio/wav"), timeout=5)
+    await server.services.pipeline.drain(timeout=120)
+    assert await server.services.pipeline.segments_after(kind, None) == []
+    async with server.services.db.read() as s:
+        statuses = [c.status for c in (await s.execute(select(Chunk).where(Chunk.session_id == kind))).scalars()]
+    assert statuses == ["done"] * 4
+
+
+async def test_a_restart_mid_window_resumes_from_the_stored_chunks(start_server: ServerFactory, connect: Any) -> None:
+    shared = {"transcriber": "whisper", "max_concurrency": 1, "node_id": "node-a"}
+    first = await start_server(**shared)
+    client = await connect(first.url)
+    pieces = blobs("ts1000")
+    for seq, data in enumerate(pieces[:5]):
+        await client.call("audio-chunk", chunk("resume", seq, data, timestamp=1_732_000_000_000 + seq * 1000), timeout=5)
+    while await first.services.pipeline.queue.backlog() > 0:  # read into the stream, held for its window
+        await asyncio.sleep(0.05)
+    await client.disconnect()
+    await first.app.shutdown()
+    await first.app.cleanup()
+    second = await start_server(same_database_as=first, **shared)
+    client = await connect(second.url)
+    for seq, data in enumerate(pieces[5:], start=5):
+        await client.call("audio-chunk", chunk("resume", seq, data, timestamp=1_732_000_000_000 + seq * 1000), timeout=5)
+    await second.services.pipeline.drain(timeout=90)
+    segments = await second.services.pipeline.segments_after("resume", None)
+    heard = words(" ".join(s["text"] for s in segments))
+    assert {"quick", "fox", "lazy", "train", "london"} <= heard, heard
+    starts = [s["startMs"] for s in segments]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts)  # nothing transcribed twice

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: serve test install install-test js-deps bench clean
+.PHONY: serve test install install-test js-deps system-deps bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +21,25 @@ tests/js/node_modules/.package-lock.json: tests/js/package-lock.json
 
 js-deps: tests/js/node_modules/.package-lock.json
 
+# The real-browser test (tests/test_browser.py) needs Debian's chromium, espeak-ng and sox.
+# As root, install the missing ones; otherwise say so, and that test skips with the reason.
+SYSTEM_PACKAGES := espeak-ng sox chromium
+
+system-deps:
+	@missing=""; for pkg in $(SYSTEM_PACKAGES); do command -v $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+		echo "installing$$missing for the real-browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing \
+			|| echo "warning: apt-get could not install$$missing: the real-browser test will skip (in CI: fail)"; \
+	else \
+		echo "note:$$missing not installed and not root: the real-browser test will skip (sudo apt-get install -y$$missing)"; \
+	fi
+
 serve: install
 	$(BIN)/scribeai serve
 
-test: install js-deps
+test: install js-deps system-deps
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 

@@ -1,0 +1,132 @@
+"""Test helpers for real speech: WAVs made with espeak-ng + sox, word recall / WER, and the browser toolchain check."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+JS_DIR = Path(__file__).parent / "js"
+CHROMIUM = "/usr/bin/chromium"
+ESPEAK_VOICE = "en-us"
+ESPEAK_WPM = 150
+LEAD_IN_S = 0.5  # a recorder's first few ms are often lost; speech starts after a short silence
+
+_ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+         "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
+_TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+
+
+class SpeechToolMissing(RuntimeError):
+    """espeak-ng or sox is not installed."""
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise SpeechToolMissing(f"`{name}` is not installed (apt-get install espeak-ng sox): it is needed to make test speech")
+    return path
+
+
+def make_speech_wav(sentences: list[str], path: Path, pause_s: float = 1.0, rate: int = 48000) -> float:
+    """Speak `sentences` with `pause_s` of silence after each into a mono 16-bit WAV at `rate`; returns its length in s."""
+    espeak, sox = _tool("espeak-ng"), _tool("sox")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="speech-") as tmp:
+        parts = []
+        for i, sentence in enumerate(sentences):
+            spoken, part = Path(tmp) / f"s{i:03d}.wav", Path(tmp) / f"p{i:03d}.wav"
+            subprocess.run([espeak, "-v", ESPEAK_VOICE, "-s", str(ESPEAK_WPM), "-w", str(spoken), sentence],
+                           check=True, capture_output=True)
+            subprocess.run([sox, str(spoken), str(part), "pad", "0", str(pause_s)], check=True, capture_output=True)
+            parts.append(str(part))
+        # espeak-ng writes 22,050 Hz mono: sox joins the parts and resamples once
+        subprocess.run([sox, *parts, "-r", str(rate), "-c", "1", "-b", "16", "-e", "signed-integer", str(path),
+                        "pad", str(LEAD_IN_S), "0"], check=True, capture_output=True)
+    return wav_seconds(path)
+
+
+def wav_seconds(path: Path) -> float:
+    """The length of an audio file in seconds (sox --i)."""
+    result = subprocess.run([_tool("sox"), "--i", "-D", str(path)], check=True, capture_output=True, text=True)
+    return float(result.stdout)
+
+
+def _number_words(n: int) -> list[str]:
+    if n < 20:
+        return [_ONES[n]]
+    if n < 100:
+        return [_TENS[n // 10]] + ([_ONES[n % 10]] if n % 10 else [])
+    if n < 1000:
+        return [_ONES[n // 100], "hundred"] + (_number_words(n % 100) if n % 100 else [])
+    return list(str(n))  # rare in test speech: compare digit by digit
+
+
+def normalize(text: str) -> list[str]:
+    """Lowercase words without punctuation; numbers as words ("7" and "seven" compare equal, "twenty-one" is two words)."""
+    words: list[str] = []
+    for token in re.findall(r"[a-z0-9']+", text.lower().replace("-", " ")):
+        token = token.strip("'")
+        if not token:
+            continue
+        if token.isdigit():
+            words.extend(_number_words(int(token)))
+        else:
+            words.append(token.removesuffix("'s") if token.endswith("'s") and len(token) > 2 else token)
+    return words
+
+
+def word_recall(reference: str, hypothesis: str) -> float:
+    """Share of the reference's words (with their counts) found anywhere in the hypothesis.
+
+    Order-free, so a transcript of looped audio or of a recording that starts mid-sentence is scored
+    on what it heard, and words repeated in the hypothesis cannot count twice.
+    """
+    ref = Counter(normalize(reference))
+    if not ref:
+        raise ValueError("the reference has no words")
+    hyp = Counter(normalize(hypothesis))
+    return sum((ref & hyp).values()) / sum(ref.values())
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate: (substitutions + deletions + insertions) / reference words, on normalized words."""
+    ref, hyp = normalize(reference), normalize(hypothesis)
+    if not ref:
+        raise ValueError("the reference has no words")
+    previous = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        current = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h))
+        previous = current
+    return previous[-1] / len(ref)
+
+
+def missing_browser_tools() -> list[str]:
+    """What the real-browser tests lack on this machine (empty when nothing)."""
+    missing = [f"`{name}` (apt-get install {package})" for name, package in
+               (("espeak-ng", "espeak-ng"), ("sox", "sox"), ("node", "nodejs")) if shutil.which(name) is None]
+    if not os.access(CHROMIUM, os.X_OK):
+        missing.append(f"{CHROMIUM} (apt-get install chromium)")
+    for module in ("puppeteer-core", "socket.io-client"):
+        if not (JS_DIR / "node_modules" / module / "package.json").exists():
+            missing.append(f"tests/js/node_modules/{module} (npm ci --prefix tests/js)")
+    return missing
+
+
+def require_browser_tools() -> None:
+    """Skip with the reason when chromium, espeak-ng, sox or the npm modules are missing; under CI, fail instead."""
+    missing = missing_browser_tools()
+    if not missing:
+        return
+    reason = "the real-browser test needs " + ", ".join(missing) + " (`make test` installs them; the apt packages only as root)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set: they must be installed)", pytrace=False)
+    pytest.skip(reason)

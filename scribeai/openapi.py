@@ -200,14 +200,17 @@ def _schemas(statuses: Sequence[str]) -> dict[str, Any]:
         "MissingChunks": _object({k: gap[k] for k in ("missing", "maxSeq", "totalChunks")}),
         "StopReply": _object({**gap, "stoppedAt": _TIME}),
         "RetryReply": _object({"sessionId": _TEXT, "requeued": _INT}),
-        "Segment": _object({"id": _TEXT, "sessionId": _TEXT, "seq": _SEQ, "startMs": {"type": "integer"},
+        "Segment": _object({"id": _TEXT, "sessionId": _TEXT, "seq": _SEQ, "fromSeq": _SEQ, "toSeq": _SEQ, "startMs": {"type": "integer"},
                             "endMs": {"type": "integer"}, "text": _TEXT, "speaker": text_or_null,
                             "confidence": {"type": ["number", "null"]}, "isFinal": {"type": "boolean"}}),
         "Transcript": _object({
             "sessionId": _TEXT, "status": {"type": "string", "enum": list(statuses)},
             "tier": {"type": "string", "enum": [Tier.HOT, Tier.WARM, Tier.COLD]},
             "segments": {"type": "array", "items": _ref("Segment")}, "pending": {"type": "array", "items": _SEQ},
-            "failed": {"type": "array", "items": _object({"seq": _SEQ, "error": text_or_null})}}),
+            "failed": {"type": "array", "items": _object({"seq": _SEQ, "error": text_or_null})},
+            "gaps": {"type": "array", "items": _object({
+                "fromSeq": _SEQ, "toSeq": _SEQ, "startMs": {"type": "integer"}, "endMs": {"type": ["integer", "null"]},
+                "filled": {"type": "boolean"}, "reason": {"type": "string", "enum": ["missing", "failed"]}})}}),
         "ServerStats": _object({
             "rssBytes": _INT, "peakRssBytes": _INT, "cpuPercent": _NUMBER, "connections": _INT,
             "transcription": _object({

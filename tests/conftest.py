@@ -72,6 +72,8 @@ def base_settings(tmp_path: Path) -> Settings:
         ping_timeout=2,
         shutdown_timeout=2,
         retention_schedule="off",
+        idle_flush_s=1.0,  # a session's last window is not held for 40 s in tests that wait for it
+        gap_wait_s=3.0,
     )
 
 

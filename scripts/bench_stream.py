@@ -86,6 +86,14 @@ SENTENCES = [
 ]
 
 
+
+def _error_of(ack: Any) -> dict[str, Any] | None:
+    """The server acks a refused chunk with {error: {code, message, retryAfterMs?}}; None for a stored one."""
+    if not isinstance(ack, dict):
+        return {"code": "no-ack"}
+    error = ack.get("error")
+    return error if isinstance(error, dict) else None
+
 def log(*args: Any) -> None:
     print(*args, file=sys.stderr, flush=True)
 
@@ -231,7 +239,8 @@ async def run_timeslice(pieces: list[bytes], timeslice_ms: int, tmp: Path) -> di
                 ack = await client.call("audio-chunk", {"sessionId": session_id, "sequence": seq,
                                                         "timestamp": EPOCH_MS + seq * timeslice_ms,
                                                         "mimeType": MIME, "audio": audio}, timeout=120)
-                code = ack.get("code") if isinstance(ack, dict) else "no-ack"
+                error = _error_of(ack)
+                code = None if error is None else str(error.get("code"))
                 if code is None:
                     counts["acked"] += 1
                     if ack.get("canAccept") is False:
@@ -240,7 +249,7 @@ async def run_timeslice(pieces: list[bytes], timeslice_ms: int, tmp: Path) -> di
                 counts["nacks"][code] = counts["nacks"].get(code, 0) + 1
                 if code == "overloaded":
                     counts["retries"] += 1
-                    await asyncio.sleep(ack.get("retryAfterMs", 1000) / 1000)
+                    await asyncio.sleep(float(error.get("retryAfterMs", 1000)) / 1000)
                     continue
                 break
         sent_s = time.perf_counter() - started
@@ -375,14 +384,15 @@ async def run_recorder(rec: Recorder, url: str, token: str | None, start_delay: 
                                                         "timestamp": EPOCH_MS + seq * int(interval * 1000),
                                                         "mimeType": MIME, "audio": audio}, timeout=60)
                 now = time.monotonic()
-                code = ack.get("code") if isinstance(ack, dict) else "no-ack"
+                error = _error_of(ack)
+                code = None if error is None else str(error.get("code"))
                 if code is None:
                     rec.acks[seq] = now
                     rec.ack_ms.append((now - sent) * 1000)
                     break
                 rec.nacks[code] = rec.nacks.get(code, 0) + 1
                 if code == "overloaded":
-                    await asyncio.sleep(ack.get("retryAfterMs", 1000) / 1000)
+                    await asyncio.sleep(float(error.get("retryAfterMs", 1000)) / 1000)
                     continue
                 break
             if not joined:

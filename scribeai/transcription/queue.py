@@ -89,7 +89,11 @@ class StreamQueue:
         statement = statement.on_conflict_do_update(
             index_elements=["session_id"],
             set_={"claimed_by": self.node_id, "lease_until": lease, "due_at": None, "updated_at": now},
-            where=or_(col(TranscriptStream.lease_until).is_(None), col(TranscriptStream.lease_until) < now),
+            where=and_(
+                or_(col(TranscriptStream.lease_until).is_(None), col(TranscriptStream.lease_until) < now),
+                # a stream waiting out a retry's backoff is not taken early by a new chunk or a stop
+                or_(col(TranscriptStream.attempts) == 0, col(TranscriptStream.due_at).is_(None), col(TranscriptStream.due_at) <= now),
+            ),
         ).returning(col(TranscriptStream.done_ms), col(TranscriptStream.attempts), col(TranscriptStream.gaps))
         async with self.db.write() as s:
             row = (await s.execute(statement)).first()
@@ -266,7 +270,8 @@ class StreamQueue:
     async def wake(self, session_id: str) -> None:
         """Something changed for the session (paused, stopped): look at its stream now."""
         async with self.db.write() as s:
-            await s.execute(update(TranscriptStream).where(col(TranscriptStream.session_id) == session_id)
+            await s.execute(update(TranscriptStream).where(col(TranscriptStream.session_id) == session_id,
+                                                           col(TranscriptStream.attempts) == 0)
                             .values(due_at=utcnow()))
 
 

@@ -189,3 +189,47 @@ async def test_a_restart_mid_window_resumes_from_the_stored_chunks(start_server:
     assert {"quick", "fox", "lazy", "train", "london"} <= heard, heard
     starts = [s["startMs"] for s in segments]
     assert starts == sorted(starts) and len(set(starts)) == len(starts)  # nothing transcribed twice
+
+
+def _whole_file(format_name: str, codec: str, rate: int) -> bytes:
+    """A complete file (not a stream of fragments) of the Chrome fixture's speech."""
+    import io
+
+    import av
+
+    with av.open(str(AUDIO / "speech_long.webm")) as source:
+        resampler = av.AudioResampler(format="s16p" if codec == "libmp3lame" else "fltp", layout="mono", rate=rate)
+        frames = [f for frame in source.decode(audio=0) for f in resampler.resample(frame)]
+    out = io.BytesIO()
+    with av.open(out, "w", format=format_name) as target:
+        stream = target.add_stream(codec, rate=rate, layout="mono")
+        for frame in [*frames, None]:
+            for packet in stream.encode(frame):
+                target.mux(packet)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(("format_name", "codec", "mime"), [("mp4", "aac", "audio/mp4"), ("mp3", "libmp3lame", "audio/mpeg")])
+def test_complete_mp4_and_mp3_files_decode_on_their_own(format_name: str, codec: str, mime: str) -> None:
+    data = _whole_file(format_name, codec, 44100)
+    stream, windows = run([data], mime=mime)
+    assert stream.stream_start_seq is None  # no stream: a file of its own
+    assert 16000 <= stream.end_ms <= 17200 and sum(w.speech_ms for w in windows) > 8000
+
+
+@pytest.mark.parametrize("name", ["ogg", "mp4-aac", "webm-known-sizes"])
+async def test_a_split_recording_gives_the_same_transcript_as_the_whole_file(start_server: ServerFactory, connect: Any,
+                                                                           name: str) -> None:
+    server = await start_server(transcriber="whisper", max_concurrency=1)
+    client = await connect(server.url)
+    data = RECORDINGS[name].data
+    mime = {"ogg": "audio/ogg;codecs=opus", "mp4-aac": "audio/mp4", "webm-known-sizes": "audio/webm;codecs=opus"}[name]
+    await client.call("audio-chunk", chunk("whole", 0, data, mimeType=mime), timeout=5)
+    for seq, piece in enumerate(random_pieces(data, 11, 7)):
+        await client.call("audio-chunk", chunk("split", seq, piece, mimeType=mime, timestamp=1_732_000_000_000 + seq * 2000),
+                          timeout=5)
+    await server.services.pipeline.drain(timeout=90)
+    whole = [(s["startMs"], s["text"]) for s in await server.services.pipeline.segments_after("whole", None)]
+    split = [(s["startMs"], s["text"]) for s in await server.services.pipeline.segments_after("split", None)]
+    assert split == whole and len(whole) > 0
+    assert {"morning", "garden", "report"} <= words(" ".join(text for _, text in whole)), whole

@@ -233,3 +233,25 @@ async def test_a_split_recording_gives_the_same_transcript_as_the_whole_file(sta
     split = [(s["startMs"], s["text"]) for s in await server.services.pipeline.segments_after("split", None)]
     assert split == whole and len(whole) > 0
     assert {"morning", "garden", "report"} <= words(" ".join(text for _, text in whole)), whole
+
+
+async def test_a_first_chunk_that_arrives_last_restarts_the_stream_from_it(start_server: ServerFactory, connect: Any) -> None:
+    server = await start_server(transcriber="whisper", max_concurrency=1, gap_wait_s=0.3)
+    client = await connect(server.url)
+    pieces = blobs("ts1000")
+    for seq, data in list(enumerate(pieces))[1:]:
+        await client.call("audio-chunk", chunk("headless", seq, data, timestamp=1_732_000_000_000 + seq * 1000), timeout=5)
+    await server.services.pipeline.drain(timeout=90)
+    async with server.services.db.read() as s:
+        waiting = {c.seq: (c.status, c.error) for c in (await s.execute(select(Chunk).where(Chunk.session_id == "headless"))).scalars()}
+    assert {seq: status for seq, (status, _) in waiting.items()} == {seq: "failed" for seq in range(1, len(pieces))}
+    assert all("first chunk" in (error or "") for _, error in waiting.values()), waiting
+    assert await server.services.pipeline.segments_after("headless", None) == []
+    await client.call("audio-chunk", chunk("headless", 0, pieces[0], timestamp=1_732_000_000_000), timeout=5)
+    await server.services.pipeline.drain(timeout=90)
+    heard = words(" ".join(s["text"] for s in await server.services.pipeline.segments_after("headless", None)))
+    assert {"quick", "fox", "lazy", "train", "london"} <= heard, heard
+    async with server.services.db.read() as s:
+        statuses = {c.seq: c.status for c in (await s.execute(select(Chunk).where(Chunk.session_id == "headless"))).scalars()}
+    assert statuses == {seq: "done" for seq in range(len(pieces))}
+    assert await server.services.pipeline.gaps("headless") == []

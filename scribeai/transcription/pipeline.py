@@ -209,7 +209,9 @@ class Pipeline:
         while len(self._streams) > CACHED_STREAMS:
             self._streams.popitem(last=False)
         flush_all = self._flush_all  # as the turn starts: a drain() that begins later must not cut what this turn reads
-        await self._fill_late(state, live)
+        if await self._fill_late(state, live):
+            self._streams.pop(state.session_id, None)  # read again from the late first chunk, next turn
+            return 0.0
         due = await self._read(state, live)
         held = live.stream.windower.pending_ms > 0
         idle = time.monotonic() - live.last_read_at
@@ -284,15 +286,26 @@ class Pipeline:
                     await self.on_transcribed(row.id)
         return due
 
-    async def _fill_late(self, state: StreamState, live: _Live) -> None:
-        """Chunks that arrive after their gap was skipped: decode them with their neighbours, keep the gap's audio."""
+    async def _fill_late(self, state: StreamState, live: _Live) -> bool:
+        """Chunks that arrive after their gap was skipped: decode them with their neighbours, keep the gap's audio.
+
+        True when the late chunk is the recording's first one, whose followers failed for want of its header:
+        they are queued again and the stream is to be read anew from it.
+        """
         for row in await self.queue.late_chunks(state.session_id, live.stream.next_seq):
             gap = next((g for g in live.stream.gaps if g.from_seq <= row.seq <= g.to_seq and not g.filled), None)
+            if gap is not None and gap.end_ms is None and row.has_header:
+                live.stream.gaps.remove(gap)
+                await self.queue.reopen_after(state.session_id, row.seq, [g.wire() for g in live.stream.gaps])
+                log.info("session %s: its first chunk %d arrived late; reading the recording again from it",
+                         state.session_id, row.seq, extra={"sessionId": state.session_id})
+                return True
             await self.queue.mark_read([row.id])
             if self.on_transcribed is not None:
                 await self.on_transcribed(row.id)
-            if gap is None:  # e.g. a failed chunk retried whose audio the stream has already passed
-                await self.queue.commit(state.session_id, [], 0, row.seq, row.seq, [g.wire() for g in live.stream.gaps])
+            if gap is None:  # e.g. a failed chunk retried whose place the stream has already passed
+                await self.queue.fail_chunks(state.session_id, [row.seq], "the stream had already read past this chunk "
+                                             "without a gap to fill: it cannot be decoded out of order")
                 continue
             side, windows = await self._gap_stream(state.session_id, row.seq, gap)
             late = _Live(side or live.stream, live.done_ms, "", chunk_ids=live.chunk_ids)
@@ -301,6 +314,7 @@ class Pipeline:
             for window in windows:
                 await self._transcribe(state, late, window, row.seq, from_seq=row.seq)
             await self.queue.commit(state.session_id, [], 0, row.seq, row.seq, [g.wire() for g in live.stream.gaps])
+        return False
 
     async def _gap_stream(self, session_id: str, seq: int, gap: Gap) -> tuple[SessionStream | None, list[Window]]:
         """A side stream over the late chunk and its neighbours that keeps only the gap's stretch of the timeline."""

@@ -226,6 +226,15 @@ class StreamQueue:
             )
         return inserted
 
+    async def reopen_after(self, session_id: str, seq: int, gaps: list[dict[str, Any]]) -> None:
+        """Chunks after `seq` that failed for want of its header go back to pending; the stream keeps `gaps`."""
+        async with self.db.write() as s:
+            await s.execute(update(Chunk).where(col(Chunk.session_id) == session_id, col(Chunk.seq) > seq,
+                                                col(Chunk.status) == ChunkStatus.FAILED, col(Chunk.deleted_at).is_(None))
+                            .values(status=ChunkStatus.PENDING, error=None, next_attempt_at=utcnow()))
+            await s.execute(update(TranscriptStream).where(col(TranscriptStream.session_id) == session_id)
+                            .values(gaps=json.dumps(gaps), updated_at=utcnow()))
+
     async def count_failure(self, session_id: str, attempts: int, reason: str) -> float | None:
         """A window failed: the delay before the next try, or None when it failed for good."""
         final = attempts > len(self.retry_delays)

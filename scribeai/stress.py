@@ -10,14 +10,21 @@ sends from it, at most `--window` chunks awaiting their ack; it pauses on `canAc
 `retryAfterMs`, and after a reconnect (`--drop-every K` cuts the connection after every K-th chunk) it
 rejoins the session, reads the missing-chunks list and resends everything unacked. Chunks are real
 WebM/Opus files of `--chunk-seconds` (speech looped from a clip, or synthetic voiced babble), encoded
-once with PyAV and cached on disk, so the server's transcription does real work.
+once with PyAV and cached on disk, so the server's transcription does real work (each is a complete file,
+so the server starts a new stream at each chunk and places it on the timeline by its timestamp).
 
 It measures the server, not itself: RSS, CPU and transcription backlog from GET /api/server/stats every
 `--sample-interval` seconds, the disk used by each session, ack latency, throughput, backpressure
-episodes and transcription lag (ack of a chunk -> its transcriptSegment). At the end it checks that the
-server holds every chunk (missing-chunks empty, totalChunks right) and that every segment arrived, then
-writes perf-report-<timestamp>.json (and a PNG with --plot). Exit status: 0 clean, 1 on any loss or
-failed check, 2 when the run could not happen (bad options, no server, --plot without matplotlib).
+episodes and transcription lag. The server transcribes a session as one recording cut into windows at
+pauses, so segments are not one per chunk: a segment's `seq` is the last chunk its audio touches, several
+may share one, a chunk of silence gets none. The lag of a chunk is its ack -> the first transcriptSegment
+with `seq` >= its sequence received after that ack (chunks no later segment covers are left out of it).
+At the end each recorder sends stopSession and polls GET /api/sessions/{id}/transcript until nothing is
+`pending` (at most --transcript-timeout); the run then checks that the server holds every chunk
+(missing-chunks empty, totalChunks right), that every chunk's transcription is `done` (none pending or
+failed, no unfilled gap) and that every segment the server stored reached the recorder, then writes
+perf-report-<timestamp>.json (and a PNG with --plot). Exit status: 0 clean, 1 on any loss or failed
+check, 2 when the run could not happen (bad options, no server, --plot without matplotlib).
 
 Everything lives in this module so that `scribeai stress` (scribeai/stress_cli.py) and the thin
 scripts/stress.py share it; it uses only the wire contract (plus auth.create_token to mint a token).
@@ -56,6 +63,8 @@ SAMPLE_RATE = 48_000
 AUDIO_VERSION = "stress-audio-1"  # part of the cache key: bump when the generated audio changes
 TRANSIENT_CODES = ("internal", "unavailable", "unauthorized", "timeout")
 EXIT_OK, EXIT_LOSS, EXIT_CANNOT_RUN = 0, 1, 2
+TRANSCRIPT_POLL_S = 0.25  # first interval of the transcript polls after stopSession (then x1.5, at most 2 s)
+SEGMENT_SETTLE_S = 30.0   # how long segments the server stored may take to reach the recorder once nothing is pending
 REPO_SPEECH = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "audio" / "speech_long.webm"
 
 
@@ -127,7 +136,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="while paused with nothing in flight and no word from the server for this long, send one chunk (default 15)")
     p.add_argument("--max-attempts", type=int, default=50, help="sends of one chunk before it counts as lost (default 50)")
     p.add_argument("--sample-interval", type=float, default=5.0, help="seconds between server samples (default 5)")
-    p.add_argument("--transcript-timeout", type=float, default=600.0, help="seconds to wait for the last segments after stopping (default 600)")
+    p.add_argument("--transcript-timeout", type=float, default=600.0, help="seconds to wait after stopSession for every chunk's transcription to finish (default 600)")
     p.add_argument("--reconnect-timeout", type=float, default=60.0, help="give a session up after this long without a connection (default 60)")
     p.add_argument("--storage-dir", type=Path, default=None, help="the server's STORAGE_DIR when it runs on this machine: disk usage by du")
     p.add_argument("--out", type=Path, default=Path("."), help="directory for perf-report-<timestamp>.json/.png (default .)")
@@ -356,6 +365,23 @@ class Episode:
     server_reason: str | None = None  # the metric the server named in its backpressure event (queue, latency, memory, ...)
 
 
+@dataclass(frozen=True)
+class SegmentSeen:
+    """A transcriptSegment as the recorder first received it (a window: chunks from_seq..seq)."""
+
+    t: float
+    conn: int
+    from_seq: int
+    seq: int
+
+
+def segment_key(data: dict[str, Any]) -> str:
+    """A segment's identity: its id, or (from servers without ids) where it lies on the recording."""
+    if data.get("id") is not None:
+        return str(data["id"])
+    return f"{data.get('fromSeq')}-{data.get('seq')}-{data.get('startMs')}-{data.get('endMs')}"
+
+
 @dataclass
 class Recorder:
     """One session recorded by a good client; all times are seconds since the run started."""
@@ -378,7 +404,7 @@ class Recorder:
     failed: dict[int, str] = field(default_factory=dict)
     lost_after_ack: set[int] = field(default_factory=set)
     acks: list[tuple[float, int, float, bool]] = field(default_factory=list)    # (time, seq, latency ms, duplicate)
-    segments: dict[int, tuple[float, int]] = field(default_factory=dict)        # seq -> (time, connection number)
+    segments: dict[str, SegmentSeen] = field(default_factory=dict)              # segment key -> first receipt
     errors: Counter[str] = field(default_factory=Counter)
     signals: Counter[str] = field(default_factory=Counter)                      # backpressure events by state
     episodes: list[Episode] = field(default_factory=list)
@@ -400,6 +426,9 @@ class Recorder:
     stop_reply: dict[str, Any] | None = None
     fatal: str | None = None
     completed: bool = False
+    transcript: dict[str, Any] | None = None      # the last GET .../transcript of the wait after stopSession
+    transcript_wait_s: float | None = None         # stopSession -> nothing pending
+    transcript_timed_out: bool = False
     bytes_acked: int = 0
     finished_at: float | None = None
     epoch_ms: int = field(default_factory=lambda: int(time.time() * 1000))  # the recording's start, for chunk timestamps
@@ -620,7 +649,9 @@ class Recorder:
     def _on_segment(self, conn: int, data: Any) -> None:
         if not isinstance(data, dict) or data.get("sessionId") != self.session_id or not isinstance(data.get("seq"), int):
             return
-        self.segments.setdefault(data["seq"], (self.clock(), conn))
+        seq = data["seq"]
+        from_seq = data["fromSeq"] if isinstance(data.get("fromSeq"), int) else seq
+        self.segments.setdefault(segment_key(data), SegmentSeen(self.clock(), conn, from_seq, seq))
         self._wake.set()
 
     def _on_completed(self, data: Any) -> None:
@@ -666,7 +697,7 @@ class Recorder:
         return client
 
     async def _connect(self) -> dict[str, Any]:
-        """Connect, join the session (room for its segments; replay after the contiguous prefix)."""
+        """Connect, join the session (room for its segments; replay from the last seq a segment came for)."""
         conn = self.conn_no + 1
         client = self._new_client(conn)
         try:
@@ -678,10 +709,12 @@ class Recorder:
         self._client, self.conn_no, self.connected = client, conn, True
         self.credits = None
         self._resume(self.clock())  # a new connection starts with fresh backpressure state on the server
-        prefix = next((s for s in range(self.options.chunks + 1) if s not in self.segments), 0)
         body: dict[str, Any] = {"sessionId": self.session_id}
-        if prefix > 0:
-            body["lastSeq"] = prefix - 1
+        # Several segments may share a seq, so the replay starts at the highest one received (lastSeq one below it):
+        # one that shares it and came while disconnected is replayed too; the repeats are recognised by id.
+        highest = max((seen.seq for seen in self.segments.values()), default=-1)
+        if highest > 0:
+            body["lastSeq"] = highest - 1
         try:
             reply = await client.call("joinSession", body, namespace=self.options.namespace, timeout=15)
         except socketio.exceptions.SocketIOError as exc:
@@ -756,7 +789,7 @@ class Recorder:
     # -- the end ---------------------------------------------------------------------------------
 
     async def _finish(self) -> None:
-        """stopSession with lastSeq, then wait for the segments (and for the last pause to end)."""
+        """stopSession with lastSeq, then wait for the transcription to finish (and for the last pause to end)."""
         if not self.connected and not await self._reconnect():
             return
         assert self._client is not None
@@ -766,20 +799,45 @@ class Recorder:
         except (socketio.exceptions.SocketIOError, TimeoutError) as exc:
             self.errors["stop_failed"] += 1
             self.stop_reply = {"error": {"code": "client", "message": str(exc)}}
-        deadline = self.clock() + self.options.transcript_timeout_s
-        expected = {s for s in range(self.options.chunks) if s not in self.failed}
-        settled_at: float | None = None
-        while self.transcribing and self.clock() < deadline and not expected <= set(self.segments):
-            if not self.connected and not await self._reconnect():
-                return
-            if self.completed:  # every chunk finished on the server: what has not come by now will not
-                settled_at = settled_at if settled_at is not None else self.clock()
-                if self.clock() - settled_at > 1.0:
-                    break
-            await self._nap(0.2)
+        if self.transcribing and not await self._await_transcription():
+            return
         end = self.clock() + 2.0
         while self.paused and self.clock() < end and self.connected:
             await self._nap(0.1)
+
+    async def _await_transcription(self) -> bool:
+        """Poll the transcript until no chunk is pending (stopSession flushed the last window), then give the
+        segments the server stored a moment to arrive live. False when the connection could not be had back."""
+        started = self.clock()
+        deadline = started + self.options.transcript_timeout_s
+        poll_s = TRANSCRIPT_POLL_S
+        while True:
+            if not self.connected and not await self._reconnect():
+                return False
+            polled = self.clock()
+            try:
+                self.transcript = await self.api.transcript(self.session_id)
+            except (aiohttp.ClientError, RuntimeError, TimeoutError, ValueError):
+                self.errors["transcript_failed"] += 1
+            if self.transcript is not None and not self.transcript.get("pending"):
+                break
+            if self.clock() >= deadline:
+                self.transcript_timed_out = True
+                break
+            wait_s = poll_s
+            while self.clock() - polled < wait_s:
+                await self._nap(wait_s - (self.clock() - polled))
+                if self.completed:  # session-completed: nothing is unfinished any more, poll (almost) at once
+                    wait_s = min(wait_s, 0.05)
+            poll_s = min(poll_s * 1.5, 2.0)
+        self.transcript_wait_s = self.clock() - started
+        stored = {segment_key(seg) for seg in (self.transcript or {}).get("segments") or [] if isinstance(seg, dict)}
+        settle = min(deadline, self.clock() + SEGMENT_SETTLE_S)
+        while not stored <= set(self.segments) and self.clock() < settle:
+            if not self.connected and not await self._reconnect():
+                return False
+            await self._nap(settle - self.clock())
+        return True
 
     def local_queue(self) -> int:
         return len(self.outbox)
@@ -983,8 +1041,8 @@ async def _verify(api: Api, recorders: list[Recorder], options: Options) -> dict
                 session = await api.session(r.session_id)
                 transcript = await api.transcript(r.session_id)
             except (aiohttp.ClientError, RuntimeError, TimeoutError, ValueError) as exc:
-                return r.session_id, {"missing": {}, "session": {}, "segmentSeqs": [], "error": f"{type(exc).__name__}: {exc}"}
-        return r.session_id, {"missing": missing, "session": session, "segmentSeqs": [s["seq"] for s in transcript.get("segments", [])]}
+                return r.session_id, {"missing": {}, "session": {}, "transcript": {}, "error": f"{type(exc).__name__}: {exc}"}
+        return r.session_id, {"missing": missing, "session": session, "transcript": transcript}
 
     found = dict(await asyncio.gather(*(one(r) for r in recorders)))
     if options.storage_dir is not None:
@@ -1022,22 +1080,42 @@ def _session_report(r: Recorder, v: dict[str, Any], options: Options) -> dict[st
         problems.append(f"server stores {session.get('bytes')} bytes for the session, the acked chunks hold {acked_bytes}")
     if "disk" in v and v["disk"]["bytes"] != acked_bytes:
         problems.append(f"STORAGE_DIR/{r.session_id} holds {v['disk']['bytes']} bytes, the acked chunks {acked_bytes}")
-    segments_missing: list[int] = []
+    transcript = v.get("transcript") or {}
+    stored_segments = [seg for seg in transcript.get("segments") or [] if isinstance(seg, dict)]
+    by_status = dict(session.get("chunksByStatus") or {})
+    done = int(by_status.get("done", 0))
+    pending = list(transcript.get("pending") or [])
+    failed = list(transcript.get("failed") or [])
+    gaps = list(transcript.get("gaps") or [])
+    not_received = [segment_key(seg) for seg in stored_segments if segment_key(seg) not in r.segments]
+    covered = {seq for seg in stored_segments if isinstance(seg.get("seq"), int)
+               for seq in range(seg["fromSeq"] if isinstance(seg.get("fromSeq"), int) else seg["seq"], seg["seq"] + 1)}
     if r.transcribing:
-        segments_missing = sorted(set(range(n)) - set(r.segments))
-        if segments_missing:
-            stored = set(v["segmentSeqs"])
-            problems.append(f"{len(segments_missing)} transcript segments not received: {segments_missing[:20]} "
-                            f"({len([s for s in segments_missing if s in stored])} of them stored on the server; "
-                            f"chunks by status {session.get('chunksByStatus')})")
+        # Segments are windows cut at pauses and silence gets none: the server's chunk status says what is transcribed.
+        not_done = sum(by_status.values()) - done
+        if not_done or pending or failed:
+            waited = (f"; still pending {r.transcript_wait_s:.1f} s after stopSession"
+                      if r.transcript_timed_out and r.transcript_wait_s is not None else "")
+            problems.append(f"{not_done} stored chunks not transcribed: pending {pending[:20]}, "
+                            f"failed {[f.get('seq') if isinstance(f, dict) else f for f in failed][:20]} "
+                            f"(chunks by status {by_status}{waited})")
+        unfilled = [g for g in gaps if not (isinstance(g, dict) and g.get("filled"))]
+        if unfilled:
+            problems.append(f"{len(unfilled)} transcript gaps never filled: {unfilled[:5]}")
+        if not_received:
+            problems.append(f"{len(not_received)} of the {len(stored_segments)} transcript segments the server stored "
+                            f"never reached the recorder: {not_received[:10]}")
     return {
         "sessionId": r.session_id, "chunksAcked": len(r.acked), "acksNew": r.stored, "duplicates": r.duplicates,
         "resends": r.resends, "failed": {str(k): c for k, c in r.failed.items()}, "bytesAcked": acked_bytes,
         "server": {"missing": missing.get("missing"), "maxSeq": missing.get("maxSeq"), "totalChunks": missing.get("totalChunks"),
                    "bytes": session.get("bytes"), "durationMs": session.get("durationMs"), "status": session.get("status"),
-                   "chunksByStatus": session.get("chunksByStatus"), "segmentsStored": len(v["segmentSeqs"])},
+                   "chunksByStatus": session.get("chunksByStatus"), "segmentsStored": len(stored_segments)},
         "disk": v.get("disk") or {"bytes": session.get("bytes"), "method": "rest"},
-        "stopReply": r.stop_reply, "segmentsReceived": len(r.segments), "segmentsMissing": segments_missing,
+        "stopReply": r.stop_reply, "chunksDone": done, "chunksPending": pending, "chunksFailed": failed, "gaps": gaps,
+        "chunksWithoutSegment": sorted(set(range(n)) - covered), "segmentsReceived": len(r.segments),
+        "segmentsNotReceived": not_received,
+        "transcriptWaitS": None if r.transcript_wait_s is None else round(r.transcript_wait_s, 3),
         "backpressureEpisodes": len(r.episodes), "reconnects": r.reconnects, "probes": r.probes,
         "errors": dict(r.errors), "ok": not problems, "problems": problems,
     }
@@ -1061,6 +1139,18 @@ def _rss_shape(samples: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
             "secondHalfSlopeMiBPerMin": slope, "samples": len(rows)}
 
 
+def chunk_lags(r: Recorder) -> dict[int, tuple[float, bool]]:
+    """Per acked chunk: ms from its ack to the first segment with seq >= its sequence received after the ack, and
+    whether that segment came on the connection of the ack. Chunks no later segment reaches are left out."""
+    arrivals = sorted(r.segments.values(), key=lambda x: x.t)
+    lags: dict[int, tuple[float, bool]] = {}
+    for seq, t_ack in r.acked.items():
+        first = next((x for x in arrivals if x.seq >= seq and x.t >= t_ack), None)
+        if first is not None:
+            lags[seq] = ((first.t - t_ack) * 1000, first.conn == r.ack_conn.get(seq))
+    return lags
+
+
 def build_report(options: Options, audio: ChunkAudio, engine: str, started_at: datetime, wall_s: float,
                  recorders: list[Recorder], sampler: Sampler, verification: dict[str, dict[str, Any]],
                  stats_before: dict[str, Any], stats_after: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -1079,23 +1169,25 @@ def build_report(options: Options, audio: ChunkAudio, engine: str, started_at: d
         signals.update(r.signals)
     episodes = [(r.index, e) for r in recorders for e in r.episodes]
     paused_s = sum((e.end if e.end is not None else wall_s) - e.start for _, e in episodes)
-    lag_all, lag_same = [], []
-    for r in recorders:
-        for seq, (t_seg, conn) in r.segments.items():
-            if seq in r.acked:
-                lag = (t_seg - r.acked[seq]) * 1000
-                lag_all.append(lag)
-                if r.ack_conn.get(seq) == conn:
-                    lag_same.append(lag)
+    lags = {r.index: chunk_lags(r) for r in recorders}
+    lag_all = [lag for per in lags.values() for lag, _ in per.values()]
+    lag_same = [lag for per in lags.values() for lag, same in per.values() if same]
     transcription: dict[str, Any] = {"engine": engine, "checked": engine != "none"}
     if engine == "none":
-        transcription["note"] = "the server runs TRANSCRIBER=none: no segments are made, the segment check is skipped"
+        transcription["note"] = "the server runs TRANSCRIBER=none: no segments are made, the transcription check is skipped"
     else:
         transcription.update(
-            segmentsExpected=planned, segmentsReceived=sum(len(r.segments) for r in recorders),
+            chunksExpected=planned, chunksDone=sum(s["chunksDone"] for s in sessions),
+            segmentsReceived=sum(len(r.segments) for r in recorders),
+            segmentsStored=sum(s["server"]["segmentsStored"] for s in sessions),
+            chunksWithoutSegment=sum(len(s["chunksWithoutSegment"]) for s in sessions),
             lagMs=summary(lag_all), lagSameConnectionMs=summary(lag_same),
-            lagNote="chunk acked (stored) -> its transcriptSegment received, client clock; 'sameConnection' leaves out "
-                    "segments replayed by joinSession after a reconnect",
+            lagNote="chunk acked (stored) -> the first transcriptSegment with seq >= the chunk's received after that ack, "
+                    "client clock; chunks no later segment covers (silence at the end) are left out; 'sameConnection' "
+                    "leaves out segments received on another connection than the ack (replayed by joinSession)",
+            transcriptWaitS=summary([r.transcript_wait_s for r in recorders if r.transcript_wait_s is not None]),
+            doneNote="a chunk is transcribed when the server's status for it is done (GET /api/sessions/{id}/transcript "
+                     "lists it neither pending nor failed); segments are windows cut at pauses, several chunks each",
         )
     reconnects = [c for r in recorders for c in r.reconnects]
     cpu = [s["cpuPercent"] for s in sampler.samples if s.get("cpuPercent") is not None]
@@ -1141,9 +1233,12 @@ def build_report(options: Options, audio: ChunkAudio, engine: str, started_at: d
         "sessions": sessions,
         "timeSeries": {"samples": sampler.samples,
                        "acks": [[round(t, 3), r.index, seq, round(lat, 2), dup] for r in recorders for t, seq, lat, dup in r.acks],
-                       "segments": [[round(t, 3), r.index, seq, round((t - r.acked[seq]) * 1000, 1) if seq in r.acked else None]
-                                    for r in recorders for seq, (t, _) in sorted(r.segments.items())],
-                       "columns": {"acks": ["t", "session", "seq", "latencyMs", "duplicate"], "segments": ["t", "session", "seq", "lagMs"]}},
+                       "segments": [[round(x.t, 3), r.index, x.from_seq, x.seq, x.conn]
+                                    for r in recorders for x in sorted(r.segments.values(), key=lambda x: (x.t, x.seq))],
+                       "chunkLag": [[r.index, seq, round(lag, 1)] for r in recorders for seq, (lag, _) in sorted(lags[r.index].items())],
+                       "columns": {"acks": ["t", "session", "seq", "latencyMs", "duplicate"],
+                                   "segments": ["t", "session", "fromSeq", "seq", "connection"],
+                                   "chunkLag": ["session", "seq", "lagMs"]}},
         "verdict": {"ok": not problems, "problems": problems},
     }
     return report
@@ -1230,7 +1325,8 @@ def summary_table(report: dict[str, Any], path: Path | None) -> str:
     ]
     if tr["checked"]:
         lag = tr["lagMs"]
-        rows.append(("transcripts", f"{tr['segmentsReceived']}/{tr['segmentsExpected']} segments, lag p50 {lag['p50']} ms p95 {lag['p95']} ms"))
+        rows.append(("transcripts", f"{tr['chunksDone']}/{tr['chunksExpected']} chunks done, {tr['segmentsReceived']} segments "
+                                    f"({tr['segmentsStored']} stored), lag p50 {lag['p50']} ms p95 {lag['p95']} ms over {lag['count']} chunks"))
     else:
         rows.append(("transcripts", tr["note"]))
     rows.append(("verdict", "OK" if report["verdict"]["ok"] else "LOSS: " + "; ".join(report["verdict"]["problems"][:5])))

@@ -1,5 +1,8 @@
 """The stress client (scripts/stress.py, `scribeai stress`) against real servers: its report is checked
-against what the server stored, reconnects lose nothing, a slow engine makes it pause and still finish."""
+against what the server stored, reconnects lose nothing, a slow engine makes it pause and still finish.
+
+The server transcribes a session as one recording cut into windows at pauses: a segment spans chunks
+fromSeq..seq, so the checks count chunks whose status is done, not segments per chunk."""
 
 from __future__ import annotations
 
@@ -76,10 +79,25 @@ async def stored_chunks(server: RunningServer, session_id: str) -> list[Chunk]:
         return list(rows)
 
 
-async def stored_segment_seqs(server: RunningServer, session_id: str) -> list[int]:
+async def stored_segments(server: RunningServer, session_id: str) -> list[TranscriptSegment]:
     async with server.services.db.read() as s:
         rows = (await s.execute(select(TranscriptSegment).where(TranscriptSegment.session_id == session_id))).scalars()  # type: ignore[arg-type]
-        return sorted(row.seq for row in rows)
+        return sorted(rows, key=lambda row: (row.seq, row.start_ms))
+
+
+def chunks_covered(segments: list[TranscriptSegment]) -> set[int]:
+    """The chunks whose audio went into some segment's window (fromSeq..seq)."""
+    return {seq for segment in segments for seq in range(segment.from_seq, segment.seq + 1)}
+
+
+def check_lag_series(report: dict[str, Any]) -> None:
+    """Each chunk's lag runs from its ack to the first segment received after it whose seq reaches the chunk."""
+    acks = {(a[1], a[2]): a[0] for a in report["timeSeries"]["acks"]}
+    segments = report["timeSeries"]["segments"]  # [t, session, fromSeq, seq, connection]
+    for session, seq, lag_ms in report["timeSeries"]["chunkLag"]:
+        t_ack = acks[(session, seq)]
+        first = min(x[0] for x in segments if x[1] == session and x[3] >= seq and x[0] >= t_ack)
+        assert abs(first - t_ack - lag_ms / 1000) <= 0.002, (session, seq, lag_ms, t_ack, first)
 
 
 def files_on_disk(server: RunningServer, session_id: str) -> dict[str, int]:
@@ -88,7 +106,6 @@ def files_on_disk(server: RunningServer, session_id: str) -> dict[str, int]:
 
 
 @SQLITE
-@pytest.mark.xfail(reason="not yet rewritten for stream transcription (segments are windows cut at pauses, not one per chunk); open in issue 9", strict=False)
 async def test_report_matches_what_the_server_stored(start_server: ServerFactory, fake_api: FakeTranscriptionAPI,
                                                      tmp_path: Path, audio_cache: Path) -> None:
     server = await start_server(transcriber="openai", openai_base_url=await fake_api.start(), openai_api_key="k")
@@ -99,17 +116,25 @@ async def test_report_matches_what_the_server_stored(start_server: ServerFactory
     assert report["server"]["engine"] == "openai"
     sizes = [len(v) for v in stress.load_chunk_audio(0.5, "auto", audio_cache, 32_000, 4).variants]
     expected_bytes = sum(sizes[seq % 4] for seq in range(12))
+    stored_segment_count, stored_texts = 0, []
     for entry in report["sessions"]:
         sid = entry["sessionId"]
         chunks = await stored_chunks(server, sid)
         assert [c.seq for c in chunks] == list(range(12))
         assert {c.mime_type for c in chunks} == {stress.MIME_TYPE}
+        assert {c.status for c in chunks} == {"done"}
         assert sum(c.size for c in chunks) == entry["bytesAcked"] == entry["server"]["bytes"] == expected_bytes
         assert sum(files_on_disk(server, sid).values()) == entry["disk"]["bytes"] == expected_bytes
         assert entry["disk"]["files"] == 12
         assert entry["server"]["missing"] == [] and entry["server"]["totalChunks"] == 12 and entry["server"]["maxSeq"] == 11
-        assert await stored_segment_seqs(server, sid) == list(range(12))
-        assert (entry["segmentsReceived"], entry["segmentsMissing"]) == (12, [])
+        segments = await stored_segments(server, sid)
+        stored_segment_count += len(segments)
+        stored_texts += [seg.text for seg in segments]
+        assert segments and segments[-1].seq == 11 and chunks_covered(segments) == set(range(12))  # real speech throughout
+        assert entry["server"]["segmentsStored"] == entry["segmentsReceived"] == len(segments) and entry["segmentsNotReceived"] == []
+        assert (entry["chunksDone"], entry["chunksPending"], entry["chunksFailed"], entry["gaps"]) == (12, [], [], [])
+        assert entry["chunksWithoutSegment"] == [] and entry["server"]["chunksByStatus"] == {"done": 12}
+        assert entry["transcriptWaitS"] is not None and entry["transcriptWaitS"] < options.transcript_timeout_s
         assert entry["stopReply"]["status"] == "stopped" and entry["stopReply"]["missing"] == []
     counters = server.services.realtime.counters
     totals = report["totals"]
@@ -118,11 +143,16 @@ async def test_report_matches_what_the_server_stored(start_server: ServerFactory
     assert totals["duplicates"] == counters.get("chunks_duplicate", 0) == 0
     assert (totals["successRate"], totals["failed"], totals["lostAfterAck"]) == (1.0, 0, 0)
     assert report["disk"]["bytes"] == 2 * expected_bytes == totals["bytesAcked"]
-    assert len(fake_api.requests) == 24  # every chunk really went through transcription
+    # every window really went through the engine, one request (and one segment) each
+    assert len(fake_api.requests) == stored_segment_count >= 2 and sorted(fake_api.answers) == sorted(stored_texts)
     assert report["ackLatencyMs"]["count"] == 24 and 0 < report["ackLatencyMs"]["min"] <= report["ackLatencyMs"]["p50"]
     assert report["ackLatencyMs"]["p50"] <= report["ackLatencyMs"]["p95"] <= report["ackLatencyMs"]["p99"] <= report["ackLatencyMs"]["max"]
-    lag = report["transcription"]["lagMs"]
-    assert (report["transcription"]["segmentsReceived"], lag["count"]) == (24, 24) and lag["p50"] <= lag["p95"]
+    tr = report["transcription"]
+    lag = tr["lagMs"]
+    assert (tr["chunksExpected"], tr["chunksDone"], tr["chunksWithoutSegment"]) == (24, 24, 0)
+    assert tr["segmentsReceived"] == tr["segmentsStored"] == stored_segment_count
+    assert lag["count"] == 24 and 0 <= lag["min"] <= lag["p50"] <= lag["p95"]  # every chunk: a later segment reached it
+    check_lag_series(report)
     assert report["throughput"]["chunksPerS"] > 0 and report["throughput"]["kbPerS"] > 0
     assert report["errors"] == {} and report["reconnects"]["count"] == 0
     samples = report["timeSeries"]["samples"]
@@ -130,14 +160,14 @@ async def test_report_matches_what_the_server_stored(start_server: ServerFactory
     assert samples[-1]["acked"] == 24 and samples[-1]["diskBytes"] == 2 * expected_bytes
     rss = report["serverResources"]["rssBytes"]
     assert rss["start"] > 0 and rss["end"] > 0 and rss["max"] >= rss["end"]
-    assert len(report["timeSeries"]["acks"]) == 24 and len(report["timeSeries"]["segments"]) == 24
+    assert len(report["timeSeries"]["acks"]) == 24 and len(report["timeSeries"]["segments"]) == stored_segment_count
+    assert sorted((c[0], c[1]) for c in report["timeSeries"]["chunkLag"]) == [(i, seq) for i in range(2) for seq in range(12)]
     assert report["settings"]["chunks"] == 12 and report["settings"]["sessions"] == 2 and report["settings"]["secret"] == "<given>"
     path = stress.write_report(report, options.out_dir)
     assert path.name.startswith("perf-report-") and json.loads(path.read_text())["totals"] == totals
 
 
 @SQLITE
-@pytest.mark.xfail(reason="not yet rewritten for stream transcription (segments are windows cut at pauses, not one per chunk); open in issue 9", strict=False)
 async def test_drop_every_resumes_with_nothing_missing(start_server: ServerFactory, fake_api: FakeTranscriptionAPI,
                                                        tmp_path: Path, audio_cache: Path) -> None:
     server = await start_server(transcriber="openai", openai_base_url=await fake_api.start(), openai_api_key="k")
@@ -158,13 +188,18 @@ async def test_drop_every_resumes_with_nothing_missing(start_server: ServerFacto
     counters = server.services.realtime.counters
     assert report["totals"]["duplicates"] == counters.get("chunks_duplicate", 0) >= 1  # at least chunk 7's resend
     assert counters["chunks_stored"] == 12 and report["totals"]["acksNew"] == 11  # the one swallowed ack was a new one
-    assert await stored_segment_seqs(server, entry["sessionId"]) == list(range(12))
-    assert entry["segmentsReceived"] == 12
+    assert {c.status for c in chunks} == {"done"}
+    segments = await stored_segments(server, entry["sessionId"])
+    assert segments and segments[-1].seq == 11 and chunks_covered(segments) == set(range(12))
+    assert entry["segmentsReceived"] == entry["server"]["segmentsStored"] == len(segments) and entry["segmentsNotReceived"] == []
+    assert (entry["chunksDone"], entry["chunksPending"], entry["chunksFailed"]) == (12, [], [])
+    assert all(gap["filled"] for gap in entry["gaps"])
+    assert report["transcription"]["lagMs"]["count"] == 12
+    check_lag_series(report)
     assert "verdict       OK" in out
 
 
 @SQLITE
-@pytest.mark.xfail(reason="not yet rewritten for stream transcription (segments are windows cut at pauses, not one per chunk); open in issue 9", strict=False)
 async def test_slow_engine_makes_it_pause_and_it_still_completes(start_server: ServerFactory, fake_api: FakeTranscriptionAPI,
                                                                  tmp_path: Path, audio_cache: Path) -> None:
     fake_api.delay_s = 0.12
@@ -186,8 +221,14 @@ async def test_slow_engine_makes_it_pause_and_it_still_completes(start_server: S
         (t_ack, latency_ms), *_ = [(a[0], a[3]) for a in report["timeSeries"]["acks"] if a[2] == refusal["seq"]]
         assert t_ack - latency_ms / 1000 >= refusal["t"] + refusal["retryAfterMs"] / 1000 - 0.01
     (entry,) = report["sessions"]
-    assert [c.seq for c in await stored_chunks(server, entry["sessionId"])] == list(range(16))
-    assert (report["totals"]["chunksAcked"], report["transcription"]["segmentsReceived"]) == (16, 16)
+    chunks = await stored_chunks(server, entry["sessionId"])
+    assert [c.seq for c in chunks] == list(range(16)) and {c.status for c in chunks} == {"done"}
+    segments = await stored_segments(server, entry["sessionId"])
+    assert segments and segments[-1].seq == 15 and chunks_covered(segments) == set(range(16))
+    assert (report["totals"]["chunksAcked"], report["transcription"]["chunksDone"]) == (16, 16)
+    assert report["transcription"]["segmentsReceived"] == report["transcription"]["segmentsStored"] == len(segments)
+    assert report["transcription"]["lagMs"]["count"] == 16
+    check_lag_series(report)
     assert report["verdict"]["ok"] is True
 
 

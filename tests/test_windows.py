@@ -363,3 +363,14 @@ def test_silero_speed_on_30_s(silero: SileroDetector, speech: NDArray[np.float32
     print(f"\nSilero VAD on 30 s: {whole * 1000:.1f} ms in one call; "
           f"Windower at 20 ms pieces: {windowed * 1000:.1f} ms")
     assert len(found) >= 5
+
+
+def test_settle_takes_the_best_pause_seen_instead_of_waiting_for_target() -> None:
+    windower = Windower(LoudDetector())
+    # 14.5 s held: pauses at 7.8-8.2 s and 13.8-14.2 s; add() waits, since a pause nearer 20 s may still come
+    held = feed(windower, SENTENCES[: 14_500 * PER_MS], 1000, flush=False)
+    assert held == [] and windower.pending_ms == 14_500.0
+    settled = windower.settle()
+    assert [summary(w) for w in settled] == [(0.0, 14000.0, 0, 4, 13400.0, 14000.0)]  # the pause past min_ms, cut in its middle
+    assert windower.settle() == []  # 0.5 s left: below min_ms
+    assert Windower(LoudDetector()).settle() == []  # nothing held

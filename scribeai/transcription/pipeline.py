@@ -44,6 +44,7 @@ class _Live:
     prompt: str
     last_read_at: float = field(default_factory=time.monotonic)
     chunk_ids: dict[int, str] = field(default_factory=dict)
+    read_at: dict[int, float] = field(default_factory=dict)  # seq -> when it was read (how long its audio is held)
 
 
 class Pipeline:
@@ -51,7 +52,8 @@ class Pipeline:
 
     def __init__(self, db: Database, store: ChunkStore, engine: Engine, sio: socketio.AsyncServer | None, *,
                  node_id: str, workers: int, chunk_duration_ms: int, retry_base_s: float = 1.0,
-                 metrics: Metrics | None = None, gap_wait_s: float = 15.0, idle_flush_s: float = 40.0) -> None:
+                 metrics: Metrics | None = None, gap_wait_s: float = 15.0, idle_flush_s: float = 40.0,
+                 window_wait_s: float = 5.0) -> None:
         self.db = db
         self.store = store
         self.engine = engine
@@ -62,6 +64,7 @@ class Pipeline:
         self.chunk_duration_ms = chunk_duration_ms
         self.gap_wait_s = gap_wait_s
         self.idle_flush_s = idle_flush_s
+        self.window_wait_s = window_wait_s
         self.on_transcribed: Callable[[str], Awaitable[None]] | None = None
         self.completed = 0  # windows transcribed
         self.failed = 0
@@ -213,15 +216,28 @@ class Pipeline:
             self._streams.pop(state.session_id, None)  # read again from the late first chunk, next turn
             return 0.0
         due = await self._read(state, live)
-        held = live.stream.windower.pending_ms > 0
+        windower = live.stream.windower
         idle = time.monotonic() - live.last_read_at
-        if held and (flush_all or state.status != SessionStatus.RECORDING or idle >= self.idle_flush_s):
+        if windower.pending_ms > 0 and (flush_all or state.status != SessionStatus.RECORDING or idle >= self.idle_flush_s):
             await self._transcribe_all(state, live, await asyncio.to_thread(live.stream.flush))
+        elif self._held_for(live) >= self.window_wait_s:
+            await self._transcribe_all(state, live, await asyncio.to_thread(windower.settle))
         await self.check_completed(state.session_id)
-        if live.stream.windower.pending_ms > 0:
-            wait = max(0.5, self.idle_flush_s - (time.monotonic() - live.last_read_at))
-            due = wait if due is None else min(due, wait)
+        if windower.pending_ms > 0:
+            now = time.monotonic()
+            wait = self.idle_flush_s - (now - live.last_read_at)
+            if self._held_for(live) < self.window_wait_s:
+                wait = min(wait, self.window_wait_s - self._held_for(live))
+            due = max(0.2, wait) if due is None else min(due, max(0.2, wait))
+        first = windower.first_pending_seq
+        live.read_at = {seq: at for seq, at in live.read_at.items() if first is not None and seq >= first}
         return due
+
+    @staticmethod
+    def _held_for(live: _Live) -> float:
+        """Seconds the oldest audio waiting for its window has been held."""
+        first = live.stream.windower.first_pending_seq
+        return 0.0 if first is None else time.monotonic() - live.read_at.get(first, time.monotonic())
 
     async def _rebuild(self, state: StreamState) -> _Live:
         """The stream from its last container header before the first unfinished chunk, skipping what is done."""
@@ -268,7 +284,7 @@ class Pipeline:
                 stream.timing = Timing(row.timestamp_ms, self.chunk_duration_ms)  # the true origin, once known
             data = await asyncio.to_thread(self.store.read, row.path)
             live.chunk_ids[row.seq] = row.id
-            live.last_read_at = time.monotonic()
+            live.last_read_at = live.read_at[row.seq] = time.monotonic()
             if row.status == ChunkStatus.PENDING:
                 await self.queue.mark_read([row.id])
             try:

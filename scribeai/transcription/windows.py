@@ -223,6 +223,22 @@ class Windower:
         self._reset()
         return windows
 
+    def settle(self) -> list[Window]:
+        """No more audio for now: cut at the best complete pause already seen once min_ms is pending.
+
+        For live latency: `add()` waits for a pause nearer target_ms that later audio might bring; a caller
+        whose held audio has waited long enough takes the best pause it has instead of waiting on.
+        """
+        windows: list[Window] = []
+        while self._live and self._analyzed - self._pos0 >= self._min:
+            gaps = _gaps(self._audible(self._analyzed), self._pos0, self._analyzed)
+            options = [(self._cost(gap, cut), cut) for gap in gaps
+                       if gap.length >= self._pause and not gap.open and (cut := self._place(gap)) is not None]
+            if not options:
+                break
+            windows.append(self._emit(min(options)[1]))
+        return windows
+
     def _n(self, ms: float) -> int:
         return round(ms * self._rate / 1000)
 

@@ -240,3 +240,14 @@ async def test_openai_unreachable_server_fails_retryably(unused_tcp_port: int) -
         assert "ClientConnectorError" in info.value.reason
     finally:
         await engine.close()
+
+
+def test_known_hallucinations_are_dropped_only_without_support() -> None:
+    from scribeai.transcription.engines import keep_piece
+
+    assert keep_piece(" Thank you.", avg_logprob=-0.9, no_speech_prob=0.05) is False  # the classic over a pause
+    assert keep_piece(" Thank you.", avg_logprob=-0.2, no_speech_prob=0.01) is True  # said clearly: kept
+    assert keep_piece(" Thanks for watching!", avg_logprob=-0.3, no_speech_prob=0.4) is False
+    assert keep_piece(" The budget is ready.", avg_logprob=-1.2, no_speech_prob=0.7) is False  # whisper's own silence rule
+    assert keep_piece(" The budget is ready.", avg_logprob=-1.2, no_speech_prob=0.3) is True
+    assert keep_piece(" ... ", avg_logprob=-0.1, no_speech_prob=0.0) is False

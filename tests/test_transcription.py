@@ -258,3 +258,24 @@ async def test_a_latency_episode_ends_when_the_connection_queue_drains(start_ser
     assert bodies[0]["reason"] == "latency"
     third = await client.call("audio-chunk", chunk("slowish", 2, HELLO, mimeType="audio/wav"), timeout=5)
     assert third["canAccept"] is False  # the engine is still slow: a new chunk starts a new episode
+
+
+async def test_no_session_completed_while_a_chunk_is_missing(start_server: ServerFactory, connect: Any,
+                                                             fake_api: FakeTranscriptionAPI) -> None:
+    server = await start_server(transcriber="openai", openai_base_url=await fake_api.start(), gap_wait_s=0.2)
+    client = await connect(server.url)
+    await client.call("start-session", {"sessionId": "holey"}, timeout=5)
+    for seq in (0, 2):
+        await client.call("audio-chunk", chunk("holey", seq, HELLO, mimeType="audio/wav"), timeout=5)
+    stopped = await client.call("stopSession", {"sessionId": "holey"}, timeout=5)
+    assert stopped["missing"] == [1]
+    await server.services.pipeline.drain()
+    names: list[str] = []
+    with pytest.raises(socketio.exceptions.TimeoutError):
+        while True:
+            names.append((await client.receive(timeout=1))[0])
+    assert "session-completed" not in names and names.count("transcriptSegment") == 2
+    await client.call("audio-chunk", chunk("holey", 1, HELLO, mimeType="audio/wav"), timeout=5)  # the resend
+    while "session-completed" not in names:
+        names.append((await client.receive(timeout=10))[0])
+    assert names.count("transcriptSegment") == 3

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import socketio
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlmodel import col
 
 from scribeai.db import Database, affected
@@ -417,17 +417,18 @@ class Pipeline:
             await self.sio.emit("transcript-updated", updated, room=room_of(segment.session_id), namespace=namespace)
 
     async def check_completed(self, session_id: str) -> None:
-        """Once a stopped session has no unfinished chunk, say session-completed (once)."""
+        """Once a stopped session has every sequence stored and none unfinished, say session-completed (once)."""
         async with self.db.read() as s:
             session = await s.get(RecordingSession, session_id)
             if session is None or session.status != SessionStatus.STOPPED or session.completed_at is not None:
                 return
-            unfinished = (await s.execute(
-                select(func.count()).select_from(Chunk)
-                .where(col(Chunk.session_id) == session_id, col(Chunk.status).in_(ChunkStatus.UNFINISHED))
-            )).scalar_one()
-        if unfinished:
-            return
+            stored, highest, unfinished = (await s.execute(
+                select(func.count(), func.max(col(Chunk.seq)),
+                       func.coalesce(func.sum(case((col(Chunk.status).in_(ChunkStatus.UNFINISHED), 1), else_=0)), 0))
+                .where(col(Chunk.session_id) == session_id)
+            )).one()
+        if unfinished or (highest is not None and stored != highest + 1):
+            return  # a missing chunk may still be resent: not complete yet
         async with self.db.write() as s:
             claimed = await s.execute(
                 update(RecordingSession).where(col(RecordingSession.id) == session_id, col(RecordingSession.completed_at).is_(None))

@@ -7,12 +7,21 @@ PYTEST_ARGS ?=
 .PHONY: serve test install install-test js-deps system-deps bench clean
 
 $(BIN)/python:
+	@echo "creating $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# Two stamps: .installed-serve (the server alone, `make serve`) and .installed (server + test extras,
+# `make test`); the test install covers serving too, so it touches both.
+$(VENV)/.installed-serve: pyproject.toml | $(BIN)/python
+	@echo "installing the server's dependencies (first run: about a minute)…"
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
+	@echo "installing the server's and the tests' dependencies (first run: a few minutes)…"
 	$(BIN)/pip install --quiet -e '.[test]'
-	touch $@
+	@touch $@ $(VENV)/.installed-serve
 
 install: $(VENV)/.installed
 
@@ -36,7 +45,8 @@ system-deps:
 		echo "note:$$missing not installed and not root: the real-browser test will skip (sudo apt-get install -y$$missing)"; \
 	fi
 
-serve: install
+serve: $(VENV)/.installed-serve
+	@echo "starting ScribeAI on :$${PORT:-3001} (Ctrl-C or SIGTERM stops it gracefully)"
 	$(BIN)/scribeai serve
 
 test: install js-deps system-deps

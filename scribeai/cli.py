@@ -1,8 +1,14 @@
-"""Command line: `scribeai serve`, `scribeai token create`, and the operator commands."""
+"""Command line: `scribeai serve`, `scribeai token create`, and the operator commands.
+
+Only argparse and the settings are imported up front: each subcommand imports what it needs
+(the server, the database, PyAV, whisper) when it runs, so `--help` and `token create` start at once.
+Ordinary mistakes (a bad setting, a port in use, an unusable model) print one line and exit with 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -10,8 +16,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from scribeai.settings import Settings
+from scribeai.settings import SettingError, Settings
 
+EXIT_USAGE = 2
+_BIND_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
+log = logging.getLogger("scribeai")
 Command = Callable[[argparse.Namespace, Settings], int]
 
 
@@ -42,6 +51,10 @@ def setup_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
 
 
+class UsageError(Exception):
+    """A mistake of the operator's (not a bug): `main` prints it as one line and exits with 2."""
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
@@ -50,10 +63,45 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     setup_logging(settings)
 
     async def run() -> None:
-        await serve(create_app(settings), settings.host, settings.port)
+        try:
+            await serve(create_app(settings), settings.host, settings.port)
+        except OSError as exc:
+            if exc.errno in _BIND_ERRORS and "bind" in str(exc):  # asyncio's create_server: "...while attempting to bind..."
+                raise UsageError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc} "
+                                 "(another server running? choose another PORT or --port)") from exc
+            raise
+        except ValueError as exc:
+            if not _raised_by(exc, ("faster_whisper", "huggingface_hub")):
+                raise
+            # faster-whisper/huggingface_hub refuse a WHISPER_MODEL that is no size name, repo id or directory.
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"setting WHISPER_MODEL={settings.whisper_model!r}: {first_line}") from exc
 
     asyncio.run(run())
+    log.info("ScribeAI stopped")
     return 0
+
+
+
+
+def _raised_by(exc: BaseException, packages: tuple[str, ...]) -> bool:
+    """Whether the innermost frame of `exc`'s traceback is in one of these packages."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = str(tb.tb_frame.f_globals.get("__name__", "")) if tb is not None else ""
+    return module.split(".")[0] in packages
+
+
+def _positive_seconds(value: str) -> int:
+    try:
+        seconds = int(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a whole number of seconds, not {value!r}") from exc
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds (a token with ttl {seconds} is expired at once); "
+                                         "leave --ttl out for a token that does not expire")
+    return seconds
 
 
 def _token_create(args: argparse.Namespace, settings: Settings) -> int:
@@ -79,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="access tokens").add_subparsers(dest="token_command", required=True)
     create = token.add_parser("create", help="print a token for a user")
     create.add_argument("--user", required=True, help="user id (the token's sub)")
-    create.add_argument("--ttl", type=int, default=None, help="lifetime in seconds (default: no expiry)")
+    create.add_argument("--ttl", type=_positive_seconds, default=None, help="lifetime in seconds, more than 0 (default: no expiry)")
     create.set_defaults(func=_token_create, overrides=())
 
     for register in _EXTRA_COMMANDS:
@@ -91,29 +139,39 @@ def build_parser() -> argparse.ArgumentParser:
 _EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 
 
-def _load_extra_commands() -> None:
+def _load_extra_commands(running: str | None = None) -> None:
+    """Register the other modules' subcommands; with `running` given, a module's `register_listing`
+    (a name in --help, no heavy imports) stands in for its full `register` unless it is that command."""
     import importlib
 
-    for module in ("scribeai.retention_cli", "scribeai.transcription.cli", "scribeai.stress_cli"):
+    for command, module in (("retention", "scribeai.retention_cli"), ("transcripts", "scribeai.transcription.cli"),
+                            ("stress", "scribeai.stress_cli")):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
             if exc.name != module:
                 raise
             continue
-        _EXTRA_COMMANDS.append(mod.register)
+        listing = getattr(mod, "register_listing", None)
+        _EXTRA_COMMANDS.append(listing if listing and running is not None and running != command else mod.register)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _load_extra_commands()
+    """Parse the command line, build the settings, run the subcommand; its exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _load_extra_commands(running=next((arg for arg in argv if not arg.startswith("-")), ""))
     args = build_parser().parse_args(argv)
     overrides = {name: getattr(args, name, None) for name in args.overrides}
     from pathlib import Path
 
     if overrides.get("storage_dir"):
         overrides["storage_dir"] = Path(str(overrides["storage_dir"]))
-    settings = Settings.from_env(**overrides)
-    return int(args.func(args, settings))
+    try:
+        settings = Settings.from_env(**overrides)
+        return int(args.func(args, settings))
+    except (SettingError, UsageError) as exc:
+        print(f"scribeai: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ failed or did not verify, 3 another retention run holds the lock, 2 bad argument
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -56,6 +55,8 @@ def register(sub: Any) -> None:
 
 def _run(settings: Settings, body: Callable[[Any], Awaitable[int]]) -> int:
     """Run `body(retention)` on a fresh loop with this process's own Database."""
+    import asyncio
+
     from scribeai.cli import setup_logging
     from scribeai.db import Database
     from scribeai.retention import Retention, RetentionBusy

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -10,6 +11,12 @@ from pathlib import Path
 from typing import Any
 
 MIB = 1024 * 1024
+# Settings with a fixed set of values; anything else is refused when Settings is built.
+_CHOICES = {"transcriber": ("whisper", "openai", "none"), "auth": ("jwt", "none"), "log_format": ("text", "json")}
+
+
+class SettingError(ValueError):
+    """A setting's value is unusable; the CLI prints it as one line and exits with status 2."""
 
 
 def _setting(default: Any, env: str, help: str) -> Any:
@@ -61,6 +68,19 @@ class Settings:
     log_level: str = _setting("INFO", "LOG_LEVEL", "Python logging level.")
     node_id: str = _setting("", "NODE_ID", "Name of this node in logs and job claims (unique per node); empty: the host name.")
 
+    def __post_init__(self) -> None:
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise SettingError(f"setting {_env(name)}={getattr(self, name)!r}: expected {' or '.join(map(repr, choices))}")
+        if not isinstance(logging.getLevelName(self.log_level.upper()), int):
+            raise SettingError(f"setting LOG_LEVEL={self.log_level!r}: expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        if not 0 <= self.port <= 65535:
+            raise SettingError(f"setting PORT={self.port}: expected 0 to 65535")
+        model = self.whisper_model
+        # A path (not a size name such as tiny.en or a Hugging Face repo id such as Systran/faster-whisper-tiny) must exist.
+        if self.transcriber == "whisper" and model.startswith(("/", ".", "~")) and not Path(model).expanduser().is_dir():
+            raise SettingError(f"setting WHISPER_MODEL={model!r}: no such model directory")
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from environment variables; keyword overrides (CLI flags) win."""
@@ -97,8 +117,12 @@ def _convert(kind: Any, raw: str, name: str) -> Any:
         if kind == "Path":
             return Path(raw)
     except ValueError as exc:
-        raise SystemExit(f"setting {name}={raw!r}: expected {kind}") from exc
+        raise SettingError(f"setting {name}={raw!r}: expected {kind}") from exc
     return raw
+
+
+def _env(name: str) -> str:
+    return str(next(f.metadata["env"] for f in dataclasses.fields(Settings) if f.name == name))
 
 
 def documented_settings() -> list[tuple[str, str, str]]:

@@ -1,14 +1,18 @@
-"""`scribeai token create` and the secret generated once into DATA_DIR."""
+"""The real `scribeai` command: tokens and the secret, fast startup, one-line errors, a graceful stop."""
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import jwt
+import pytest
 
 
 def run_cli(*args: str, env: dict[str, str]) -> str:
@@ -37,3 +41,93 @@ def test_secret_is_generated_once_and_reused(tmp_path: Path) -> None:
     for token in (first, second):
         assert jwt.decode(token, secret, algorithms=["HS256"])["sub"] == "bob"
         assert "exp" not in jwt.decode(token, secret, algorithms=["HS256"])
+
+
+def run_failing(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "scribeai", *args], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+HEAVY_MODULES = ("av", "numpy", "faster_whisper", "ctranslate2", "socketio", "aiohttp", "sqlalchemy", "sqlmodel", "scribeai.app")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["token", "create", "--user", "alice"]])
+def test_light_commands_import_nothing_heavy(args: list[str], tmp_path: Path) -> None:
+    probe = ("import sys\nfrom scribeai.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+             f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", probe, *args], env={**os.environ, "DATA_DIR": str(tmp_path)},
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert done.stderr.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"PORT": "abc"}, "scribeai: setting PORT='abc': expected int"),
+    ({"TRANSCRIBER": "bogus"}, "scribeai: setting TRANSCRIBER='bogus': expected 'whisper' or 'openai' or 'none'"),
+    ({"SCRIBEAI_AUTH": "bogus"}, "scribeai: setting SCRIBEAI_AUTH='bogus': expected 'jwt' or 'none'"),
+    ({"LOG_FORMAT": "xml"}, "scribeai: setting LOG_FORMAT='xml': expected 'text' or 'json'"),
+    ({"WHISPER_MODEL": "/nonexistent"}, "scribeai: setting WHISPER_MODEL='/nonexistent': no such model directory"),
+])
+def test_bad_setting_is_one_line_and_status_2(env: dict[str, str], message: str, tmp_path: Path) -> None:
+    done = run_failing("serve", env={**env, "DATA_DIR": str(tmp_path), "STORAGE_DIR": str(tmp_path / "chunks")})
+    assert (done.returncode, done.stderr.strip(), done.stdout) == (2, message, "")
+
+
+def test_whisper_model_that_is_no_name_is_one_line_and_status_2(tmp_path: Path) -> None:
+    done = run_failing("serve", "--port", "0", env={"WHISPER_MODEL": "not a model!", "DATA_DIR": str(tmp_path),
+                                                   "STORAGE_DIR": str(tmp_path / "chunks")})
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "scribeai: setting WHISPER_MODEL='not a model!': Invalid model size 'not a model!'")
+
+
+def test_port_in_use_is_one_line_and_status_2(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_failing("serve", "--host", "127.0.0.1", "--port", str(port),
+                           env={"TRANSCRIBER": "none", "DATA_DIR": str(tmp_path), "STORAGE_DIR": str(tmp_path / "chunks")})
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"scribeai: cannot listen on 127.0.0.1:{port}: ")
+    assert "address already in use" in done.stderr
+
+
+@pytest.mark.parametrize("ttl", ["-5", "0"])
+def test_token_ttl_must_be_positive(ttl: str, tmp_path: Path) -> None:
+    done = run_failing("token", "create", "--user", "alice", "--ttl", ttl, env={"DATA_DIR": str(tmp_path)})
+    assert (done.returncode, done.stdout) == (2, "")
+    assert f"argument --ttl: must be more than 0 seconds (a token with ttl {ttl} is expired at once)" in done.stderr
+
+
+def test_unknown_arguments_are_refused_and_stress_has_its_options() -> None:
+    done = run_failing("token", "create", "--user", "alice", "--bogus", env={})
+    assert (done.returncode, done.stderr.strip().splitlines()[-1]) == (2, "scribeai: error: unrecognized arguments: --bogus")
+    stress_help = run_cli("stress", "--help", env={})
+    assert stress_help.startswith("usage: scribeai stress [-h] [--chunks CHUNKS]")
+    assert "PROTOCOL.md" not in stress_help and "seed" not in stress_help
+
+
+def test_sigterm_stops_the_server_and_says_so(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "scribeai", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                              env={**os.environ, "TRANSCRIBER": "none", "DATA_DIR": str(tmp_path),
+                                   "STORAGE_DIR": str(tmp_path / "chunks"), "RETENTION_SCHEDULE": "off"},
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stderr is not None
+        for line in server.stderr:
+            if "ScribeAI listening on" in line:
+                break
+        # The server answers only once its loop runs, and by then its signal handlers are installed.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as health:
+            assert health.status == 200
+        server.send_signal(signal.SIGTERM)
+        _, rest = server.communicate(timeout=30)
+    finally:
+        server.kill()
+    assert server.returncode == 0
+    assert rest.strip().splitlines()[-1].endswith("INFO scribeai: ScribeAI stopped")

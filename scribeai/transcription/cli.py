@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import socket
 from typing import Any
 
-from scribeai.db import Database
 from scribeai.settings import Settings
-from scribeai.transcription.queue import StreamQueue
 
 
 def register(sub: Any) -> None:
@@ -20,6 +16,12 @@ def register(sub: Any) -> None:
 
 
 def _retry_failed(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+    import socket
+
+    from scribeai.db import Database
+    from scribeai.transcription.queue import StreamQueue
+
     async def run() -> int:
         db = Database(settings.effective_database_url)
         try:

@@ -6,16 +6,19 @@ import asyncio
 import logging
 import signal
 import socket
+import sys
 from collections.abc import AsyncIterator
 
 import aiohttp_cors
 import socketio
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from scribeai import rest, retention
 from scribeai.auth import Authenticator, load_secret
 from scribeai.db import Database
-from scribeai.idempotency import ChunkIngest
+from scribeai.errors import StartupCheckFailed
+from scribeai.idempotency import ChunkIngest, classify_fault, ensure_writable
 from scribeai.metrics import LiveGauges, Metrics
 from scribeai.monitor import ProcessMonitor
 from scribeai.transport import disable_websocket_compression, fix_polling_posts
@@ -31,8 +34,29 @@ log = logging.getLogger(__name__)
 REST_BODY_LIMIT = 1024 * 1024
 
 
+class _QuietClientErrors(logging.Filter):
+    """aiohttp logs a malformed request or a client gone mid-body as an ERROR with a traceback: make it one WARNING line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ConnectionError | HttpProcessingError):
+            record.msg = " ".join(f"{record.getMessage()}: {type(exc).__name__}: {exc}".split())
+            record.args = ()
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_client_errors() -> None:
+    for name in ("aiohttp.server", "aiohttp.web_protocol"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _QuietClientErrors) for f in logger.filters):
+            logger.addFilter(_QuietClientErrors())
+
+
 def create_app(settings: Settings, *, db_schema: str | None = None) -> web.Application:
     """A fresh server: its own Socket.IO server, database engine and workers (nothing module-level)."""
+    _quiet_client_errors()
     app = web.Application(client_max_size=REST_BODY_LIMIT, middlewares=[rest.errors_middleware, rest.auth_middleware])
     origins = settings.cors_origin_list
     sio = socketio.AsyncServer(
@@ -96,8 +120,16 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     services = app[services_key]
     if services.settings.auth == "none":
         log.warning("SCRIBEAI_AUTH=none: every connection is user 'anonymous' with no token")
-    services.settings.storage_dir.mkdir(parents=True, exist_ok=True)
-    await services.db.create_all()
+    try:
+        services.settings.storage_dir.mkdir(parents=True, exist_ok=True)
+        await services.db.create_all()
+    except Exception as exc:
+        fault = classify_fault(exc)
+        if fault is None:
+            raise
+        raise StartupCheckFailed(f"cannot prepare storage or database ({fault.reason}): {exc}") from exc
+    # A server that cannot store a chunk must not start (and look healthy) only to refuse the first one.
+    await ensure_writable(services.db, services.store)
     removed = await asyncio.to_thread(services.store.sweep_temporaries)
     if removed:
         log.info("removed %d temporary chunk files left by a crash", removed)
@@ -126,7 +158,12 @@ async def serve(app: web.Application, host: str, port: int) -> None:
     """
     services = app[services_key]
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=services.settings.shutdown_timeout)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except StartupCheckFailed as exc:
+        await runner.cleanup()
+        print(f"scribeai: not starting: {exc.message}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
     site = web.TCPSite(runner, host, port)
     await site.start()
     log.info("ScribeAI listening on http://%s:%d", host, port)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 
@@ -61,6 +62,36 @@ class Unavailable(ScribeError):
     http_status = 503
 
 
+class StorageUnavailable(Unavailable):
+    """Chunks cannot be stored right now (disk full, read-only, database down); the recorder retries later."""
+
+    def __init__(self, message: str, reason: str, retry_after_ms: int = 5000, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.reason = reason
+        self.retry_after_ms = retry_after_ms
+
+
+class StartupCheckFailed(ScribeError):
+    """The server cannot store chunks and refuses to start (`scribeai serve` exits with code 2)."""
+
+    code = "startup_check_failed"
+    exit_code = 2
+
+
+# errno values of a storage fault: the disk is full, or the filesystem refuses writes.
+STORAGE_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+STORAGE_READ_ONLY_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def storage_fault(exc: OSError) -> StorageUnavailable | None:
+    """The retryable wire error for a failed file write, or None when it is no known storage fault."""
+    if exc.errno in STORAGE_FULL_ERRNOS:
+        return StorageUnavailable(f"chunk storage is full ({exc.strerror}); resend later", "storage_full")
+    if exc.errno in STORAGE_READ_ONLY_ERRNOS:
+        return StorageUnavailable(f"chunk storage is read-only ({exc.strerror}); resend later", "storage_read_only")
+    return None
+
+
 # Short human strings the original web app shows in its `error` field.
 _SHORT = {
     "invalid": "Invalid chunk data",
@@ -79,8 +110,10 @@ def error_body(exc: ScribeError, **context: Any) -> dict[str, Any]:
     """The wire body of chunk-error / session-error: {..context, code, message, error, details}."""
     body: dict[str, Any] = {k: v for k, v in context.items() if v is not None}
     body.update(code=exc.code, message=exc.message, error=_SHORT.get(exc.code, exc.code), details=exc.details)
-    if isinstance(exc, Overloaded):
+    if isinstance(exc, (Overloaded, StorageUnavailable)):
         body["retryAfterMs"] = exc.retry_after_ms
+    if isinstance(exc, StorageUnavailable):
+        body["reason"] = exc.reason
     return body
 
 

@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col
 
 from scribeai.db import Database
-from scribeai.errors import Conflict, ScribeError, Unavailable
+from scribeai.errors import Conflict, ScribeError, StartupCheckFailed, StorageUnavailable, Unavailable, storage_fault
 from scribeai.models import Chunk, ChunkStatus, RecordingSession, utcnow
 from scribeai.protocol import IncomingChunk
 from scribeai.storage import ChunkStore
@@ -86,6 +88,8 @@ class ChunkIngest:
         self._committer: asyncio.Task[None] | None = None
         self.batches = 0
         self.batched_rows = 0
+        self.last_fault: StorageUnavailable | None = None  # the latest refusal, until a chunk is stored again
+        self.last_fault_at = 0.0
 
     def __repr__(self) -> str:
         return (f"ChunkIngest({self.store!r}, in_flight={len(self._locks)}, queued={len(self._queue)}, "
@@ -98,9 +102,16 @@ class ChunkIngest:
             relative = self.store.relative_path(chunk.session_id, chunk.seq, chunk.mime_type)
             # No SELECT first: the INSERT .. ON CONFLICT DO NOTHING is the check, and repeats are rare
             # enough that writing their temporary file for nothing is cheaper than a read per chunk.
-            temp = await asyncio.to_thread(self.store.write_temp, relative, chunk.audio)
+            try:
+                temp = await asyncio.to_thread(self.store.write_temp, relative, chunk.audio)
+            except OSError as exc:
+                fault = self._fault(exc)
+                if fault is exc:
+                    raise
+                raise fault from exc
             row = self._new_row(chunk, relative)
             if await self._commit(_Pending(row, temp)):
+                self.last_fault = None
                 return StoreResult(row, duplicate=False)
             existing = await self._find(chunk.session_id, chunk.seq)
             if existing is None:
@@ -155,7 +166,24 @@ class ChunkIngest:
             if not e.stored.done():
                 e.stored.set_result(e.row.id in inserted)
 
+    def _fault(self, exc: BaseException) -> BaseException:
+        """A known storage or database fault as a retryable StorageUnavailable (remembered for /readyz)."""
+        fault = classify_fault(exc)
+        if fault is None:
+            return exc
+        log.warning("chunk refused: %s (%r)", fault.reason, exc)
+        self.last_fault, self.last_fault_at = fault, time.monotonic()
+        return fault
+
+    def recent_fault(self) -> StorageUnavailable | None:
+        """The latest refusal while it is fresh (its retryAfterMs); after that only a probe can tell."""
+        fault = self.last_fault
+        if fault is not None and time.monotonic() - self.last_fault_at < fault.retry_after_ms / 1000:
+            return fault
+        return None
+
     def _fail(self, entries: list[_Pending], exc: BaseException) -> None:
+        exc = self._fault(exc)
         for e in entries:
             self.store.discard(e.temp)  # a tiny unlink; a name already published is no longer there
             if not e.stored.done():
@@ -173,8 +201,25 @@ class ChunkIngest:
             sessions = sorted({e.row.session_id for e in fresh})
             return update(RecordingSession).where(col(RecordingSession.id).in_(sessions)).values(last_activity_at=now)
 
+        renamed: list[tuple[Path, str]] = []
+
         def published(fresh: list[_Pending]) -> list[tuple[Path, str]]:
+            # Noted before the renames: a failure midway must undo the names already moved.
+            renamed.extend((e.temp, e.row.path) for e in fresh)
             return [(e.temp, e.row.path) for e in fresh]
+
+        try:
+            inserted = await self._write_batch(batch, statement, rows, touch, published)
+        except BaseException:
+            if renamed:
+                await self._undo_publish(batch, renamed)
+            raise
+        self.batches += 1
+        self.batched_rows += len(batch)
+        return inserted
+
+    async def _write_batch(self, batch: list[_Pending], statement: Any, rows: list[dict[str, Any]],
+                           touch: Any, published: Any) -> set[str]:
 
         # The names are published and fsync'd before the commit: a committed row always has its file.
         if self.db.sync_engine is not None:
@@ -194,9 +239,30 @@ class ChunkIngest:
                 if fresh:
                     await s.execute(touch(fresh))
                     await asyncio.to_thread(self.store.publish_many, published(fresh))
-        self.batches += 1
-        self.batched_rows += len(batch)
         return inserted
+
+    async def _undo_publish(self, batch: list[_Pending], renamed: list[tuple[Path, str]]) -> None:
+        """The commit failed after the renames: move every name no committed row owns back to its temporary file.
+
+        A failed COMMIT on PostgreSQL may still have committed (the connection dropped on the way back), so
+        the rows are looked up first; when even that fails, SQLite's answer is final (an error from COMMIT
+        is a rollback there) while on PostgreSQL the files stay, since an orphan is harmless and a lost file is not.
+        """
+        try:
+            async with self.db.read() as s:
+                ids = [e.row.id for e in batch]
+                committed = set((await s.execute(select(col(Chunk.id)).where(col(Chunk.id).in_(ids)))).scalars())
+        except Exception as exc:
+            if not self.db.is_sqlite:
+                log.warning("commit failed and its rows cannot be checked (%r); %d chunk files stay", exc, len(renamed))
+                return
+            committed = set()
+        paths = {e.row.path for e in batch if e.row.id in committed}
+        undo = [(temp, relative) for temp, relative in renamed if relative not in paths]
+        try:
+            await asyncio.to_thread(self.store.unpublish_many, undo)
+        except OSError as exc:
+            log.warning("could not undo %d chunk file renames after a failed commit: %r", len(undo), exc)
 
     async def _find(self, session_id: str, seq: int) -> Chunk | None:
         async with self.db.read() as s:
@@ -221,3 +287,49 @@ def _retrieve(future: asyncio.Future[bool]) -> None:
     # Mark an exception as seen even when the caller was cancelled and no longer awaits it.
     if not future.cancelled():
         future.exception()
+
+
+def classify_fault(exc: BaseException) -> StorageUnavailable | None:
+    """Disk full, read-only storage, database down, full or locked: a retryable answer; anything else is a bug."""
+    if isinstance(exc, StorageUnavailable):
+        return exc
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) or (
+            isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated):
+        detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        return StorageUnavailable(f"the database cannot store chunks now ({detail}); resend later", "database_unavailable")
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return StorageUnavailable(f"the database cannot be reached ({exc!r}); resend later", "database_unavailable")
+    if isinstance(exc, OSError):
+        return storage_fault(exc)
+    return None
+
+
+async def check_writable(db: Database, store: ChunkStore, *, timeout_s: float = 5.0) -> StorageUnavailable | None:
+    """Can a chunk be stored now? Probe STORAGE_DIR (write, fsync, remove) and the database (a committed write)."""
+    try:
+        await asyncio.to_thread(store.probe)
+    except OSError as exc:
+        return storage_fault(exc) or StorageUnavailable(f"chunk storage fails: {exc}", "storage_read_only")
+    try:
+        await asyncio.wait_for(_database_write(db), timeout_s)
+    except TimeoutError:
+        return StorageUnavailable(f"the database did not take a write within {timeout_s:g} s", "database_unavailable")
+    except Exception as exc:
+        fault = classify_fault(exc)
+        if fault is None:
+            raise
+        return StorageUnavailable(fault.message, "database_unavailable")
+    return None
+
+
+async def _database_write(db: Database) -> None:
+    # An UPDATE that matches no row still takes the write lock and needs a writable file (SQLite) or primary (PostgreSQL).
+    async with db.write() as s:
+        await s.execute(text("UPDATE recording_session SET title = title WHERE id = ''"))
+
+
+async def ensure_writable(db: Database, store: ChunkStore) -> None:
+    """At start: refuse to run when no chunk could be stored."""
+    fault = await check_writable(db, store)
+    if fault is not None:
+        raise StartupCheckFailed(f"cannot store chunks ({fault.reason}): {fault.message}", reason=fault.reason)

@@ -65,6 +65,11 @@ def _paths(max_page: int, statuses: Sequence[str]) -> dict[str, Any]:
     public: list[dict[str, Any]] = []
     return {
         "/healthz": {"get": _operation("healthz", "Liveness.", {"200": _json("Health")}, errors=(), security=public)},
+        "/readyz": {"get": _operation(
+            "readyz", "Readiness: can chunks be stored now (STORAGE_DIR takes an fsync'd write, the database a write)?",
+            {"200": _json("Health"), "503": {"description": "Chunks cannot be stored now; `reason` says why.",
+                                             "content": {"application/json": {"schema": _ref("NotReady")}}}},
+            errors=(), security=[{}])},  # no token, like /healthz
         "/metrics": {"get": _operation(
             "metrics", "Prometheus text exposition.",
             {"200": {"description": "Prometheus text.", "content": {"text/plain": {"schema": _TEXT}}}},
@@ -186,6 +191,9 @@ def _schemas(statuses: Sequence[str]) -> dict[str, Any]:
            "maxSeq": {"type": "integer", "minimum": -1}, "totalChunks": _INT, "missing": {"type": "array", "items": _SEQ}}
     return {
         "Health": _object({"status": {"const": "ok"}}),
+        "NotReady": _object({"status": {"const": "unavailable"}, "reason": {
+            "type": "string", "enum": ["storage_full", "storage_read_only", "database_unavailable"]},
+            "message": _TEXT, "retryAfterMs": _INT}),
         "OpenAPIDocument": {"type": "object", "required": ["openapi", "info", "paths"]},
         "Session": _object(session),
         "SessionDetail": _object({**session, "chunksByStatus": {

@@ -18,6 +18,7 @@ from sqlalchemy import func, or_, select
 from scribeai import openapi, protocol, transcripts
 from scribeai.auth import token_from_headers
 from scribeai.errors import InvalidInput, ScribeError, Unauthorized, http_error_body
+from scribeai.idempotency import check_writable
 from scribeai.metrics import CONTENT_TYPE
 from scribeai.models import Chunk, ChunkStatus, RecordingSession
 from scribeai.services import Services, services_key
@@ -27,7 +28,8 @@ routes = web.RouteTableDef()
 user_key = web.RequestKey("user_id", str)
 MAX_PAGE = 200
 SESSION_STATUSES = ("recording", "paused", "stopped")
-PUBLIC_PATHS = ("/healthz", "/metrics", "/api/openapi.json")
+PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/api/openapi.json")
+MAX_JSON_DEPTH = 32
 
 
 @web.middleware
@@ -35,6 +37,9 @@ async def errors_middleware(request: web.Request, handler: Callable[[web.Request
     """Every error leaves as {error: {code, message}} with its HTTP status."""
     try:
         return await handler(request)
+    except ConnectionResetError as exc:  # aiohttp's ClientConnectionResetError too: the client left mid-body
+        log.warning("%s %s: client went away (%s)", request.method, request.path, exc or type(exc).__name__)
+        return web.json_response(http_error_body("client_gone", "the connection was reset"), status=400)
     except ScribeError as exc:
         return web.json_response(http_error_body(exc.code, exc.message), status=exc.http_status)
     except web.HTTPException as exc:
@@ -54,7 +59,10 @@ async def errors_middleware(request: web.Request, handler: Callable[[web.Request
 async def auth_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     if request.path.startswith("/api/") and request.path not in PUBLIC_PATHS and request.method != "OPTIONS":
         services = request.app[services_key]
-        request[user_key] = services.auth.user_of(token_from_headers(request.headers))
+        token = token_from_headers(request.headers)
+        if not token and not services.auth.disabled:  # the shared message names ?token=, which only Socket.IO takes
+            raise Unauthorized("a token is required: Authorization: Bearer <token> or the scribeai_token cookie")
+        request[user_key] = services.auth.user_of(token)
     return await handler(request)
 
 
@@ -70,14 +78,54 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError, LookupError) as exc:  # LookupError: an unknown charset
+        text = await request.text()  # at most client_max_size bytes (1 MiB): more is a 413 before it is read
+    except (UnicodeDecodeError, LookupError) as exc:  # LookupError: an unknown charset
+        raise InvalidInput("request body is not valid JSON") from exc
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise InvalidInput(f"request body nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        body = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise InvalidInput("request body is not valid JSON") from exc
     return protocol.parse_object(body, "request body")
 
 
+def json_depth(text: str) -> int:
+    """The deepest nesting of arrays and objects in JSON text (brackets inside strings do not count)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers. Whether it can store chunks is /readyz."""
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: 503 with the reason while chunks cannot be stored (storage or database refuses writes)."""
+    services = _services(request)
+    fault = services.ingest.recent_fault() or await check_writable(services.db, services.store, timeout_s=2.0)
+    if fault is not None:
+        return web.json_response({"status": "unavailable", "reason": fault.reason, "message": fault.message,
+                                  "retryAfterMs": fault.retry_after_ms}, status=503)
     return web.json_response({"status": "ok"})
 
 

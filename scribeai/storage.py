@@ -56,13 +56,19 @@ class ChunkStore:
         temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            # A full disk or a failed fsync: the half-written file is nobody's; leave nothing behind.
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
+            raise
         return temp
 
     def publish(self, temp: Path, relative: str) -> None:
@@ -79,6 +85,28 @@ class ChunkStore:
             os.replace(temp, final)
             directories[final.parent] = None
         _fsync_dirs(list(directories))
+
+    def unpublish_many(self, items: list[tuple[Path, str]]) -> None:
+        """Undo publish_many for rows that were not committed: each final name goes back to its temporary one."""
+        for temp, relative in items:
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self.absolute(relative), temp)
+
+    def probe(self) -> None:
+        """Prove the directory takes a durable write now: write, fsync and remove a probe file (raises OSError)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        probe = self.root / f".probe.{uuid.uuid4().hex}.tmp"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            try:
+                os.write(fd, b"scribeai storage probe\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink(missing_ok=True)
+        fsync_dir(self.root)
 
     def write_atomic(self, relative: str, data: bytes) -> None:
         self.publish(self.write_temp(relative, data), relative)

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from scribeai.errors import InvalidInput, TooLarge
+from scribeai.errors import Forbidden, InvalidInput, TooLarge
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 SESSION_ROOM_PREFIX = "session:"
@@ -85,6 +85,16 @@ def parse_optional_seq(payload: dict[str, Any], field: str) -> int | None:
     return int(value)
 
 
+def check_user_id(value: Any, user_id: str) -> None:
+    """The one rule for an event's optional `userId`: absent, or a string equal to the token's user."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise InvalidInput(f"userId must be a string, got {_type_name(value)}", field="userId")
+    if value != user_id:
+        raise Forbidden("userId does not match the token's user", field="userId")
+
+
 def parse_chunk(args: tuple[Any, ...], *, max_bytes: int, now_ms: float) -> IncomingChunk:
     """Validate an audio-chunk event: `(payload)` or seed 004's `(metadata, audio)`."""
     if len(args) == 2 and isinstance(args[0], dict) and "audio" not in args[0]:
@@ -119,6 +129,8 @@ def parse_chunk(args: tuple[Any, ...], *, max_bytes: int, now_ms: float) -> Inco
             raise InvalidInput(f"durationMs must be in (0, {MAX_DURATION_MS}]", field="durationMs")
         duration = int(duration)
     user_id = payload.get("userId")
+    if user_id is not None and not isinstance(user_id, str):
+        raise InvalidInput(f"userId must be a string, got {_type_name(user_id)}", field="userId")
     return IncomingChunk(
         session_id=session_id,
         seq=seq,
@@ -127,7 +139,7 @@ def parse_chunk(args: tuple[Any, ...], *, max_bytes: int, now_ms: float) -> Inco
         audio=audio,
         sha256=digest,
         duration_ms=duration,
-        user_id=user_id if isinstance(user_id, str) else None,
+        user_id=user_id,
     )
 
 

@@ -14,16 +14,18 @@ import socketio
 from scribeai import protocol
 from scribeai.auth import Authenticator, token_from_handshake
 from scribeai.backpressure import LOW_WATERMARK, BackpressureState, Decision, Limits, Reading
-from scribeai.errors import Forbidden, InvalidInput, Overloaded, ScribeError, Unauthorized, Unavailable, error_body
+from scribeai.errors import InvalidInput, Overloaded, ScribeError, Unauthorized, Unavailable, error_body
 from scribeai.idempotency import ChunkIngest
 from scribeai.models import ChunkStatus, SessionStatus
 from scribeai.metrics import Metrics
 from scribeai.monitor import ProcessMonitor
 from scribeai.sessions import SessionService
 from scribeai.settings import Settings
+from scribeai.transport import guard_packets
 
 log = logging.getLogger(__name__)
 NAMESPACES = ("/", "/record")
+PROTOCOL_ERROR = "protocol-error"  # a packet that cannot be answered: sent just before the connection is closed
 Handler = Callable[..., Awaitable[Any]]
 
 
@@ -96,6 +98,7 @@ class Realtime:
             "join": (self.on_join_room, "session-error"),
             "leave": (self.on_leave_room, "session-error"),
         }
+        guard_packets(self.sio, self._refuse_connection, self._reserved_event)
         for namespace in NAMESPACES:
             self.sio.on("connect", self._connect_handler(namespace), namespace=namespace)
             self.sio.on("disconnect", self._disconnect_handler(namespace), namespace=namespace)
@@ -135,6 +138,27 @@ class Realtime:
             log.info("disconnected %s on %s (%s)", sid, namespace, reason, extra={"sid": sid})
         return disconnect
 
+    async def _refuse_connection(self, eio_sid: str, reason: str) -> None:
+        """A packet that cannot be decoded or held: say why on every namespace, then close the connection."""
+        body = _error_body(InvalidInput(reason), PROTOCOL_ERROR, "Invalid packet")
+        log.info("closing connection %s: %s", eio_sid, reason, extra={"sid": eio_sid, "code": body["code"]})
+        self._count(f"{PROTOCOL_ERROR}:{body['code']}")
+        for namespace in NAMESPACES:
+            sid = self.sio.manager.sid_from_eio_sid(eio_sid, namespace)
+            if sid is not None and self.sio.manager.is_connected(sid, namespace):
+                await self.sio.emit(PROTOCOL_ERROR, body, to=sid, namespace=namespace)
+                await self.sio.disconnect(sid, namespace=namespace)
+        await self.sio.eio.disconnect(eio_sid)
+
+    async def _reserved_event(self, sid: str, namespace: str, event: str) -> dict[str, Any]:
+        """connect/disconnect/connect_error are the server's lifecycle: a client emitting one is refused."""
+        body = _error_body(InvalidInput(f'"{event}" is a reserved event; clients may not emit it', event=event),
+                           event, "Reserved event")
+        self._count(f"{PROTOCOL_ERROR}:{body['code']}")
+        log.info("%s from %s refused: reserved event", event, sid, extra={"sid": sid})
+        await self.sio.emit(PROTOCOL_ERROR, body, to=sid, namespace=namespace)
+        return {"error": body}
+
     def _wrap(self, namespace: str, event: str, fn: Handler, error_event: str) -> Handler:
         """Every path answers: the reply goes to the ack callback and, for errors, out as an event too."""
         async def handle(sid: str, *args: Any) -> Any:
@@ -145,10 +169,12 @@ class Realtime:
             try:
                 return await fn(conn, *args)
             except ScribeError as exc:
-                body = error_body(exc, **context)
+                body = _error_body(exc, event, _short_error(exc, event, error_event), **context)
             except Exception:
                 log.exception("%s from %s failed", event, sid, extra={"sid": sid, **_log_context(context)})
-                body = error_body(ScribeError("internal error; the chunk was not stored"), **context)
+                internal = ScribeError("internal error; the chunk was not stored" if error_event == "chunk-error"
+                                       else f"internal error; {event} was not applied")
+                body = _error_body(internal, event, _short_error(internal, event, error_event), **context)
             self._count(f"{error_event}:{body['code']}")
             if error_event == "chunk-error":
                 self.metrics.chunk_errors_total.labels(body["code"]).inc()
@@ -176,8 +202,7 @@ class Realtime:
         if not self.accepting:
             raise Unavailable("server is shutting down; resend after reconnecting")
         chunk = protocol.parse_chunk(args, max_bytes=self.settings.max_chunk_bytes, now_ms=time.time() * 1000)
-        if chunk.user_id is not None and chunk.user_id != conn.user_id:
-            raise Forbidden("userId does not match the token's user")
+        protocol.check_user_id(chunk.user_id, conn.user_id)
         decision = await self._assess(conn)
         if not decision.admit:
             raise Overloaded(f"server over its hard limit ({decision.reason}); resend later",
@@ -347,9 +372,7 @@ class Realtime:
 
     @staticmethod
     def _check_user_field(conn: Connection, body: dict[str, Any]) -> None:
-        user_id = body.get("userId")
-        if user_id is not None and user_id != conn.user_id:
-            raise Forbidden("userId does not match the token's user")
+        protocol.check_user_id(body.get("userId"), conn.user_id)
 
     # -- shutdown -------------------------------------------------------------
 
@@ -399,6 +422,21 @@ class Realtime:
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
+
+
+def _error_body(exc: ScribeError, event: str, short: str, **context: Any) -> dict[str, Any]:
+    body = error_body(exc, **context)
+    body["error"] = short
+    return body
+
+
+def _short_error(exc: ScribeError, event: str, error_event: str) -> str:
+    """The short `error` text: the original app's for chunks; a session event's names that event."""
+    if error_event == "chunk-error":
+        return str(error_body(exc)["error"])
+    if exc.code == "invalid":
+        return f"Invalid {event} data"
+    return str(error_body(exc)["error"])
 
 
 def _log_context(context: dict[str, Any]) -> dict[str, Any]:

@@ -76,12 +76,13 @@ def parse_optional_text(payload: dict[str, Any], field: str, limit: int) -> str 
     return value
 
 
-def parse_optional_seq(payload: dict[str, Any], field: str) -> int | None:
+def parse_optional_seq(payload: dict[str, Any], field: str, minimum: int = 0) -> int | None:
+    """An optional sequence number; joinSession's lastSeq also takes -1 ("nothing yet", an empty session's maxSeq)."""
     value = payload.get(field)
     if value is None:
         return None
-    if not _is_int(value) or not 0 <= value <= MAX_SEQUENCE:
-        raise InvalidInput(f"{field} must be an integer >= 0", field=field)
+    if not _is_int(value) or not minimum <= value <= MAX_SEQUENCE:
+        raise InvalidInput(f"{field} must be an integer >= {minimum}", field=field)
     return int(value)
 
 

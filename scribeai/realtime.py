@@ -283,7 +283,7 @@ class Realtime:
     async def on_join_session(self, conn: Connection, payload: Any = None) -> dict[str, Any]:
         body = protocol.parse_object(payload, "joinSession")
         session_id = protocol.parse_session_id(body.get("sessionId"))
-        last_seq = protocol.parse_optional_seq(body, "lastSeq")
+        last_seq = protocol.parse_optional_seq(body, "lastSeq", minimum=-1)
         await self.sessions.ensure(session_id, conn.user_id)
         await self.sio.enter_room(conn.sid, protocol.room_of(session_id), namespace=conn.namespace)
         reply = (await self.sessions.gap_summary(session_id)).wire()

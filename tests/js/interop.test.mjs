@@ -509,7 +509,7 @@ describe("every bad input is answered with code invalid and the client stays con
   for (const [event, payload, pattern] of [
     ["joinSession", "a string", /joinSession expects an object payload, got string/],
     ["joinSession", { sessionId: "../x" }, /sessionId must be 1-128 characters/],
-    ["joinSession", { sessionId: id, lastSeq: -1 }, /lastSeq must be an integer >= 0/],
+    ["joinSession", { sessionId: id, lastSeq: -2 }, /lastSeq must be an integer >= -1/],
     ["stopSession", { sessionId: id, lastSeq: 1.5 }, /lastSeq must be an integer >= 0/],
     ["start-session", [1], /start-session expects an object payload, got array/],
     ["join", 42, /expected a room name/],

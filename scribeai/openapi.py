@@ -93,7 +93,7 @@ def _paths(max_page: int, statuses: Sequence[str]) -> dict[str, Any]:
             "getSession", "One session with its counts, bytes, duration, status and archive.",
             {"200": _json("SessionDetail")}, errors=(400, 401, 404), parameters=[session_id])},
         "/api/sessions/{session_id}/missing-chunks": {"get": _operation(
-            "getMissingChunks", "Gaps in the stored sequence numbers (seed 002).", {"200": _json("MissingChunks")},
+            "getMissingChunks", "Gaps in the stored sequence numbers.", {"200": _json("MissingChunks")},
             errors=(400, 401, 404), parameters=[
                 session_id, _query("lastSeq", _SEQ, "The recorder's last sequence: also list tail gaps up to it.")])},
         "/api/sessions/{session_id}/stop": {"post": _operation(
@@ -112,7 +112,7 @@ def _paths(max_page: int, statuses: Sequence[str]) -> dict[str, Any]:
         "/api/server/stats": {"get": _operation(
             "getServerStats", "The server's own load (any authenticated user).", {"200": _json("ServerStats")}, errors=(401,))},
         "/api/storage/metrics": {"get": _operation(
-            "getStorageMetrics", "Storage per tier for the whole server (seed 002's getStorageMetrics()).",
+            "getStorageMetrics", "Storage per tier for the whole server.",
             {"200": _json("StorageMetrics")}, errors=(401,))},
     }
 

@@ -97,7 +97,7 @@ def check_user_id(value: Any, user_id: str) -> None:
 
 
 def parse_chunk(args: tuple[Any, ...], *, max_bytes: int, now_ms: float) -> IncomingChunk:
-    """Validate an audio-chunk event: `(payload)` or seed 004's `(metadata, audio)`."""
+    """Validate an audio-chunk event: `(payload)` or the two-argument form `(metadata, audio)`."""
     if len(args) == 2 and isinstance(args[0], dict) and "audio" not in args[0]:
         payload = {**args[0], "audio": args[1]}
     elif len(args) <= 1:

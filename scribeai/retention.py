@@ -1,4 +1,4 @@
-"""Storage tiers: hot chunk files -> warm verified ZIP -> cold transcript only (seed 002, PROTOCOL.md).
+"""Storage tiers: hot chunk files -> warm verified ZIP -> cold transcript only; the retention CLI in README.md.
 
 Four parts, kept apart: the policy (pure: which sessions move, from their facts and `now`), the
 archive actions (scribeai/archive.py: blocking ZIP write/verify/extract), the runner that applies

@@ -1,10 +1,10 @@
-"""Long-session stress client: the successor of seed 002's scripts/test-long-session.js.
+"""Long-session stress client: many recorders streaming real-time sessions against a running server.
 
     scribeai stress --chunks=120 --fast --userId=test-user          # or: python scripts/stress.py ...
     scribeai stress --chunks=240 --chunk-seconds=15 --sessions=50 --drop-every=40 --plot --out=reports/
 
 Each of `--sessions` recorders opens its own session and behaves like a good recorder speaking the wire
-contract (docs: PROTOCOL.md): it "records" one chunk every `--interval` seconds into a local outbox and
+contract (docs/protocol.md): it "records" one chunk every `--interval` seconds into a local outbox and
 sends from it, at most `--window` chunks awaiting their ack; it pauses on `canAccept: false` or
 `credits: 0` and resumes on `canAccept: true`, resends a chunk refused as `overloaded` after its
 `retryAfterMs`, and after a reconnect (`--drop-every K` cuts the connection after every K-th chunk) it

@@ -328,7 +328,7 @@ class Pipeline:
             gap.filled = gap.reason == "failed" or all(s in live.chunk_ids or s == row.seq for s in range(gap.from_seq, gap.to_seq + 1))
             live.chunk_ids[row.seq] = row.id
             for window in windows:
-                await self._transcribe(state, late, window, row.seq, from_seq=row.seq)
+                await self._transcribe(state, late, window, row.seq, from_seq=row.seq, gaps=live.stream.gaps)
             await self.queue.commit(state.session_id, [], 0, row.seq, row.seq, [g.wire() for g in live.stream.gaps])
         return False
 
@@ -352,7 +352,9 @@ class Pipeline:
         return side, windows + await asyncio.to_thread(side.flush)
 
     async def _transcribe(self, state: StreamState, live: _Live, window: Window, done_through_seq: int,
-                          from_seq: int = 0) -> None:
+                          from_seq: int = 0, gaps: list[Gap] | None = None) -> None:
+        # A late chunk's side stream has no gaps of its own: the session's are the main stream's.
+        session_gaps = live.stream.gaps if gaps is None else gaps
         segments: list[TranscriptSegment] = []
         if window.speech_ms > 0 and len(window.pcm):
             started = time.monotonic()
@@ -365,14 +367,14 @@ class Pipeline:
                 log.warning("transcription of %s at %.0f..%.0f ms failed for good: %s", state.session_id,
                             window.start_ms, window.end_ms, exc.reason, extra={"sessionId": state.session_id})
                 await self.queue.fail_chunks(state.session_id, list(range(window.from_seq, window.to_seq + 1)), exc.reason)
-                live.stream.gaps.append(Gap(window.from_seq, window.to_seq, window.start_ms, window.through_ms, reason="failed"))
+                session_gaps.append(Gap(window.from_seq, window.to_seq, window.start_ms, window.through_ms, reason="failed"))
                 result = None
             elapsed = time.monotonic() - started
             if result is not None:
                 segments = self._segments(state.session_id, live.stream, window, result, live.chunk_ids)
                 live.prompt = (live.prompt + " " + result.text).strip()[-600:] if result.text else live.prompt
                 self._account(window, elapsed)
-        stream_gaps = [g.wire() for g in live.stream.gaps]
+        stream_gaps = [g.wire() for g in session_gaps]
         new = await self.queue.commit(state.session_id, segments, round(window.through_ms), done_through_seq,
                                       from_seq, stream_gaps)
         live.done_ms = max(live.done_ms, round(window.through_ms))

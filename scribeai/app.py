@@ -75,7 +75,7 @@ def create_app(settings: Settings, *, db_schema: str | None = None) -> web.Appli
     disable_websocket_compression(sio)
     db = Database(settings.effective_database_url, schema=db_schema)
     store = ChunkStore(settings.storage_dir)
-    auth = Authenticator(load_secret(settings.secret, settings.data_dir), settings.auth)
+    auth = Authenticator(load_secret(settings.secret, settings.data_dir), settings.auth, settings.admin_user_ids)
     sessions = SessionService(db)
     ingest = ChunkIngest(db, store, transcribe=settings.transcriber != "none")
     monitor = ProcessMonitor(settings.memory_budget_bytes)

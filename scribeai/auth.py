@@ -6,7 +6,8 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from scribeai.errors import Unauthorized
 
 log = logging.getLogger(__name__)
 ANONYMOUS = "anonymous"
+ADMIN_ROLE = "admin"
 COOKIE_NAME = "scribeai_token"
 _USER_ID_MAX = 256
 
@@ -43,29 +45,41 @@ def load_secret(secret: str, data_dir: Path) -> str:
     return value
 
 
-def create_token(secret: str, user_id: str, ttl_s: int | None = None) -> str:
+def create_token(secret: str, user_id: str, ttl_s: int | None = None, role: str | None = None) -> str:
     now = int(time.time())
     claims: dict[str, Any] = {"sub": user_id, "iat": now}
     if ttl_s:
         claims["exp"] = now + ttl_s
+    if role:
+        claims["role"] = role
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
-class Authenticator:
-    """Turns a token into a user id; with auth 'none' everyone is `anonymous`."""
+@dataclass(frozen=True)
+class Identity:
+    user: str
+    admin: bool  # may see the whole server's figures (a "role": "admin" claim, or listed in ADMIN_USERS)
 
-    def __init__(self, secret: str, mode: str = "jwt") -> None:
+
+class Authenticator:
+    """Turns a token into an identity; with auth 'none' everyone is `anonymous`, an admin (one local user)."""
+
+    def __init__(self, secret: str, mode: str = "jwt", admin_users: Iterable[str] = ()) -> None:
         if mode not in ("jwt", "none"):
             raise ValueError(f"SCRIBEAI_AUTH must be 'jwt' or 'none', not {mode!r}")
         self.secret = secret
         self.disabled = mode == "none"
+        self.admin_users = frozenset(admin_users)
 
     def __repr__(self) -> str:
-        return f"Authenticator(disabled={self.disabled})"
+        return f"Authenticator(disabled={self.disabled}, admins={len(self.admin_users)})"
 
     def user_of(self, token: str | None) -> str:
+        return self.identity_of(token).user
+
+    def identity_of(self, token: str | None) -> Identity:
         if self.disabled:
-            return ANONYMOUS
+            return Identity(ANONYMOUS, admin=True)
         if not token:
             raise Unauthorized("a token is required (auth.token, ?token=, Authorization: Bearer, or cookie)")
         try:
@@ -77,7 +91,7 @@ class Authenticator:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not 0 < len(sub) <= _USER_ID_MAX or "\x00" in sub:  # PostgreSQL text has no NUL
             raise Unauthorized("token has no valid sub")
-        return sub
+        return Identity(sub, admin=claims.get("role") == ADMIN_ROLE or sub in self.admin_users)
 
 
 def token_from_handshake(auth: Any, query_string: str, headers: Mapping[str, str]) -> str | None:

@@ -107,7 +107,7 @@ def _positive_seconds(value: str) -> int:
 def _token_create(args: argparse.Namespace, settings: Settings) -> int:
     from scribeai.auth import create_token, load_secret
 
-    print(create_token(load_secret(settings.secret, settings.data_dir), args.user, args.ttl))
+    print(create_token(load_secret(settings.secret, settings.data_dir), args.user, args.ttl, "admin" if args.admin else None))
     return 0
 
 
@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     create = token.add_parser("create", help="print a token for a user")
     create.add_argument("--user", required=True, help="user id (the token's sub)")
     create.add_argument("--ttl", type=_positive_seconds, default=None, help="lifetime in seconds, more than 0 (default: no expiry)")
+    create.add_argument("--admin", action="store_true",
+                        help="a role admin token: sees the whole server's stats and storage figures, not only the user's own")
     create.set_defaults(func=_token_create, overrides=())
 
     for register in _EXTRA_COMMANDS:

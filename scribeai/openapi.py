@@ -110,9 +110,13 @@ def _paths(max_page: int, statuses: Sequence[str]) -> dict[str, Any]:
             errors=(400, 401, 404), parameters=[session_id, _query(
                 "format", {"type": "string", "enum": ["json", *transcripts.FORMATS], "default": "json"}, "Answer format.")])},
         "/api/server/stats": {"get": _operation(
-            "getServerStats", "The server's own load (any authenticated user).", {"200": _json("ServerStats")}, errors=(401,))},
+            "getServerStats", "The server's own load for an admin (ADMIN_USERS or a role admin token); "
+            "the caller's own connections, sessions and chunks for anyone else.",
+            {"200": {"description": "Server or user figures (see `scope`).", "content": {"application/json": {
+                "schema": {"oneOf": [_ref("ServerStats"), _ref("UserStats")]}}}}}, errors=(401,))},
         "/api/storage/metrics": {"get": _operation(
-            "getStorageMetrics", "Storage per tier for the whole server.",
+            "getStorageMetrics", "Storage per tier: the whole server's (with disk space) for an admin, "
+            "the caller's own sessions' for anyone else.",
             {"200": _json("StorageMetrics")}, errors=(401,))},
     }
 
@@ -220,12 +224,19 @@ def _schemas(statuses: Sequence[str]) -> dict[str, Any]:
                 "fromSeq": _SEQ, "toSeq": _SEQ, "startMs": {"type": "integer"}, "endMs": {"type": ["integer", "null"]},
                 "filled": {"type": "boolean"}, "reason": {"type": "string", "enum": ["missing", "failed"]}})}}),
         "ServerStats": _object({
+            "scope": {"const": "server"},
             "rssBytes": _INT, "peakRssBytes": _INT, "cpuPercent": _NUMBER, "connections": _INT,
             "transcription": _object({
                 "engine": _TEXT, "workers": _INT, "backlog": _INT, "inFlight": _INT, "completed": _INT, "failed": _INT,
                 "retried": _INT, "recentLatencyMs": _NUMBER, "realTimeFactor": _NUMBER}),
             "counters": counts}),
+        "UserStats": _object({
+            "scope": {"const": "user"}, "userId": _TEXT, "connections": _INT,
+            "sessions": {"type": "object", "additionalProperties": _INT},
+            "chunksByStatus": {"type": "object", "additionalProperties": _INT},
+            "transcription": _object({"backlog": _INT})}),
         "StorageMetrics": _object({
+            "scope": {"enum": ["server", "user"]},
             "generatedAt": _TIME,
             "tiers": _object({Tier.HOT: tier, Tier.WARM: tier, Tier.COLD: tier}),
             "archiveBytes": _INT, "transcriptSegments": _INT,
@@ -234,5 +245,5 @@ def _schemas(statuses: Sequence[str]) -> dict[str, Any]:
             "disk": _object({"storage": disk, "archives": disk}),
             "freeDiskBytes": _INT,
             "saving": _object({"allHotBytes": _INT, "keptBytes": _INT, "savedBytes": {"type": "integer"},
-                               "savedRatio": _NUMBER})}),
+                               "savedRatio": _NUMBER})}, optional=("disk", "freeDiskBytes")),
     }

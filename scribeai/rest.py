@@ -26,6 +26,7 @@ from scribeai.services import Services, services_key
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 user_key = web.RequestKey("user_id", str)
+admin_key = web.RequestKey("admin", bool)  # the whole server's figures, not only the user's own
 MAX_PAGE = 200
 SESSION_STATUSES = ("recording", "paused", "stopped")
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/api/openapi.json")
@@ -62,7 +63,9 @@ async def auth_middleware(request: web.Request, handler: Callable[[web.Request],
         token = token_from_headers(request.headers)
         if not token and not services.auth.disabled:  # the shared message names ?token=, which only Socket.IO takes
             raise Unauthorized("a token is required: Authorization: Bearer <token> or the scribeai_token cookie")
-        request[user_key] = services.auth.user_of(token)
+        identity = services.auth.identity_of(token)
+        request[user_key] = identity.user
+        request[admin_key] = identity.admin
     return await handler(request)
 
 
@@ -246,11 +249,14 @@ async def transcript(request: web.Request) -> web.Response:
 
 @routes.get("/api/server/stats")
 async def server_stats(request: web.Request) -> web.Response:
-    """The server's own load, for the stress script and dashboards (any authenticated user)."""
+    """The server's own load for an admin (stress script, dashboards); a user's own figures for anyone else."""
     services = _services(request)
+    if not request[admin_key]:
+        return web.json_response(await _user_stats(services, request[user_key]))
     sample = services.monitor.sample()
     pipeline = services.pipeline
     return web.json_response({
+        "scope": "server",
         "rssBytes": sample.rss_bytes,
         "peakRssBytes": services.monitor.peak_rss_bytes,
         "cpuPercent": sample.cpu_percent,
@@ -263,6 +269,27 @@ async def server_stats(request: web.Request) -> web.Response:
         },
         "counters": services.realtime.counters,
     })
+
+
+async def _user_stats(services: Services, user_id: str) -> dict[str, Any]:
+    """One user's connections, sessions and chunks: nothing about the server or other users."""
+    async with services.db.read() as s:
+        by_status: dict[str, int] = dict((await s.execute(
+            select(col(Chunk.status), func.count()).join(RecordingSession, col(RecordingSession.id) == col(Chunk.session_id))
+            .where(col(RecordingSession.user_id) == user_id).group_by(col(Chunk.status))
+        )).all())
+        by_session_status: dict[str, int] = dict((await s.execute(
+            select(col(RecordingSession.status), func.count()).where(col(RecordingSession.user_id) == user_id)
+            .group_by(col(RecordingSession.status))
+        )).all())
+    return {
+        "scope": "user",
+        "userId": user_id,
+        "connections": sum(1 for conn in services.realtime.connections.values() if conn.user_id == user_id),
+        "sessions": {str(k): int(v) for k, v in by_session_status.items()},
+        "chunksByStatus": {str(k): int(v) for k, v in by_status.items()},
+        "transcription": {"backlog": sum(int(v) for k, v in by_status.items() if k in ChunkStatus.UNFINISHED)},
+    }
 
 
 async def _session_view(services: Services, session_id: str, user_id: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Any
 
 import zipfile_deflate64  # noqa: F401  (patches zipfile so Deflate64 members can be read)
 from aiohttp import web
-from sqlalchemy import and_, case, exists, func, or_, select, text, update
+from sqlalchemy import and_, case, exists, func, or_, select, text, true, update
 from sqlalchemy.engine import Row, make_url
 from sqlmodel import col
 
@@ -481,23 +481,30 @@ class Retention:
 
     # -- metrics -----------------------------------------------------------------------------------
 
-    async def metrics(self, now: datetime) -> dict[str, Any]:
-        """Seed 002's getStorageMetrics(): per tier sessions/chunks/bytes, archives, oldest hot session, disk, saving."""
+    async def metrics(self, now: datetime, user_id: str | None = None) -> dict[str, Any]:
+        """Per tier sessions/chunks/bytes, archives, oldest hot session, saving; disk space too for the whole server.
+
+        With `user_id`, the same figures over that user's sessions only, and no disk (the server's, not theirs)."""
         live = col(Chunk.deleted_at).is_(None)
         tier = col(RecordingSession.tier)
+        owned = col(RecordingSession.user_id) == user_id if user_id is not None else true()
         async with self.db.read() as s:
-            sessions: dict[str, int] = {t: int(n) for t, n in (await s.execute(select(tier, func.count()).group_by(tier))).all()}
-            total = select(func.coalesce(func.sum(col(RecordingSession.archive_bytes)), 0))
+            sessions: dict[str, int] = {t: int(n) for t, n in (await s.execute(
+                select(tier, func.count()).where(owned).group_by(tier))).all()}
+            total = select(func.coalesce(func.sum(col(RecordingSession.archive_bytes)), 0)).where(owned)
             archive_bytes = int((await s.execute(total)).scalar_one() or 0)
             rows = (await s.execute(
                 select(tier, live, func.count(), func.coalesce(func.sum(col(Chunk.size)), 0))
-                .join(RecordingSession, col(RecordingSession.id) == col(Chunk.session_id)).group_by(tier, live)
+                .join(RecordingSession, col(RecordingSession.id) == col(Chunk.session_id)).where(owned).group_by(tier, live)
             )).all()
             oldest = (await s.execute(
-                select(col(RecordingSession.id), col(RecordingSession.last_activity_at)).where(tier == Tier.HOT)
+                select(col(RecordingSession.id), col(RecordingSession.last_activity_at)).where(tier == Tier.HOT, owned)
                 .order_by(col(RecordingSession.last_activity_at), col(RecordingSession.id)).limit(1)
             )).first()
-            segments = int((await s.execute(select(func.count()).select_from(TranscriptSegment))).scalar_one())
+            segments = int((await s.execute(
+                select(func.count()).select_from(TranscriptSegment)
+                .join(RecordingSession, col(RecordingSession.id) == col(TranscriptSegment.session_id)).where(owned)
+            )).scalar_one())
         tiers = {t: {"sessions": int(sessions.get(t, 0)), "chunks": 0, "bytes": 0, "chunkBytes": 0} for t in (Tier.HOT, Tier.WARM, Tier.COLD)}
         for session_tier, is_live, count, size in rows:
             # A raw file is hot wherever its session is; an archived chunk is warm only while its session is.
@@ -508,8 +515,8 @@ class Retention:
         tiers[Tier.WARM]["bytes"] = archive_bytes
         all_hot = sum(t["chunkBytes"] for t in tiers.values())
         kept = tiers[Tier.HOT]["bytes"] + archive_bytes
-        disk = {"storage": _disk(self.storage_dir), "archives": _disk(self.archive_dir)}
-        return {
+        result: dict[str, Any] = {
+            "scope": "server" if user_id is None else "user",
             "generatedAt": now.isoformat(),
             "tiers": tiers,
             "archiveBytes": archive_bytes,
@@ -517,11 +524,14 @@ class Retention:
             "oldestHotSession": None if oldest is None else {
                 "sessionId": oldest[0], "lastActivityAt": oldest[1].isoformat(),
                 "ageDays": round((now - oldest[1]).total_seconds() / 86400, 3)},
-            "disk": disk,
-            "freeDiskBytes": min(d["freeBytes"] for d in disk.values()),
             "saving": {"allHotBytes": all_hot, "keptBytes": kept, "savedBytes": all_hot - kept,
                        "savedRatio": round((all_hot - kept) / all_hot, 4) if all_hot else 0.0},
         }
+        if user_id is None:
+            disk = {"storage": _disk(self.storage_dir), "archives": _disk(self.archive_dir)}
+            result["disk"] = disk
+            result["freeDiskBytes"] = min(d["freeBytes"] for d in disk.values())
+        return result
 
 
 async def _chunk_facts(s: Any, session_ids: list[str]) -> dict[str, tuple[int, int, datetime | None]]:
@@ -688,8 +698,10 @@ routes = web.RouteTableDef()
 
 @routes.get("/api/storage/metrics")
 async def storage_metrics(request: web.Request) -> web.Response:
-    """Storage per tier for the whole server (any authenticated user, like /api/server/stats)."""
+    """Storage per tier: the whole server's for an admin, the user's own sessions' for anyone else."""
+    from scribeai.rest import admin_key, user_key
     from scribeai.services import services_key
 
     services = request.app[services_key]
-    return web.json_response(await Retention(services.db, services.settings).metrics(datetime.now(timezone.utc)))
+    user_id = None if request[admin_key] else request[user_key]
+    return web.json_response(await Retention(services.db, services.settings).metrics(datetime.now(timezone.utc), user_id))

@@ -37,6 +37,7 @@ class Settings:
     redis_channel: str = _setting("scribeai", "REDIS_CHANNEL", "Pub/sub channel the nodes of one deployment share.")
     secret: str = _setting("", "SCRIBEAI_SECRET", "JWT HS256 secret; empty: generated once into DATA_DIR/secret.key.")
     auth: str = _setting("jwt", "SCRIBEAI_AUTH", "'jwt' (default) or 'none' (every connection is user 'anonymous').")
+    admin_users: str = _setting("", "ADMIN_USERS", "Comma-separated user ids that see the whole server's figures (stats, storage); tokens with role admin do too.")
     cors_origins: str = _setting("*", "CORS_ORIGINS", "Comma-separated allowed browser origins for Socket.IO and REST, or '*'.")
     max_chunk_bytes: int = _setting(10 * MIB, "MAX_CHUNK_BYTES", "Largest accepted audio chunk; larger ones get chunk-error too_large.")
     chunk_duration_ms: int = _setting(15000, "CHUNK_DURATION_MS", "Assumed chunk length when neither durationMs nor the audio tells.")
@@ -105,6 +106,10 @@ class Settings:
     @property
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def admin_user_ids(self) -> frozenset[str]:
+        return frozenset(u.strip() for u in self.admin_users.split(",") if u.strip())
 
 
 def _convert(kind: Any, raw: str, name: str) -> Any:

@@ -975,7 +975,7 @@ def mint_token(options: Options) -> str | None:
         return None  # fine against SCRIBEAI_AUTH=none; otherwise the connect error says why
     from scribeai.auth import create_token
 
-    return create_token(options.secret, options.user_id)
+    return create_token(options.secret, options.user_id, role="admin")  # the run reads the whole server's figures
 
 
 async def run(options: Options) -> dict[str, Any]:
@@ -1001,6 +1001,9 @@ async def run(options: Options) -> dict[str, Any]:
             raise CannotRun(f"no server at {options.url}: {exc}") from exc
         except RuntimeError as exc:
             raise CannotRun(f"{exc} (is the token right? give --token, or --secret / $SCRIBEAI_SECRET)") from exc
+        if stats_before.get("scope") == "user":
+            raise CannotRun("the token is not an admin's: the server's RSS, CPU and backlog are admin-only "
+                            "(give --secret to mint one, `scribeai token create --admin`, or list the user in ADMIN_USERS)")
         engine = str((stats_before.get("transcription") or {}).get("engine", "unknown"))
         run_id = uuid.uuid4().hex[:8]
         recorders = [Recorder(i, f"{options.session_prefix}-{run_id}-{i:03d}", options, audio, token, api, clock,

@@ -96,7 +96,7 @@ async def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    token = create_token(SECRET, "bench")
+    token = create_token(SECRET, "bench", role="admin")  # the backlog in /api/server/stats is the server's
     hello = (FIXTURES / "speech_hello.wav").read_bytes()
     long = (FIXTURES / "speech_long.webm").read_bytes()
     with tempfile.TemporaryDirectory() as tmp:

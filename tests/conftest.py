@@ -47,8 +47,8 @@ def require_service(name: str, url: str, port: int) -> None:
     pytest.skip(message)
 
 
-def token_for(user: str) -> str:
-    return create_token(SECRET, user)
+def token_for(user: str, role: str | None = None) -> str:
+    return create_token(SECRET, user, role=role)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

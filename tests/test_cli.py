@@ -27,7 +27,11 @@ def test_token_create_with_configured_secret_and_ttl(tmp_path: Path) -> None:
     claims = jwt.decode(token, "cli-secret-0123456789abcdef0123456789", algorithms=["HS256"])
     assert claims["sub"] == "alice"
     assert 590 <= claims["exp"] - int(time.time()) <= 600
+    assert "role" not in claims
     assert not (tmp_path / "secret.key").exists()
+    admin = run_cli("token", "create", "--user", "ops", "--admin",
+                    env={"SCRIBEAI_SECRET": "cli-secret-0123456789abcdef0123456789", "DATA_DIR": str(tmp_path)})
+    assert jwt.decode(admin, "cli-secret-0123456789abcdef0123456789", algorithms=["HS256"])["role"] == "admin"
 
 
 def test_secret_is_generated_once_and_reused(tmp_path: Path) -> None:

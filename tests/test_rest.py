@@ -12,12 +12,12 @@ from tests.conftest import RunningServer, chunk, token_for
 AUDIO = os.urandom(1000)
 
 
-def auth(user: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token_for(user)}"}
+def auth(user: str, role: str | None = None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token_for(user, role)}"}
 
 
-async def request(method: str, url: str, user: str | None = "alice", **kwargs: Any) -> tuple[int, Any]:
-    headers = {**(auth(user) if user else {}), **kwargs.pop("headers", {})}
+async def request(method: str, url: str, user: str | None = "alice", role: str | None = None, **kwargs: Any) -> tuple[int, Any]:
+    headers = {**(auth(user, role) if user else {}), **kwargs.pop("headers", {})}
     async with aiohttp.ClientSession() as http:
         async with http.request(method, url, headers=headers, **kwargs) as response:
             return response.status, await response.json()
@@ -123,11 +123,34 @@ async def test_server_stats_reports_load(server: RunningServer, connect: Any) ->
     client = await connect(server.url)
     await client.call("audio-chunk", chunk("stats", 0, AUDIO), timeout=5)
     await client.call("audio-chunk", chunk("stats", 0, AUDIO), timeout=5)
-    status, stats = await request("GET", f"{server.url}/api/server/stats")
+    status, stats = await request("GET", f"{server.url}/api/server/stats", role="admin")
     assert status == 200
+    assert stats["scope"] == "server"
     assert stats["rssBytes"] > 10_000_000
     assert stats["connections"] == 1
     assert stats["counters"]["chunks_stored"] == 1
     assert stats["counters"]["chunks_duplicate"] == 1
     assert stats["transcription"]["engine"] == "none"
     assert (await request("GET", f"{server.url}/api/server/stats", user=None))[0] == 401
+
+
+async def test_server_stats_show_other_users_only_their_own(start_server: Any, connect: Any) -> None:
+    server = await start_server(admin_users="carol, dave")
+    alice, bob = await connect(server.url, user="alice"), await connect(server.url, user="bob")
+    await alice.call("audio-chunk", chunk("alice-s", 0, AUDIO), timeout=5)
+    await alice.call("audio-chunk", chunk("alice-s", 1, AUDIO), timeout=5)
+    await bob.call("audio-chunk", chunk("bob-s", 0, AUDIO), timeout=5)
+
+    status, mine = await request("GET", f"{server.url}/api/server/stats", user="alice")
+    assert status == 200
+    assert mine == {"scope": "user", "userId": "alice", "connections": 1, "sessions": {"recording": 1},
+                    "chunksByStatus": {"stored": 2}, "transcription": {"backlog": 0}}
+    status, other = await request("GET", f"{server.url}/api/server/stats", user="nobody")
+    assert (status, other["connections"], other["sessions"], other["chunksByStatus"]) == (200, 0, {}, {})
+    for admin in ("carol", "dave"):  # listed in ADMIN_USERS, with a plain token
+        status, whole = await request("GET", f"{server.url}/api/server/stats", user=admin)
+        assert (status, whole["scope"], whole["connections"], whole["counters"]["chunks_stored"]) == (200, "server", 2, 3)
+    status, whole = await request("GET", f"{server.url}/api/server/stats", user="alice", role="admin")
+    assert (status, whole["scope"]) == (200, "server")
+    status, body = await request("GET", f"{server.url}/api/server/stats", user="alice", role="superuser")
+    assert (status, body["scope"]) == (200, "user")

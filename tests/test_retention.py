@@ -165,8 +165,8 @@ async def send(client: Any, session_id: str, blobs: list[bytes], first_seq: int 
         assert ack["duplicate"] is False, ack
 
 
-async def api(method: str, url: str, user: str | None = "alice") -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {token_for(user)}"} if user else {}
+async def api(method: str, url: str, user: str | None = "alice", role: str | None = None) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token_for(user, role)}"} if user else {}
     async with aiohttp.ClientSession() as http:
         async with http.request(method, url, headers=headers) as response:
             return response.status, await response.json()
@@ -554,6 +554,7 @@ async def test_storage_metrics_per_tier_over_rest_and_cli(start: Any, connect: A
     assert (status, metrics["tiers"]["hot"], metrics["archiveBytes"]) == (200, {"sessions": 3, "chunks": 6, "bytes": 15700, "chunkBytes": 15700}, 0)
     assert metrics["oldestHotSession"]["sessionId"] == "m3"  # m1 and m2 were active later: their stop
     assert metrics["saving"] == {"allHotBytes": 15700, "keptBytes": 15700, "savedBytes": 0, "savedRatio": 0.0}
+    status, metrics = await api("GET", url, role="admin")
     assert metrics["freeDiskBytes"] == min(d["freeBytes"] for d in metrics["disk"].values()) > 0
 
     retention = Retention(server.services.db, server.settings)
@@ -573,6 +574,23 @@ async def test_storage_metrics_per_tier_over_rest_and_cli(start: Any, connect: A
     assert cli_metrics["saving"] == {"allHotBytes": 15700, "keptBytes": 0, "savedBytes": 15700, "savedRatio": 1.0}
     code, text, _ = await cli(server, "storage", "metrics")
     assert "saving against keeping everything hot: 15,700 of 15,700 bytes (100.0%)" in text
+
+
+async def test_storage_metrics_are_the_users_own_unless_admin(start: Any, connect: Any) -> None:
+    server = await start()
+    await send(await connect(server.url, user="alice"), "alice-1", [os.urandom(1000), os.urandom(2000)])
+    await send(await connect(server.url, user="bob"), "bob-1", [os.urandom(900)])
+    url = f"{server.url}/api/storage/metrics"
+
+    status, whole = await api("GET", url, user="bob", role="admin")
+    assert (status, whole["scope"], whole["tiers"]["hot"]) == (200, "server", {"sessions": 2, "chunks": 3, "bytes": 3900, "chunkBytes": 3900})
+    assert whole["oldestHotSession"]["sessionId"] == "alice-1" and whole["freeDiskBytes"] > 0
+    status, own = await api("GET", url, user="bob")
+    assert (status, own["scope"], own["tiers"]["hot"]) == (200, "user", {"sessions": 1, "chunks": 1, "bytes": 900, "chunkBytes": 900})
+    assert own["oldestHotSession"]["sessionId"] == "bob-1"
+    assert "disk" not in own and "freeDiskBytes" not in own  # the server's disks are not a user's business
+    status, none = await api("GET", url, user="carol")
+    assert (status, none["tiers"]["hot"]["sessions"], none["oldestHotSession"]) == (200, 0, None)
 
 
 async def test_one_run_at_a_time_across_processes(start: Any, connect: Any) -> None:

@@ -104,6 +104,7 @@ class Realtime:
             self.sio.on("disconnect", self._disconnect_handler(namespace), namespace=namespace)
             for event, (fn, error_event) in events.items():
                 self.sio.on(event, self._wrap(namespace, event, fn, error_event), namespace=namespace)
+            self.sio.on("*", self._unknown_event_handler(namespace, sorted(events)), namespace=namespace)
 
     # -- connection lifecycle -------------------------------------------------
 
@@ -158,6 +159,21 @@ class Realtime:
         log.info("%s from %s refused: reserved event", event, sid, extra={"sid": sid})
         await self.sio.emit(PROTOCOL_ERROR, body, to=sid, namespace=namespace)
         return {"error": body}
+
+    def _unknown_event_handler(self, namespace: str, known: list[str]) -> Handler:
+        """An event no handler takes is answered too (ack and protocol-error), and the connection stays open."""
+        async def unknown(event: Any, sid: str, *args: Any) -> dict[str, Any]:
+            if (namespace, sid) not in self.connections:
+                return {"error": {"code": "unauthorized", "message": "not connected"}}
+            name = str(event)
+            shown = name if len(name) <= 64 else name[:64] + "…"
+            exc = InvalidInput(f"unknown event {shown!r}; this server handles {', '.join(known)}", event=shown)
+            body = _error_body(exc, shown, "Unknown event")
+            self._count(f"{PROTOCOL_ERROR}:unknown_event")
+            log.info("unknown event %r from %s answered invalid", shown, sid, extra={"sid": sid})
+            await self.sio.emit(PROTOCOL_ERROR, body, to=sid, namespace=namespace)
+            return {"error": body}
+        return unknown
 
     def _wrap(self, namespace: str, event: str, fn: Handler, error_event: str) -> Handler:
         """Every path answers: the reply goes to the ack callback and, for errors, out as an event too."""

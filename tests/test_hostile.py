@@ -263,3 +263,21 @@ async def test_session_errors_name_their_event(server: RunningServer, http: aioh
     assert bad["error"]["error"] == "Invalid pause-session data"
     assert bad["error"]["details"] == {"field": "sessionId"}
     await assert_healthy(server, http, connect, acked=[])
+
+
+@pytest.mark.parametrize("event", ["no-such-event", "chunk-ack", "x" * 5000])
+async def test_events_without_a_handler_are_answered(
+        server: RunningServer, http: aiohttp.ClientSession, connect: Any, event: str) -> None:
+    raw = await Raw.open(http, server.url, user="alice")
+    await raw.ws.send_str(f'421[{json.dumps(event)},{{"sessionId":"evil"}}]')  # with an ack: the ack says why
+    reply, events = await raw.answer(1)
+    assert (reply["error"]["code"], reply["error"]["error"]) == ("invalid", "Unknown event")
+    assert "unknown event" in reply["error"]["message"] and "audio-chunk" in reply["error"]["message"]
+    assert len(reply["error"]["message"]) < 400  # a 5000-character name is not echoed whole
+    assert events == [["protocol-error", reply["error"]]]
+    await raw.ws.send_str(f'42[{json.dumps(event)}]')  # without an ack: the protocol-error event alone
+    await raw.ws.send_str(f'422["audio-chunk",{{{META},"audio":"{B64}"}}]')  # and the connection still works
+    ack, events = await raw.answer(2)
+    assert ack["duplicate"] is False
+    assert [name for name, _ in events] == ["protocol-error", "chunk-ack"]
+    await assert_healthy(server, http, connect, acked=["evil"])

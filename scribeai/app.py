@@ -17,6 +17,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from scribeai import rest, retention
 from scribeai.auth import Authenticator, load_secret
 from scribeai.db import Database
+from scribeai.demo import add_demo, demo_url
 from scribeai.errors import StartupCheckFailed
 from scribeai.idempotency import ChunkIngest, classify_fault, ensure_writable
 from scribeai.metrics import LiveGauges, Metrics
@@ -100,6 +101,7 @@ def create_app(settings: Settings, *, db_schema: str | None = None) -> web.Appli
     app.add_routes(rest.routes)
     app.add_routes(retention.routes)
     _setup_cors(app, origins)
+    add_demo(app, settings)  # after CORS: the page is same-origin, and not part of the REST API
     app.cleanup_ctx.extend([_database, _transcription, retention.scheduler])
     app.on_shutdown.append(_graceful_stop)
     return app
@@ -167,6 +169,8 @@ async def serve(app: web.Application, host: str, port: int) -> None:
     site = web.TCPSite(runner, host, port)
     await site.start()
     log.info("ScribeAI listening on http://%s:%d", host, port)
+    if services.settings.demo == "on":
+        log.info("demo page: %s (DEMO=off turns it off)", demo_url(host, port))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -12,7 +12,8 @@ from typing import Any
 
 MIB = 1024 * 1024
 # Settings with a fixed set of values; anything else is refused when Settings is built.
-_CHOICES = {"transcriber": ("whisper", "openai", "none"), "auth": ("jwt", "none"), "log_format": ("text", "json")}
+_CHOICES = {"transcriber": ("whisper", "openai", "none"), "auth": ("jwt", "none"), "log_format": ("text", "json"),
+            "demo": ("on", "off")}
 
 
 class SettingError(ValueError):
@@ -68,6 +69,7 @@ class Settings:
     log_format: str = _setting("text", "LOG_FORMAT", "'text' or 'json' (one object a line).")
     log_level: str = _setting("INFO", "LOG_LEVEL", "Python logging level.")
     node_id: str = _setting("", "NODE_ID", "Name of this node in logs and job claims (unique per node); empty: the host name.")
+    demo: str = _setting("on", "DEMO", "'on' (default): the demo recorder page at /demo/ (and / redirects there); 'off': neither.")
 
     def __post_init__(self) -> None:
         for name, choices in _CHOICES.items():

@@ -27,12 +27,15 @@ SCHEMATHESIS_TIMEOUT_S = 600 if EXTRA_ARGS else 90
 
 
 def router_operations(app: web.Application) -> set[tuple[str, str]]:
-    """(method, path) of every REST route; HEAD and OPTIONS are aiohttp's and aiohttp-cors' own."""
+    """(method, path) of every REST route; HEAD and OPTIONS are aiohttp's and aiohttp-cors' own.
+
+    The demo page's routes (scribeai.demo: static files, its config, the redirect from /) are no REST API.
+    """
     return {
         (route.method, route.resource.canonical)
         for route in app.router.routes()
         if route.resource is not None and not route.resource.canonical.startswith("/socket.io/")
-        and route.method not in ("HEAD", "OPTIONS")
+        and route.method not in ("HEAD", "OPTIONS") and route.handler.__module__ != "scribeai.demo"
     }
 
 

@@ -185,10 +185,12 @@ async def rows(server: RunningServer, session_id: str) -> tuple[RecordingSession
     return session, chunks
 
 
-async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float = 30) -> None:
+async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float = 30,
+                   state: Callable[[], Awaitable[Any]] | None = None) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not await condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        if asyncio.get_running_loop().time() >= deadline:
+            raise AssertionError(f"condition not met in {timeout} s" + (f"; last state: {await state()!r}" if state else ""))
         await asyncio.sleep(0.05)
 
 
@@ -450,10 +452,13 @@ async def test_untranscribed_chunk_keeps_its_session_hot(start: Any, connect: An
     await send(client, "queued", [hello, hello], mime="audio/wav")
     await stop(server, "queued")
 
+    async def state() -> tuple[int, list[str], list[str]]:
+        return len(fake_api.requests), [c.status for c in (await rows(server, "queued"))[1]], [repr(server.services.pipeline)]
+
     async def tried() -> bool:  # the first window failed and waits an hour for its retry; the second chunk waits too
-        statuses = [c.status for c in (await rows(server, "queued"))[1]]
-        return len(fake_api.requests) == 1 and statuses[0] == "transcribing" and statuses[1] in ("pending", "transcribing")
-    await wait_for(tried, timeout=90)  # generous: under a loaded CI machine the first turn can be slow
+        requests, statuses, _ = await state()
+        return requests == 1 and statuses[0] == "transcribing" and statuses[1] in ("pending", "transcribing")
+    await wait_for(tried, timeout=90, state=state)  # generous: under a loaded CI machine the first turn can be slow
     report = await Retention(server.services.db, server.settings).run(T0 + timedelta(days=400))
     assert (report.archived, report.waiting) == ([], [{"sessionId": "queued", "reason": "2 chunk(s) not transcribed yet"}])
     assert sorted(p.name for p in chunk_dir(server, "queued").iterdir()) == ["queued_0000.wav", "queued_0001.wav"]

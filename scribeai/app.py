@@ -166,15 +166,16 @@ async def serve(app: web.Application, host: str, port: int) -> None:
         await runner.cleanup()
         print(f"scribeai: not starting: {exc.message}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
+    # Handlers before the socket opens: a SIGTERM right after "listening" (a supervisor's quick restart) is a graceful stop.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     site = web.TCPSite(runner, host, port)
     await site.start()
     log.info("ScribeAI listening on http://%s:%d", host, port)
     if services.settings.demo == "on":
         log.info("demo page: %s (DEMO=off turns it off)", demo_url(host, port))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     try:
         await stop.wait()
         log.info("stopping: draining in-flight chunks")

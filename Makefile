@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: serve test install install-test js-deps system-deps bench clean
+.PHONY: serve test install install-test js-deps demo-js-deps system-deps bench clean
 
 $(BIN)/python:
 	@echo "creating $(VENV) with $(PYTHON)"
@@ -28,7 +28,20 @@ install: $(VENV)/.installed
 tests/js/node_modules/.package-lock.json: tests/js/package-lock.json
 	npm ci --prefix tests/js --no-audit --no-fund
 
-js-deps: tests/js/node_modules/.package-lock.json
+# The browser recorder library (clients/js): its tests, and the socket.io-client the demo page loads.
+clients/js/node_modules/.package-lock.json: clients/js/package-lock.json
+	npm ci --prefix clients/js --no-audit --no-fund
+
+js-deps: tests/js/node_modules/.package-lock.json clients/js/node_modules/.package-lock.json
+
+# `make serve` installs the demo page's socket.io-client when it can; without npm (or a registry) the server still starts.
+demo-js-deps:
+	@if ! command -v npm >/dev/null 2>&1; then \
+		echo "note: npm not found: the demo page needs clients/js/node_modules (npm ci --prefix clients/js); the server starts without it"; \
+	else \
+		$(MAKE) --no-print-directory clients/js/node_modules/.package-lock.json \
+			|| echo "note: npm ci --prefix clients/js failed: the demo page may not load socket.io-client; the server starts anyway"; \
+	fi
 
 # The real-browser test (tests/test_browser.py) needs Debian's chromium, espeak-ng and sox.
 # As root, install the missing ones; otherwise say so, and that test skips with the reason.
@@ -45,7 +58,7 @@ system-deps:
 		echo "note:$$missing not installed and not root: the real-browser test will skip (sudo apt-get install -y$$missing)"; \
 	fi
 
-serve: $(VENV)/.installed-serve
+serve: $(VENV)/.installed-serve demo-js-deps
 	@echo "starting ScribeAI on :$${PORT:-3001} (Ctrl-C or SIGTERM stops it gracefully)"
 	$(BIN)/scribeai serve
 
@@ -54,4 +67,4 @@ test: install js-deps system-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) tests/js/node_modules
+	rm -rf $(VENV) tests/js/node_modules clients/js/node_modules

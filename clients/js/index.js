@@ -1,0 +1,7 @@
+// @scribeai/recorder: the recorder and its pure parts.
+export { Recorder, RECORDER_DEFAULTS } from "./recorder.js";
+export { Outbox, isQuotaError } from "./outbox.js";
+export { FlowControl, isRetryable, RETRYABLE_CODES } from "./flow.js";
+export { resendPlan, nextToSend } from "./resend.js";
+export { SegmentList } from "./segments.js";
+export { pickMimeType, chunkMimeType, PREFERRED_MIME_TYPES } from "./mime.js";

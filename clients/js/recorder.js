@@ -1,0 +1,609 @@
+// A browser recorder for ScribeAI that never loses audio.
+// MediaRecorder blobs are written to an IndexedDB outbox before they are sent and deleted only when the
+// server acks them (stored or duplicate); sending obeys the server's credits, canAccept, overloaded and
+// slowDown; every (re)connect joins the session and resends what the outbox still holds.
+
+import { io } from "socket.io-client";
+import { chunkMimeType, pickMimeType } from "./mime.js";
+import { FlowControl, isRetryable } from "./flow.js";
+import { Outbox, isQuotaError } from "./outbox.js";
+import { nextToSend, resendPlan } from "./resend.js";
+import { SegmentList } from "./segments.js";
+
+export const RECORDER_DEFAULTS = Object.freeze({
+  timesliceMs: 15000,
+  dbName: "scribeai-recorder",
+  ackTimeoutMs: 20000,         // an unanswered chunk counts as failed (and is resent) after this
+  stopTimeoutMs: 60000,        // stop() waits this long for the outbox to empty
+  joinRetryMs: 2000,
+  reconnectMs: 1000,           // after the server itself disconnected us (a restart): reconnect after this
+  storageReserveBytes: 1 << 20, // "full" when less than a chunk plus this is left of the quota
+  checksum: true,              // send each chunk's sha256 so the server verifies the bytes
+});
+
+const ACTIVE = new Set(["connecting", "recording", "paused"]);
+
+function sessionIdOf(options) {
+  if (options.sessionId) return String(options.sessionId);
+  return globalThis.crypto.randomUUID();
+}
+
+async function sha256Hex(bytes) {
+  const subtle = globalThis.crypto?.subtle;
+  if (!subtle) return undefined;  // not a secure context: the server checks sizes only
+  const digest = new Uint8Array(await subtle.digest("SHA-256", bytes));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function once(target, type) {
+  return new Promise((resolve) => target.addEventListener(type, resolve, { once: true }));
+}
+
+export class Recorder extends EventTarget {
+  /** Outboxes left by earlier page loads (or other recorders): `[{sessionId, chunks, bytes, rejected, nextSeq, updatedAt}]`. */
+  static async pending({ dbName = RECORDER_DEFAULTS.dbName, indexedDB, IDBKeyRange } = {}) {
+    const outbox = await Outbox.open(dbName, { indexedDB, IDBKeyRange });
+    try {
+      return (await outbox.sessions()).filter((s) => s.chunks > 0);
+    } finally {
+      outbox.close();
+    }
+  }
+
+  /** The chunks of a session the server refused for good, with their bytes and errors (see README). */
+  static async rejected({ dbName = RECORDER_DEFAULTS.dbName, indexedDB, IDBKeyRange, sessionId } = {}) {
+    const outbox = await Outbox.open(dbName, { indexedDB, IDBKeyRange });
+    try {
+      return await outbox.rejected(sessionId);
+    } finally {
+      outbox.close();
+    }
+  }
+
+  /** A recorder for an existing session's outbox: connects and resends it now; start() records more into it. */
+  static resume(options) {
+    if (!options || !options.sessionId) throw new TypeError("Recorder.resume needs options.sessionId");
+    const recorder = new Recorder(options);
+    recorder._open().then(() => recorder._connect(), (err) => recorder._emitError("storage", String(err)));
+    return recorder;
+  }
+
+  constructor(options = {}) {
+    super();
+    if (!options.url) throw new TypeError("Recorder needs options.url (the server's origin)");
+    this.options = { ...RECORDER_DEFAULTS, ...options };
+    this.sessionId = sessionIdOf(options);
+    this.state = "idle";
+    this.mimeType = null;
+    this.connected = false;
+    this.transport = null;
+    this.lastJoin = null;        // the last session-joined reply
+    this.completed = false;      // session-completed arrived
+    this._segments = new SegmentList();
+    this._flow = new FlowControl(options.flow);
+    this._pending = new Map();   // sequence -> size: the outbox of this session (in flight included)
+    this._volatile = new Map();  // sequence -> record: chunks IndexedDB could not take (storage full), memory only
+    this._inFlight = new Map();  // sequence -> connection epoch it was sent on
+    this._nextSeq = 0;
+    this._epoch = 0;             // +1 per disconnect: answers from an older connection do not touch flow state
+    this._joined = false;
+    this._loaded = false;
+    this._outbox = null;
+    this._socket = null;
+    this._writes = Promise.resolve();
+    this._wakeTimer = null;
+    this._waiters = new Set();
+    this._lastBackpressure = JSON.stringify(this._flow.snapshot(Date.now()));
+    this._storageFullShown = false;
+    this._closed = false;
+  }
+
+  /** The transcript so far: de-duplicated transcriptSegment payloads sorted by seq. */
+  get segments() {
+    return this._segments.items;
+  }
+
+  /** What waits in the outbox for this session (chunks in flight included). */
+  get queue() {
+    let bytes = 0;
+    for (const size of this._pending.values()) bytes += size;
+    return { chunks: this._pending.size, bytes };
+  }
+
+  /** The next sequence this recorder will give a chunk (persisted: it continues after a reload). */
+  get nextSequence() {
+    return this._nextSeq;
+  }
+
+  /** The normalized flow-control view (as in the `backpressure` event). */
+  get backpressure() {
+    return this._flow.snapshot(Date.now());
+  }
+
+  toString() {
+    return `Recorder(${this.sessionId}, ${this.state}, queue=${this._pending.size})`;
+  }
+
+  // -- the user's verbs --------------------------------------------------------
+
+  /** Record `mediaStream` (or the microphone) into the session; chunks go to the outbox, then the server. */
+  async start(mediaStream) {
+    if (ACTIVE.has(this.state)) throw new Error(`Recorder.start: already ${this.state}`);
+    this._closed = false;
+    this._setState("connecting");
+    try {
+      await this._open();
+      this._connect();
+      let stream = mediaStream;
+      this._ownStream = !stream;
+      if (!stream) {
+        const getUserMedia = this.options.getUserMedia ??
+          ((constraints) => globalThis.navigator.mediaDevices.getUserMedia(constraints));
+        stream = await getUserMedia({ audio: true });
+      }
+      this._stream = stream;
+      this._startMediaRecorder(stream);
+    } catch (err) {
+      this._setState("error");
+      this._emitError(err?.name === "NotAllowedError" ? "microphone_denied" : "start_failed", String(err?.message ?? err));
+      throw err;
+    }
+    this._setState("recording");
+    this._syncSessionStatus();
+  }
+
+  /** Pause recording: the audio so far is flushed to the outbox, the server is told (pause-session). */
+  pause() {
+    if (this.state !== "recording") return;
+    this._mediaRecorder.requestData();
+    this._mediaRecorder.pause();
+    this._setState("paused");
+    this._sessionEvent("pause-session");
+  }
+
+  /** Resume after pause() (resume-session). Not to be confused with the static Recorder.resume(). */
+  resume() {
+    if (this.state !== "paused") return;
+    this._mediaRecorder.resume();
+    this._setState("recording");
+    this._sessionEvent("resume-session");
+  }
+
+  /**
+   * Stop: flush the last blob, wait until the outbox of this session is empty (or `timeoutMs`), then
+   * `stopSession {sessionId, lastSeq}`. Resolves `{drained, reply, queue}`; the socket stays open for
+   * the transcript until close(). Chunks still waiting stay in the outbox (Recorder.pending()).
+   */
+  async stop({ timeoutMs = this.options.stopTimeoutMs } = {}) {
+    this._setState("stopping");
+    await this._stopMediaRecorder();
+    await this._settleWrites();
+    await this._open();
+    this._connect();
+    const deadline = Date.now() + timeoutMs;
+    const drained = await this._waitUntil(() => this._pending.size === 0, timeoutMs);
+    let reply = null;
+    if (await this._waitUntil(() => this._joined, Math.max(deadline - Date.now(), 0))) {
+      const body = { sessionId: this.sessionId };
+      if (this._nextSeq > 0) body.lastSeq = this._nextSeq - 1;
+      try {
+        reply = await this._socket.timeout(this.options.ackTimeoutMs).emitWithAck("stopSession", body);
+      } catch (err) {
+        this._emitError("timeout", `stopSession was not answered: ${err?.message ?? err}`);
+      }
+      if (reply?.error) this._emitError(reply.error.code, reply.error.message);
+    }
+    if (!drained) {
+      this._emitError("stop_incomplete",
+        `${this._pending.size} chunk(s) still wait in the outbox; they are resent while this page is open, or by Recorder.resume()`);
+    }
+    await (await this._open()).updateMeta(this.sessionId, { stoppedAt: Date.now() }).catch(() => {});
+    this._setState("stopped");
+    return { drained, reply: reply && !reply.error ? reply : null, queue: this.queue };
+  }
+
+  /** Wait until this session's outbox is empty; true when it is, false after `timeoutMs`. */
+  async flush({ timeoutMs = this.options.stopTimeoutMs } = {}) {
+    await this._settleWrites();
+    await this._open();
+    return this._waitUntil(() => this._pending.size === 0, timeoutMs);
+  }
+
+  /** Disconnect without stopping the session: a recording in progress is flushed to the outbox first. */
+  async close() {
+    this._closed = true;
+    await this._stopMediaRecorder();
+    await this._settleWrites();
+    clearTimeout(this._wakeTimer);
+    if (this._socket) {
+      this._socket.removeAllListeners();
+      this._socket.io.removeAllListeners?.();
+      this._socket.disconnect();
+      this._socket = null;
+    }
+    this._setConnected(false);
+    this._joined = false;
+    if (this._outbox) (await this._outbox).close();
+    this._outbox = null;
+    this._loaded = false;
+    if (ACTIVE.has(this.state) || this.state === "stopping") this._setState("idle");
+    for (const waiter of this._waiters) waiter.resolve(false);
+    this._waiters.clear();
+  }
+
+  /** A new token (e.g. after `unauthorized`): reconnects with it. */
+  setToken(token) {
+    this.options.token = token;
+    if (!this._socket) return;
+    this._socket.auth = token ? { token } : {};
+    if (!this._socket.connected) this._socket.connect();
+  }
+
+  // -- recording -----------------------------------------------------------------
+
+  _startMediaRecorder(stream) {
+    const MediaRecorderClass = this.options.MediaRecorder ?? globalThis.MediaRecorder;
+    if (!MediaRecorderClass) throw new Error("MediaRecorder is not available in this browser");
+    const support = MediaRecorderClass.isTypeSupported?.bind(MediaRecorderClass);
+    const mimeType = pickMimeType(support, this.options.mimeType);
+    const mediaRecorder = new MediaRecorderClass(stream, mimeType ? { mimeType } : undefined);
+    this.mimeType = mediaRecorder.mimeType || mimeType || null;
+    mediaRecorder.addEventListener("dataavailable", (event) => this._enqueue(event.data));
+    mediaRecorder.addEventListener("error", (event) => {
+      this._emitError("recorder", String(event.error?.message ?? event.error ?? "MediaRecorder failed"));
+    });
+    this._sliceStart = Date.now();
+    mediaRecorder.start(this.options.timesliceMs);
+    this._mediaRecorder = mediaRecorder;
+  }
+
+  async _stopMediaRecorder() {
+    const mediaRecorder = this._mediaRecorder;
+    this._mediaRecorder = null;
+    if (mediaRecorder && mediaRecorder.state !== "inactive") {
+      const stopped = once(mediaRecorder, "stop");
+      mediaRecorder.requestData();
+      mediaRecorder.stop();
+      await stopped;  // the last dataavailable comes before "stop"
+    }
+    if (this._ownStream && this._stream) this._stream.getTracks().forEach((track) => track.stop());
+    this._stream = null;
+  }
+
+  _enqueue(blob) {
+    if (!blob || blob.size === 0) return;
+    const timestamp = this._sliceStart ?? Date.now();  // epoch ms of the chunk's start
+    this._sliceStart = Date.now();
+    this._writes = this._writes
+      .then(() => this._store(blob, timestamp))
+      .catch((err) => this._emitError("storage", `a chunk could not be queued: ${err?.message ?? err}`));
+  }
+
+  async _store(blob, timestamp) {
+    const bytes = await blob.arrayBuffer();
+    const fields = { bytes, mimeType: chunkMimeType(blob.type, this.mimeType), timestamp };
+    if (this.options.checksum) fields.checksum = await sha256Hex(bytes);
+    const outbox = await this._open();
+    let record = null;
+    let reason = null;
+    if (await this._storageFull(bytes.byteLength)) {
+      reason = "the storage estimate leaves no room";
+    } else {
+      try {
+        record = await outbox.append(this.sessionId, fields, this._nextSeq);
+        this._storageFullShown = false;
+      } catch (err) {
+        if (!isQuotaError(err)) throw err;
+        reason = `IndexedDB refused the write (${err.name})`;
+      }
+    }
+    if (!record) record = await this._keepInMemory(outbox, fields, reason);
+    this._nextSeq = record.sequence + 1;
+    this._pending.set(record.sequence, record.size);
+    this._emitQueue();
+    this._pump();
+  }
+
+  /** Storage is full: the new chunk is sent from memory (lost if the tab closes before its ack). */
+  async _keepInMemory(outbox, fields, reason) {
+    const record = { ...fields, sessionId: this.sessionId, sequence: this._nextSeq, size: fields.bytes.byteLength,
+      createdAt: Date.now(), volatile: true };
+    this._volatile.set(record.sequence, record);
+    // the sequence must not be given out again after a reload, even if this chunk is lost
+    await outbox.updateMeta(this.sessionId, { nextSeq: record.sequence + 1 }).catch(() => {});
+    if (!this._storageFullShown) {
+      this._storageFullShown = true;
+      this._emitError("storage_full", `browser storage is full (${reason}): new chunks are kept in memory until the server ` +
+        "acks them; chunks already in the outbox are safe. Free some space (other sites' data) to restore durability.",
+      record.sequence);
+    }
+    return record;
+  }
+
+  async _storageFull(size) {
+    const storage = this.options.storage ?? globalThis.navigator?.storage;
+    if (!storage?.estimate) return false;
+    try {
+      const { usage = 0, quota } = await storage.estimate();
+      return typeof quota === "number" && quota - usage < size + this.options.storageReserveBytes;
+    } catch {
+      return false;  // no estimate: the write itself will tell
+    }
+  }
+
+  async _settleWrites() {
+    let tail;
+    do {
+      tail = this._writes;
+      await tail;
+    } while (tail !== this._writes);
+  }
+
+  // -- the outbox ----------------------------------------------------------------
+
+  _open() {
+    if (!this._outbox) {
+      const { dbName, indexedDB, IDBKeyRange } = this.options;
+      this._outbox = Outbox.open(dbName, { indexedDB, IDBKeyRange }).then(async (outbox) => {
+        const meta = await outbox.meta(this.sessionId);
+        this._nextSeq = Math.max(this._nextSeq, meta?.nextSeq ?? 0);
+        for (const { sequence, size } of await outbox.list(this.sessionId)) this._pending.set(sequence, size);
+        this._loaded = true;
+        this._emitQueue();
+        this._changed();
+        this._pump();
+        return outbox;
+      });
+      this._outbox.catch(() => { this._outbox = null; });
+    }
+    return this._outbox;
+  }
+
+  // -- the connection --------------------------------------------------------------
+
+  _connect() {
+    if (this._socket || this._closed) return;
+    const { url, token, socketOptions = {} } = this.options;
+    const auth = { ...(token ? { token } : {}), ...(socketOptions.auth ?? {}) };
+    const connect = this.options.io ?? io;  // tests pass a fake
+    const socket = connect(url, { ...socketOptions, auth });
+    this._socket = socket;
+    socket.on("connect", () => {
+      this._setConnected(true);
+      socket.io.engine?.once("upgrade", () => this._setConnected(true));
+      this._join();
+    });
+    socket.on("disconnect", (reason) => {
+      this._epoch += 1;
+      this._joined = false;
+      this._inFlight.clear();
+      this._flow.reset();
+      this._setConnected(false);
+      this._emitBackpressure();
+      // The server closed the connection (a restart or a shutdown): socket.io-client would not retry.
+      if (reason === "io server disconnect" && !this._closed) {
+        setTimeout(() => { if (this._socket === socket && !socket.connected) socket.connect(); }, this.options.reconnectMs);
+      }
+    });
+    socket.on("connect_error", (err) => {
+      this._setConnected(false);
+      if (err?.data?.code === "unauthorized") {
+        this._emitError("unauthorized", `${err.data.message ?? err.message}: chunks wait in the outbox; call setToken()`);
+      }
+    });
+    socket.on("backpressure", (body) => {
+      this._flow.backpressure(body ?? {}, Date.now());
+      this._emitBackpressure();
+      this._pump();
+    });
+    socket.on("slowDown", () => {
+      this._flow.slowDown(Date.now());
+      this._emitBackpressure();
+      this._pump();
+    });
+    socket.on("transcriptSegment", (segment) => {
+      if (segment?.sessionId !== this.sessionId) return;
+      if (this._segments.add(segment)) this._emit("segment", { segment });
+    });
+    socket.on("session-completed", (body) => {
+      if (body?.sessionId !== this.sessionId) return;
+      this.completed = true;
+      this._emit("completed", { sessionId: this.sessionId });
+    });
+  }
+
+  async _join() {
+    const socket = this._socket;
+    const epoch = this._epoch;
+    let reply;
+    try {
+      reply = await socket.timeout(this.options.ackTimeoutMs)
+        .emitWithAck("joinSession", { sessionId: this.sessionId, lastSeq: this._segments.lastSeq });
+    } catch {
+      reply = { error: { code: "timeout", message: "joinSession was not answered" } };
+    }
+    if (epoch !== this._epoch || socket !== this._socket) return;  // that connection is gone; its successor joins
+    if (reply?.error) {
+      const { code, message } = reply.error;
+      if (isRetryable(code)) {
+        setTimeout(() => { if (epoch === this._epoch && socket.connected) this._join(); }, this.options.joinRetryMs);
+      } else {
+        this._emitError(code, `joinSession refused: ${message}`);
+      }
+      return;
+    }
+    await this._open();
+    this.lastJoin = reply;
+    const plan = resendPlan(this._pending.keys(), reply, this._nextSeq);
+    this._joined = true;
+    this._emit("joined", { reply, plan });
+    if (plan.lost.length > 0) {
+      this._emitError("chunks_lost", `the server lacks sequences ${plan.lost.join(", ")} and this outbox no longer holds them`);
+    }
+    this._syncSessionStatus(reply.status);
+    this._changed();
+    this._pump();
+  }
+
+  _setConnected(connected) {
+    const transport = connected ? (this._socket?.io.engine?.transport?.name ?? null) : null;
+    if (connected === this.connected && transport === this.transport) return;
+    this.connected = connected;
+    this.transport = transport;
+    this._emit("connection", { connected, transport });
+    this._changed();
+  }
+
+  /** Make the server's session status follow ours (after a reconnect, a pause may not have reached it). */
+  _syncSessionStatus(serverStatus = this.lastJoin?.status) {
+    if (!this._joined) return;
+    if (this.state === "paused" && serverStatus !== "paused") this._sessionEvent("pause-session");
+    if (this.state === "recording" && serverStatus === "paused") this._sessionEvent("resume-session");
+  }
+
+  _sessionEvent(name) {
+    if (!this._joined) return;  // the next join syncs it
+    this._socket.timeout(this.options.ackTimeoutMs).emitWithAck(name, { sessionId: this.sessionId })
+      .then((reply) => {
+        if (reply?.error) this._emitError(reply.error.code, `${name}: ${reply.error.message}`);
+        else if (this.lastJoin) this.lastJoin = { ...this.lastJoin, status: reply.status };
+      }, () => {});  // unanswered: the next join syncs it
+  }
+
+  // -- sending ---------------------------------------------------------------------
+
+  /** Send what flow control allows now; wake up again when a hold ends. */
+  _pump() {
+    clearTimeout(this._wakeTimer);
+    this._wakeTimer = null;
+    if (!this._joined || !this._loaded || !this._socket?.connected) return;
+    const now = Date.now();
+    while (this._flow.canSend(now)) {
+      const seq = nextToSend(this._pending.keys(), this._inFlight);
+      if (seq === null) break;
+      this._inFlight.set(seq, this._epoch);
+      this._flow.sent(now);
+      this._send(seq, this._epoch);
+    }
+    this._emitBackpressure();
+    const wakeAt = this._flow.wakeAt(now);
+    const hasWork = this._pending.size > this._inFlight.size;
+    if ((hasWork || this._flow.overloaded) && Number.isFinite(wakeAt) && wakeAt > now) {
+      this._wakeTimer = setTimeout(() => this._pump(), wakeAt - now);
+    }
+  }
+
+  async _send(seq, epoch) {
+    let reply;
+    const outbox = await this._outbox;
+    const record = this._volatile.get(seq) ?? await outbox.get(this.sessionId, seq);
+    if (!record) {
+      reply = { error: { code: "gone", message: "no longer in the outbox" } };
+    } else {
+      const payload = { sessionId: this.sessionId, sequence: seq, timestamp: record.timestamp, size: record.size,
+        mimeType: record.mimeType, audio: record.bytes };
+      if (record.checksum) payload.checksum = record.checksum;
+      try {
+        reply = await this._socket.timeout(this.options.ackTimeoutMs).emitWithAck("audio-chunk", payload);
+      } catch {
+        const code = this._socket?.connected && epoch === this._epoch ? "timeout" : "disconnected";
+        reply = { error: { code, message: `no answer to chunk ${seq} (${code})` } };
+      }
+    }
+    const current = epoch === this._epoch && this._inFlight.get(seq) === epoch;
+    if (current) this._inFlight.delete(seq);
+    if (reply && !reply.error) await this._acked(seq, reply, current);
+    else await this._failed(seq, reply?.error ?? { code: "invalid", message: "empty answer" }, current);
+    this._changed();
+    this._pump();
+  }
+
+  async _acked(seq, reply, current) {
+    if (current) this._flow.acked(reply, Date.now());
+    if (this._pending.has(seq)) {
+      if (!this._volatile.delete(seq)) await (await this._outbox)?.delete(this.sessionId, seq);
+      this._pending.delete(seq);
+      this._emitQueue();
+    }
+    this._emit("ack", {
+      sequence: seq,
+      status: reply.duplicate ? "duplicate" : "stored",
+      credits: typeof reply.credits === "number" ? reply.credits : this._flow.credits,
+      canAccept: reply.canAccept,
+      chunkId: reply.chunkId,
+    });
+  }
+
+  async _failed(seq, error, current) {
+    if (current) this._flow.failed(error, Date.now());
+    if (error.code === "gone") {
+      this._pending.delete(seq);
+      this._emitQueue();
+      return;
+    }
+    if (isRetryable(error.code)) {
+      this._emit("retry", { sequence: seq, code: error.code, message: error.message, retryAfterMs: error.retryAfterMs ?? null });
+      return;
+    }
+    // Refused for good (invalid, too_large, forbidden, conflict, ...): set aside, never deleted silently.
+    if (!this._pending.has(seq)) return;
+    if (this._volatile.has(seq)) {
+      this._rejectedInMemory = [...(this._rejectedInMemory ?? []), { ...this._volatile.get(seq), error }];
+      this._volatile.delete(seq);
+    } else {
+      await (await this._outbox)?.reject(this.sessionId, seq, { code: error.code, message: error.message });
+    }
+    this._pending.delete(seq);
+    this._emitQueue();
+    this._emitError(error.code, `chunk ${seq} was refused: ${error.message}; it is kept aside (Recorder.rejected())`, seq);
+  }
+
+  // -- events ----------------------------------------------------------------------
+
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  _emitError(code, message, sequence) {
+    this._emit("error", sequence === undefined ? { code, message } : { code, message, sequence });
+  }
+
+  _setState(state) {
+    if (state === this.state) return;
+    this.state = state;
+    this._emit("state", { state });
+    this._changed();
+  }
+
+  _emitQueue() {
+    this._emit("queue", this.queue);
+  }
+
+  _emitBackpressure() {
+    const snapshot = this._flow.snapshot(Date.now());
+    const key = JSON.stringify(snapshot);
+    if (key === this._lastBackpressure) return;
+    this._lastBackpressure = key;
+    this._emit("backpressure", snapshot);
+  }
+
+  /** Re-check everyone waiting in _waitUntil. */
+  _changed() {
+    for (const waiter of [...this._waiters]) {
+      if (waiter.check()) {
+        this._waiters.delete(waiter);
+        clearTimeout(waiter.timer);
+        waiter.resolve(true);
+      }
+    }
+  }
+
+  _waitUntil(check, timeoutMs) {
+    if (check()) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const waiter = { check, resolve };
+      waiter.timer = setTimeout(() => { this._waiters.delete(waiter); resolve(check()); }, timeoutMs);
+      this._waiters.add(waiter);
+    });
+  }
+}

@@ -1,0 +1,131 @@
+// The Recorder's socket part against a REAL ScribeAI server (started by tests/test_recorder_lib.py, which
+// passes SCRIBEAI_RECORDER_URL and SCRIBEAI_RECORDER_TOKEN): real socket.io-client, real Chromium timeslice
+// blobs through a fake MediaRecorder, the outbox in fake-indexeddb. Skipped when run without a server.
+
+import { afterEach, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { Recorder } from "../index.js";
+import { FakeMediaRecorder, collect, fakeStream, freshDB, timesliceBlobs } from "./support.mjs";
+
+const URL = process.env.SCRIBEAI_RECORDER_URL;
+const TOKEN = process.env.SCRIBEAI_RECORDER_TOKEN;
+const UNREACHABLE = "http://127.0.0.1:9";  // discard port: nothing listens, connects fail at once
+const skip = URL ? false : "SCRIBEAI_RECORDER_URL is not set: run through tests/test_recorder_lib.py";
+
+const open = [];
+afterEach(async () => {
+  for (const recorder of open.splice(0)) await recorder.close();
+  FakeMediaRecorder.instances.length = 0;
+});
+
+function recorder(options) {
+  const rec = new Recorder({ url: URL, token: TOKEN, MediaRecorder: FakeMediaRecorder, timesliceMs: 1000,
+    socketOptions: { transports: ["websocket"], reconnectionDelay: 100, reconnectionDelayMax: 500 }, ...options });
+  open.push(rec);
+  return rec;
+}
+
+async function session(sessionId) {
+  const response = await fetch(`${URL}/api/sessions/${sessionId}`, { headers: { Authorization: `Bearer ${TOKEN}` } });
+  assert.equal(response.status, 200, await response.clone().text());
+  return response.json();
+}
+
+async function tickAll(mediaRecorder) {
+  while (mediaRecorder.tick()) await new Promise((resolve) => setTimeout(resolve, 5));
+}
+
+describe("Recorder against a real server", { skip }, () => {
+  test("every blob of a recording is stored once, in order, and stop() reports nothing missing", async () => {
+    const blobs = await timesliceBlobs();
+    FakeMediaRecorder.blobs = blobs;
+    const db = freshDB();
+    const rec = recorder({ sessionId: `lib-${randomUUID()}`, ...db });
+    const acks = collect(rec, "ack");
+    const errors = collect(rec, "error");
+    await rec.start(fakeStream());
+    assert.equal(rec.state, "recording");
+    assert.equal(rec.mimeType, "audio/webm;codecs=opus");
+    const mediaRecorder = FakeMediaRecorder.instances[0];
+    assert.equal(mediaRecorder.timeslice, 1000);
+    mediaRecorder.tick();
+    mediaRecorder.tick();  // two timeslices; stop() flushes the other two
+    const result = await rec.stop({ timeoutMs: 10000 });
+
+    assert.deepEqual(errors, []);
+    assert.equal(result.drained, true);
+    assert.deepEqual(result.queue, { chunks: 0, bytes: 0 });
+    assert.equal(result.reply.maxSeq, 3);
+    assert.deepEqual(result.reply.missing, []);
+    assert.equal(result.reply.totalChunks, 4);
+    assert.deepEqual(acks.map((a) => [a.sequence, a.status]).sort((a, b) => a[0] - b[0]),
+      [[0, "stored"], [1, "stored"], [2, "stored"], [3, "stored"]]);
+    assert.equal(rec.state, "stopped");
+    const view = await session(rec.sessionId);
+    assert.equal(view.totalChunks, 4);
+    assert.equal(view.bytes, blobs.reduce((n, b) => n + b.size, 0));
+    assert.deepEqual(await Recorder.pending(db), []);
+  });
+
+  test("an outbox filled offline survives a new page: pending() lists it, resume() sends it, sequences continue", async () => {
+    const blobs = await timesliceBlobs();
+    const db = freshDB();
+    const sessionId = `lib-${randomUUID()}`;
+    FakeMediaRecorder.blobs = blobs.slice(0, 2);
+    const offline = recorder({ url: UNREACHABLE, sessionId, ...db, socketOptions: { transports: ["websocket"], reconnection: false } });
+    await offline.start(fakeStream());
+    await offline.close();  // the tab goes away: the two blobs are flushed into the outbox, nothing was sent
+    assert.deepEqual((await Recorder.pending(db)).map(({ sessionId: id, chunks, bytes, nextSeq }) => ({ id, chunks, bytes, nextSeq })),
+      [{ id: sessionId, chunks: 2, bytes: blobs[0].size + blobs[1].size, nextSeq: 2 }]);
+
+    // the next page load
+    FakeMediaRecorder.blobs = blobs.slice(2);
+    const resumed = Recorder.resume({ url: URL, token: TOKEN, sessionId, MediaRecorder: FakeMediaRecorder, ...db,
+      socketOptions: { transports: ["websocket"] } });
+    open.push(resumed);
+    const acks = collect(resumed, "ack");
+    assert.equal(await resumed.flush({ timeoutMs: 10000 }), true);
+    assert.deepEqual(acks.map((a) => a.sequence).sort(), [0, 1]);
+    assert.deepEqual(await Recorder.pending(db), []);
+
+    await resumed.start(fakeStream());  // record more into the same session
+    await tickAll(FakeMediaRecorder.instances.at(-1));
+    const result = await resumed.stop({ timeoutMs: 10000 });
+    assert.deepEqual(acks.map((a) => [a.sequence, a.status]).sort((a, b) => a[0] - b[0]),
+      [[0, "stored"], [1, "stored"], [2, "stored"], [3, "stored"]]);
+    assert.equal(result.reply.maxSeq, 3);
+    assert.deepEqual(result.reply.missing, []);
+    const view = await session(sessionId);
+    assert.equal(view.totalChunks, 4);
+    assert.equal(view.bytes, blobs.reduce((n, b) => n + b.size, 0));
+  });
+
+  test("a chunk whose ack was lost is resent after the reconnect and answered duplicate, then leaves the outbox", async () => {
+    const blobs = await timesliceBlobs();
+    const db = freshDB();
+    const sessionId = `lib-${randomUUID()}`;
+    FakeMediaRecorder.blobs = blobs.slice(0, 1);
+    const first = recorder({ sessionId, ...db });
+    await first.start(fakeStream());
+    await first.stop({ timeoutMs: 10000 });
+    await first.close();
+    // put the acked chunk back into the outbox, as if the ack never came before the tab closed
+    const { Outbox } = await import("../outbox.js");
+    const outbox = await Outbox.open("scribeai-recorder", db);
+    await outbox.put({ sessionId, sequence: 0, bytes: await blobs[0].arrayBuffer(), mimeType: "audio/webm;codecs=opus",
+      timestamp: Date.now() });
+    outbox.close();
+    assert.equal((await Recorder.pending(db))[0].chunks, 1);
+
+    const again = Recorder.resume({ url: URL, token: TOKEN, sessionId, ...db, socketOptions: { transports: ["websocket"] } });
+    open.push(again);
+    const joined = new Promise((resolve) => again.addEventListener("joined", (e) => resolve(e.detail), { once: true }));
+    const acks = collect(again, "ack");
+    const plan = (await joined).plan;
+    assert.equal(await again.flush({ timeoutMs: 10000 }), true);
+    assert.deepEqual(acks.map((a) => [a.sequence, a.status]), [[0, "duplicate"]]);
+    assert.deepEqual(plan.alreadyStored, [0]);
+    assert.deepEqual(await Recorder.pending(db), []);
+  });
+});

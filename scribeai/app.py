@@ -18,7 +18,7 @@ from scribeai import rest, retention
 from scribeai.auth import Authenticator, load_secret
 from scribeai.db import Database
 from scribeai.demo import add_demo, demo_url
-from scribeai.errors import StartupCheckFailed
+from scribeai.errors import StartupCheckFailed, storage_fault
 from scribeai.idempotency import ChunkIngest, classify_fault, ensure_writable
 from scribeai.metrics import LiveGauges, Metrics
 from scribeai.monitor import ProcessMonitor
@@ -74,7 +74,7 @@ def create_app(settings: Settings, *, db_schema: str | None = None) -> web.Appli
     sio.attach(app)
     fix_polling_posts(sio)
     disable_websocket_compression(sio)
-    db = Database(settings.effective_database_url, schema=db_schema)
+    db = Database(settings.effective_database_url, schema=db_schema, busy_timeout_ms=settings.db_busy_timeout_ms)
     store = ChunkStore(settings.storage_dir)
     auth = Authenticator(load_secret(settings.secret, settings.data_dir), settings.auth, settings.admin_user_ids)
     sessions = SessionService(db)
@@ -124,12 +124,24 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         log.warning("SCRIBEAI_AUTH=none: every connection is user 'anonymous' with no token")
     try:
         services.settings.storage_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = fault.reason if (fault := storage_fault(exc)) else "storage_unusable"
+        raise StartupCheckFailed(f"cannot create STORAGE_DIR {services.settings.storage_dir} ({reason}): {exc.strerror or exc}",
+                                 reason=reason) from exc
+    database_dir = services.db.sqlite_path.parent if services.db.sqlite_path else None
+    try:
+        await asyncio.to_thread(services.db.probe_directory)
+    except OSError as exc:
+        raise StartupCheckFailed(f"the database directory {database_dir} does not take a write: {exc.strerror or exc} "
+                                 "(DATA_DIR or DATABASE_URL)", reason="database_unavailable") from exc
+    try:
         await services.db.create_all()
     except Exception as exc:
         fault = classify_fault(exc)
         if fault is None:
             raise
-        raise StartupCheckFailed(f"cannot prepare storage or database ({fault.reason}): {exc}") from exc
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]  # not SQLAlchemy's "Background on this error" line
+        raise StartupCheckFailed(f"cannot prepare the database ({fault.reason}): {detail}", reason=fault.reason) from exc
     # A server that cannot store a chunk must not start (and look healthy) only to refuse the first one.
     await ensure_writable(services.db, services.store)
     removed = await asyncio.to_thread(services.store.sweep_temporaries)

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs
 
 import jwt
 
-from scribeai.errors import Unauthorized
+from scribeai.errors import StartupCheckFailed, Unauthorized
 
 log = logging.getLogger(__name__)
 ANONYMOUS = "anonymous"
@@ -31,16 +31,20 @@ def load_secret(secret: str, data_dir: Path) -> str:
     path = Path(data_dir) / "secret.key"
     if path.exists():
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
     value = secrets.token_urlsafe(48)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process created it first
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as f:
-        f.write(value)
-        f.flush()
-        os.fsync(f.fileno())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process created it first
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as f:
+            f.write(value)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise StartupCheckFailed(f"cannot write the generated token secret to {path}: {exc.strerror or exc} "
+                                 "(make DATA_DIR writable, or set SCRIBEAI_SECRET)") from exc
     log.info("generated a new token secret in %s", path)
     return value
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from scribeai.errors import StartupCheckFailed
 from scribeai.settings import SettingError, Settings
 
 EXIT_USAGE = 2
@@ -174,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingError, UsageError) as exc:
         print(f"scribeai: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StartupCheckFailed as exc:  # raised before the server's own check prints it (e.g. the token secret)
+        print(f"scribeai: not starting: {exc.message}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +23,7 @@ T = TypeVar("T")
 class Database:
     """Async engine plus a session factory; on SQLite, writes are serialized in-process."""
 
-    def __init__(self, url: str, *, schema: str | None = None) -> None:
+    def __init__(self, url: str, *, schema: str | None = None, busy_timeout_ms: int = 30_000) -> None:
         self.url = url
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
@@ -31,14 +32,15 @@ class Database:
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"timeout": 30}
+            kwargs["connect_args"] = {"timeout": busy_timeout_ms / 1000}
         else:
             kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
             if schema:
                 kwargs["connect_args"] = {"server_settings": {"search_path": schema}}
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        pragmas = _sqlite_pragmas(busy_timeout_ms)
         if self.is_sqlite:
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "connect", pragmas)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer; queueing writers here beats SQLITE_BUSY retries in threads.
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
@@ -48,11 +50,31 @@ class Database:
         self._writer: ThreadPoolExecutor | None = None
         if self.is_sqlite and parsed.database and parsed.database != ":memory:":
             self.sync_engine = create_engine(parsed.set(drivername="sqlite+pysqlite"),
-                                             connect_args={"timeout": 30, "check_same_thread": False})
-            event.listen(self.sync_engine, "connect", _sqlite_pragmas)
+                                             connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False})
+            event.listen(self.sync_engine, "connect", pragmas)
 
     def __repr__(self) -> str:
         return f"Database({make_url(self.url).render_as_string(hide_password=True)!r})"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        database = make_url(self.url).database
+        return Path(database) if self.is_sqlite and database and database != ":memory:" else None
+
+    def probe_directory(self) -> None:
+        """SQLite: prove the database's directory takes a write (its journal and WAL live there); raises OSError."""
+        path = self.sqlite_path
+        if path is None:
+            return
+        probe = path.parent / f".{path.name}.probe.{os.getpid()}"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"probe")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                probe.unlink()
 
     async def create_all(self) -> None:
         async with self.engine.begin() as conn:
@@ -133,11 +155,14 @@ def _migrate_chunk_segments(conn: Connection) -> None:
     conn.exec_driver_sql("DROP TABLE transcript_segment")
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    # FULL: a commit is on disk before the ack leaves, even across a power cut.
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
+def _sqlite_pragmas(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk before the ack leaves, even across a power cut.
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        # A lock held by another process (a backup, an operator's sqlite3 shell) is waited for this long.
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.close()
+    return on_connect

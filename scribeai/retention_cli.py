@@ -64,7 +64,7 @@ def _run(settings: Settings, body: Callable[[Any], Awaitable[int]]) -> int:
     setup_logging(settings)
 
     async def main() -> int:
-        db = Database(settings.effective_database_url)
+        db = Database(settings.effective_database_url, busy_timeout_ms=settings.db_busy_timeout_ms)
         try:
             await db.create_all()
             return await body(Retention(db, settings))

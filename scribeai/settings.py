@@ -34,6 +34,7 @@ class Settings:
     storage_dir: Path = _setting(Path("./storage/audio-chunks"), "STORAGE_DIR", "Hot tier: raw chunk files, one folder per session.")
     archive_storage_path: Path = _setting(Path("./archives"), "ARCHIVE_STORAGE_PATH", "Warm tier: one verified ZIP per session.")
     database_url: str = _setting("", "DATABASE_URL", "SQLAlchemy async URL; default sqlite+aiosqlite:///<DATA_DIR>/scribeai.db.")
+    db_busy_timeout_ms: int = _setting(30_000, "DB_BUSY_TIMEOUT_MS", "SQLite: how long a write waits for a lock another process holds before the chunk is refused (unavailable).")
     redis_url: str = _setting("", "REDIS_URL", "Redis for multi-node rooms (empty: single node).")
     redis_channel: str = _setting("scribeai", "REDIS_CHANNEL", "Pub/sub channel the nodes of one deployment share.")
     secret: str = _setting("", "SCRIBEAI_SECRET", "JWT HS256 secret; empty: generated once into DATA_DIR/secret.key.")
@@ -79,6 +80,8 @@ class Settings:
             raise SettingError(f"setting LOG_LEVEL={self.log_level!r}: expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if not 0 <= self.port <= 65535:
             raise SettingError(f"setting PORT={self.port}: expected 0 to 65535")
+        if self.db_busy_timeout_ms < 0:
+            raise SettingError(f"setting DB_BUSY_TIMEOUT_MS={self.db_busy_timeout_ms}: expected 0 or more milliseconds")
         model = self.whisper_model
         # A path (not a size name such as tiny.en or a Hugging Face repo id such as Systran/faster-whisper-tiny) must exist.
         if self.transcriber == "whisper" and model.startswith(("/", ".", "~")) and not Path(model).expanduser().is_dir():

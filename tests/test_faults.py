@@ -149,6 +149,64 @@ async def test_full_database_refuses_retryably_and_leaves_no_orphan(
         assert (await send(client, "full-db", 1)).get("chunkId")
 
 
+LOCK_HOLDER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+async def test_database_locked_by_another_process_refuses_retryably(
+        start_server: ServerFactory, connect: Any, base_settings: Any) -> None:
+    server = await start_server(db_busy_timeout_ms=300)
+    client = await connect(server.url)
+    assert (await send(client, "locked-db", 0)).get("chunkId")
+    database = base_settings.data_dir / "scribeai.db"
+    holder = await asyncio.create_subprocess_exec(sys.executable, "-c", LOCK_HOLDER, str(database),
+                                                  stdout=asyncio.subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and await holder.stdout.readline() == b"locked\n"
+        for seq in (1, 2):
+            ack = await send(client, "locked-db", seq)
+            assert (ack["error"]["code"], ack["error"]["reason"]) == ("unavailable", "database_unavailable"), ack
+            assert "locked" in ack["error"]["message"] and ack["error"]["retryAfterMs"] > 0
+        assert files_under(base_settings.storage_dir) == {"locked-db/locked-db_0000.webm"}  # no file without its row
+        status, body = await get(f"{server.url}/readyz")
+        assert (status, body["reason"]) == (503, "database_unavailable")
+        assert (await get(f"{server.url}/healthz"))[0] == 200
+    finally:
+        holder.kill()
+        await holder.wait()
+    ack = await send(client, "locked-db", 1)
+    assert ack.get("chunkId"), ack
+    assert files_under(base_settings.storage_dir) == {"locked-db/locked-db_0000.webm", "locked-db/locked-db_0001.webm"}
+
+
+@needs_mount
+async def test_read_only_database_refuses_to_start(start_server: ServerFactory, base_settings: Any) -> None:
+    with tmpfs(base_settings.data_dir, "1m") as data:
+        remount(data, "ro")
+        with pytest.raises(StartupCheckFailed, match="database"):
+            await start_server()
+
+
+@needs_mount
+def test_cli_exits_2_with_one_line_when_the_data_dir_is_read_only(tmp_path: Path) -> None:
+    """No secret configured either: the generated secret cannot be written, and that is said in one line too."""
+    with tmpfs(tmp_path / "data", "1m") as data:
+        remount(data, "ro")
+        for secret in ("fault-test-secret-0123456789abcdef0123", ""):
+            env = {**os.environ, "STORAGE_DIR": str(tmp_path / "chunks"), "DATA_DIR": str(data), "PORT": "0",
+                   "SCRIBEAI_SECRET": secret, "TRANSCRIBER": "none", "RETENTION_SCHEDULE": "off", "LOG_LEVEL": "WARNING"}
+            done = subprocess.run([sys.executable, "-m", "scribeai", "serve", "--host", "127.0.0.1"], env=env,
+                                  capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
+            assert done.returncode == 2, done.stderr
+            lines = [line for line in done.stderr.splitlines() if line.strip()]
+            assert len(lines) == 1 and "read-only" in lines[0].lower() and str(data) in lines[0], done.stderr
+
+
 @needs_mount
 async def test_read_only_storage_refuses_to_start(start_server: ServerFactory, base_settings: Any) -> None:
     with tmpfs(base_settings.storage_dir, "1m") as storage:

@@ -23,7 +23,7 @@ def _retry_failed(args: argparse.Namespace, settings: Settings) -> int:
     from scribeai.transcription.queue import StreamQueue
 
     async def run() -> int:
-        db = Database(settings.effective_database_url)
+        db = Database(settings.effective_database_url, busy_timeout_ms=settings.db_busy_timeout_ms)
         try:
             await db.create_all()
             return await StreamQueue(db, settings.node_id or socket.gethostname()).retry_failed(args.session)

@@ -285,27 +285,28 @@ export class Recorder extends EventTarget {
     if (this.options.checksum) fields.checksum = await sha256Hex(bytes);
     const outbox = await this._open();
     let record = null;
-    let reason = null;
+    let problem = null;
     if (await this._storageFull(bytes.byteLength)) {
-      reason = "the storage estimate leaves no room";
+      problem = { code: "storage_full", reason: "the storage estimate leaves no room" };
     } else {
       try {
         record = await outbox.append(this.sessionId, fields, this._nextSeq);
         this._storageFullShown = false;
       } catch (err) {
-        if (!isQuotaError(err)) throw err;
-        reason = `IndexedDB refused the write (${err.name})`;
+        problem = isQuotaError(err)
+          ? { code: "storage_full", reason: `IndexedDB refused the write (${err.name})` }
+          : { code: "storage", reason: `IndexedDB failed: ${err?.name ?? ""} ${err?.message ?? err}` };
       }
     }
-    if (!record) record = await this._keepInMemory(outbox, fields, reason);
+    if (!record) record = await this._keepInMemory(outbox, fields, problem);
     this._nextSeq = record.sequence + 1;
     this._pending.set(record.sequence, record.size);
     this._emitQueue();
     this._pump();
   }
 
-  /** Storage is full: the new chunk is sent from memory (lost if the tab closes before its ack). */
-  async _keepInMemory(outbox, fields, reason) {
+  /** IndexedDB cannot take the chunk: it is sent from memory (lost if the tab closes before its ack). */
+  async _keepInMemory(outbox, fields, { code, reason }) {
     const record = { ...fields, sessionId: this.sessionId, sequence: this._nextSeq, size: fields.bytes.byteLength,
       createdAt: Date.now(), volatile: true };
     this._volatile.set(record.sequence, record);
@@ -313,9 +314,9 @@ export class Recorder extends EventTarget {
     await outbox.updateMeta(this.sessionId, { nextSeq: record.sequence + 1 }).catch(() => {});
     if (!this._storageFullShown) {
       this._storageFullShown = true;
-      this._emitError("storage_full", `browser storage is full (${reason}): new chunks are kept in memory until the server ` +
-        "acks them; chunks already in the outbox are safe. Free some space (other sites' data) to restore durability.",
-      record.sequence);
+      const what = code === "storage_full" ? `browser storage is full (${reason})` : `the outbox cannot store chunks (${reason})`;
+      this._emitError(code, `${what}: new chunks are kept in memory until the server acks them; chunks already in the ` +
+        "outbox are safe. Free some space (other sites' data) to restore durability.", record.sequence);
     }
     return record;
   }
@@ -495,27 +496,42 @@ export class Recorder extends EventTarget {
 
   async _send(seq, epoch) {
     let reply;
-    const outbox = await this._outbox;
-    const record = this._volatile.get(seq) ?? await outbox.get(this.sessionId, seq);
-    if (!record) {
-      reply = { error: { code: "gone", message: "no longer in the outbox" } };
-    } else {
-      const payload = { sessionId: this.sessionId, sequence: seq, timestamp: record.timestamp, size: record.size,
-        mimeType: record.mimeType, audio: record.bytes };
-      if (record.checksum) payload.checksum = record.checksum;
-      try {
-        reply = await this._socket.timeout(this.options.ackTimeoutMs).emitWithAck("audio-chunk", payload);
-      } catch {
-        const code = this._socket?.connected && epoch === this._epoch ? "timeout" : "disconnected";
-        reply = { error: { code, message: `no answer to chunk ${seq} (${code})` } };
-      }
+    try {
+      reply = await this._deliver(seq, epoch);
+    } catch (err) {
+      // a local failure (the outbox could not be read): the chunk stays, and is tried again after a backoff
+      reply = { error: { code: "internal", message: `chunk ${seq} could not be sent: ${err?.message ?? err}` } };
     }
     const current = epoch === this._epoch && this._inFlight.get(seq) === epoch;
     if (current) this._inFlight.delete(seq);
-    if (reply && !reply.error) await this._acked(seq, reply, current);
-    else await this._failed(seq, reply?.error ?? { code: "invalid", message: "empty answer" }, current);
+    try {
+      if (reply && !reply.error) await this._acked(seq, reply, current);
+      else await this._failed(seq, reply?.error ?? { code: "invalid", message: "empty answer" }, current);
+    } catch (err) {
+      this._emitError("storage", `the outbox could not be updated for chunk ${seq}: ${err?.message ?? err}`, seq);
+    }
     this._changed();
     this._pump();
+  }
+
+  /** One try: the chunk's bytes from the outbox (or memory), emitted with an ack timeout; the answer. */
+  async _deliver(seq, epoch) {
+    const socket = this._socket;
+    const outbox = this._volatile.has(seq) ? null : await this._outbox;
+    const record = this._volatile.get(seq) ?? await outbox?.get(this.sessionId, seq);
+    if (!record) return { error: { code: "gone", message: "no longer in the outbox" } };
+    if (!socket || socket !== this._socket || epoch !== this._epoch) {
+      return { error: { code: "disconnected", message: `chunk ${seq}: the connection is gone` } };
+    }
+    const payload = { sessionId: this.sessionId, sequence: seq, timestamp: record.timestamp, size: record.size,
+      mimeType: record.mimeType, audio: record.bytes };
+    if (record.checksum) payload.checksum = record.checksum;
+    try {
+      return await socket.timeout(this.options.ackTimeoutMs).emitWithAck("audio-chunk", payload);
+    } catch {
+      const code = socket.connected && epoch === this._epoch ? "timeout" : "disconnected";
+      return { error: { code, message: `no answer to chunk ${seq} (${code})` } };
+    }
   }
 
   async _acked(seq, reply, current) {

@@ -26,8 +26,8 @@ function recorder(options) {
   return rec;
 }
 
-async function session(sessionId) {
-  const response = await fetch(`${URL}/api/sessions/${sessionId}`, { headers: { Authorization: `Bearer ${TOKEN}` } });
+async function session(sessionId, url = URL) {
+  const response = await fetch(`${url}/api/sessions/${sessionId}`, { headers: { Authorization: `Bearer ${TOKEN}` } });
   assert.equal(response.status, 200, await response.clone().text());
   return response.json();
 }
@@ -127,5 +127,32 @@ describe("Recorder against a real server", { skip }, () => {
     assert.deepEqual(acks.map((a) => [a.sequence, a.status]), [[0, "duplicate"]]);
     assert.deepEqual(plan.alreadyStored, [0]);
     assert.deepEqual(await Recorder.pending(db), []);
+  });
+});
+
+const SLOW_URL = process.env.SCRIBEAI_RECORDER_SLOW_URL;
+
+describe("Recorder against a real server whose transcription is slow (MAX_QUEUE_SIZE=1)", { skip: SLOW_URL ? false : skip || "no slow server" }, () => {
+  test("the recorder holds chunks the server cannot take yet and sends them later: all stored, none twice", async (t) => {
+    const blobs = [...await timesliceBlobs(), ...await timesliceBlobs()];
+    FakeMediaRecorder.blobs = blobs.slice(0, 4);
+    const db = freshDB();
+    const rec = recorder({ url: SLOW_URL, sessionId: `slow-${randomUUID()}`, ...db, flow: { probeMs: 300 } });
+    const acks = collect(rec, "ack");
+    const levels = collect(rec, "backpressure");
+    const retries = collect(rec, "retry");
+    const errors = collect(rec, "error");
+    await rec.start(fakeStream());
+    await tickAll(FakeMediaRecorder.instances[0]);
+    const result = await rec.stop({ timeoutMs: 30000 });
+    t.diagnostic(`backpressure ${levels.map((l) => l.level).join(",")}; retries ${retries.map((r) => `${r.sequence}:${r.code}`).join(",")}`);
+    assert.deepEqual(errors, []);
+    // the server did push back (its queue of one was full), and the recorder waited instead of dropping
+    assert.equal(levels.some((l) => l.level === "buffering" && l.canAccept === false), true);
+    assert.equal(result.drained, true);
+    assert.deepEqual(result.reply.missing, []);
+    assert.deepEqual(acks.map((a) => a.sequence).sort(), [0, 1, 2, 3]);
+    assert.equal(acks.filter((a) => a.status === "stored").length, 4);
+    assert.equal((await session(rec.sessionId, SLOW_URL)).totalChunks, 4);
   });
 });

@@ -103,3 +103,142 @@ export function collect(target, type) {
   target.addEventListener(type, (event) => seen.push(event.detail));
   return seen;
 }
+
+/**
+ * A stand-in for socket.io-client's Socket (Recorder option `io`), driven by `handler(event, payload)`,
+ * which returns the ack body (or a promise of it). Connects when the Recorder calls io(), asynchronously, like io().
+ * `push(event, body)` is a server-sent event; `drop()` cuts the connection (pending acks fail as in 4.8).
+ */
+export class FakeSocket {
+  constructor(handler, { autoConnect = true } = {}) {
+    this.handler = handler;
+    this.listeners = new Map();
+    this.connected = false;
+    this.sent = [];          // every [event, payload] emitted
+    this.pending = new Set();
+    this.auth = {};
+    this.io = { engine: { transport: { name: "websocket" }, once() {} }, removeAllListeners() {} };
+    this.autoConnect = autoConnect;
+  }
+
+  /** The `io` option: records the url and options it was called with, gives this socket. */
+  factory() {
+    return (url, options) => {
+      this.url = url;
+      this.options = options;
+      if (this.autoConnect) setTimeout(() => this.connect(), 1);  // as io() does, once the caller added its listeners
+      return this;
+    };
+  }
+
+  on(event, fn) {
+    if (!this.listeners.has(event)) this.listeners.set(event, []);
+    this.listeners.get(event).push(fn);
+    return this;
+  }
+
+  removeAllListeners() {
+    this.listeners.clear();
+  }
+
+  push(event, body) {
+    for (const fn of this.listeners.get(event) ?? []) fn(body);
+  }
+
+  connect() {
+    if (this.connected) return;
+    this.connected = true;
+    this.push("connect");
+  }
+
+  disconnect() {
+    if (!this.connected) return;
+    this.connected = false;
+    this._failPending();
+    this.push("disconnect", "io client disconnect");
+  }
+
+  drop(reason = "transport close") {
+    this.connected = false;
+    this._failPending();
+    this.push("disconnect", reason);
+  }
+
+  timeout(ms) {
+    return {
+      emitWithAck: (event, payload) => {
+        this.sent.push([event, payload]);
+        return new Promise((resolve, reject) => {
+          const entry = { reject };
+          this.pending.add(entry);
+          const timer = setTimeout(() => { this.pending.delete(entry); reject(new Error("operation has timed out")); }, ms);
+          Promise.resolve(this.handler(event, payload)).then((reply) => {
+            if (!this.pending.has(entry) || reply === NO_ANSWER) return;  // no answer: the timeout or a drop ends it
+            this.pending.delete(entry);
+            clearTimeout(timer);
+            resolve(reply);
+          });
+          entry.timer = timer;
+        });
+      },
+    };
+  }
+
+  _failPending() {
+    for (const entry of this.pending) {
+      clearTimeout(entry.timer);
+      entry.reject(new Error("socket has been disconnected"));
+    }
+    this.pending.clear();
+  }
+
+  /** The sequences of the audio-chunk emits, in order. */
+  chunkSequences() {
+    return this.sent.filter(([event]) => event === "audio-chunk").map(([, payload]) => payload.sequence);
+  }
+}
+
+/** A handler's answer meaning "never answer" (the ack times out or the connection drops first). */
+export const NO_ANSWER = Symbol("no answer");
+
+/** A plain server for FakeSocket: stores chunks, answers joinSession from what it holds. */
+export function fakeServer({ credits = 5, stored = new Map(), onChunk } = {}) {
+  const server = {
+    stored,
+    joins: [],
+    handler(event, payload) {
+      if (event === "joinSession") {
+        server.joins.push(payload);
+        const seqs = [...stored.keys()];
+        const maxSeq = seqs.length ? Math.max(...seqs) : -1;
+        const missing = [];
+        for (let s = 0; s < maxSeq; s++) if (!stored.has(s)) missing.push(s);
+        return { sessionId: payload.sessionId, status: "recording", maxSeq, totalChunks: seqs.length, missing };
+      }
+      if (event === "audio-chunk") {
+        const custom = onChunk?.(payload);
+        if (custom !== undefined) return custom;
+        const duplicate = stored.has(payload.sequence);
+        stored.set(payload.sequence, payload);
+        return { sessionId: payload.sessionId, sequence: payload.sequence, chunkId: `c${payload.sequence}`, duplicate,
+          canAccept: true, ...(duplicate ? {} : { credits }) };
+      }
+      if (event === "stopSession") {
+        const seqs = [...stored.keys()];
+        return { sessionId: payload.sessionId, status: "stopped", maxSeq: seqs.length ? Math.max(...seqs) : -1,
+          totalChunks: seqs.length, missing: [] };
+      }
+      return { sessionId: payload?.sessionId, status: event === "pause-session" ? "paused" : "recording" };
+    },
+  };
+  return server;
+}
+
+/** Wait until `check()` is true (polling every 5 ms), or fail after `ms`. */
+export async function until(check, ms = 5000, what = "the condition") {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`${what} did not happen within ${ms} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}

@@ -1,0 +1,370 @@
+// The Recorder's logic with a fake socket (the `io` option) and a fake MediaRecorder: what it sends, when,
+// and what it keeps. The same logic against a real server: server.test.mjs.
+
+import { afterEach, test } from "node:test";
+import assert from "node:assert/strict";
+import { Recorder } from "../index.js";
+import { Outbox } from "../outbox.js";
+import { FakeMediaRecorder, FakeSocket, NO_ANSWER, collect, fakeServer, fakeStream, freshDB, nextEvent, until } from "./support.mjs";
+
+const blob = (n, fill) => new Blob([new Uint8Array(n).fill(fill)], { type: "audio/webm;codecs=opus" });
+const BLOBS = [blob(100, 1), blob(200, 2), blob(300, 3), blob(400, 4)];
+
+const open = [];
+afterEach(async () => {
+  for (const rec of open.splice(0)) await rec.close();
+  FakeMediaRecorder.instances.length = 0;
+});
+
+function make(socket, db = freshDB(), options = {}) {
+  const rec = new Recorder({ url: "http://scribe.test", token: "tok", sessionId: "sess-1", MediaRecorder: FakeMediaRecorder,
+    io: socket.factory(), ...db, ...options });
+  open.push(rec);
+  return rec;
+}
+
+async function record(rec, blobs = BLOBS) {
+  FakeMediaRecorder.blobs = blobs;
+  await rec.start(fakeStream());
+  const mediaRecorder = FakeMediaRecorder.instances.at(-1);
+  while (mediaRecorder.tick()) await new Promise((resolve) => setTimeout(resolve, 2));
+  return mediaRecorder;
+}
+
+/** An outbox holding `sequences` for sess-1, as a previous page left it. */
+async function leftOutbox(db, sequences) {
+  const outbox = await Outbox.open("scribeai-recorder", db);
+  for (const sequence of sequences) {
+    await outbox.put({ sessionId: "sess-1", sequence, bytes: new Uint8Array([sequence]).buffer, mimeType: "audio/webm", timestamp: 1 });
+  }
+  outbox.close();
+}
+
+test("io() gets the url, the token as auth and the socketOptions", async () => {
+  const socket = new FakeSocket(fakeServer().handler, { autoConnect: false });
+  make(socket, freshDB(), { socketOptions: { transports: ["websocket"], path: "/socket.io/" } })._connect();
+  assert.equal(socket.url, "http://scribe.test");
+  assert.deepEqual(socket.options, { transports: ["websocket"], path: "/socket.io/", auth: { token: "tok" } });
+});
+
+test("a recording is written to the outbox, sent in order with its metadata, and the outbox empties on the acks", async () => {
+  const server = fakeServer();
+  const socket = new FakeSocket(server.handler);
+  const rec = make(socket);
+  const states = collect(rec, "state");
+  const acks = collect(rec, "ack");
+  await record(rec);
+  const result = await rec.stop({ timeoutMs: 2000 });
+  assert.deepEqual(states.map((s) => s.state), ["connecting", "recording", "stopping", "stopped"]);
+  assert.deepEqual(socket.chunkSequences(), [0, 1, 2, 3]);
+  const first = server.stored.get(0);
+  assert.equal(first.mimeType, "audio/webm;codecs=opus");
+  assert.equal(first.size, 100);
+  assert.equal(first.audio.byteLength, 100);
+  assert.equal(first.checksum.length, 64);
+  assert.deepEqual(acks.map((a) => [a.sequence, a.status]), [[0, "stored"], [1, "stored"], [2, "stored"], [3, "stored"]]);
+  assert.equal(result.drained, true);
+  const stop = socket.sent.find(([event]) => event === "stopSession");
+  assert.deepEqual(stop[1], { sessionId: "sess-1", lastSeq: 3 });
+  // stopSession goes after the last chunk's ack
+  assert.equal(socket.sent.indexOf(stop), socket.sent.length - 1);
+  assert.deepEqual(rec.queue, { chunks: 0, bytes: 0 });
+  assert.equal(FakeMediaRecorder.instances[0].stream.track.stopped, false);  // a stream we were given is not ours to stop
+});
+
+test("every chunk is in IndexedDB before it is sent", async () => {
+  const db = freshDB();
+  const seenInOutbox = [];
+  const server = fakeServer();
+  const rec = make(new FakeSocket(async (event, payload) => {
+    if (event === "audio-chunk") {
+      const outbox = await Outbox.open("scribeai-recorder", db);
+      seenInOutbox.push((await outbox.get("sess-1", payload.sequence))?.size ?? null);
+      outbox.close();
+    }
+    return server.handler(event, payload);
+  }), db);
+  await record(rec);
+  await rec.stop({ timeoutMs: 2000 });
+  assert.deepEqual(seenInOutbox, [100, 200, 300, 400]);
+  assert.deepEqual(await Recorder.pending(db), []);
+});
+
+test("overloaded: the chunk is held in the outbox and resent after retryAfterMs; nothing is dropped", async () => {
+  const refusedAt = [];
+  const sentAt = new Map();
+  const server = fakeServer({
+    onChunk: (payload) => {
+      sentAt.set(payload.sequence, [...(sentAt.get(payload.sequence) ?? []), Date.now()]);
+      if (payload.sequence === 1 && refusedAt.length < 2) {
+        refusedAt.push(Date.now());
+        return { error: { code: "overloaded", message: "over its hard limit", retryAfterMs: 150 } };
+      }
+      return undefined;
+    },
+  });
+  const socket = new FakeSocket(server.handler);
+  const rec = make(socket);
+  const levels = collect(rec, "backpressure");
+  const retries = collect(rec, "retry");
+  const errors = collect(rec, "error");
+  await record(rec);
+  const result = await rec.stop({ timeoutMs: 3000 });
+  assert.equal(result.drained, true);
+  assert.deepEqual([...server.stored.keys()].sort(), [0, 1, 2, 3]);
+  assert.equal(sentAt.get(1).length, 3);
+  assert.ok(sentAt.get(1)[1] - refusedAt[0] >= 145, `resent after ${sentAt.get(1)[1] - refusedAt[0]} ms`);
+  assert.ok(sentAt.get(1)[2] - refusedAt[1] >= 145, `resent after ${sentAt.get(1)[2] - refusedAt[1]} ms`);
+  assert.deepEqual(retries.map((r) => [r.sequence, r.code, r.retryAfterMs]), [[1, "overloaded", 150], [1, "overloaded", 150]]);
+  assert.equal(levels.some((l) => l.level === "overloaded" && l.overloaded && l.retryAfterMs === 150), true);
+  assert.equal(levels.at(-1).level, "ok");
+  assert.deepEqual(errors, []);
+});
+
+test("never more chunks in flight than the last credits allowed", async () => {
+  const db = freshDB();
+  await leftOutbox(db, [0, 1, 2, 3, 4, 5, 6, 7]);
+  let inFlight = 0;
+  let most = 0;
+  const stored = new Map();
+  const socket = new FakeSocket(async (event, payload) => {
+    if (event !== "audio-chunk") return fakeServer({ stored }).handler(event, payload);
+    inFlight += 1;
+    most = Math.max(most, inFlight);
+    await new Promise((resolve) => setTimeout(resolve, 15));
+    inFlight -= 1;
+    stored.set(payload.sequence, payload);
+    return { sessionId: "sess-1", sequence: payload.sequence, chunkId: "c", duplicate: false, canAccept: true, credits: 2 };
+  });
+  const rec = Recorder.resume({ url: "http://scribe.test", sessionId: "sess-1", io: socket.factory(), ...db });
+  open.push(rec);
+  assert.equal(await rec.flush({ timeoutMs: 3000 }), true);
+  assert.equal(most, 2);
+  assert.deepEqual(socket.chunkSequences(), [0, 1, 2, 3, 4, 5, 6, 7]);
+});
+
+test("canAccept false holds the rest until the server's backpressure says ok", async () => {
+  const db = freshDB();
+  await leftOutbox(db, [0, 1, 2]);
+  let buffering = true;
+  const stored = new Map();
+  const socket = new FakeSocket((event, payload) => {
+    if (event !== "audio-chunk") return fakeServer({ stored }).handler(event, payload);
+    stored.set(payload.sequence, payload);
+    return { sessionId: "sess-1", sequence: payload.sequence, chunkId: "c", duplicate: false, canAccept: !buffering,
+      credits: buffering ? 0 : 5 };
+  });
+  const rec = Recorder.resume({ url: "http://scribe.test", sessionId: "sess-1", io: socket.factory(), ...db,
+    flow: { probeMs: 60000 } });
+  open.push(rec);
+  const level = await nextEvent(rec, "backpressure", (b) => b.level === "buffering");
+  assert.equal(level.canAccept, false);
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  assert.deepEqual(socket.chunkSequences(), [0]);
+  assert.deepEqual(rec.queue, { chunks: 2, bytes: 2 });
+  buffering = false;
+  socket.push("backpressure", { canAccept: true, state: "ok", reason: "queue", queueSize: 0, fillRatio: 0 });
+  assert.equal(await rec.flush({ timeoutMs: 2000 }), true);
+  assert.deepEqual(socket.chunkSequences(), [0, 1, 2]);
+});
+
+test("while canAccept stays false, one probe chunk goes every probeMs (a lost 'ok' cannot stall the outbox)", async () => {
+  const db = freshDB();
+  await leftOutbox(db, [0, 1, 2]);
+  const times = [];
+  const socket = new FakeSocket((event, payload) => {
+    if (event !== "audio-chunk") return fakeServer().handler(event, payload);
+    times.push(Date.now());
+    return { sessionId: "sess-1", sequence: payload.sequence, chunkId: "c", duplicate: false, canAccept: false, credits: 0 };
+  });
+  const rec = Recorder.resume({ url: "http://scribe.test", sessionId: "sess-1", io: socket.factory(), ...db, flow: { probeMs: 120 } });
+  open.push(rec);
+  assert.equal(await rec.flush({ timeoutMs: 3000 }), true);
+  assert.equal(times.length, 3);
+  assert.ok(times[1] - times[0] >= 115 && times[2] - times[1] >= 115, `gaps ${times[1] - times[0]}, ${times[2] - times[1]}`);
+});
+
+test("on reconnect: joinSession with the transcript's lastSeq, then the outbox is resent in order; duplicates leave it", async () => {
+  const db = freshDB();
+  await leftOutbox(db, [0, 1, 2, 3, 4]);
+  const stored = new Map([[0, {}], [2, {}]]);  // acked before, the acks were lost
+  const server = fakeServer({ stored });
+  let answer = true;
+  const socket = new FakeSocket((event, payload) => (event === "audio-chunk" && !answer ? NO_ANSWER : server.handler(event, payload)));
+  const rec = Recorder.resume({ url: "http://scribe.test", sessionId: "sess-1", io: socket.factory(), ...db });
+  open.push(rec);
+  const joined = await nextEvent(rec, "joined");
+  assert.deepEqual(server.joins[0], { sessionId: "sess-1", lastSeq: -1 });
+  assert.deepEqual(joined.plan.resend, [0, 1, 2, 3, 4]);
+  assert.deepEqual(joined.plan.alreadyStored, [0, 2]);
+  const acks = collect(rec, "ack");
+  assert.equal(await rec.flush({ timeoutMs: 2000 }), true);
+  assert.deepEqual(socket.chunkSequences(), [0, 1, 2, 3, 4]);
+  assert.deepEqual(acks.map((a) => [a.sequence, a.status]),
+    [[0, "duplicate"], [1, "stored"], [2, "duplicate"], [3, "stored"], [4, "stored"]]);
+
+  // a transcript arrives (once live, once more in a replay), then the connection drops and comes back
+  const segments = collect(rec, "segment");
+  const segment = { id: "g1", sessionId: "sess-1", seq: 3, fromSeq: 2, toSeq: 3, startMs: 0, endMs: 900, text: "hello" };
+  socket.push("transcriptSegment", segment);
+  socket.push("transcriptSegment", { ...segment });
+  socket.push("transcriptSegment", { ...segment, id: "other-session", sessionId: "sess-2" });
+  assert.equal(segments.length, 1);
+  assert.deepEqual(rec.segments.map((s) => s.id), ["g1"]);
+  answer = false;
+  await leftOutbox(db, []);
+  socket.drop();
+  socket.connect();
+  await until(() => server.joins.length === 2, 2000, "the second join");
+  assert.deepEqual(server.joins[1], { sessionId: "sess-1", lastSeq: 3 });
+});
+
+test("a chunk in flight when the connection drops is resent after the rejoin", async () => {
+  const server = fakeServer();
+  let swallow = true;
+  const socket = new FakeSocket((event, payload) => {
+    if (event === "audio-chunk" && payload.sequence === 1 && swallow) return NO_ANSWER;
+    return server.handler(event, payload);
+  });
+  const rec = make(socket);
+  const connections = collect(rec, "connection");
+  await record(rec, BLOBS.slice(0, 2));
+  await until(() => socket.chunkSequences().includes(1), 2000, "the send of chunk 1");
+  assert.deepEqual(rec.queue, { chunks: 1, bytes: 200 });
+  swallow = false;
+  socket.drop();
+  setTimeout(() => socket.connect(), 20);
+  const result = await rec.stop({ timeoutMs: 2000 });
+  assert.equal(result.drained, true);
+  assert.deepEqual(socket.chunkSequences(), [0, 1, 1]);
+  assert.deepEqual([...server.stored.keys()], [0, 1]);
+  assert.deepEqual(connections.map((c) => c.connected), [true, false, true]);
+  assert.equal(connections[0].transport, "websocket");
+});
+
+test("an unanswered chunk times out and is resent", async () => {
+  const server = fakeServer();
+  let tries = 0;
+  const socket = new FakeSocket((event, payload) => {
+    if (event === "audio-chunk" && tries++ === 0) return NO_ANSWER;
+    return server.handler(event, payload);
+  });
+  const rec = make(socket, freshDB(), { ackTimeoutMs: 80, flow: { retryMs: 10 } });
+  const retries = collect(rec, "retry");
+  await record(rec, BLOBS.slice(0, 1));
+  const result = await rec.stop({ timeoutMs: 2000 });
+  assert.equal(result.drained, true);
+  assert.deepEqual(socket.chunkSequences(), [0, 0]);
+  assert.deepEqual(retries.map((r) => [r.sequence, r.code]), [[0, "timeout"]]);
+});
+
+test("a chunk refused for good is set aside with an error event, not deleted; the others are stored", async () => {
+  const db = freshDB();
+  const server = fakeServer({
+    onChunk: (payload) => (payload.sequence === 1 ? { error: { code: "invalid", message: "bad mimeType", sequence: 1 } } : undefined),
+  });
+  const rec = make(new FakeSocket(server.handler), db);
+  const errors = collect(rec, "error");
+  await record(rec, BLOBS.slice(0, 3));
+  const result = await rec.stop({ timeoutMs: 2000 });
+  assert.equal(result.drained, true);
+  assert.deepEqual([...server.stored.keys()].sort(), [0, 2]);
+  assert.equal(errors.length, 1);
+  assert.equal(errors[0].code, "invalid");
+  assert.equal(errors[0].sequence, 1);
+  const rejected = await Recorder.rejected({ ...db, sessionId: "sess-1" });
+  assert.deepEqual(rejected.map((r) => [r.sequence, r.error.code, r.bytes.byteLength]), [[1, "invalid", 200]]);
+  assert.deepEqual(await Recorder.pending(db), []);
+});
+
+test("storage full: a clear storage_full error, the new chunk is still sent from memory, stored chunks stay safe", async () => {
+  const db = freshDB();
+  let quota = 10 * 1024 * 1024;
+  const storage = { estimate: async () => ({ usage: 1000, quota }) };
+  const server = fakeServer();
+  const socket = new FakeSocket(server.handler, { autoConnect: false });  // offline while recording
+  const rec = make(socket, db, { storage });
+  const errors = collect(rec, "error");
+  FakeMediaRecorder.blobs = BLOBS.slice(0, 2);
+  await rec.start(fakeStream());
+  const mediaRecorder = FakeMediaRecorder.instances[0];
+  mediaRecorder.tick();
+  await until(() => rec.queue.chunks === 1, 2000, "chunk 0 queued");
+  quota = 1000 + 150;  // chunk 1 (200 bytes) does not fit
+  mediaRecorder.tick();
+  await until(() => rec.queue.chunks === 2, 2000, "chunk 1 queued");
+  assert.deepEqual(errors.map((e) => [e.code, e.sequence]), [["storage_full", 1]]);
+  assert.match(errors[0].message, /storage is full/);
+  assert.deepEqual((await Recorder.pending(db)).map((p) => [p.chunks, p.bytes, p.nextSeq]), [[1, 100, 2]]);
+  socket.connect();
+  const result = await rec.stop({ timeoutMs: 2000 });
+  assert.equal(result.drained, true);
+  assert.deepEqual([...server.stored.keys()], [0, 1]);
+  assert.equal(server.stored.get(1).audio.byteLength, 200);
+});
+
+test("sequences continue after a reload: a new Recorder on the same database records into the same session", async () => {
+  const db = freshDB();
+  const offline = new FakeSocket(() => NO_ANSWER, { autoConnect: false });
+  const first = make(offline, db);
+  await record(first, BLOBS.slice(0, 2));
+  await first.close();
+  assert.deepEqual((await Recorder.pending(db)).map((p) => [p.sessionId, p.chunks, p.nextSeq]), [["sess-1", 2, 2]]);
+
+  const server = fakeServer();
+  const socket = new FakeSocket(server.handler);
+  const second = make(socket, db);
+  assert.equal(second.sessionId, "sess-1");
+  await record(second, BLOBS.slice(2));
+  const result = await second.stop({ timeoutMs: 2000 });
+  assert.equal(result.drained, true);
+  assert.deepEqual([...server.stored.keys()].sort(), [0, 1, 2, 3]);
+  assert.equal(server.stored.get(2).audio.byteLength, 300);
+  assert.equal(second.nextSequence, 4);
+});
+
+test("stop with the server unreachable: drained false after the timeout, the chunks stay in the outbox", async () => {
+  const db = freshDB();
+  const rec = make(new FakeSocket(() => NO_ANSWER, { autoConnect: false }), db);
+  const errors = collect(rec, "error");
+  await record(rec, BLOBS.slice(0, 2));
+  const result = await rec.stop({ timeoutMs: 150 });
+  assert.equal(result.drained, false);
+  assert.equal(result.reply, null);
+  assert.deepEqual(result.queue, { chunks: 2, bytes: 300 });
+  assert.deepEqual(errors.map((e) => e.code), ["stop_incomplete"]);
+  assert.equal(rec.state, "stopped");
+  assert.deepEqual((await Recorder.pending(db)).map((p) => [p.sessionId, p.chunks, p.bytes]), [["sess-1", 2, 300]]);
+});
+
+test("pause and resume: the audio so far is flushed, the server is told, the states follow", async () => {
+  const server = fakeServer();
+  const socket = new FakeSocket(server.handler);
+  const rec = make(socket);
+  const states = collect(rec, "state");
+  FakeMediaRecorder.blobs = BLOBS;
+  await rec.start(fakeStream());
+  await nextEvent(rec, "joined");
+  rec.pause();
+  const mediaRecorder = FakeMediaRecorder.instances[0];
+  assert.equal(mediaRecorder.state, "paused");
+  await until(() => server.stored.has(0), 2000, "the flushed chunk 0");
+  rec.resume();
+  assert.equal(mediaRecorder.state, "recording");
+  await rec.stop({ timeoutMs: 2000 });
+  assert.deepEqual(states.map((s) => s.state), ["connecting", "recording", "paused", "recording", "stopping", "stopped"]);
+  const events = socket.sent.map(([event]) => event).filter((e) => e.endsWith("-session"));
+  assert.deepEqual(events, ["pause-session", "resume-session"]);
+});
+
+test("a refused token gives an unauthorized error; setToken() reconnects with the new one", async () => {
+  const socket = new FakeSocket(fakeServer().handler, { autoConnect: false });
+  const rec = make(socket);
+  rec._connect();
+  const error = nextEvent(rec, "error");
+  socket.push("connect_error", Object.assign(new Error("unauthorized"), { data: { code: "unauthorized", message: "token expired" } }));
+  assert.equal((await error).code, "unauthorized");
+  rec.setToken("fresh");
+  assert.deepEqual(socket.auth, { token: "fresh" });
+  assert.equal(socket.connected, true);
+});

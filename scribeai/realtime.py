@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -177,13 +178,16 @@ class Realtime:
 
     def _wrap(self, namespace: str, event: str, fn: Handler, error_event: str) -> Handler:
         """Every path answers: the reply goes to the ack callback and, for errors, out as an event too."""
+        # Handlers of one payload ignore any further arguments a client sends (socket.io lets it send several).
+        variadic = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in inspect.signature(fn).parameters.values())
+
         async def handle(sid: str, *args: Any) -> Any:
             conn = self.connections.get((namespace, sid))
             if conn is None:
                 return {"error": {"code": "unauthorized", "message": "not connected"}}
             context = protocol.context_of(args[0] if args else None)
             try:
-                return await fn(conn, *args)
+                return await fn(conn, *(args if variadic else args[:1]))
             except ScribeError as exc:
                 body = _error_body(exc, event, _short_error(exc, event, error_event), **context)
             except Exception:

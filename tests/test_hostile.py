@@ -281,3 +281,14 @@ async def test_events_without_a_handler_are_answered(
     assert ack["duplicate"] is False
     assert [name for name, _ in events] == ["protocol-error", "chunk-ack"]
     await assert_healthy(server, http, connect, acked=["evil"])
+
+
+async def test_extra_arguments_are_ignored(server: RunningServer, http: aiohttp.ClientSession, connect: Any) -> None:
+    raw = await Raw.open(http, server.url, user="alice")
+    await raw.ws.send_str('421["joinSession",{"sessionId":"extra","lastSeq":-1},"more",{"and":"more"}]')
+    reply, _ = await raw.answer(1)
+    assert (reply["sessionId"], reply["maxSeq"]) == ("extra", -1)  # was internal: a TypeError for the extra arguments
+    await raw.ws.send_str('422["pause-session",{"sessionId":"extra"},1,2,3]')
+    reply, _ = await raw.answer(2)
+    assert "error" not in reply, reply
+    await assert_healthy(server, http, connect, acked=[])

@@ -19,6 +19,7 @@ export const RECORDER_DEFAULTS = Object.freeze({
   reconnectMs: 1000,           // after the server itself disconnected us (a restart): reconnect after this
   storageReserveBytes: 1 << 20, // "full" when less than a chunk plus this is left of the quota
   checksum: true,              // send each chunk's sha256 so the server verifies the bytes
+  flushOnHide: true,           // the page is hidden (tab switch, reload, close): write the audio so far to the outbox
 });
 
 const ACTIVE = new Set(["connecting", "recording", "paused"]);
@@ -212,6 +213,8 @@ export class Recorder extends EventTarget {
   /** Disconnect without stopping the session: a recording in progress is flushed to the outbox first. */
   async close() {
     this._closed = true;
+    if (this._onHide) globalThis.document?.removeEventListener("visibilitychange", this._onHide);
+    this._onHide = null;
     await this._stopMediaRecorder();
     await this._settleWrites();
     clearTimeout(this._wakeTimer);
@@ -255,6 +258,17 @@ export class Recorder extends EventTarget {
     this._sliceStart = Date.now();
     mediaRecorder.start(this.options.timesliceMs);
     this._mediaRecorder = mediaRecorder;
+    this._watchVisibility();
+  }
+
+  /** A reload or a closed tab loses what MediaRecorder holds since the last timeslice: flush it when the page hides. */
+  _watchVisibility() {
+    const doc = globalThis.document;
+    if (!this.options.flushOnHide || !doc || this._onHide) return;
+    this._onHide = () => {
+      if (doc.visibilityState === "hidden" && this._mediaRecorder?.state === "recording") this._mediaRecorder.requestData();
+    };
+    doc.addEventListener("visibilitychange", this._onHide);
   }
 
   async _stopMediaRecorder() {
@@ -458,13 +472,18 @@ export class Recorder extends EventTarget {
   /** Make the server's session status follow ours (after a reconnect, a pause may not have reached it). */
   _syncSessionStatus(serverStatus = this.lastJoin?.status) {
     if (!this._joined) return;
+    if (this.options.title && !this._titled && this.state === "recording") {
+      this._titled = true;
+      this._sessionEvent("start-session", { title: String(this.options.title) });
+      return;  // start-session also resumes a paused session
+    }
     if (this.state === "paused" && serverStatus !== "paused") this._sessionEvent("pause-session");
     if (this.state === "recording" && serverStatus === "paused") this._sessionEvent("resume-session");
   }
 
-  _sessionEvent(name) {
+  _sessionEvent(name, extra = {}) {
     if (!this._joined) return;  // the next join syncs it
-    this._socket.timeout(this.options.ackTimeoutMs).emitWithAck(name, { sessionId: this.sessionId })
+    this._socket.timeout(this.options.ackTimeoutMs).emitWithAck(name, { ...extra, sessionId: this.sessionId })
       .then((reply) => {
         if (reply?.error) this._emitError(reply.error.code, `${name}: ${reply.error.message}`);
         else if (this.lastJoin) this.lastJoin = { ...this.lastJoin, status: reply.status };

@@ -357,6 +357,15 @@ test("pause and resume: the audio so far is flushed, the server is told, the sta
   assert.deepEqual(events, ["pause-session", "resume-session"]);
 });
 
+test("a title goes out once with start-session when recording starts", async () => {
+  const socket = new FakeSocket(fakeServer().handler);
+  const rec = make(socket, freshDB(), { title: "Weekly sync" });
+  await record(rec, BLOBS.slice(0, 1));
+  await rec.stop({ timeoutMs: 2000 });
+  const starts = socket.sent.filter(([event]) => event === "start-session").map(([, body]) => body);
+  assert.deepEqual(starts, [{ title: "Weekly sync", sessionId: "sess-1" }]);
+});
+
 test("a refused token gives an unauthorized error; setToken() reconnects with the new one", async () => {
   const socket = new FakeSocket(fakeServer().handler, { autoConnect: false });
   const rec = make(socket);

@@ -120,6 +120,8 @@ export interface RecorderEventMap {
   error: CustomEvent<ErrorDetail>;
   /** A chunk failed for now (overloaded, unavailable, timeout, disconnected, internal) and stays queued. */
   retry: CustomEvent<RetryDetail>;
+  /** stopSession answered (by stop(), or later for a stop that could not reach the server). */
+  sessionStopped: CustomEvent<{ reply: SessionGapReply }>;
   /** joinSession answered (each connect). */
   joined: CustomEvent<JoinedDetail>;
   /** session-completed: every chunk of the stopped session is transcribed. */
@@ -191,6 +193,8 @@ export declare class Recorder extends EventTarget {
   /** The sequence the next chunk gets (persisted per session: continues after a reload). */
   readonly nextSequence: number;
   readonly backpressure: BackpressureDetail;
+  /** The socket.io-client Socket (null before the first connect and after close()), for diagnostics and tests. */
+  readonly socket: unknown;
 
   /** getUserMedia({audio: true}) when no stream is given; connects; starts MediaRecorder. */
   start(mediaStream?: MediaStream): Promise<void>;

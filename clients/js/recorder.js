@@ -97,6 +97,7 @@ export class Recorder extends EventTarget {
     this._lastBackpressure = JSON.stringify(this._flow.snapshot(Date.now()));
     this._storageFullShown = false;
     this._closed = false;
+    this._stopPending = undefined;  // a stop() the server has not heard of yet (kept in IndexedDB too)
   }
 
   /** The transcript so far: de-duplicated transcriptSegment payloads sorted by seq. */
@@ -116,6 +117,11 @@ export class Recorder extends EventTarget {
     return this._nextSeq;
   }
 
+  /** The socket.io-client Socket (null before the first connect and after close()), for diagnostics and tests. */
+  get socket() {
+    return this._socket;
+  }
+
   /** The normalized flow-control view (as in the `backpressure` event). */
   get backpressure() {
     return this._flow.snapshot(Date.now());
@@ -133,7 +139,9 @@ export class Recorder extends EventTarget {
     this._closed = false;
     this._setState("connecting");
     try {
-      await this._open();
+      const outbox = await this._open();
+      if (this._stopPending) await outbox.updateMeta(this.sessionId, { stopPending: null });
+      this._stopPending = null;  // recording again: the session is not finished after all
       this._connect();
       let stream = mediaStream;
       this._ownStream = !stream;
@@ -179,28 +187,55 @@ export class Recorder extends EventTarget {
     this._setState("stopping");
     await this._stopMediaRecorder();
     await this._settleWrites();
-    await this._open();
+    const outbox = await this._open();
     this._connect();
     const deadline = Date.now() + timeoutMs;
     const drained = await this._waitUntil(() => this._pending.size === 0, timeoutMs);
     let reply = null;
-    if (await this._waitUntil(() => this._joined, Math.max(deadline - Date.now(), 0))) {
-      const body = { sessionId: this.sessionId };
-      if (this._nextSeq > 0) body.lastSeq = this._nextSeq - 1;
-      try {
-        reply = await this._socket.timeout(this.options.ackTimeoutMs).emitWithAck("stopSession", body);
-      } catch (err) {
-        this._emitError("timeout", `stopSession was not answered: ${err?.message ?? err}`);
-      }
-      if (reply?.error) this._emitError(reply.error.code, reply.error.message);
-    }
+    if (await this._waitUntil(() => this._joined, Math.max(deadline - Date.now(), 0))) reply = await this._sendStop();
     if (!drained) {
       this._emitError("stop_incomplete",
         `${this._pending.size} chunk(s) still wait in the outbox; they are resent while this page is open, or by Recorder.resume()`);
     }
-    await (await this._open()).updateMeta(this.sessionId, { stoppedAt: Date.now() }).catch(() => {});
+    // The server could not be told: tell it once the outbox is empty (this page, or a later one's Recorder.resume()).
+    this._stopPending = reply ? null : { at: Date.now() };
+    await outbox.updateMeta(this.sessionId, { stoppedAt: Date.now(), stopPending: this._stopPending }).catch(() => {});
     this._setState("stopped");
-    return { drained, reply: reply && !reply.error ? reply : null, queue: this.queue };
+    return { drained, reply, queue: this.queue };
+  }
+
+  /** stopSession {sessionId, lastSeq}: the reply, or null when it was not answered or refused. */
+  async _sendStop() {
+    const body = { sessionId: this.sessionId };
+    if (this._nextSeq > 0) body.lastSeq = this._nextSeq - 1;
+    let reply;
+    try {
+      reply = await this._socket.timeout(this.options.ackTimeoutMs).emitWithAck("stopSession", body);
+    } catch (err) {
+      this._emitError("timeout", `stopSession was not answered: ${err?.message ?? err}`);
+      return null;
+    }
+    if (reply?.error) {
+      this._emitError(reply.error.code, `stopSession refused: ${reply.error.message}`);
+      return null;
+    }
+    this._emit("sessionStopped", { reply });
+    return reply;
+  }
+
+  /** A stop() that could not reach the server: send its stopSession once everything is delivered. */
+  async _finishDeferredStop() {
+    if (!this._stopPending || this._stopSending || !this._joined || this._pending.size > 0) return;
+    if (ACTIVE.has(this.state) || this.state === "stopping") return;
+    this._stopSending = true;
+    try {
+      if (await this._sendStop()) {
+        this._stopPending = null;
+        await (await this._open()).updateMeta(this.sessionId, { stopPending: null }).catch(() => {});
+      }
+    } finally {
+      this._stopSending = false;
+    }
   }
 
   /** Wait until this session's outbox is empty; true when it is, false after `timeoutMs`. */
@@ -362,6 +397,7 @@ export class Recorder extends EventTarget {
       this._outbox = Outbox.open(dbName, { indexedDB, IDBKeyRange }).then(async (outbox) => {
         const meta = await outbox.meta(this.sessionId);
         this._nextSeq = Math.max(this._nextSeq, meta?.nextSeq ?? 0);
+        if (meta?.stopPending && this._stopPending === undefined) this._stopPending = meta.stopPending;
         for (const { sequence, size } of await outbox.list(this.sessionId)) this._pending.set(sequence, size);
         this._loaded = true;
         this._emitQueue();
@@ -405,6 +441,9 @@ export class Recorder extends EventTarget {
       if (err?.data?.code === "unauthorized") {
         this._emitError("unauthorized", `${err.data.message ?? err.message}: chunks wait in the outbox; call setToken()`);
       }
+    });
+    socket.on("protocol-error", (body) => {
+      this._emitError("protocol", `the server closed the connection: ${body?.message ?? "undecodable packet"}`);
     });
     socket.on("backpressure", (body) => {
       this._flow.backpressure(body ?? {}, Date.now());
@@ -458,6 +497,7 @@ export class Recorder extends EventTarget {
     this._syncSessionStatus(reply.status);
     this._changed();
     this._pump();
+    this._finishDeferredStop();
   }
 
   _setConnected(connected) {
@@ -539,7 +579,7 @@ export class Recorder extends EventTarget {
     const outbox = this._volatile.has(seq) ? null : await this._outbox;
     const record = this._volatile.get(seq) ?? await outbox?.get(this.sessionId, seq);
     if (!record) return { error: { code: "gone", message: "no longer in the outbox" } };
-    if (!socket || socket !== this._socket || epoch !== this._epoch) {
+    if (!socket || socket !== this._socket || epoch !== this._epoch || !socket.connected) {
       return { error: { code: "disconnected", message: `chunk ${seq}: the connection is gone` } };
     }
     const payload = { sessionId: this.sessionId, sequence: seq, timestamp: record.timestamp, size: record.size,
@@ -559,6 +599,7 @@ export class Recorder extends EventTarget {
       if (!this._volatile.delete(seq)) await (await this._outbox)?.delete(this.sessionId, seq);
       this._pending.delete(seq);
       this._emitQueue();
+      if (this._pending.size === 0) this._finishDeferredStop();
     }
     this._emit("ack", {
       sequence: seq,

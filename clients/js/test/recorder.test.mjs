@@ -337,6 +337,31 @@ test("stop with the server unreachable: drained false after the timeout, the chu
   assert.deepEqual((await Recorder.pending(db)).map((p) => [p.sessionId, p.chunks, p.bytes]), [["sess-1", 2, 300]]);
 });
 
+test("a stop the server did not hear of is sent once the outbox empties, on a later page too", async () => {
+  const db = freshDB();
+  const offline = make(new FakeSocket(() => NO_ANSWER, { autoConnect: false }), db);
+  await record(offline, BLOBS.slice(0, 2));
+  assert.equal((await offline.stop({ timeoutMs: 100 })).reply, null);
+  await offline.close();
+
+  const server = fakeServer();
+  const socket = new FakeSocket(server.handler);
+  const later = Recorder.resume({ url: "http://scribe.test", sessionId: "sess-1", io: socket.factory(), ...db });
+  open.push(later);
+  const stopped = await nextEvent(later, "sessionStopped", () => true, 3000);
+  assert.equal(stopped.reply.maxSeq, 1);
+  const events = socket.sent.map(([event, body]) => [event, body.sequence ?? body.lastSeq ?? null]);
+  assert.deepEqual(events, [["joinSession", -1], ["audio-chunk", 0], ["audio-chunk", 1], ["stopSession", 1]]);
+  // told: a third page does not stop it again
+  await later.close();
+  const third = new FakeSocket(server.handler);
+  const again = Recorder.resume({ url: "http://scribe.test", sessionId: "sess-1", io: third.factory(), ...db });
+  open.push(again);
+  await nextEvent(again, "joined");
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.deepEqual(third.sent.map(([event]) => event), ["joinSession"]);
+});
+
 test("pause and resume: the audio so far is flushed, the server is told, the states follow", async () => {
   const server = fakeServer();
   const socket = new FakeSocket(server.handler);

@@ -6,7 +6,7 @@ import { afterEach, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { Recorder } from "../index.js";
-import { FakeMediaRecorder, collect, fakeStream, freshDB, timesliceBlobs } from "./support.mjs";
+import { FakeMediaRecorder, collect, fakeStream, freshDB, timesliceBlobs, until } from "./support.mjs";
 
 const URL = process.env.SCRIBEAI_RECORDER_URL;
 const TOKEN = process.env.SCRIBEAI_RECORDER_TOKEN;
@@ -97,6 +97,32 @@ describe("Recorder against a real server", { skip }, () => {
     assert.equal(result.reply.maxSeq, 3);
     assert.deepEqual(result.reply.missing, []);
     const view = await session(sessionId);
+    assert.equal(view.totalChunks, 4);
+    assert.equal(view.bytes, blobs.reduce((n, b) => n + b.size, 0));
+  });
+
+  test("a network cut mid-recording: the real client reconnects, rejoins and resends; every chunk stored once", async () => {
+    const blobs = await timesliceBlobs();
+    FakeMediaRecorder.blobs = blobs;
+    const rec = recorder({ sessionId: `lib-${randomUUID()}`, ...freshDB() });
+    const acks = collect(rec, "ack");
+    const connections = collect(rec, "connection");
+    const joins = collect(rec, "joined");
+    await rec.start(fakeStream());
+    const mediaRecorder = FakeMediaRecorder.instances[0];
+    mediaRecorder.tick();
+    mediaRecorder.tick();
+    await until(() => acks.length === 2, 5000, "two acks");
+    rec.socket.io.engine.close();  // the transport dies, as when the network goes away
+    mediaRecorder.tick();          // recorded while the connection is down
+    await until(() => connections.some((c) => !c.connected), 5000, "the disconnect");
+    const result = await rec.stop({ timeoutMs: 10000 });
+    assert.equal(result.drained, true);
+    assert.deepEqual(connections.map((c) => c.connected).filter((c, i, all) => i === 0 || c !== all[i - 1]), [true, false, true]);
+    assert.equal(joins.length, 2);
+    assert.deepEqual(acks.filter((a) => a.status === "stored").map((a) => a.sequence).sort(), [0, 1, 2, 3]);
+    assert.deepEqual(result.reply.missing, []);
+    const view = await session(rec.sessionId);
     assert.equal(view.totalChunks, 4);
     assert.equal(view.bytes, blobs.reduce((n, b) => n + b.size, 0));
   });

@@ -290,6 +290,14 @@ export class Recorder extends EventTarget {
     mediaRecorder.addEventListener("error", (event) => {
       this._emitError("recorder", String(event.error?.message ?? event.error ?? "MediaRecorder failed"));
     });
+    // A stop we did not ask for (the microphone unplugged, a MediaRecorder error): what was recorded is queued
+    // as usual, the recorder says so; start() records again.
+    mediaRecorder.addEventListener("stop", () => {
+      if (this._mediaRecorder !== mediaRecorder) return;
+      this._mediaRecorder = null;
+      this._emitError("recorder", "recording stopped by the browser (the microphone went away or MediaRecorder failed)");
+      this._setState("error");
+    });
     this._sliceStart = Date.now();
     mediaRecorder.start(this.options.timesliceMs);
     this._mediaRecorder = mediaRecorder;

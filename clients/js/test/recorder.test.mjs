@@ -382,6 +382,22 @@ test("pause and resume: the audio so far is flushed, the server is told, the sta
   assert.deepEqual(events, ["pause-session", "resume-session"]);
 });
 
+test("the browser stopping the MediaRecorder on its own: an error, state error, the last blob still delivered", async () => {
+  const server = fakeServer();
+  const rec = make(new FakeSocket(server.handler));
+  const errors = collect(rec, "error");
+  FakeMediaRecorder.blobs = BLOBS.slice(0, 2);
+  await rec.start(fakeStream());
+  FakeMediaRecorder.instances[0].fail();
+  await nextEvent(rec, "state", (s) => s.state === "error");
+  assert.deepEqual(errors.map((e) => e.code), ["recorder"]);
+  assert.equal(await rec.flush({ timeoutMs: 2000 }), true);
+  assert.deepEqual([...server.stored.keys()], [0]);
+  const result = await rec.stop({ timeoutMs: 2000 });
+  assert.equal(result.reply.maxSeq, 0);
+  assert.equal(rec.state, "stopped");
+});
+
 test("a title goes out once with start-session when recording starts", async () => {
   const socket = new FakeSocket(fakeServer().handler);
   const rec = make(socket, freshDB(), { title: "Weekly sync" });

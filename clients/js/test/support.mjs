@@ -72,6 +72,16 @@ export class FakeMediaRecorder extends EventTarget {
     }, 1);
   }
 
+  /** The browser stops on its own (the microphone went away): the last blob, then "stop". */
+  fail() {
+    this.state = "inactive";
+    const rest = this.queue.splice(0, 1);
+    setTimeout(() => {
+      for (const blob of rest) this.dispatchEvent(Object.assign(new Event("dataavailable"), { data: blob }));
+      this.dispatchEvent(new Event("stop"));
+    }, 1);
+  }
+
   _give(blob) {
     setTimeout(() => this.dispatchEvent(Object.assign(new Event("dataavailable"), { data: blob })), 1);
   }

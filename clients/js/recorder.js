@@ -85,6 +85,7 @@ export class Recorder extends EventTarget {
     this._pending = new Map();   // sequence -> size: the outbox of this session (in flight included)
     this._volatile = new Map();  // sequence -> record: chunks IndexedDB could not take (storage full), memory only
     this._inFlight = new Map();  // sequence -> connection epoch it was sent on
+    this._rejected = new Set();  // sequences refused for good (kept aside, not lost)
     this._nextSeq = 0;
     this._epoch = 0;             // +1 per disconnect: answers from an older connection do not touch flow state
     this._joined = false;
@@ -407,6 +408,7 @@ export class Recorder extends EventTarget {
         this._nextSeq = Math.max(this._nextSeq, meta?.nextSeq ?? 0);
         if (meta?.stopPending && this._stopPending === undefined) this._stopPending = meta.stopPending;
         for (const { sequence, size } of await outbox.list(this.sessionId)) this._pending.set(sequence, size);
+        for (const { sequence } of await outbox.rejected(this.sessionId)) this._rejected.add(sequence);
         this._loaded = true;
         this._emitQueue();
         this._changed();
@@ -497,6 +499,7 @@ export class Recorder extends EventTarget {
     await this._open();
     this.lastJoin = reply;
     const plan = resendPlan(this._pending.keys(), reply, this._nextSeq);
+    plan.lost = plan.lost.filter((seq) => !this._rejected.has(seq));
     this._joined = true;
     this._emit("joined", { reply, plan });
     if (plan.lost.length > 0) {
@@ -638,6 +641,7 @@ export class Recorder extends EventTarget {
       await (await this._outbox)?.reject(this.sessionId, seq, { code: error.code, message: error.message });
     }
     this._pending.delete(seq);
+    this._rejected.add(seq);
     this._emitQueue();
     this._emitError(error.code, `chunk ${seq} was refused: ${error.message}; it is kept aside (Recorder.rejected())`, seq);
   }

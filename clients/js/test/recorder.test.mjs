@@ -303,6 +303,69 @@ test("storage full: a clear storage_full error, the new chunk is still sent from
   assert.equal(server.stored.get(1).audio.byteLength, 200);
 });
 
+test("IndexedDB throwing QuotaExceededError: storage_full once, the chunk is sent from memory, the outbox is intact", async (t) => {
+  const db = freshDB();
+  const append = Outbox.prototype.append;
+  let refuse = false;
+  t.after(() => { Outbox.prototype.append = append; });
+  Outbox.prototype.append = function (...args) {
+    if (refuse) return Promise.reject(new DOMException("The quota has been exceeded.", "QuotaExceededError"));
+    return append.apply(this, args);
+  };
+  const server = fakeServer();
+  const socket = new FakeSocket(server.handler, { autoConnect: false });
+  const rec = make(socket, db);
+  const errors = collect(rec, "error");
+  FakeMediaRecorder.blobs = BLOBS;
+  await rec.start(fakeStream());
+  const mediaRecorder = FakeMediaRecorder.instances[0];
+  mediaRecorder.tick();
+  await until(() => rec.queue.chunks === 1, 2000, "chunk 0 queued");
+  refuse = true;
+  mediaRecorder.tick();
+  mediaRecorder.tick();
+  await until(() => rec.queue.chunks === 3, 2000, "chunks 1 and 2 queued");
+  assert.deepEqual(errors.map((e) => [e.code, e.sequence]), [["storage_full", 1]]);  // once per episode
+  assert.match(errors[0].message, /QuotaExceededError/);
+  assert.deepEqual((await Recorder.pending(db)).map((p) => [p.chunks, p.nextSeq]), [[1, 3]]);
+  refuse = false;
+  socket.connect();
+  const result = await rec.stop({ timeoutMs: 2000 });
+  assert.equal(result.drained, true);
+  assert.deepEqual([...server.stored.keys()].sort(), [0, 1, 2, 3]);
+  assert.deepEqual([1, 2].map((seq) => server.stored.get(seq).audio.byteLength), [200, 300]);
+});
+
+test("a chunk refused for good is not reported lost on the next join", async () => {
+  const db = freshDB();
+  await leftOutbox(db, [0, 1, 2]);
+  const outbox = await Outbox.open("scribeai-recorder", db);
+  await outbox.reject("sess-1", 1, { code: "invalid", message: "bad" });
+  outbox.close();
+  const server = fakeServer({ stored: new Map([[0, {}], [2, {}]]) });  // the server lacks 1
+  const rec = Recorder.resume({ url: "http://scribe.test", sessionId: "sess-1", io: new FakeSocket(server.handler).factory(), ...db });
+  open.push(rec);
+  const errors = collect(rec, "error");
+  const joined = await nextEvent(rec, "joined");
+  assert.deepEqual(joined.reply.missing, [1]);
+  assert.deepEqual(joined.plan.lost, []);
+  assert.equal(await rec.flush({ timeoutMs: 2000 }), true);
+  assert.deepEqual(errors, []);
+});
+
+test("a sequence the server lacks and no outbox holds is reported as chunks_lost", async () => {
+  const db = freshDB();
+  const outbox = await Outbox.open("scribeai-recorder", db);
+  await outbox.updateMeta("sess-1", { nextSeq: 3 });
+  outbox.close();
+  const server = fakeServer({ stored: new Map([[0, {}], [2, {}]]) });
+  const rec = Recorder.resume({ url: "http://scribe.test", sessionId: "sess-1", io: new FakeSocket(server.handler).factory(), ...db });
+  open.push(rec);
+  const error = await nextEvent(rec, "error");
+  assert.equal(error.code, "chunks_lost");
+  assert.match(error.message, /sequences 1 /);
+});
+
 test("sequences continue after a reload: a new Recorder on the same database records into the same session", async () => {
   const db = freshDB();
   const offline = new FakeSocket(() => NO_ANSWER, { autoConnect: false });

@@ -39,7 +39,7 @@ demo-js-deps:
 	@if ! command -v npm >/dev/null 2>&1; then \
 		echo "note: npm not found: the demo page needs clients/js/node_modules (npm ci --prefix clients/js); the server starts without it"; \
 	else \
-		$(MAKE) --no-print-directory clients/js/node_modules/.package-lock.json \
+		$(MAKE) -s --no-print-directory clients/js/node_modules/.package-lock.json \
 			|| echo "note: npm ci --prefix clients/js failed: the demo page may not load socket.io-client; the server starts anyway"; \
 	fi
 

@@ -101,6 +101,21 @@ describe("Recorder against a real server", { skip }, () => {
     assert.equal(view.bytes, blobs.reduce((n, b) => n + b.size, 0));
   });
 
+  test("over HTTP long-polling only (binary as base64): every blob stored with its exact size", async () => {
+    const blobs = await timesliceBlobs();
+    FakeMediaRecorder.blobs = blobs;
+    const rec = recorder({ sessionId: `lib-${randomUUID()}`, ...freshDB(), socketOptions: { transports: ["polling"] } });
+    const connections = collect(rec, "connection");
+    await rec.start(fakeStream());
+    await tickAll(FakeMediaRecorder.instances[0]);
+    const result = await rec.stop({ timeoutMs: 10000 });
+    assert.equal(connections[0].transport, "polling");
+    assert.equal(result.drained, true);
+    assert.equal(result.reply.totalChunks, 4);
+    const view = await session(rec.sessionId);
+    assert.equal(view.bytes, blobs.reduce((n, b) => n + b.size, 0));
+  });
+
   test("a network cut mid-recording: the real client reconnects, rejoins and resends; every chunk stored once", async () => {
     const blobs = await timesliceBlobs();
     FakeMediaRecorder.blobs = blobs;

@@ -135,6 +135,8 @@ export interface PendingSession {
   rejected: number;
   nextSeq: number;
   updatedAt: number | null;
+  /** stop() could not reach the server: Recorder.resume() sends stopSession once the outbox is empty. */
+  stopPending: boolean;
 }
 
 export interface StoredChunk {
@@ -169,7 +171,7 @@ export declare const RECORDER_DEFAULTS: Readonly<Required<Pick<RecorderOptions,
 
 export declare class Recorder extends EventTarget {
   constructor(options: RecorderOptions);
-  /** Outboxes with chunks waiting, left by earlier page loads (or other recorders on this origin). */
+  /** Sessions with chunks waiting (or a stop not yet sent), left by earlier page loads or other recorders on this origin. */
   static pending(options?: DbOptions): Promise<PendingSession[]>;
   /** A session's chunks the server refused for good, with their bytes and errors. */
   static rejected(options: DbOptions & { sessionId: string }): Promise<RejectedChunk[]>;

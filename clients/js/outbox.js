@@ -167,7 +167,7 @@ export class Outbox {
     await finished;
   }
 
-  /** Every session with chunks waiting or rejected: `[{sessionId, chunks, bytes, rejected, nextSeq}]`. */
+  /** Every session with chunks waiting or rejected, or a stop to send: `[{sessionId, chunks, bytes, rejected, nextSeq, updatedAt, stopPending}]`. */
   async sessions() {
     const found = new Map();
     const entry = (sessionId) => {
@@ -180,10 +180,15 @@ export class Outbox {
       e.bytes += value.size;
     });
     await this._scan(REJECTED, null, (value) => { entry(value.sessionId).rejected += 1; });
+    const metas = new Map();
+    await this._scan(SESSIONS, null, (meta) => {
+      metas.set(meta.sessionId, meta);
+      if (meta.stopPending) entry(meta.sessionId);
+    });
     const result = [];
     for (const e of found.values()) {
-      const meta = await this.meta(e.sessionId);
-      result.push({ ...e, nextSeq: meta?.nextSeq ?? 0, updatedAt: meta?.updatedAt ?? null });
+      const meta = metas.get(e.sessionId);
+      result.push({ ...e, nextSeq: meta?.nextSeq ?? 0, updatedAt: meta?.updatedAt ?? null, stopPending: Boolean(meta?.stopPending) });
     }
     return result.sort((a, b) => (b.updatedAt ?? 0) - (a.updatedAt ?? 0) || a.sessionId.localeCompare(b.sessionId));
   }

@@ -41,11 +41,11 @@ function once(target, type) {
 }
 
 export class Recorder extends EventTarget {
-  /** Outboxes left by earlier page loads (or other recorders): `[{sessionId, chunks, bytes, rejected, nextSeq, updatedAt}]`. */
+  /** Outboxes left by earlier page loads (or other recorders): `[{sessionId, chunks, bytes, rejected, nextSeq, updatedAt, stopPending}]`. */
   static async pending({ dbName = RECORDER_DEFAULTS.dbName, indexedDB, IDBKeyRange } = {}) {
     const outbox = await Outbox.open(dbName, { indexedDB, IDBKeyRange });
     try {
-      return (await outbox.sessions()).filter((s) => s.chunks > 0);
+      return (await outbox.sessions()).filter((s) => s.chunks > 0 || s.stopPending);
     } finally {
       outbox.close();
     }
@@ -201,6 +201,7 @@ export class Recorder extends EventTarget {
     // The server could not be told: tell it once the outbox is empty (this page, or a later one's Recorder.resume()).
     this._stopPending = reply ? null : { at: Date.now() };
     await outbox.updateMeta(this.sessionId, { stoppedAt: Date.now(), stopPending: this._stopPending }).catch(() => {});
+    if (reply) this._emit("sessionStopped", { reply });
     this._setState("stopped");
     return { drained, reply, queue: this.queue };
   }
@@ -220,7 +221,6 @@ export class Recorder extends EventTarget {
       this._emitError(reply.error.code, `stopSession refused: ${reply.error.message}`);
       return null;
     }
-    this._emit("sessionStopped", { reply });
     return reply;
   }
 
@@ -230,9 +230,11 @@ export class Recorder extends EventTarget {
     if (ACTIVE.has(this.state) || this.state === "stopping") return;
     this._stopSending = true;
     try {
-      if (await this._sendStop()) {
+      const reply = await this._sendStop();
+      if (reply) {
         this._stopPending = null;
         await (await this._open()).updateMeta(this.sessionId, { stopPending: null }).catch(() => {});
+        this._emit("sessionStopped", { reply });
       }
     } finally {
       this._stopSending = false;

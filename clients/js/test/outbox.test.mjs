@@ -67,11 +67,15 @@ test("sessions() sums chunks and bytes per session and counts rejected ones", as
   await outbox.append("b", { bytes: bytes(7) });
   await outbox.reject("b", 0, { code: "invalid", message: "bad" });
   const rows = (await outbox.sessions()).map(({ sessionId, chunks, bytes: n, rejected, nextSeq }) => ({ sessionId, chunks, bytes: n, rejected, nextSeq }));
+  await outbox.updateMeta("c", { nextSeq: 4, stopPending: { at: 1 } });  // everything sent, the stop not yet
+  await outbox.updateMeta("d", { nextSeq: 9 });                         // finished: not listed
   rows.sort((x, y) => x.sessionId.localeCompare(y.sessionId));
   assert.deepEqual(rows, [
     { sessionId: "a", chunks: 2, bytes: 15, rejected: 0, nextSeq: 2 },
     { sessionId: "b", chunks: 0, bytes: 0, rejected: 1, nextSeq: 1 },
   ]);
+  const all = (await outbox.sessions()).map(({ sessionId, chunks, stopPending }) => [sessionId, chunks, stopPending]);
+  assert.deepEqual(all.sort((x, y) => x[0].localeCompare(y[0])), [["a", 2, false], ["b", 0, false], ["c", 0, true]]);
   outbox.close();
 });
 

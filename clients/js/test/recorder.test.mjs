@@ -406,6 +406,7 @@ test("a stop the server did not hear of is sent once the outbox empties, on a la
   await record(offline, BLOBS.slice(0, 2));
   assert.equal((await offline.stop({ timeoutMs: 100 })).reply, null);
   await offline.close();
+  assert.deepEqual((await Recorder.pending(db)).map((p) => [p.sessionId, p.chunks, p.stopPending]), [["sess-1", 2, true]]);
 
   const server = fakeServer();
   const socket = new FakeSocket(server.handler);
@@ -415,8 +416,9 @@ test("a stop the server did not hear of is sent once the outbox empties, on a la
   assert.equal(stopped.reply.maxSeq, 1);
   const events = socket.sent.map(([event, body]) => [event, body.sequence ?? body.lastSeq ?? null]);
   assert.deepEqual(events, [["joinSession", -1], ["audio-chunk", 0], ["audio-chunk", 1], ["stopSession", 1]]);
-  // told: a third page does not stop it again
+  // told: nothing is pending, a third page does not stop it again
   await later.close();
+  assert.deepEqual(await Recorder.pending(db), []);
   const third = new FakeSocket(server.handler);
   const again = Recorder.resume({ url: "http://scribe.test", sessionId: "sess-1", io: third.factory(), ...db });
   open.push(again);

@@ -94,6 +94,16 @@ def _raised_by(exc: BaseException, packages: tuple[str, ...]) -> bool:
     return module.split(".")[0] in packages
 
 
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from scribeai.worker import run_worker
+
+    setup_logging(settings)
+    asyncio.run(run_worker(settings))
+    return 0
+
+
 def _positive_seconds(value: str) -> int:
     try:
         seconds = int(value)
@@ -124,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--transcriber", help="whisper, openai or none (TRANSCRIBER)")
     serve.add_argument("--max-concurrency", dest="max_concurrency", type=int, help="transcription workers (MAX_CONCURRENCY)")
     serve.set_defaults(func=_serve, overrides=("host", "port", "storage_dir", "database_url", "transcriber", "max_concurrency"))
+
+    worker = sub.add_parser("worker", help="transcribe (and run retention) without serving; needs the shared database, "
+                                          "STORAGE_DIR and REDIS_URL")
+    worker.add_argument("--max-concurrency", dest="max_concurrency", type=int, help="transcription workers (MAX_CONCURRENCY)")
+    worker.add_argument("--transcriber", help="whisper or openai (TRANSCRIBER)")
+    worker.set_defaults(func=_worker, overrides=("max_concurrency", "transcriber"))
 
     token = sub.add_parser("token", help="access tokens").add_subparsers(dest="token_command", required=True)
     create = token.add_parser("create", help="print a token for a user")

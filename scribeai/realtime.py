@@ -55,6 +55,7 @@ class TranscriptionSide(Protocol):
     async def segments_after(self, session_id: str, last_seq: int | None) -> list[dict[str, Any]]: ...
     async def check_completed(self, session_id: str) -> None: ...
     async def session_changed(self, session_id: str) -> None: ...
+    async def read_already(self, chunk_ids: list[str]) -> list[str]: ...
 
 
 class Realtime:
@@ -288,6 +289,14 @@ class Realtime:
             return sum(len(p.data) for p in list(queue._queue) if isinstance(getattr(p, "data", None), (str, bytes)))
         except (KeyError, AttributeError):
             return 0
+
+    async def reconcile_pending(self) -> None:
+        """Chunks this node stored that a worker elsewhere (`scribeai worker`, another node) has read since."""
+        waiting = list(self._pending_owner)
+        if not waiting:
+            return
+        for chunk_id in await self.pipeline.read_already(waiting):
+            await self.chunk_transcribed(chunk_id)
 
     async def chunk_transcribed(self, chunk_id: str) -> None:
         """Called by the transcription side: the chunk left this connection's queue; maybe resume it."""

@@ -59,6 +59,7 @@ class Settings:
     gap_wait_s: float = _setting(15.0, "GAP_WAIT_S", "Seconds transcription waits for a missing chunk before it goes on without it.")
     window_wait_s: float = _setting(5.0, "WINDOW_WAIT_S", "Seconds held audio waits for a pause nearer 20 s before the best pause so far closes its window.")
     idle_flush_s: float = _setting(40.0, "IDLE_FLUSH_S", "Seconds without a new chunk after which a session's held audio is transcribed to its end.")
+    transcribe_lease_s: float = _setting(120.0, "TRANSCRIBE_LEASE_S", "Seconds a worker's claim on a session's stream lasts unless renewed; a killed worker's streams are taken over after it.")
     transcribe_retry_base_s: float = _setting(1.0, "TRANSCRIBE_RETRY_BASE_S", "First retry delay of a failed transcription; then x4, x16, then failed.")
     retention_days: int = _setting(7, "RETENTION_DAYS", "Days a session stays hot after its last activity.")
     archive_retention_days: int = _setting(30, "ARCHIVE_RETENTION_DAYS", "Days a session's archive is kept before only the transcript remains.")
@@ -80,6 +81,10 @@ class Settings:
             raise SettingError(f"setting LOG_LEVEL={self.log_level!r}: expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if not 0 <= self.port <= 65535:
             raise SettingError(f"setting PORT={self.port}: expected 0 to 65535")
+        if self.max_concurrency < 0:
+            raise SettingError(f"setting MAX_CONCURRENCY={self.max_concurrency}: expected 0 (no transcription here) or more")
+        if self.transcribe_lease_s <= 0:
+            raise SettingError(f"setting TRANSCRIBE_LEASE_S={self.transcribe_lease_s:g}: expected more than 0 seconds")
         if self.db_busy_timeout_ms < 0:
             raise SettingError(f"setting DB_BUSY_TIMEOUT_MS={self.db_busy_timeout_ms}: expected 0 or more milliseconds")
         model = self.whisper_model

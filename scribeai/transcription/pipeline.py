@@ -9,9 +9,8 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-import socketio
 from sqlalchemy import case, func, select, update
 from sqlmodel import col
 
@@ -35,6 +34,12 @@ CHUNKS_PER_TURN = 32  # then the stream goes back to the queue, so one long sess
 CACHED_STREAMS = 256
 
 
+class Emitter(Protocol):
+    """Where live results go: the Socket.IO server in `serve`, a write-only Redis manager in `scribeai worker`."""
+
+    async def emit(self, event: str, data: Any, *, room: str | None = None, namespace: str | None = None) -> Any: ...
+
+
 @dataclass
 class _Live:
     """A stream this process holds in memory between turns."""
@@ -50,15 +55,15 @@ class _Live:
 class Pipeline:
     """`workers` tasks over one StreamQueue; `drain()` waits until every stored chunk is transcribed."""
 
-    def __init__(self, db: Database, store: ChunkStore, engine: Engine, sio: socketio.AsyncServer | None, *,
+    def __init__(self, db: Database, store: ChunkStore, engine: Engine, sio: Emitter | None, *,
                  node_id: str, workers: int, chunk_duration_ms: int, retry_base_s: float = 1.0,
                  metrics: Metrics | None = None, gap_wait_s: float = 15.0, idle_flush_s: float = 40.0,
-                 window_wait_s: float = 5.0) -> None:
+                 window_wait_s: float = 5.0, lease_s: float = 120.0) -> None:
         self.db = db
         self.store = store
         self.engine = engine
         self.sio = sio
-        self.queue = StreamQueue(db, node_id, retry_base_s=retry_base_s)
+        self.queue = StreamQueue(db, node_id, lease_s=lease_s, retry_base_s=retry_base_s)
         self.metrics = metrics or Metrics()
         self.workers = workers
         self.chunk_duration_ms = chunk_duration_ms
@@ -66,6 +71,8 @@ class Pipeline:
         self.idle_flush_s = idle_flush_s
         self.window_wait_s = window_wait_s
         self.on_transcribed: Callable[[str], Awaitable[None]] | None = None
+        # Run with each backlog refresh: what other processes did shows up in the database only.
+        self.refreshers: list[Callable[[], Awaitable[None]]] = []
         self.completed = 0  # windows transcribed
         self.failed = 0
         self.retried = 0
@@ -137,6 +144,16 @@ class Pipeline:
         finally:
             self._flush_all = False
 
+    async def read_already(self, chunk_ids: list[str]) -> list[str]:
+        """Which of these chunks some worker (in any process) has read into its stream."""
+        read: list[str] = []
+        async with self.db.read() as s:
+            for start in range(0, len(chunk_ids), 500):
+                batch = chunk_ids[start:start + 500]
+                read += (await s.execute(select(col(Chunk.id)).where(
+                    col(Chunk.id).in_(batch), col(Chunk.status) != ChunkStatus.PENDING))).scalars().all()
+        return read
+
     async def _wake_unfinished(self) -> None:
         unfinished = select(col(Chunk.session_id)).where(col(Chunk.status).in_(ChunkStatus.UNFINISHED))
         async with self.db.write() as s:
@@ -199,8 +216,10 @@ class Pipeline:
             await asyncio.sleep(BACKLOG_REFRESH_S)
             try:
                 self.backlog = await self.queue.backlog()
+                for refresh in self.refreshers:
+                    await refresh()
             except Exception:
-                log.exception("counting the transcription backlog failed")
+                log.exception("refreshing the transcription backlog failed")
 
     async def _turn(self, state: StreamState) -> float | None:
         """Read what is new, transcribe what is ready; the seconds until this stream needs a look again."""

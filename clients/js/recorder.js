@@ -499,6 +499,7 @@ export class Recorder extends EventTarget {
       return;
     }
     await this._open();
+    if (epoch !== this._epoch || socket !== this._socket) return;
     this.lastJoin = reply;
     const plan = resendPlan(this._pending.keys(), reply, this._nextSeq);
     plan.lost = plan.lost.filter((seq) => !this._rejected.has(seq));

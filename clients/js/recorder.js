@@ -184,7 +184,13 @@ export class Recorder extends EventTarget {
    * `stopSession {sessionId, lastSeq}`. Resolves `{drained, reply, queue}`; the socket stays open for
    * the transcript until close(). Chunks still waiting stay in the outbox (Recorder.pending()).
    */
-  async stop({ timeoutMs = this.options.stopTimeoutMs } = {}) {
+  stop({ timeoutMs = this.options.stopTimeoutMs } = {}) {
+    // a second stop() while one runs (a double click) waits for the same one
+    this._stopping ??= this._stop(timeoutMs).finally(() => { this._stopping = null; });
+    return this._stopping;
+  }
+
+  async _stop(timeoutMs) {
     this._setState("stopping");
     await this._stopMediaRecorder();
     await this._settleWrites();

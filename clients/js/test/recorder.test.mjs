@@ -463,6 +463,15 @@ test("the browser stopping the MediaRecorder on its own: an error, state error, 
   assert.equal(rec.state, "stopped");
 });
 
+test("two stop() calls at once stop once", async () => {
+  const socket = new FakeSocket(fakeServer().handler);
+  const rec = make(socket);
+  await record(rec, BLOBS.slice(0, 1));
+  const [a, b] = await Promise.all([rec.stop({ timeoutMs: 2000 }), rec.stop({ timeoutMs: 2000 })]);
+  assert.equal(a, b);
+  assert.equal(socket.sent.filter(([event]) => event === "stopSession").length, 1);
+});
+
 test("a title goes out once with start-session when recording starts", async () => {
   const socket = new FakeSocket(fakeServer().handler);
   const rec = make(socket, freshDB(), { title: "Weekly sync" });

@@ -48,9 +48,11 @@ class DemoFiles:
 
     def problems(self) -> list[str]:
         """What keeps the page from recording, one sentence each."""
+        if not self.client_dir.is_dir():
+            return [f"the recorder library (clients/js) is not beside this server ({self.client_dir}): the demo page "
+                    "needs a checkout of the ScribeAI repository, not an installed package"]
         if not self.library:
-            return [f"the recorder library is not here ({self.client_dir}/recorder.js): the demo needs a checkout "
-                    "of the ScribeAI repository, not an installed package"]
+            return [f"{self.client_dir}/recorder.js is missing: the recorder library is incomplete"]
         if not self.vendor:
             return [f"socket.io-client is not installed in {self.client_dir}/node_modules: {INSTALL_HINT}"]
         return []
@@ -86,7 +88,8 @@ async def _warn_if_incomplete(app: web.Application) -> None:
 
 
 async def _to_demo(request: web.Request) -> web.StreamResponse:
-    raise web.HTTPFound("/demo/")
+    query = request.query_string
+    raise web.HTTPFound(f"/demo/?{query}" if query else "/demo/")
 
 
 async def _index(request: web.Request) -> web.StreamResponse:

@@ -1,0 +1,455 @@
+// The demo page: sign in, record with the recorder library (clients/js), show what it reports.
+// Query string (optional): timeslice=MS (default 15000), outbox=NAME (the IndexedDB database; pages
+// side by side in one browser keep apart with different names).
+// `window.demo` holds the page's state for tests and the curious; the DOM ids are stable.
+
+const TOKEN_KEY = "scribeai-token";
+const params = new URLSearchParams(location.search);
+const TIMESLICE_MS = Number(params.get("timeslice")) || 15000;
+const DB_NAME = params.get("outbox") || "scribeai-recorder";
+const SESSIONS_SHOWN = 20;
+const FORMATS = ["txt", "srt", "vtt"];
+
+const $ = (id) => document.getElementById(id);
+const demo = {
+  config: null,
+  token: null,            // null: not signed in, or SCRIBEAI_AUTH=none
+  recorder: null,
+  Recorder: null,
+  acks: 0,
+  errors: [],             // the library's "error" events, newest last
+  downloads: [],          // { sessionId, format, status, bytes, name }
+  pending: [],            // what Recorder.pending() found at sign-in
+  ready: false,           // signed in and the library loaded
+};
+window.demo = demo;
+
+// -- small helpers -------------------------------------------------------------
+
+function bytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} kB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MB`;
+}
+
+function clock(ms) {
+  const s = Math.max(0, Math.round(ms / 1000));
+  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+}
+
+function element(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "dataset") Object.assign(node.dataset, value);
+    else node[key] = value;
+  }
+  node.append(...children);
+  return node;
+}
+
+function showNotice(message) {
+  $("notice").textContent = message;
+  $("notice").hidden = false;
+}
+
+async function api(path, options = {}) {
+  const headers = demo.token ? { Authorization: `Bearer ${demo.token}` } : {};
+  return fetch(path, { ...options, headers: { ...headers, ...options.headers } });
+}
+
+async function apiError(response) {
+  const body = await response.json().catch(() => null);
+  return body?.error?.message ?? `HTTP ${response.status}`;
+}
+
+// -- signing in ----------------------------------------------------------------
+
+/** Why the server refuses this token, or null (also when it cannot be asked: recording works offline). */
+async function checkToken(token) {
+  const response = await fetch(`/api/sessions?limit=1`, { headers: { Authorization: `Bearer ${token}` } }).catch(() => null);
+  return response === null || response.ok ? null : await apiError(response);
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const token = $("token").value.trim();
+  $("signin-error").hidden = true;
+  const problem = token ? await checkToken(token) : "paste a token first";
+  if (problem) {
+    $("signin-error").textContent = `Not signed in: ${problem}`;
+    $("signin-error").hidden = false;
+    return;
+  }
+  localStorage.setItem(TOKEN_KEY, token);
+  $("token").value = "";
+  await enter(token);
+}
+
+function signOut() {
+  localStorage.removeItem(TOKEN_KEY);
+  location.reload();
+}
+
+function userOf(token) {
+  try {
+    const claims = JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+    return typeof claims.sub === "string" ? claims.sub : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Signed in (or no sign-in needed): show the recorder, the sessions and any outbox left behind. */
+async function enter(token) {
+  demo.token = token;
+  $("signin").hidden = true;
+  $("account").hidden = false;
+  $("signout").hidden = token === null;
+  $("user").textContent = token === null ? "No sign-in needed (SCRIBEAI_AUTH=none)" : `Signed in as ${userOf(token) ?? "?"}`;
+  $("recorder").hidden = false;
+  $("transcript-section").hidden = false;
+  $("sessions-section").hidden = false;
+  await refreshSessions();
+  await showPending();
+  demo.ready = true;
+}
+
+// -- the recorder --------------------------------------------------------------
+
+let elapsedMs = 0;
+let tickFrom = null;
+let ticker = null;
+
+function tick() {
+  const now = performance.now();
+  if (tickFrom !== null) elapsedMs += now - tickFrom;
+  tickFrom = now;
+  $("elapsed").textContent = clock(elapsedMs);
+}
+
+function setTicking(on) {
+  if (on && ticker === null) {
+    tickFrom = performance.now();
+    ticker = setInterval(tick, 500);
+  } else if (!on && ticker !== null) {
+    tick();
+    clearInterval(ticker);
+    ticker = null;
+    tickFrom = null;
+  }
+}
+
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
+/** The state line: the recorder's state, and once stopped what the server said about the session. */
+function stateText(state) {
+  if (demo.resumed && state === "idle") return "sending an earlier recording";
+  if (state !== "stopped") return state;
+  const reply = demo.stopResult?.reply;
+  const parts = ["stopped"];
+  if (reply) parts.push(`${plural(reply.totalChunks, "chunk")} stored, ${reply.missing.length ? `missing ${reply.missing.join(", ")}` : "none missing"}`);
+  if (demo.completed) parts.push("transcript complete");
+  else if (reply) parts.push("transcribing the rest…");
+  return parts.join(" · ");
+}
+
+function showState(state) {
+  const resumed = demo.resumed && state === "idle";  // an earlier outbox being sent: Stop finishes that session
+  $("state").textContent = stateText(state);
+  $("state").dataset.state = state;
+  const active = ["connecting", "recording", "paused"].includes(state);
+  $("record").disabled = active || state === "stopping";
+  $("record").textContent = resumed ? "● Record more" : "● Record";
+  $("pause").disabled = !["recording", "paused"].includes(state);
+  $("pause").textContent = state === "paused" ? "Resume" : "Pause";
+  $("stop").disabled = !active && !resumed;
+  setTicking(state === "recording");
+}
+
+function showCompleted() {
+  demo.completed = true;
+  $("state").textContent = stateText(demo.recorder?.state);
+  refreshSessions();
+}
+
+const link = { connected: false, backpressure: { level: "ok" }, overloadedUntil: 0 };
+const OVERLOADED_SHOWN_MS = 4000;  // the server's hold is about 2 s: long enough to read
+
+function showConnection({ connected, transport }) {
+  const badge = $("connection");
+  badge.dataset.connected = String(connected);
+  badge.classList.toggle("active", demo.recorder !== null);
+  badge.textContent = connected ? `connected${transport ? ` · ${transport}` : ""}` : "offline";
+  link.connected = connected;
+  showServer();
+}
+
+function showBackpressure(snapshot) {
+  link.backpressure = snapshot;
+  if (snapshot.level === "overloaded") {
+    link.overloadedUntil = Date.now() + Math.max(snapshot.retryAfterMs ?? 0, OVERLOADED_SHOWN_MS);
+    setTimeout(showServer, link.overloadedUntil - Date.now() + 50);
+  }
+  showServer();
+}
+
+/** The server line: unreachable wins over what the server last said about its load. */
+function showServer() {
+  const { retryAfterMs } = link.backpressure;
+  const level = Date.now() < link.overloadedUntil ? "overloaded" : link.backpressure.level;
+  const shown = !link.connected && demo.recorder ? "offline" : level;
+  const text = {
+    ok: "ok",
+    offline: "unreachable: chunks wait in the outbox",
+    buffering: "busy: holding chunks until it catches up",
+    overloaded: `overloaded: holding chunks, sending again ${retryAfterMs ? `in ${(retryAfterMs / 1000).toFixed(1)} s` : "soon"}`,
+    slowDown: "asked to slow down: one chunk at a time",
+  }[shown] ?? shown;
+  $("backpressure").textContent = text;
+  $("backpressure").dataset.level = shown;
+}
+
+function showQueue({ chunks, bytes: size }) {
+  $("outbox-chunks").textContent = String(chunks);
+  $("outbox-bytes").textContent = bytes(size);
+  $("outbox").dataset.waiting = String(chunks > 0);
+  $("outbox").dataset.chunks = String(chunks);
+}
+
+function showError({ code, message, sequence }) {
+  demo.errors.push({ code, message, sequence });
+  const line = `${code}${sequence !== undefined ? ` (chunk ${sequence})` : ""}: ${message}`;
+  const lines = [...$("errors").textContent.split("\n").filter(Boolean).slice(-2), line];
+  $("errors").textContent = lines.join("\n");
+  $("errors").hidden = false;
+}
+
+function showSegment(segment) {
+  if (segment.sessionId && demo.recorder && segment.sessionId !== demo.recorder.sessionId) return;
+  const list = $("transcript");
+  const key = segment.id ?? `${segment.seq}:${segment.startMs}`;
+  if (list.querySelector(`li[data-id="${CSS.escape(String(key))}"]`)) return;
+  const item = element("li", { dataset: { id: String(key), seq: String(segment.seq), start: String(segment.startMs ?? 0) } },
+    element("span", { className: "time" }, clock(segment.startMs ?? 0)),
+    element("span", { className: "text" }, segment.text.trim()));
+  // in recording order, whatever order they arrive in (a replay after a reconnect comes late)
+  const after = Array.from(list.children).find((li) => Number(li.dataset.start) > (segment.startMs ?? 0));
+  list.insertBefore(item, after ?? null);
+  $("transcript-empty").hidden = true;
+}
+
+function clearTranscript() {
+  demo.completed = false;
+  $("transcript").replaceChildren();
+  $("transcript-empty").hidden = false;
+  $("errors").textContent = "";
+  $("errors").hidden = true;
+}
+
+/** Wire a recorder's events to the page; it becomes the page's current recorder. */
+function attach(recorder, { resumed = false } = {}) {
+  demo.recorder = recorder;
+  demo.resumed = resumed;
+  demo.completed = false;
+  demo.stopResult = null;
+  demo.acks = 0;
+  $("acked").textContent = "0";
+  $("session-id").textContent = recorder.sessionId ?? "–";
+  const on = (name, handler) => recorder.addEventListener(name, (event) => handler(event.detail ?? {}));
+  on("state", ({ state }) => {
+    $("session-id").textContent = recorder.sessionId ?? "–";
+    showState(state);
+  });
+  on("connection", showConnection);
+  on("queue", showQueue);
+  on("ack", ({ sequence }) => {
+    demo.acks += 1;
+    $("acked").textContent = `${plural(demo.acks, "chunk")} (last #${sequence})`;
+  });
+  on("backpressure", showBackpressure);
+  on("segment", ({ segment }) => showSegment(segment));
+  on("completed", showCompleted);
+  on("error", showError);
+  for (const segment of recorder.segments ?? []) showSegment(segment);
+  if (recorder.queue) showQueue(recorder.queue);
+  showState(recorder.state ?? "idle");
+}
+
+async function retire() {
+  const old = demo.recorder;
+  if (old && !["stopped", "idle", "error"].includes(old.state)) return false;
+  if (old) await old.close().catch(() => {});
+  demo.recorder = null;
+  return true;
+}
+
+function options(extra = {}) {
+  return { url: location.origin, token: demo.token, timesliceMs: TIMESLICE_MS, dbName: DB_NAME, ...extra };
+}
+
+async function record() {
+  // a resumed outbox records on into its own session; otherwise a new session
+  const recorder = demo.resumed && demo.recorder?.state === "idle" ? demo.recorder : null;
+  if (!recorder) {
+    if (!await retire()) return;
+    clearTranscript();
+    elapsedMs = 0;
+    $("elapsed").textContent = clock(0);
+    attach(new demo.Recorder(options()));
+  }
+  demo.resumed = false;
+  try {
+    await demo.recorder.start();
+  } catch (err) {
+    showError({ code: err.code ?? "start", message: err.message ?? String(err) });
+    showState("error");
+  }
+}
+
+function pauseOrResume() {
+  const recorder = demo.recorder;
+  if (!recorder) return;
+  if (recorder.state === "paused") recorder.resume();
+  else recorder.pause();
+}
+
+async function stop() {
+  const recorder = demo.recorder;
+  if (!recorder) return;
+  $("stop").disabled = true;
+  demo.resumed = false;
+  try {
+    demo.stopResult = await recorder.stop();
+  } catch (err) {
+    showError({ code: err.code ?? "stop", message: err.message ?? String(err) });
+  }
+  $("state").textContent = stateText(recorder.state);
+  await refreshSessions();
+  await showPending();
+}
+
+// -- an outbox left by an earlier page load ---------------------------------------
+
+async function showPending() {
+  const current = demo.recorder?.sessionId;
+  const found = await demo.Recorder.pending({ dbName: DB_NAME }).catch((err) => {
+    showError({ code: "outbox", message: `cannot read the outbox: ${err.message ?? err}` });
+    return [];
+  });
+  demo.pending = found.filter((p) => p.sessionId !== current && p.chunks > 0);
+  $("pending").replaceChildren(...demo.pending.map((p) => element("li", { dataset: { session: p.sessionId } },
+    element("span", { className: "session-name" }, p.sessionId),
+    element("button", { type: "button", className: "primary", onclick: () => resumePending(p.sessionId) }, "Send"),
+    element("span", { className: "session-meta" }, `${p.chunks} chunks, ${bytes(p.bytes)} not sent yet`))));
+  $("pending-section").hidden = demo.pending.length === 0;
+}
+
+async function resumePending(sessionId) {
+  if (!await retire()) {
+    showError({ code: "busy", message: "stop the current recording first" });
+    return;
+  }
+  clearTranscript();
+  const recorder = demo.Recorder.resume(options({ sessionId }));
+  attach(recorder, { resumed: true });
+  $("pending").querySelector(`li[data-session="${CSS.escape(sessionId)}"]`)?.remove();
+  $("pending-section").hidden = $("pending").children.length === 0;
+}
+
+// -- the user's sessions -------------------------------------------------------
+
+function sessionItem(session) {
+  const started = session.startedAt ?? session.createdAt;
+  const when = started ? new Date(started).toLocaleString([], { dateStyle: "short", timeStyle: "short" }) : "";
+  const meta = [when, plural(session.totalChunks, "chunk"), session.durationMs ? clock(session.durationMs) : null]
+    .filter(Boolean).join(" · ");
+  const current = session.id === demo.recorder?.sessionId;
+  return element("li", { className: current ? "current" : "", dataset: { session: session.id, status: session.status } },
+    element("span", { className: "session-name" }, session.title || session.id),
+    element("span", { className: "session-status", dataset: { status: session.status } }, session.status),
+    element("span", { className: "session-meta" }, meta),
+    element("span", { className: "downloads" }, ...FORMATS.map((format) => element("button", {
+      type: "button", className: "download", dataset: { format }, title: `Download the transcript as .${format}`,
+      onclick: () => download(session.id, format),
+    }, format))));
+}
+
+async function refreshSessions() {
+  const response = await api(`/api/sessions?limit=${SESSIONS_SHOWN}`).catch((err) => err);
+  if (!(response instanceof Response) || !response.ok) {
+    const why = response instanceof Response ? await apiError(response) : "the server is unreachable";
+    $("sessions-error").textContent = `Cannot list sessions: ${why}`;
+    $("sessions-error").hidden = false;
+    return;
+  }
+  $("sessions-error").hidden = true;
+  const { sessions } = await response.json();
+  $("sessions").replaceChildren(...sessions.map(sessionItem));
+  $("sessions-empty").hidden = sessions.length > 0;
+}
+
+async function download(sessionId, format) {
+  const record = { sessionId, format, status: null, bytes: 0, name: `${sessionId}.${format}` };
+  const response = await api(`/api/sessions/${encodeURIComponent(sessionId)}/transcript?format=${format}`).catch(() => null);
+  record.status = response?.status ?? 0;
+  if (!response?.ok) {
+    demo.downloads.push(record);
+    showError({ code: "download", message: response ? await apiError(response) : "the server is unreachable" });
+    return;
+  }
+  // an <a href> cannot carry the Authorization header: fetch, then save the body from a blob URL
+  const blob = await response.blob();
+  record.bytes = blob.size;
+  demo.downloads.push(record);
+  const link = element("a", { href: URL.createObjectURL(blob), download: record.name });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+}
+
+// -- start ---------------------------------------------------------------------
+
+async function main() {
+  const config = await fetch("/demo/config.json").then((r) => r.json()).catch(() => null);
+  demo.config = config;
+  if (!config) {
+    showNotice("The ScribeAI server does not answer /demo/config.json: is it running?");
+    return;
+  }
+  if (config.problems.length) {
+    showNotice(`This page cannot record yet: ${config.problems.join("; ")}.`);
+    return;
+  }
+  try {
+    ({ Recorder: demo.Recorder } = await import("/demo/lib/recorder.js"));
+  } catch (err) {
+    showNotice(`The recorder library did not load: ${err.message ?? err}`);
+    return;
+  }
+  $("signin-form").addEventListener("submit", signIn);
+  $("signout").addEventListener("click", signOut);
+  $("record").addEventListener("click", record);
+  $("pause").addEventListener("click", pauseOrResume);
+  $("stop").addEventListener("click", stop);
+  $("refresh-sessions").addEventListener("click", refreshSessions);
+  if (config.auth === "none") {
+    await enter(null);
+    return;
+  }
+  const saved = localStorage.getItem(TOKEN_KEY);
+  const problem = saved ? await checkToken(saved) : "no token";
+  if (saved && !problem) {
+    await enter(saved);
+    return;
+  }
+  $("signin").hidden = false;
+  if (saved) {
+    $("signin-error").textContent = `Your saved token no longer works (${problem}): sign in again.`;
+    $("signin-error").hidden = false;
+  }
+}
+
+main();

@@ -1,0 +1,390 @@
+// Drives the demo page (scribeai/demo/, served by the server under test) in real Chromium: Debian's
+// /usr/bin/chromium through puppeteer-core, a fake microphone playing a WAV. Scenarios run as pages side
+// by side in one browser; run by tests/test_demo.py. Prints one JSON line with what each page produced
+// (every MediaRecorder blob's size and sha256, seen through a wrapper installed before the page's
+// scripts), what it showed, and its screenshots (in --out).
+//
+//   node demo_driver.mjs --wav speech.wav --out DIR --token JWT
+//     [--main URL] [--crash URL] [--overload URL] [--record-seconds 60] [--short-seconds 30]
+//
+// --main (a jwt server) gets three pages: "record" (records --record-seconds, waits for the whole
+// transcript, lists the sessions, downloads txt/srt/vtt), "offline" (network cut for 10 s mid-recording)
+// and "reload" (offline for a few seconds so chunks pile up in the outbox, then reloaded: the page
+// offers the outbox and its Send button resends it). --crash (SCRIBEAI_AUTH=none; the test SIGKILLs
+// and restarts it) and --overload (a tiny MAX_QUEUE_SIZE) get one page each. A scenario whose server
+// is not given does not run.
+
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import puppeteer from "puppeteer-core";
+
+const CHROMIUM = process.env.SCRIBEAI_CHROMIUM || "/usr/bin/chromium";
+const POLL_MS = 200;
+const DESKTOP = { width: 900, height: 1000 };
+const MOBILE = { width: 375, height: 812 };  // isMobile would make puppeteer reload the page
+
+const { values: opts } = parseArgs({
+  options: {
+    wav: { type: "string" },
+    out: { type: "string" },
+    token: { type: "string" },
+    main: { type: "string" },
+    crash: { type: "string" },
+    overload: { type: "string" },
+    "record-seconds": { type: "string", default: "60" },
+    "short-seconds": { type: "string", default: "30" },
+    "transcript-timeout": { type: "string", default: "90" },
+  },
+});
+for (const name of ["wav", "out", "token"]) {
+  if (!opts[name]) {
+    console.error(`--${name} is required`);
+    process.exit(2);
+  }
+}
+const RECORD_S = Number(opts["record-seconds"]);
+const SHORT_S = Number(opts["short-seconds"]);
+const TRANSCRIPT_TIMEOUT_MS = Number(opts["transcript-timeout"]) * 1000;
+const OUT = path.resolve(opts.out);
+mkdirSync(OUT, { recursive: true });
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const started = performance.now();
+const log = (...args) => console.error(`[demo +${((performance.now() - started) / 1000).toFixed(1)}s]`, ...args);
+
+// -- what the test sees of a page, installed before its scripts ------------------------
+// Every MediaRecorder blob (size, sha256) in order, kept in sessionStorage so a reload adds to the list;
+// and a timeline of what the page shows (state, server line, connection, outbox), one entry per change.
+
+function instrument() {
+  const KEY = "scribeai-demo-test";
+  const saved = JSON.parse(sessionStorage.getItem(KEY) || '{"lives": 0, "blobs": []}');
+  const test = { life: saved.lives + 1, blobs: saved.blobs, hashing: [], timeline: [] };
+  const save = () => sessionStorage.setItem(KEY, JSON.stringify({ lives: test.life, blobs: test.blobs }));
+  save();
+  window.__test = test;
+  const hex = (buffer) => Array.from(new Uint8Array(buffer), (b) => b.toString(16).padStart(2, "0")).join("");
+  const Native = window.MediaRecorder;
+  if (!Native) return;
+  window.MediaRecorder = class extends Native {
+    constructor(...args) {
+      super(...args);
+      // added in the constructor: it runs before the page's own listener
+      this.addEventListener("dataavailable", (event) => {
+        if (!event.data || event.data.size === 0) return;
+        const entry = { life: test.life, size: event.data.size, sha256: null };
+        test.blobs.push(entry);
+        save();
+        test.hashing.push(event.data.arrayBuffer().then((buffer) => crypto.subtle.digest("SHA-256", buffer))
+          .then((digest) => { entry.sha256 = hex(digest); save(); }));
+      });
+    }
+  };
+  const sample = () => {
+    const text = (id) => document.getElementById(id)?.textContent ?? null;
+    const data = (id, key) => document.getElementById(id)?.dataset[key] ?? null;
+    const now = { state: data("state", "state"), server: data("backpressure", "level"), connected: data("connection", "connected"),
+      outbox: Number(text("outbox-chunks") ?? 0) };
+    const last = test.timeline.at(-1);
+    if (!last || Object.keys(now).some((k) => now[k] !== last[k])) test.timeline.push({ ...now, t: Date.now() });
+  };
+  document.addEventListener("DOMContentLoaded", () => {
+    new MutationObserver(sample).observe(document.body, { subtree: true, childList: true, characterData: true, attributes: true });
+    sample();
+  });
+}
+
+// -- the browser --------------------------------------------------------------------
+
+function launch(wav, userDataDir) {
+  return puppeteer.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    userDataDir,
+    args: [
+      "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+      "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+      `--use-file-for-fake-audio-capture=${wav}`, "--autoplay-policy=no-user-gesture-required",
+      "--disable-background-timer-throttling", "--disable-renderer-backgrounding", "--disable-backgrounding-occluded-windows",
+    ],
+    protocolTimeout: 60_000,
+  });
+}
+
+async function waitFor(page, predicate, timeoutMs, what, arg) {
+  const deadline = performance.now() + timeoutMs;
+  while (performance.now() < deadline) {
+    if (await page.evaluate(predicate, arg)) return;
+    await sleep(POLL_MS);
+  }
+  throw new Error(`${page.scenario}: ${what} did not happen within ${timeoutMs / 1000} s`);
+}
+
+let screenshots = Promise.resolve();
+
+/** One at a time, each page in front first: a background tab paints no frame to capture. */
+function screenshot(page, name, result) {
+  const file = path.join(OUT, `${name}.png`);
+  const taken = screenshots.then(async () => {
+    await page.bringToFront();
+    await page.screenshot({ path: file, fullPage: true });
+  });
+  screenshots = taken.catch(() => {});
+  result.screenshots.push(file);
+  return taken;
+}
+
+async function openPage(browser, server, scenario, query) {
+  const page = await browser.newPage();
+  page.scenario = scenario;
+  page.on("console", (msg) => { if (msg.type() === "error") log(`${scenario} console:`, msg.text()); });
+  page.on("pageerror", (err) => log(`${scenario} page error:`, err.message));
+  await page.setViewport(DESKTOP);
+  await page.evaluateOnNewDocument(instrument);
+  // "/" redirects to the demo page and keeps the query
+  await page.goto(`${server}/?${new URLSearchParams(query)}`);
+  return page;
+}
+
+/** Signed in through the form (or none needed): the recorder card shows. */
+async function signIn(page, { screenshotAs, result } = {}) {
+  await waitFor(page, () => !document.getElementById("signin").hidden || !document.getElementById("recorder").hidden ||
+    !document.getElementById("notice").hidden, 15_000, "the page's first view");
+  const notice = await page.$eval("#notice", (el) => (el.hidden ? null : el.textContent));
+  if (notice) throw new Error(`${page.scenario}: the page says: ${notice}`);
+  const needsToken = await page.$eval("#signin", (el) => !el.hidden);
+  if (needsToken) {
+    if (screenshotAs) await screenshot(page, screenshotAs, result);
+    await page.$eval("#token", (input, token) => { input.value = token; }, opts.token);
+    await click(page, "#signin-button");
+  }
+  await waitFor(page, () => window.demo?.ready === true, 15_000, "sign-in");
+  return needsToken;
+}
+
+async function clickRecord(page) {
+  await click(page, "#record");
+  await waitFor(page, () => ["recording", "error"].includes(document.getElementById("state").dataset.state), 15_000, "recording");
+  const state = await page.$eval("#state", (el) => el.dataset.state);
+  if (state !== "recording") throw new Error(`${page.scenario}: ${await page.$eval("#errors", (el) => el.textContent)}`);
+}
+
+/** Stop, then wait until the outbox is empty and the stop was answered. */
+async function clickStop(page, timeoutMs = 60_000) {
+  await click(page, "#stop");
+  await waitFor(page, () => window.demo.stopResult !== null && window.demo.recorder.state === "stopped", timeoutMs, "stop");
+}
+
+async function outboxEmpty(page, timeoutMs) {
+  await waitFor(page, () => document.getElementById("outbox").dataset.chunks === "0", timeoutMs, "an empty outbox");
+}
+
+async function blobsHashed(page) {
+  await page.evaluate(() => Promise.all(window.__test.hashing));
+}
+
+/** Everything the test checks about a page, read at the end. */
+async function snapshot(page) {
+  await blobsHashed(page);
+  return page.evaluate(() => ({
+    sessionId: window.demo.recorder?.sessionId ?? null,
+    blobs: window.__test.blobs,
+    lives: window.__test.life,
+    timeline: window.__test.timeline,
+    stop: window.demo.stopResult,
+    completed: window.demo.completed === true,
+    errors: window.demo.errors,
+    acks: window.demo.acks,
+    transcript: Array.from(document.querySelectorAll("#transcript li"), (li) =>
+      ({ id: li.dataset.id, seq: Number(li.dataset.seq), text: li.querySelector(".text").textContent })),
+    sessions: Array.from(document.querySelectorAll("#sessions li"), (li) => ({ id: li.dataset.session, status: li.dataset.status })),
+    state: document.getElementById("state").textContent,
+    downloads: window.demo.downloads,
+  }));
+}
+
+/**
+ * Click as the page's own script would: puppeteer's mouse click waits for the element to scroll into
+ * view, which needs a rendered frame, and a background tab (all but one of the pages) renders none.
+ */
+async function click(page, selector) {
+  const found = await page.evaluate((sel) => {
+    const target = document.querySelector(sel);
+    if (!target || target.disabled) return false;
+    target.click();
+    return true;
+  }, selector);
+  if (!found) throw new Error(`${page.scenario}: nothing enabled to click at ${selector}`);
+}
+
+// -- the scenarios ------------------------------------------------------------------------
+
+/** (a) Record, wait for the whole transcript on the page, list the sessions, download the three formats. */
+async function recordScenario(browser, server, result) {
+  const page = await openPage(browser, server, "record", { timeslice: "5000", outbox: "record" });
+  result.signedInWithToken = await signIn(page, { screenshotAs: "signin", result });
+  await screenshot(page, "idle", result);
+  await clickRecord(page);
+  await sleep(Math.min(20, RECORD_S / 2) * 1000);
+  await screenshot(page, "recording", result);
+  await sleep((RECORD_S - Math.min(20, RECORD_S / 2)) * 1000);
+  log("record: stopping");
+  await clickStop(page);
+  await waitFor(page, () => window.demo.completed === true, TRANSCRIPT_TIMEOUT_MS, "session-completed");
+  log("record: transcript complete");
+  // the session list follows the session-completed; wait for this session's row to say stopped
+  await click(page, "#refresh-sessions");
+  await waitFor(page, (sid) => document.querySelector(`#sessions li[data-session="${sid}"]`)?.dataset.status === "stopped",
+    10_000, "the session listed as stopped", await page.evaluate(() => window.demo.recorder.sessionId));
+  const downloads = mkdtempSync(path.join(OUT, "downloads-"));
+  const cdp = await browser.target().createCDPSession();
+  await cdp.send("Browser.setDownloadBehavior", { behavior: "allow", downloadPath: downloads });
+  const sessionId = await page.evaluate(() => window.demo.recorder.sessionId);
+  for (const format of ["txt", "srt", "vtt"]) {
+    await click(page, `#sessions li[data-session="${sessionId}"] button.download[data-format="${format}"]`);
+  }
+  const deadline = performance.now() + 15_000;
+  while (readdirSync(downloads).filter((name) => !name.endsWith(".crdownload")).length < 3 && performance.now() < deadline) {
+    await sleep(POLL_MS);
+  }
+  result.files = Object.fromEntries(readdirSync(downloads).map((name) => [name, readFileSync(path.join(downloads, name), "utf8")]));
+  await screenshot(page, "stopped", result);
+  Object.assign(result, await snapshot(page));
+  await page.setViewport(MOBILE);
+  await screenshot(page, "mobile", result);
+  result.mobileOverflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+  await page.setViewport(DESKTOP);
+}
+
+/** (b) The network cut for 10 s mid-recording, then back; stop once everything is sent. */
+async function offlineScenario(browser, server, result) {
+  const page = await openPage(browser, server, "offline", { timeslice: "3000", outbox: "offline" });
+  await signIn(page);
+  await clickRecord(page);
+  await sleep(8000);
+  log("offline: network off");
+  await page.setOfflineMode(true);
+  await waitFor(page, () => document.getElementById("backpressure").dataset.level === "offline", 10_000, "the offline state");
+  await sleep(7000);
+  await screenshot(page, "offline", result);
+  result.outboxWhileOffline = await page.$eval("#outbox", (el) => Number(el.dataset.chunks));
+  await sleep(3000);
+  await page.setOfflineMode(false);
+  log("offline: network on");
+  await sleep(Math.max(SHORT_S - 18, 5) * 1000);
+  await clickStop(page);
+  await outboxEmpty(page, 10_000);
+  Object.assign(result, await snapshot(page));
+}
+
+/** (c) The server is SIGKILLed and restarted by the test while this page records (no sign-in: auth none). */
+async function crashScenario(browser, server, result) {
+  const page = await openPage(browser, server, "crash", { timeslice: "3000" });
+  result.signedInWithToken = await signIn(page);
+  await clickRecord(page);
+  const recordUntil = performance.now() + SHORT_S * 1000;
+  // the test kills the server once it has a few chunks: show the page while it is gone
+  try {
+    await waitFor(page, () => document.getElementById("connection").dataset.connected === "false", SHORT_S * 1000, "the crash");
+    await sleep(1000);
+    await screenshot(page, "server-killed", result);
+  } catch (err) {
+    log(err.message);  // the test's own checks say what is wrong
+  }
+  await sleep(Math.max(recordUntil - performance.now(), 0));
+  await clickStop(page);
+  await outboxEmpty(page, 10_000);
+  Object.assign(result, await snapshot(page));
+}
+
+/** (d) Chunks wait in the outbox (the network is off), the tab is reloaded: the page offers them, Send resends them. */
+async function reloadScenario(browser, server, result) {
+  const page = await openPage(browser, server, "reload", { timeslice: "3000", outbox: "reload" });
+  await signIn(page);
+  await clickRecord(page);
+  await sleep(6000);
+  await page.setOfflineMode(true);
+  log("reload: network off");
+  await waitFor(page, () => Number(document.getElementById("outbox").dataset.chunks) >= 2, 20_000, "two chunks waiting");
+  await blobsHashed(page);
+  result.beforeReload = await snapshot(page);
+  // back online and reloaded at once: socket.io-client's reconnection waits about a second, the reload does not
+  await page.setOfflineMode(false);
+  await page.reload();
+  log("reload: reloaded");
+  await signIn(page);
+  await waitFor(page, () => !document.getElementById("pending-section").hidden, 10_000, "the outbox offered");
+  result.offered = await page.$$eval("#pending li", (items) => items.map((li) => ({ sessionId: li.dataset.session,
+    text: li.textContent })));
+  await screenshot(page, "reloaded-outbox", result);
+  const offered = result.beforeReload.blobs.length - result.beforeReload.acks;
+  await click(page, `#pending li[data-session="${result.beforeReload.sessionId}"] button`);
+  await waitFor(page, (n) => window.demo.acks >= n && document.getElementById("outbox").dataset.chunks === "0", 20_000,
+    "the outbox resent", offered);
+  result.pendingAfterSend = await page.evaluate(() => window.demo.Recorder.pending({ dbName: "reload" }));
+  await clickStop(page);
+  Object.assign(result, await snapshot(page));
+}
+
+/** (e) A server with a tiny queue: buffering, then overloaded; the page holds the chunks and sends them later. */
+async function overloadScenario(browser, server, result) {
+  const page = await openPage(browser, server, "overload", { timeslice: "2000", outbox: "overload" });
+  await signIn(page);
+  await clickRecord(page);
+  // recording on until the server has refused a chunk as overloaded (or for long enough that it should have)
+  try {
+    await waitFor(page, () => document.getElementById("backpressure").dataset.level === "overloaded", (SHORT_S + 20) * 1000,
+      "overloaded");
+    await screenshot(page, "overloaded", result);
+  } catch (err) {
+    log(err.message);
+  }
+  await sleep(Math.max(SHORT_S * 1000 - (performance.now() - result.startedAt), 0));
+  await clickStop(page, 120_000);
+  await outboxEmpty(page, 10_000);
+  Object.assign(result, await snapshot(page));
+}
+
+const SCENARIOS = [
+  ["record", "main", recordScenario],
+  ["offline", "main", offlineScenario],
+  ["reload", "main", reloadScenario],
+  ["crash", "crash", crashScenario],
+  ["overload", "overload", overloadScenario],
+];
+
+async function run(browser, name, server, fn) {
+  const result = { name, server, screenshots: [], startedAt: performance.now() };
+  try {
+    await fn(browser, server, result);
+  } catch (err) {
+    result.failure = err.stack || String(err);
+    log(`${name} FAILED: ${err.message}`);
+  }
+  result.seconds = Math.round((performance.now() - result.startedAt) / 1000);
+  log(`${name}: done in ${result.seconds} s`);
+  return result;
+}
+
+async function main() {
+  const profile = mkdtempSync(path.join(tmpdir(), "scribeai-demo-chromium-"));
+  const browser = await launch(path.resolve(opts.wav), profile);
+  try {
+    const version = await browser.version();
+    const chosen = SCENARIOS.filter(([, server]) => opts[server]);
+    log(`${version}: ${chosen.map(([name]) => name).join(", ")}`);
+    const results = await Promise.all(chosen.map(([name, server, fn]) => run(browser, name, opts[server], fn)));
+    console.log(JSON.stringify({ chromium: version, out: OUT, scenarios: Object.fromEntries(results.map((r) => [r.name, r])) }));
+  } finally {
+    await browser.close();
+    rmSync(profile, { recursive: true, force: true });
+  }
+}
+
+main().catch((err) => {
+  console.error(err.stack || String(err));
+  process.exit(1);
+});

@@ -43,9 +43,9 @@ demo-js-deps:
 			|| echo "note: npm ci --prefix clients/js failed: the demo page may not load socket.io-client; the server starts anyway"; \
 	fi
 
-# The real-browser test (tests/test_browser.py) needs Debian's chromium, espeak-ng and sox.
+# The real-browser tests need Debian's chromium, espeak-ng and sox; the multi-node test (tests/test_topology.py) nginx.
 # As root, install the missing ones; otherwise say so, and that test skips with the reason.
-SYSTEM_PACKAGES := espeak-ng sox chromium
+SYSTEM_PACKAGES := espeak-ng sox chromium nginx
 
 system-deps:
 	@missing=""; for pkg in $(SYSTEM_PACKAGES); do command -v $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \

@@ -103,6 +103,11 @@ def create_app(settings: Settings, *, db_schema: str | None = None) -> web.Appli
     app.add_routes(retention.routes)
     _setup_cors(app, origins)
     add_demo(app, settings)  # after CORS: the page is same-origin, and not part of the REST API
+    node = pipeline.queue.node_id
+
+    async def name_the_node(_request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["X-ScribeAI-Node"] = node  # which node behind a load balancer answered (logs, stickiness checks)
+    app.on_response_prepare.append(name_the_node)
     app.cleanup_ctx.extend([_database, _transcription, retention.scheduler])
     app.on_shutdown.append(_graceful_stop)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import socket
@@ -45,6 +46,25 @@ def require_service(name: str, url: str, port: int) -> None:
     if IN_CI:
         pytest.fail(f"{message} (CI is set: the service must be running)")
     pytest.skip(message)
+
+
+@contextlib.asynccontextmanager
+async def fresh_postgres_database(prefix: str) -> AsyncIterator[str]:
+    """A PostgreSQL database of its own (not a schema), so other processes reach it by DATABASE_URL alone."""
+    require_service("PostgreSQL", POSTGRES_URL, 5432)
+    import asyncpg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = POSTGRES_URL.replace("postgresql+asyncpg", "postgresql")
+    conn = await asyncpg.connect(admin)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    try:
+        yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        conn = await asyncpg.connect(admin)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
 
 
 def token_for(user: str, role: str | None = None) -> str:

@@ -34,7 +34,7 @@ from scribeai.retention import (
     next_run,
     parse_schedule,
 )
-from tests.conftest import POSTGRES_URL, RunningServer, ServerFactory, chunk, token_for
+from tests.conftest import RunningServer, ServerFactory, chunk, fresh_postgres_database, token_for
 from tests.fake_openai import FakeTranscriptionAPI
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,17 +102,8 @@ async def database_url(backend: str, tmp_path: Path) -> AsyncIterator[str]:
     if backend == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'scribeai.db'}"
         return
-    import asyncpg
-
-    name = f"retention_{uuid.uuid4().hex[:12]}"
-    admin = POSTGRES_URL.replace("postgresql+asyncpg", "postgresql")
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.close()
+    async with fresh_postgres_database("retention") as url:
+        yield url
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from sqlmodel import col
 
 from scribeai.models import Chunk, ChunkStatus, TranscriptSegment, TranscriptStream
-from tests.conftest import POSTGRES_URL, REDIS_URL, RunningServer, ServerFactory, chunk, require_service
+from tests.conftest import REDIS_URL, RunningServer, ServerFactory, chunk, fresh_postgres_database, require_service
 from tests.fake_openai import FakeTranscriptionAPI
 from tests.test_transcription import HELLO
 
@@ -39,20 +39,9 @@ def backend() -> str:
 
 @pytest.fixture
 async def database_url() -> AsyncIterator[str]:
-    """A database of its own (not a schema): a worker process reaches it by DATABASE_URL alone."""
-    require_service("PostgreSQL", POSTGRES_URL, 5432)
     require_service("Redis", REDIS_URL, 6379)
-    import asyncpg
-
-    name = f"worker_{uuid.uuid4().hex[:12]}"
-    admin = POSTGRES_URL.replace("postgresql+asyncpg", "postgresql")
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.close()
+    async with fresh_postgres_database("worker") as url:
+        yield url
 
 
 @pytest.fixture

@@ -94,7 +94,7 @@ async def test_config_says_the_auth_mode_without_a_token(start_server: ServerFac
         server = await start_server(auth=mode)
         status, _, body = await _get(f"{server.url}/demo/config.json")
         config = json.loads(body)
-        assert (status, config["auth"]) == (200, mode)
+        assert (status, config["auth"], config["transcriber"]) == (200, mode, "none")
         assert (config["library"], config["socketIoClient"], config["problems"]) == (True, True, []), config
 
 

@@ -99,7 +99,8 @@ async def _index(request: web.Request) -> web.StreamResponse:
 async def _config(request: web.Request) -> web.Response:
     """What the page needs before it can sign in: the auth mode, and what is missing to record."""
     files = request.app[demo_files_key]
-    return web.json_response({"auth": request.app[services_key].settings.auth, "library": files.library,
+    settings = request.app[services_key].settings
+    return web.json_response({"auth": settings.auth, "transcriber": settings.transcriber, "library": files.library,
                               "socketIoClient": files.vendor, "problems": files.problems()}, headers=NO_CACHE)
 
 

@@ -108,6 +108,8 @@ async function enter(token) {
   $("user").textContent = token === null ? "No sign-in needed (SCRIBEAI_AUTH=none)" : `Signed in as ${userOf(token) ?? "?"}`;
   $("recorder").hidden = false;
   $("transcript-section").hidden = false;
+  $("no-transcriber").hidden = demo.config.transcriber !== "none";
+  $("transcript-empty").hidden = demo.config.transcriber === "none";
   $("sessions-section").hidden = false;
   await refreshSessions();
   await showPending();
@@ -199,8 +201,9 @@ function showBackpressure(snapshot) {
 function showServer() {
   const { retryAfterMs } = link.backpressure;
   const level = Date.now() < link.overloadedUntil ? "overloaded" : link.backpressure.level;
-  const shown = !link.connected && demo.recorder ? "offline" : level;
+  const shown = !demo.recorder ? "none" : !link.connected ? "offline" : level;
   const text = {
+    none: "–",
     ok: "ok",
     offline: "unreachable: chunks wait in the outbox",
     buffering: "busy: holding chunks until it catches up",
@@ -213,6 +216,7 @@ function showServer() {
 
 function showQueue({ chunks, bytes: size }) {
   $("outbox-chunks").textContent = String(chunks);
+  $("outbox-unit").textContent = chunks === 1 ? "chunk" : "chunks";
   $("outbox-bytes").textContent = bytes(size);
   $("outbox").dataset.waiting = String(chunks > 0);
   $("outbox").dataset.chunks = String(chunks);
@@ -243,7 +247,7 @@ function showSegment(segment) {
 function clearTranscript() {
   demo.completed = false;
   $("transcript").replaceChildren();
-  $("transcript-empty").hidden = false;
+  $("transcript-empty").hidden = demo.config.transcriber === "none";
   $("errors").textContent = "";
   $("errors").hidden = true;
 }
@@ -266,6 +270,7 @@ function attach(recorder, { resumed = false } = {}) {
   on("queue", showQueue);
   on("ack", ({ sequence }) => {
     demo.acks += 1;
+    if (demo.acks === 1) refreshSessions();  // the session exists on the server now
     $("acked").textContent = `${plural(demo.acks, "chunk")} (last #${sequence})`;
   });
   on("backpressure", showBackpressure);

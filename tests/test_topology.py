@@ -10,17 +10,14 @@ the worker processes make, and joinSession replays them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +27,7 @@ import socketio
 
 from tests.conftest import IN_CI, REDIS_URL, SECRET, fresh_postgres_database, require_service, token_for
 from tests.fake_openai import FakeTranscriptionAPI
+from tests.processes import Processes, free_port
 from tests.speech import JS_DIR
 from tests.test_transcription import HELLO
 
@@ -49,44 +47,15 @@ def _nginx() -> str:
     return found
 
 
-def _listening(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-        return True
-    return False
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass
-class Topology:
-    tmp: Path
-    url: str  # nginx
-    env: dict[str, str]
-    nodes: dict[str, tuple[int, asyncio.subprocess.Process]] = field(default_factory=dict)
-    processes: list[asyncio.subprocess.Process] = field(default_factory=list)
-    logs: list[Path] = field(default_factory=list)
-
-    async def spawn(self, name: str, *args: str, ready: str | int, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
-        """Start a process; ready once its log says `ready` (a text) or its port `ready` (a number) takes connections."""
-        log = self.tmp / f"{name}.log"
-        with open(log, "wb") as out:
-            process = await asyncio.create_subprocess_exec(*args, env={**self.env, **(env or {})}, cwd=ROOT,
-                                                           stdout=out, stderr=out)
-        self.processes.append(process)
-        self.logs.append(log)
-        deadline = asyncio.get_running_loop().time() + 60
-        while not (_listening(ready) if isinstance(ready, int) else ready in log.read_text(errors="replace")):
-            assert process.returncode is None, f"{name} exited:\n{log.read_text()}"
-            assert asyncio.get_running_loop().time() < deadline, f"{name} did not start:\n{log.read_text()}"
-            await asyncio.sleep(0.1)
-        return process
+class Topology(Processes):
+    def __init__(self, tmp: Path, url: str, env: dict[str, str]) -> None:
+        super().__init__(tmp, env)
+        self.tmp = tmp
+        self.url = url  # nginx
+        self.nodes: dict[str, tuple[int, asyncio.subprocess.Process]] = {}
 
     async def serve(self, name: str) -> None:
-        port = _free_port()
+        port = free_port()
         process = await self.spawn(name, sys.executable, "-m", "scribeai", "serve", "--host", "127.0.0.1", "--port",
                                    str(port), ready="ScribeAI listening", env={"NODE_ID": name})
         self.nodes[name] = (port, process)
@@ -97,15 +66,6 @@ class Topology:
         async with aiohttp.ClientSession(connector=connector) as http, http.get(f"{self.url}/healthz") as response:
             assert response.status == 200
             return response.headers["X-ScribeAI-Node"]
-
-    async def close(self) -> None:
-        for process in self.processes:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-        for log in self.logs:  # pytest shows them when the test failed
-            print(f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}")
-
 
 @pytest.fixture
 async def topology(tmp_path: Path) -> AsyncIterator[Topology]:
@@ -119,7 +79,7 @@ async def topology(tmp_path: Path) -> AsyncIterator[Topology]:
                "SCRIBEAI_SECRET": SECRET, "TRANSCRIBER": "openai", "OPENAI_BASE_URL": await api.start(),
                "OPENAI_API_KEY": "k", "RETENTION_SCHEDULE": "off", "IDLE_FLUSH_S": "1", "GAP_WAIT_S": "3",
                "TRANSCRIBE_LEASE_S": "5", "PING_INTERVAL": "2", "PING_TIMEOUT": "2", "DEMO": "off", "LOG_LEVEL": "INFO"}
-        port = _free_port()
+        port = free_port()
         top = Topology(tmp_path, f"http://127.0.0.1:{port}", env)
         try:
             top.env["MAX_CONCURRENCY"] = "0"  # the serve processes transcribe nothing: the workers do

@@ -9,7 +9,6 @@ a worker stopped with SIGTERM releases its claims at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
@@ -26,6 +25,7 @@ from sqlmodel import col
 from scribeai.models import Chunk, ChunkStatus, TranscriptSegment, TranscriptStream
 from tests.conftest import REDIS_URL, RunningServer, ServerFactory, chunk, fresh_postgres_database, require_service
 from tests.fake_openai import FakeTranscriptionAPI
+from tests.processes import Processes
 from tests.test_transcription import HELLO
 
 ROOT = Path(__file__).parent.parent
@@ -51,42 +51,21 @@ async def fake_api() -> AsyncIterator[FakeTranscriptionAPI]:
     await api.close()
 
 
-class Workers:
-    """`python -m scribeai worker` processes; killed at the end of the test."""
+class Workers(Processes):
+    """`python -m scribeai worker` processes on the server's database, STORAGE_DIR and Redis channel."""
 
     def __init__(self, server: RunningServer, api_url: str) -> None:
         settings = server.settings
-        self.env = {**os.environ, "DATABASE_URL": settings.database_url, "STORAGE_DIR": str(settings.storage_dir),
-                    "DATA_DIR": str(settings.data_dir), "REDIS_URL": settings.redis_url, "REDIS_CHANNEL": settings.redis_channel,
-                    "TRANSCRIBER": "openai", "OPENAI_BASE_URL": api_url, "OPENAI_API_KEY": "k", "MAX_CONCURRENCY": "1",
-                    "TRANSCRIBE_LEASE_S": str(LEASE_S), "RETENTION_SCHEDULE": "off", "IDLE_FLUSH_S": "1", "GAP_WAIT_S": "3",
-                    "SCRIBEAI_SECRET": settings.secret, "LOG_LEVEL": "INFO"}
-        self.processes: list[asyncio.subprocess.Process] = []
-        self.logs: list[Path] = []
+        super().__init__(settings.data_dir, {
+            **os.environ, "DATABASE_URL": settings.database_url, "STORAGE_DIR": str(settings.storage_dir),
+            "DATA_DIR": str(settings.data_dir), "REDIS_URL": settings.redis_url, "REDIS_CHANNEL": settings.redis_channel,
+            "TRANSCRIBER": "openai", "OPENAI_BASE_URL": api_url, "OPENAI_API_KEY": "k", "MAX_CONCURRENCY": "1",
+            "TRANSCRIBE_LEASE_S": str(LEASE_S), "RETENTION_SCHEDULE": "off", "IDLE_FLUSH_S": "1", "GAP_WAIT_S": "3",
+            "SCRIBEAI_SECRET": settings.secret, "LOG_LEVEL": "INFO"})
 
     async def start(self, node_id: str) -> asyncio.subprocess.Process:
-        log_path = Path(self.env["DATA_DIR"]) / f"{node_id}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "wb") as log_file:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "scribeai", "worker", env={**self.env, "NODE_ID": node_id}, cwd=ROOT,
-                stdout=asyncio.subprocess.DEVNULL, stderr=log_file)
-        self.processes.append(process)
-        self.logs.append(log_path)
-        deadline = asyncio.get_running_loop().time() + 60
-        while b"transcribing with" not in log_path.read_bytes():
-            assert process.returncode is None, f"worker {node_id} exited: {log_path.read_text()}"
-            assert asyncio.get_running_loop().time() < deadline, f"worker {node_id} did not start: {log_path.read_text()}"
-            await asyncio.sleep(0.1)
-        return process
-
-    async def close(self) -> None:
-        for process in self.processes:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-        for path in self.logs:  # shown by pytest when the test failed
-            print(f"--- {path.name}\n{path.read_text()}")
+        return await self.spawn(node_id, sys.executable, "-m", "scribeai", "worker", ready="transcribing with",
+                                env={"NODE_ID": node_id})
 
 
 @pytest.fixture

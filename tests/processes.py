@@ -1,0 +1,57 @@
+"""Real processes for the multi-process tests (`scribeai serve`, `scribeai worker`, nginx): each logs to a file,
+is waited for until ready, and is killed at the end, its log printed (pytest shows it when the test failed)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+START_TIMEOUT_S = 60
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+    return False
+
+
+class Processes:
+    def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
+        self.log_dir = log_dir
+        self.env = env
+        self.processes: list[asyncio.subprocess.Process] = []
+        self.logs: list[Path] = []
+
+    async def spawn(self, name: str, *args: str, ready: str | int, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+        """Start a process; ready once its log says `ready` (a text) or its port `ready` (a number) takes connections."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_dir / f"{name}.log"
+        with open(log, "wb") as out:
+            process = await asyncio.create_subprocess_exec(*args, env={**self.env, **(env or {})}, cwd=ROOT,
+                                                           stdout=out, stderr=out)
+        self.processes.append(process)
+        self.logs.append(log)
+        deadline = asyncio.get_running_loop().time() + START_TIMEOUT_S
+        while not (listening(ready) if isinstance(ready, int) else ready in log.read_text(errors="replace")):
+            assert process.returncode is None, f"{name} exited:\n{log.read_text(errors='replace')}"
+            assert asyncio.get_running_loop().time() < deadline, f"{name} did not start:\n{log.read_text(errors='replace')}"
+            await asyncio.sleep(0.1)
+        return process
+
+    async def close(self) -> None:
+        for process in self.processes:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+        for log in self.logs:
+            if log.exists():
+                print(f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}")

@@ -234,6 +234,7 @@ def _check_every_blob_stored_once(page: dict[str, Any], stored: dict[int, tuple[
     name, blobs = page["name"], page["blobs"]
     assert page.get("failure") is None, f"{name}: {page.get('failure')}"
     assert len(blobs) >= 3 and all(b["sha256"] for b in blobs), f"{name}: blobs {blobs}"
+    assert page["errors"] == [], f"{name}: the recorder reported errors"
     assert stored == {seq: (b["size"], b["sha256"]) for seq, b in enumerate(blobs)}, f"{name}: stored chunks"
     reply = page["stop"]["reply"]
     assert (page["stop"]["drained"], reply["maxSeq"], reply["totalChunks"], reply["missing"]) == (
@@ -292,6 +293,7 @@ async def test_demo_page_in_chromium(start_server: ServerFactory, tmp_path: Path
         sid = record["sessionId"]
         _check_every_blob_stored_once(record, await _stored(main, sid))
         assert record["signedInWithToken"] is True and record["completed"] is True
+        assert record["wrongTokenMessage"].startswith("Not signed in: invalid token"), record["wrongTokenMessage"]
         status, body = await _rest(main.url, f"/api/sessions/{sid}/transcript", token_for(USER))
         stored_segments = sorted(json.loads(body)["segments"], key=lambda s: s["startMs"])
         assert [(s["id"], s["text"].strip()) for s in stored_segments] == [(d["id"], d["text"]) for d in record["transcript"]]
@@ -311,6 +313,8 @@ async def test_demo_page_in_chromium(start_server: ServerFactory, tmp_path: Path
         offline = pages["offline"]
         _check_every_blob_stored_once(offline, await _stored(main, offline["sessionId"]))
         assert "offline" in [t["server"] for t in offline["timeline"]]
+        states = [t["state"] for t in offline["timeline"]]
+        assert "paused" in states and "recording" in states[states.index("paused"):]
         assert offline["outboxWhileOffline"] >= 2
 
         # (c) SIGKILL and restart on the same port: nothing acked is lost, the outbox resent the rest

@@ -149,8 +149,8 @@ async function openPage(browser, server, scenario, query) {
   return page;
 }
 
-/** Signed in through the form (or none needed): the recorder card shows. */
-async function signIn(page, { screenshotAs, result } = {}) {
+/** Signed in through the form (or none needed): the recorder card shows. A `wrongToken` is tried first. */
+async function signIn(page, { screenshotAs, result, wrongToken } = {}) {
   await waitFor(page, () => !document.getElementById("signin").hidden || !document.getElementById("recorder").hidden ||
     !document.getElementById("notice").hidden, 15_000, "the page's first view");
   const notice = await page.$eval("#notice", (el) => (el.hidden ? null : el.textContent));
@@ -158,6 +158,12 @@ async function signIn(page, { screenshotAs, result } = {}) {
   const needsToken = await page.$eval("#signin", (el) => !el.hidden);
   if (needsToken) {
     if (screenshotAs) await screenshot(page, screenshotAs, result);
+    if (wrongToken) {
+      await page.$eval("#token", (input, token) => { input.value = token; }, wrongToken);
+      await click(page, "#signin-button");
+      await waitFor(page, () => !document.getElementById("signin-error").hidden, 10_000, "the refusal of a wrong token");
+      result.wrongTokenMessage = await page.$eval("#signin-error", (el) => el.textContent);
+    }
     await page.$eval("#token", (input, token) => { input.value = token; }, opts.token);
     await click(page, "#signin-button");
   }
@@ -225,7 +231,7 @@ async function click(page, selector) {
 /** (a) Record, wait for the whole transcript on the page, list the sessions, download the three formats. */
 async function recordScenario(browser, server, result) {
   const page = await openPage(browser, server, "record", { timeslice: "5000", outbox: "record" });
-  result.signedInWithToken = await signIn(page, { screenshotAs: "signin", result });
+  result.signedInWithToken = await signIn(page, { screenshotAs: "signin", result, wrongToken: `${opts.token}x` });
   await screenshot(page, "idle", result);
   await clickRecord(page);
   await sleep(Math.min(20, RECORD_S / 2) * 1000);
@@ -264,7 +270,14 @@ async function offlineScenario(browser, server, result) {
   const page = await openPage(browser, server, "offline", { timeslice: "3000", outbox: "offline" });
   await signIn(page);
   await clickRecord(page);
-  await sleep(8000);
+  await sleep(3000);
+  // the pause button on the way: paused, then recording again
+  await click(page, "#pause");
+  await waitFor(page, () => document.getElementById("state").dataset.state === "paused", 5000, "paused");
+  await sleep(2000);
+  await click(page, "#pause");
+  await waitFor(page, () => document.getElementById("state").dataset.state === "recording", 5000, "recording again");
+  await sleep(3000);
   log("offline: network off");
   await page.setOfflineMode(true);
   await waitFor(page, () => document.getElementById("backpressure").dataset.level === "offline", 10_000, "the offline state");

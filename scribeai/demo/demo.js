@@ -167,6 +167,7 @@ function showState(state) {
   $("pause").disabled = !["recording", "paused"].includes(state);
   $("pause").textContent = state === "paused" ? "Resume" : "Pause";
   $("stop").disabled = !active && !resumed;
+  $("signout").disabled = active || state === "stopping";  // signing out reloads the page: not mid-recording
   setTicking(state === "recording");
 }
 
@@ -276,6 +277,7 @@ function attach(recorder, { resumed = false } = {}) {
   on("backpressure", showBackpressure);
   on("segment", ({ segment }) => showSegment(segment));
   on("completed", showCompleted);
+  on("sessionStopped", () => refreshSessions());
   on("error", showError);
   for (const segment of recorder.segments ?? []) showSegment(segment);
   if (recorder.queue) showQueue(recorder.queue);
@@ -302,7 +304,8 @@ async function record() {
     clearTranscript();
     elapsedMs = 0;
     $("elapsed").textContent = clock(0);
-    attach(new demo.Recorder(options()));
+    const title = `Recording of ${new Date().toLocaleString([], { dateStyle: "medium", timeStyle: "short" })}`;
+    attach(new demo.Recorder(options({ title })));
   }
   demo.resumed = false;
   try {
@@ -338,16 +341,18 @@ async function stop() {
 // -- an outbox left by an earlier page load ---------------------------------------
 
 async function showPending() {
+  if (demo.recorder && ["recording", "paused", "connecting"].includes(demo.recorder.state)) return;
   const current = demo.recorder?.sessionId;
   const found = await demo.Recorder.pending({ dbName: DB_NAME }).catch((err) => {
     showError({ code: "outbox", message: `cannot read the outbox: ${err.message ?? err}` });
     return [];
   });
-  demo.pending = found.filter((p) => p.sessionId !== current && p.chunks > 0);
+  demo.pending = found.filter((p) => p.sessionId !== current && (p.chunks > 0 || p.stopPending));
   $("pending").replaceChildren(...demo.pending.map((p) => element("li", { dataset: { session: p.sessionId } },
     element("span", { className: "session-name" }, p.sessionId),
     element("button", { type: "button", className: "primary", onclick: () => resumePending(p.sessionId) }, "Send"),
-    element("span", { className: "session-meta" }, `${p.chunks} chunks, ${bytes(p.bytes)} not sent yet`))));
+    element("span", { className: "session-meta" }, p.chunks > 0 ? `${plural(p.chunks, "chunk")}, ${bytes(p.bytes)} not sent yet`
+      : "all audio sent; the server was not told it stopped"))));
   $("pending-section").hidden = demo.pending.length === 0;
 }
 
@@ -372,7 +377,7 @@ function sessionItem(session) {
     .filter(Boolean).join(" · ");
   const current = session.id === demo.recorder?.sessionId;
   return element("li", { className: current ? "current" : "", dataset: { session: session.id, status: session.status } },
-    element("span", { className: "session-name" }, session.title || session.id),
+    element("span", { className: "session-name", title: session.id }, session.title || session.id),
     element("span", { className: "session-status", dataset: { status: session.status } }, session.status),
     element("span", { className: "session-meta" }, meta),
     element("span", { className: "downloads" }, ...FORMATS.map((format) => element("button", {

@@ -69,6 +69,16 @@ OUTSIDE_NAMES = [
 ]
 
 
+def require_demo_files() -> None:
+    """Skip with the reason when clients/js is not npm-installed (`make serve` and `make test` do it); under CI, fail."""
+    problems = DemoFiles().problems()
+    if not problems:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"the demo page cannot load: {'; '.join(problems)} (CI is set: it must)", pytrace=False)
+    pytest.skip(f"the demo page cannot load: {'; '.join(problems)}")
+
+
 # -- routes --------------------------------------------------------------------------------
 
 async def _get(url: str, **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
@@ -90,6 +100,7 @@ async def test_root_redirects_to_the_page_with_its_query(server: RunningServer) 
 
 @SQLITE_ONLY
 async def test_config_says_the_auth_mode_without_a_token(start_server: ServerFactory) -> None:
+    require_demo_files()
     for mode in ("jwt", "none"):
         server = await start_server(auth=mode)
         status, _, body = await _get(f"{server.url}/demo/config.json")
@@ -100,6 +111,7 @@ async def test_config_says_the_auth_mode_without_a_token(start_server: ServerFac
 
 @SQLITE_ONLY
 async def test_library_and_socket_io_client_are_served(server: RunningServer) -> None:
+    require_demo_files()
     status, headers, body = await _get(f"{server.url}/demo/lib/recorder.js")
     assert (status, headers["Content-Type"]) == (200, "application/javascript")
     assert b"export class Recorder" in body
@@ -258,6 +270,7 @@ def _screenshot_dir(tmp_path: Path) -> Path:
 async def test_demo_page_in_chromium(start_server: ServerFactory, tmp_path: Path) -> None:
     """Five pages side by side: record + transcript + downloads, network cut, server SIGKILL, reload, overload."""
     require_browser_tools()
+    require_demo_files()
     started = time.monotonic()
     wav = tmp_path / "speech.wav"
     make_speech_wav(SENTENCES, wav)

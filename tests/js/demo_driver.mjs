@@ -189,7 +189,13 @@ async function outboxEmpty(page, timeoutMs) {
 }
 
 async function blobsHashed(page) {
-  await page.evaluate(() => Promise.all(window.__test.hashing));
+  await page.evaluate(async () => {
+    let count;
+    do {
+      count = window.__test.hashing.length;
+      await Promise.all(window.__test.hashing);
+    } while (count !== window.__test.hashing.length);
+  });
 }
 
 /** Everything the test checks about a page, read at the end. */
@@ -322,7 +328,9 @@ async function reloadScenario(browser, server, result) {
   await page.setOfflineMode(true);
   log("reload: network off");
   await waitFor(page, () => Number(document.getElementById("outbox").dataset.chunks) >= 2, 20_000, "two chunks waiting");
-  await blobsHashed(page);
+  // reload just after a timeslice blob, so that none is due while the page's state is read
+  const blobs = await page.evaluate(() => window.__test.blobs.length);
+  await waitFor(page, (n) => window.__test.blobs.length > n, 10_000, "the next blob", blobs);
   result.beforeReload = await snapshot(page);
   // back online and reloaded at once: socket.io-client's reconnection waits about a second, the reload does not
   await page.setOfflineMode(false);

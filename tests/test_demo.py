@@ -347,7 +347,10 @@ async def test_demo_page_in_chromium(start_server: ServerFactory, tmp_path: Path
         assert [o["sessionId"] for o in reload["offered"]] == [before["sessionId"]] == [reload["sessionId"]]
         assert f"{waiting} chunks" in reload["offered"][0]["text"], (waiting, reload["offered"])
         assert reload["pendingAfterSend"] == []
-        assert [b["life"] for b in reload["blobs"]] == [1] * len(before["blobs"])
+        assert reload["recordLabel"] == "● Record more"
+        lives = [b["life"] for b in reload["blobs"]]
+        assert reload["blobs"][:len(before["blobs"])] == before["blobs"] and lives.count(1) == len(before["blobs"])
+        assert lives.count(2) >= 2 and lives == sorted(lives), lives
         _check_every_blob_stored_once(reload, await _stored(main, reload["sessionId"]))
 
         # (e) overloaded: the page showed it, held the chunks, and sent every one later

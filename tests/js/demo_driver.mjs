@@ -319,7 +319,10 @@ async function crashScenario(browser, server, result) {
   Object.assign(result, await snapshot(page));
 }
 
-/** (d) Chunks wait in the outbox (the network is off), the tab is reloaded: the page offers them, Send resends them. */
+/**
+ * (d) Chunks wait in the outbox (the network is off), the tab is reloaded: the page offers them, Send resends
+ * them, Record records more into the same session.
+ */
 async function reloadScenario(browser, server, result) {
   const page = await openPage(browser, server, "reload", { timeslice: "3000", outbox: "reload" });
   await signIn(page);
@@ -346,6 +349,10 @@ async function reloadScenario(browser, server, result) {
   await waitFor(page, (n) => window.demo.acks >= n && document.getElementById("outbox").dataset.chunks === "0", 20_000,
     "the outbox resent", offered);
   result.pendingAfterSend = await page.evaluate(() => window.demo.Recorder.pending({ dbName: "reload" }));
+  // then record more into the same session (a second MediaRecorder: a new WebM header mid-session), and stop
+  result.recordLabel = await page.$eval("#record", (el) => el.textContent);
+  await clickRecord(page);
+  await sleep(7000);
   await clickStop(page);
   Object.assign(result, await snapshot(page));
 }

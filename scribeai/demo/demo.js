@@ -14,8 +14,11 @@ const $ = (id) => document.getElementById(id);
 const demo = {
   config: null,
   token: null,            // null: not signed in, or SCRIBEAI_AUTH=none
-  recorder: null,
-  Recorder: null,
+  recorder: null,         // the page's current Recorder
+  Recorder: null,         // the class, once the library loaded
+  resumed: false,         // the current recorder sends an earlier page's outbox (Recorder.resume)
+  stopResult: null,       // what the current recorder's stop() resolved
+  completed: false,       // session-completed for the current recorder's session
   acks: 0,
   errors: [],             // the library's "error" events, newest last
   downloads: [],          // { sessionId, format, status, bytes, name }

@@ -307,8 +307,8 @@ async function record() {
     clearTranscript();
     elapsedMs = 0;
     $("elapsed").textContent = clock(0);
-    const title = `Recording of ${new Date().toLocaleString([], { dateStyle: "medium", timeStyle: "short" })}`;
-    attach(new demo.Recorder(options({ title })));
+    attach(new demo.Recorder(options()));
+    await nameSession(demo.recorder.sessionId);
   }
   demo.resumed = false;
   try {
@@ -317,6 +317,16 @@ async function record() {
     showError({ code: err.code ?? "start", message: err.message ?? String(err) });
     showState("error");
   }
+}
+
+/**
+ * Create the session with a title before the recorder's joinSession does (which would create it untitled).
+ * Offline, the recording starts anyway, untitled.
+ */
+async function nameSession(sessionId) {
+  const title = `Recording of ${new Date().toLocaleString([], { dateStyle: "medium", timeStyle: "short" })}`;
+  await api("/api/sessions", { method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ id: sessionId, title }) }).catch(() => null);
 }
 
 function pauseOrResume() {
@@ -352,7 +362,7 @@ async function showPending() {
   });
   demo.pending = found.filter((p) => p.sessionId !== current && (p.chunks > 0 || p.stopPending));
   $("pending").replaceChildren(...demo.pending.map((p) => element("li", { dataset: { session: p.sessionId } },
-    element("span", { className: "session-name" }, p.sessionId),
+    element("span", { className: "session-name mono" }, p.sessionId),
     element("button", { type: "button", className: "primary", onclick: () => resumePending(p.sessionId) }, "Send"),
     element("span", { className: "session-meta" }, p.chunks > 0 ? `${plural(p.chunks, "chunk")}, ${bytes(p.bytes)} not sent yet`
       : "all audio sent; the server was not told it stopped"))));
@@ -376,11 +386,13 @@ async function resumePending(sessionId) {
 function sessionItem(session) {
   const started = session.startedAt ?? session.createdAt;
   const when = started ? new Date(started).toLocaleString([], { dateStyle: "short", timeStyle: "short" }) : "";
-  const meta = [when, plural(session.totalChunks, "chunk"), session.durationMs ? clock(session.durationMs) : null]
-    .filter(Boolean).join(" · ");
+  // a titled session says its date in the title; an untitled one is named by its id
+  const meta = [session.title ? null : when, plural(session.totalChunks, "chunk"),
+    session.durationMs ? clock(session.durationMs) : null].filter(Boolean).join(" · ");
   const current = session.id === demo.recorder?.sessionId;
   return element("li", { className: current ? "current" : "", dataset: { session: session.id, status: session.status } },
-    element("span", { className: "session-name", title: session.id }, session.title || session.id),
+    element("span", { className: session.title ? "session-name" : "session-name mono", title: session.id },
+      session.title || session.id),
     element("span", { className: "session-status", dataset: { status: session.status } }, session.status),
     element("span", { className: "session-meta" }, meta),
     element("span", { className: "downloads" }, ...FORMATS.map((format) => element("button", {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from sqlalchemy import func, select
 from scribeai.models import Chunk, TranscriptSegment
 from tests.conftest import RunningServer, ServerFactory, chunk
 from tests.fake_openai import FakeTranscriptionAPI
+from tests.speech import normalize
 
 FIXTURES = Path(__file__).parent / "fixtures" / "audio"
 MANIFEST: dict[str, Any] = json.loads((FIXTURES / "manifest.json").read_text())
@@ -31,7 +31,8 @@ HELLO = (FIXTURES / "speech_hello.wav").read_bytes()
 
 
 def words(text: str) -> set[str]:
-    return set(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split())
+    """The words heard, numbers spelled out: whisper writes "seven" or "7" depending on the window it hears."""
+    return set(normalize(text))
 
 
 async def collect(client: socketio.AsyncSimpleClient, event: str, count: int, timeout: float = 60) -> list[Any]:

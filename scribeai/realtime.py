@@ -351,6 +351,7 @@ class Realtime:
         self._check_user_field(conn, body)
         title, source = protocol.parse_optional_text(body, "title", 512), protocol.parse_optional_text(body, "source", 64)
         await self.sessions.ensure(session_id, conn.user_id, title=title, source=source)
+        await self.sessions.describe(session_id, title=title, source=source)  # the session may predate this event
         await self.sio.enter_room(conn.sid, protocol.room_of(session_id), namespace=conn.namespace)
         row = await self.sessions.get_owned(session_id, conn.user_id)
         status = row.status

@@ -55,6 +55,14 @@ class SessionService:
         if owner != user_id:
             raise Forbidden("this session belongs to another user", sessionId=session_id)
 
+    async def describe(self, session_id: str, *, title: str | None, source: str | None) -> None:
+        """Set the title and source a start event brings, also on a session a join or a chunk created first."""
+        values = {k: v for k, v in (("title", title), ("source", source)) if v is not None}
+        if not values:
+            return
+        async with self.db.write() as s:
+            await s.execute(update(RecordingSession).where(col(RecordingSession.id) == session_id).values(**values))
+
     async def _create_or_get_owner(self, session_id: str, user_id: str, title: str | None, source: str | None) -> str:
         insert = postgresql.insert if not self.db.is_sqlite else sqlite.insert
         now = utcnow()

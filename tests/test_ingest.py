@@ -201,6 +201,18 @@ async def test_join_creates_an_unknown_session_for_the_viewer(server: RunningSer
     assert (await other.call("joinSession", {"sessionId": "early-viewer"}, timeout=5))["error"]["code"] == "forbidden"
 
 
+async def test_start_session_titles_a_session_that_a_join_created(server: RunningServer, connect: Any) -> None:
+    client = await connect(server.url)
+    await client.call("joinSession", {"sessionId": "titled-late", "lastSeq": -1}, timeout=5)  # creates it, untitled
+    started = await client.call("start-session", {"sessionId": "titled-late", "title": "Design review", "source": "demo"},
+                                timeout=5)
+    assert started["status"] == "recording"
+    row = await server.services.sessions.get_owned("titled-late", "alice")
+    assert (row.title, row.source) == ("Design review", "demo")
+    await client.call("start-session", {"sessionId": "titled-late"}, timeout=5)  # no title: the title stays
+    assert (await server.services.sessions.get_owned("titled-late", "alice")).title == "Design review"
+
+
 async def test_original_app_flow(server: RunningServer, connect: Any) -> None:
     client = await connect(server.url, user=None, headers={"Cookie": f"scribeai_token={token_for('carol')}"})
     started = await client.call("start-session", {"sessionId": "orig", "userId": "carol", "title": "Standup"}, timeout=5)

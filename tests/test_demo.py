@@ -339,7 +339,7 @@ async def test_demo_page_in_chromium(start_server: ServerFactory, tmp_path: Path
         assert "false" in connected[connected.index("true"):], "the page never saw the server go away"
         assert f"demo page: http://127.0.0.1:{crash.port}/demo/" in crash.log_path.read_text()
 
-        # (d) reloaded with chunks in the outbox: the page offered them, Send resent them, none left
+        # (d) reloaded with chunks in the outbox: the page resent them by itself, none left
         reload = pages["reload"]
         before = reload["beforeReload"]
         waiting = len(before["blobs"]) - before["acks"]  # produced before the reload, not acked

@@ -23,6 +23,7 @@ const demo = {
   errors: [],             // the library's "error" events, newest last
   downloads: [],          // { sessionId, format, status, bytes, name }
   pending: [],            // what Recorder.pending() found at sign-in
+  autoSent: [],           // earlier outboxes this page started sending by itself: {sessionId, chunks, bytes}
   ready: false,           // signed in and the library loaded
 };
 window.demo = demo;
@@ -367,6 +368,14 @@ async function showPending() {
     element("span", { className: "session-meta" }, p.chunks > 0 ? `${plural(p.chunks, "chunk")}, ${bytes(p.bytes)} not sent yet`
       : "all audio sent; the server was not told it stopped"))));
   $("pending-section").hidden = demo.pending.length === 0;
+  // An earlier visit's unsent audio goes out by itself (closing this tab too must not lose it): one session at a
+  // time, each its own Recorder; any others keep their Send button.
+  const idle = !demo.recorder || ["stopped", "idle", "error"].includes(demo.recorder.state);
+  const first = demo.pending.find((p) => p.chunks > 0 || p.stopPending);
+  if (first && idle && !demo.resumed) {
+    demo.autoSent.push({ sessionId: first.sessionId, chunks: first.chunks, bytes: first.bytes });
+    await resumePending(first.sessionId);
+  }
 }
 
 async function resumePending(sessionId) {

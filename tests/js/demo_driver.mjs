@@ -10,7 +10,7 @@
 // --main (a jwt server) gets three pages: "record" (records --record-seconds, waits for the whole
 // transcript, lists the sessions, downloads txt/srt/vtt), "offline" (network cut for 10 s mid-recording)
 // and "reload" (offline for a few seconds so chunks pile up in the outbox, then reloaded: the page
-// offers the outbox and its Send button resends it). --crash (SCRIBEAI_AUTH=none; the test SIGKILLs
+// sends the outbox by itself). --crash (SCRIBEAI_AUTH=none; the test SIGKILLs
 // and restarts it) and --overload (a tiny MAX_QUEUE_SIZE) get one page each. A scenario whose server
 // is not given does not run.
 
@@ -320,8 +320,8 @@ async function crashScenario(browser, server, result) {
 }
 
 /**
- * (d) Chunks wait in the outbox (the network is off), the tab is reloaded: the page offers them, Send resends
- * them, Record records more into the same session.
+ * (d) Chunks wait in the outbox (the network is off), the tab is reloaded: the page sends them by itself,
+ * Record more records into the same session.
  */
 async function reloadScenario(browser, server, result) {
   const page = await openPage(browser, server, "reload", { timeslice: "3000", outbox: "reload" });
@@ -340,12 +340,12 @@ async function reloadScenario(browser, server, result) {
   await page.reload();
   log("reload: reloaded");
   await signIn(page);
-  await waitFor(page, () => !document.getElementById("pending-section").hidden, 10_000, "the outbox offered");
-  result.offered = await page.$$eval("#pending li", (items) => items.map((li) => ({ sessionId: li.dataset.session,
-    text: li.textContent })));
+  // the page sends the earlier outbox by itself
+  await waitFor(page, () => window.demo.autoSent.length > 0, 10_000, "the outbox resent by itself");
+  result.offered = await page.evaluate(() => window.demo.autoSent.map((p) => ({ sessionId: p.sessionId,
+    text: `${p.chunks} chunks, ${p.bytes} bytes` })));
   await screenshot(page, "reloaded-outbox", result);
   const offered = result.beforeReload.blobs.length - result.beforeReload.acks;
-  await click(page, `#pending li[data-session="${result.beforeReload.sessionId}"] button`);
   await waitFor(page, (n) => window.demo.acks >= n && document.getElementById("outbox").dataset.chunks === "0", 20_000,
     "the outbox resent", offered);
   result.pendingAfterSend = await page.evaluate(() => window.demo.Recorder.pending({ dbName: "reload" }));

@@ -207,7 +207,7 @@ def _schemas(statuses: Sequence[str]) -> dict[str, Any]:
             "id": {"type": ["string", "null"], "pattern": protocol.SESSION_ID.pattern,
                    "description": "Chosen by the client; a new 32-hex id when absent."},
             "title": {"type": ["string", "null"], "maxLength": 512, "pattern": "^[^\\u0000]*$"}}},
-        "StopSession": {"type": "object", "properties": {"lastSeq": {"type": ["integer", "null"], "minimum": -1,
+        "StopSession": {"type": "object", "properties": {"lastSeq": {"type": ["integer", "null"], "minimum": 0,
                                                                      "maximum": protocol.MAX_SEQUENCE}}},
         "MissingChunks": _object({k: gap[k] for k in ("missing", "maxSeq", "totalChunks")}),
         "StopReply": _object({**gap, "stoppedAt": _TIME}),

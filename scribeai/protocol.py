@@ -77,7 +77,7 @@ def parse_optional_text(payload: dict[str, Any], field: str, limit: int) -> str 
 
 
 def parse_optional_seq(payload: dict[str, Any], field: str, minimum: int = 0) -> int | None:
-    """An optional sequence number; joinSession's and stopSession's lastSeq also take -1 (an empty session's maxSeq)."""
+    """An optional sequence number; joinSession's lastSeq also takes -1 ("nothing yet", an empty session's maxSeq)."""
     value = payload.get(field)
     if value is None:
         return None

@@ -334,7 +334,7 @@ class Realtime:
     async def on_stop_session(self, conn: Connection, payload: Any = None) -> dict[str, Any]:
         body = protocol.parse_object(payload, "stopSession")
         session_id = protocol.parse_session_id(body.get("sessionId"))
-        last_seq = protocol.parse_optional_seq(body, "lastSeq", minimum=-1)  # -1: the recorder sent nothing
+        last_seq = protocol.parse_optional_seq(body, "lastSeq")
         await self.sessions.check_access(session_id, conn.user_id)
         reply = await self.sessions.stop(session_id, last_seq)
         await self.sio.emit("session-stopped", reply, to=conn.sid, namespace=conn.namespace)

@@ -202,7 +202,7 @@ async def stop_session(request: web.Request) -> web.Response:
     services, session_id = _services(request), _session_id(request)
     await services.sessions.get_owned(session_id, request[user_key])
     body = await _json_body(request)
-    reply = await services.sessions.stop(session_id, protocol.parse_optional_seq(body, "lastSeq", minimum=-1))
+    reply = await services.sessions.stop(session_id, protocol.parse_optional_seq(body, "lastSeq"))
     await services.pipeline.session_changed(session_id)
     await services.pipeline.check_completed(session_id)
     return web.json_response(reply)

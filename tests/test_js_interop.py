@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ import pytest
 from scribeai.auth import create_token
 from tests.conftest import IN_CI, SECRET, RunningServer, ServerFactory, token_for
 from tests.fake_openai import FakeTranscriptionAPI
+from tests.node_tests import run_node_tests
 
 JS_DIR = Path(__file__).parent / "js"
 CLIENT_VERSION = "4.8.4"  # pinned in tests/js/package.json
@@ -60,45 +59,6 @@ def _check_node_modules() -> None:
                     "run `npm ci --prefix tests/js`", pytrace=False)
 
 
-def _tap_counts(tap: str) -> dict[str, int]:
-    return {name: int(value) for name, value in re.findall(r"^# (tests|pass|fail|cancelled|skipped|todo) (\d+)$", tap, re.M)}
-
-
-async def _run_node(node: str, files: list[str], env: dict[str, str], tap_file: Path, timeout_s: float) -> tuple[str, dict[str, int]]:
-    """`node --test` on `files`: its spec output and the TAP counts; fails the test on a timeout or a non-zero exit."""
-    # An asyncio subprocess: the servers live on this event loop and must keep serving while node runs.
-    proc = await asyncio.create_subprocess_exec(
-        node, "--test", "--test-reporter=spec", "--test-reporter-destination=stdout",
-        "--test-reporter=tap", f"--test-reporter-destination={tap_file}", *files,
-        cwd=JS_DIR, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-    )
-    received: list[bytes] = []
-
-    async def collect() -> None:
-        assert proc.stdout is not None
-        while data := await proc.stdout.read(65536):
-            received.append(data)
-        await proc.wait()
-
-    try:
-        await asyncio.wait_for(collect(), timeout_s)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # node --test runs each test file in a child process
-        await proc.wait()
-        output = b"".join(received).decode(errors="replace")
-        pytest.fail(f"node --test did not finish within {timeout_s} s; its output:\n{output}", pytrace=False)
-
-    output = b"".join(received).decode(errors="replace")
-    if proc.returncode != 0:
-        pytest.fail(f"node --test exited with {proc.returncode}; its output:\n{output}", pytrace=False)
-    counts = _tap_counts(tap_file.read_text())
-    assert counts["fail"] == counts["cancelled"] == counts["skipped"] == counts["todo"] == 0, output
-    assert counts["pass"] == counts["tests"], output
-    return output, counts
-
-
 def _node_env(**values: str) -> dict[str, str]:
     env = {**os.environ, "NO_COLOR": "1", **values}
     env.pop("NODE_OPTIONS", None)
@@ -134,7 +94,7 @@ async def test_socketio_client_interop(start_server: ServerFactory, tmp_path: Pa
     # transcription.test.mjs needs servers of its own (whisper, a slow engine): the test below runs it
     files = sorted(str(p) for p in JS_DIR.glob("*.test.mjs") if p.name != TRANSCRIPTION_JS)
     assert files, f"no *.test.mjs in {JS_DIR}"
-    output, counts = await _run_node(node, files, env, tmp_path / "node-test.tap", NODE_TIMEOUT_S)
+    output, counts = await run_node_tests(node, files, JS_DIR, env, tmp_path / "node-test.tap", NODE_TIMEOUT_S)
     assert counts["tests"] >= MIN_JS_TESTS, output
     _assert_no_internal_errors(main, small)
     print(f"socket.io-client {CLIENT_VERSION}: {counts['pass']} JS tests passed")
@@ -162,7 +122,7 @@ async def test_socketio_client_transcription(start_server: ServerFactory, tmp_pa
             SCRIBEAI_TOKEN_ALICE=token_for("alice"),
             SCRIBEAI_FIXTURES_DIR=str(FIXTURES_DIR),
         )
-        output, counts = await _run_node(node, [str(JS_DIR / TRANSCRIPTION_JS)], env, tmp_path / "node-transcription.tap",
+        output, counts = await run_node_tests(node, [str(JS_DIR / TRANSCRIPTION_JS)], JS_DIR, env, tmp_path / "node-transcription.tap",
                                          TRANSCRIPTION_NODE_TIMEOUT_S)
     finally:
         await api.close()

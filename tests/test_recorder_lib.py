@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import IN_CI, ServerFactory, token_for
 from tests.fake_openai import FakeTranscriptionAPI
+from tests.node_tests import run_node_tests
 
 LIB_DIR = Path(__file__).parent.parent / "clients" / "js"
 CLIENT_VERSION = "4.8.4"  # pinned in clients/js/package.json
@@ -55,44 +54,10 @@ def _check_node_modules() -> None:
                     pytrace=False)
 
 
-def _tap_counts(tap: str) -> dict[str, int]:
-    return {name: int(value) for name, value in re.findall(r"^# (tests|pass|fail|cancelled|skipped|todo) (\d+)$", tap, re.M)}
-
-
-async def _run_node(node: str, env: dict[str, str], tap_file: Path) -> tuple[str, dict[str, int]]:
-    """`node --test` in clients/js: its spec output and TAP counts; fails the test on a timeout or a failure."""
+def _test_files() -> list[str]:
     files = sorted(str(p.relative_to(LIB_DIR)) for p in (LIB_DIR / "test").glob("*.test.mjs"))
     assert files, f"no test/*.test.mjs in {LIB_DIR}"
-    # An asyncio subprocess: the servers live on this event loop and must keep serving while node runs.
-    proc = await asyncio.create_subprocess_exec(
-        node, "--test", "--test-reporter=spec", "--test-reporter-destination=stdout",
-        "--test-reporter=tap", f"--test-reporter-destination={tap_file}", *files,
-        cwd=LIB_DIR, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-    )
-    received: list[bytes] = []
-
-    async def collect() -> None:
-        assert proc.stdout is not None
-        while data := await proc.stdout.read(65536):
-            received.append(data)
-        await proc.wait()
-
-    try:
-        await asyncio.wait_for(collect(), NODE_TIMEOUT_S)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # node --test runs each test file in a child process
-        await proc.wait()
-        output = b"".join(received).decode(errors="replace")
-        pytest.fail(f"node --test did not finish within {NODE_TIMEOUT_S} s; its output:\n{output}", pytrace=False)
-    output = b"".join(received).decode(errors="replace")
-    if proc.returncode != 0:
-        pytest.fail(f"node --test exited with {proc.returncode}; its output:\n{output}", pytrace=False)
-    counts = _tap_counts(tap_file.read_text())
-    assert counts["fail"] == counts["cancelled"] == counts["skipped"] == counts["todo"] == 0, output
-    assert counts["pass"] == counts["tests"], output
-    return output, counts
+    return files
 
 
 @pytest.mark.timeout(NODE_TIMEOUT_S + 30)
@@ -113,7 +78,7 @@ async def test_recorder_library(start_server: ServerFactory, tmp_path: Path) -> 
                "SCRIBEAI_RECORDER_SLOW_URL": slow.url,
                "SCRIBEAI_RECORDER_TOKEN": token_for("alice")}
         env.pop("NODE_OPTIONS", None)
-        output, counts = await _run_node(node, env, tmp_path / "recorder-lib.tap")
+        output, counts = await run_node_tests(node, _test_files(), LIB_DIR, env, tmp_path / "recorder-lib.tap", NODE_TIMEOUT_S)
     finally:
         await api.close()
     assert counts["tests"] >= MIN_TESTS, output

@@ -16,6 +16,7 @@ class FakeTranscriptionAPI:
 
     delay_s: float = 0.0
     fail_first: int = 0
+    fail_delay_s: float = 0.0  # a failing request takes this long to fail
     requests: list[str] = field(default_factory=list)
     answers: list[str] = field(default_factory=list)  # texts answered, in order
     server: TestServer | None = None
@@ -30,6 +31,7 @@ class FakeTranscriptionAPI:
         audio = upload.file.read()  # type: ignore[union-attr]
         self.requests.append(hashlib.sha256(audio).hexdigest())
         if len(self.requests) <= self.fail_first:
+            await asyncio.sleep(self.fail_delay_s)
             return web.json_response({"error": {"message": "upstream exploded"}}, status=500)
         await asyncio.sleep(self.delay_s)
         self.answers.append(self.text_for(audio))

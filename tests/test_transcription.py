@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime, timezone
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 import socketio
 from sqlalchemy import func, select
 
-from scribeai.models import Chunk, TranscriptSegment
+from scribeai.models import Chunk, TranscriptSegment, TranscriptStream
 from tests.conftest import RunningServer, ServerFactory, chunk
 from tests.fake_openai import FakeTranscriptionAPI
 from tests.speech import normalize
@@ -139,6 +140,28 @@ async def test_failures_retry_with_backoff_then_succeed(start_server: ServerFact
     assert (row.status, len(fake_api.requests)) == ("done", 3)
     assert [g.text for g in segments] == fake_api.answers[-1:]
     assert server.services.pipeline.retried == 2
+
+
+async def test_a_stop_during_a_failing_window_does_not_cut_its_backoff_short(
+        start_server: ServerFactory, connect: Any, fake_api: FakeTranscriptionAPI) -> None:
+    fake_api.fail_first, fake_api.fail_delay_s = 1, 1.5
+    server = await start_server(transcriber="openai", openai_base_url=await fake_api.start(), transcribe_retry_base_s=3600)
+    client = await connect(server.url)
+    await client.call("audio-chunk", chunk("stop-mid-failure", 0, HELLO, mimeType="audio/wav"), timeout=5)
+    deadline = asyncio.get_running_loop().time() + 30
+    while not fake_api.requests:  # the window (flushed when the session went idle) is being sent, and will fail
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    stopped = await client.call("stopSession", {"sessionId": "stop-mid-failure"}, timeout=5)  # a wake, mid-window
+    assert stopped["status"] == "stopped"
+    await asyncio.sleep(3)  # the failure came back 1.5 s after the request; the retry is due in an hour, not now
+    assert len(fake_api.requests) == 1
+    async with server.services.db.read() as s:
+        stream = (await s.execute(select(TranscriptStream).where(TranscriptStream.session_id == "stop-mid-failure"))).scalar_one()
+    assert stream.attempts == 1 and stream.claimed_by is None
+    assert stream.due_at is not None
+    due = stream.due_at if stream.due_at.tzinfo else stream.due_at.replace(tzinfo=timezone.utc)
+    assert (due - datetime.now(timezone.utc)).total_seconds() > 3000
 
 
 async def test_restart_mid_queue_finishes_every_job_exactly_once(start_server: ServerFactory, connect: Any,

@@ -116,8 +116,11 @@ class StreamQueue:
         """Give the stream back; look at it again in `due_in_s` seconds even without a new chunk."""
         due = None if due_in_s is None else utcnow() + timedelta(seconds=due_in_s)
         current = col(TranscriptStream.due_at)
-        # A wake() while this node held the stream (the session was stopped meanwhile) must not be lost.
-        keep_earlier = current if due is None else case((and_(current.is_not(None), current < due), current), else_=due)
+        # A wake() while this node held the stream (the session was stopped meanwhile) must not be lost; but after
+        # a failure (attempts > 0, set by count_failure) the backoff wins: a stop mid-window is no reason to retry now.
+        in_backoff = col(TranscriptStream.attempts) > 0
+        keep_earlier = current if due is None else case(
+            (and_(current.is_not(None), current < due, ~in_backoff), current), else_=due)
         async with self.db.write() as s:
             await s.execute(
                 update(TranscriptStream).where(col(TranscriptStream.session_id) == session_id,

@@ -268,7 +268,8 @@ def _screenshot_dir(tmp_path: Path) -> Path:
 @pytest.mark.timeout(DRIVER_TIMEOUT_S + 90)
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 async def test_demo_page_in_chromium(start_server: ServerFactory, tmp_path: Path) -> None:
-    """Five pages side by side: record + transcript + downloads, network cut, server SIGKILL, reload, overload."""
+    """Six pages side by side: record + transcript + downloads, network cut, server SIGKILL, reload, overload, and a
+    browser restart (a second browser of its own)."""
     require_browser_tools()
     require_demo_files()
     started = time.monotonic()
@@ -298,7 +299,7 @@ async def test_demo_page_in_chromium(start_server: ServerFactory, tmp_path: Path
                   f"state {page.get('state')!r}; timeline " +
                   " > ".join(f"{t['state']}/{t['server']}/{t['outbox']}" for t in page.get("timeline", [])))
         assert {name: page.get("failure") for name, page in pages.items()} == dict.fromkeys(
-            ["record", "offline", "reload", "crash", "overload"]), "a scenario failed (its stack is above)"
+            ["record", "offline", "reload", "crash", "overload", "restart"]), "a scenario failed (its stack is above)"
 
         # (a) a recording: the live transcript on the page is the stored one and has the spoken words;
         # the session list shows it stopped; the three downloads are the server's transcript files
@@ -352,6 +353,21 @@ async def test_demo_page_in_chromium(start_server: ServerFactory, tmp_path: Path
         assert reload["blobs"][:len(before["blobs"])] == before["blobs"] and lives.count(1) == len(before["blobs"])
         assert lives.count(2) >= 2 and lives == sorted(lives), lives
         _check_every_blob_stored_once(reload, await _stored(main, reload["sessionId"]))
+
+        # (f) the browser closed with chunks in the outbox and started again: the outbox (IndexedDB) was still there
+        # and went out by itself; every blob recorded before the restart is stored once
+        restart = pages["restart"]
+        before = restart["beforeRestart"]
+        assert len(before["blobs"]) - before["acks"] >= 2 and restart["signedInAgain"] is False
+        assert [o["sessionId"] for o in restart["offered"]] == [before["sessionId"]] == [restart["sessionId"]]
+        # Closing the browser hides the page: the library flushes the recorder (one last blob into the outbox) after the
+        # test's list was read, so the server may hold one chunk more than the list, never fewer, never other bytes.
+        stored = await _stored(main, restart["sessionId"])
+        listed = {seq: (b["size"], b["sha256"]) for seq, b in enumerate(before["blobs"])}
+        assert {seq: stored.get(seq) for seq in listed} == listed and len(stored) - len(listed) in (0, 1), (stored, listed)
+        reply = restart["stop"]["reply"]
+        assert (restart["stop"]["drained"], reply["totalChunks"], reply["missing"], restart["errors"]) == (
+            True, len(stored), [], []), restart["stop"]
 
         # (e) overloaded: the page showed it, held the chunks, and sent every one later
         overloaded = pages["overload"]

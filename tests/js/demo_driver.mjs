@@ -9,8 +9,8 @@
 //
 // --main (a jwt server) gets three pages: "record" (records --record-seconds, waits for the whole
 // transcript, lists the sessions, downloads txt/srt/vtt), "offline" (network cut for 10 s mid-recording)
-// and "reload" (offline for a few seconds so chunks pile up in the outbox, then reloaded: the page
-// sends the outbox by itself). --crash (SCRIBEAI_AUTH=none; the test SIGKILLs
+// "reload" (offline for a few seconds so chunks pile up in the outbox, then reloaded: the page
+// sends the outbox by itself) and "restart" (the same with the whole browser closed and started again). --crash (SCRIBEAI_AUTH=none; the test SIGKILLs
 // and restarts it) and --overload (a tiny MAX_QUEUE_SIZE) get one page each. A scenario whose server
 // is not given does not run.
 
@@ -357,6 +357,45 @@ async function reloadScenario(browser, server, result) {
   Object.assign(result, await snapshot(page));
 }
 
+/**
+ * (f) The whole browser closed with chunks in the outbox, then started again on the same profile: the
+ * page sends them by itself and the stop finishes the session. (sessionStorage, where the blob list lives,
+ * does not survive a browser restart: the blobs are those recorded before it.)
+ */
+async function restartScenario(_browser, server, result) {
+  const profile = mkdtempSync(path.join(tmpdir(), "scribeai-demo-restart-"));
+  try {
+    let browser = await launch(path.resolve(opts.wav), profile);
+    let page = await openPage(browser, server, "restart", { timeslice: "3000", outbox: "restart" });
+    await signIn(page);
+    await clickRecord(page);
+    await sleep(6000);
+    await page.setOfflineMode(true);
+    log("restart: network off");
+    await waitFor(page, () => Number(document.getElementById("outbox").dataset.chunks) >= 2, 20_000, "two chunks waiting");
+    const blobs = await page.evaluate(() => window.__test.blobs.length);
+    await waitFor(page, (n) => window.__test.blobs.length > n, 10_000, "the next blob", blobs);
+    result.beforeRestart = await snapshot(page);
+    await browser.close();
+    log("restart: browser closed");
+    browser = await launch(path.resolve(opts.wav), profile);
+    try {
+      page = await openPage(browser, server, "restart", { timeslice: "3000", outbox: "restart" });
+      result.signedInAgain = await signIn(page);  // false: the token was kept in the browser's localStorage
+      await waitFor(page, () => window.demo.autoSent.length > 0, 10_000, "the outbox resent by itself");
+      result.offered = await page.evaluate(() => window.demo.autoSent);
+      await outboxEmpty(page, 20_000);
+      await clickStop(page);
+      const after = await snapshot(page);
+      Object.assign(result, after, { blobs: result.beforeRestart.blobs, lives: after.lives });
+    } finally {
+      await browser.close();
+    }
+  } finally {
+    rmSync(profile, { recursive: true, force: true });
+  }
+}
+
 /** (e) A server with a tiny queue: buffering, then overloaded; the page holds the chunks and sends them later. */
 async function overloadScenario(browser, server, result) {
   const page = await openPage(browser, server, "overload", { timeslice: "2000", outbox: "overload" });
@@ -382,6 +421,7 @@ const SCENARIOS = [
   ["reload", "main", reloadScenario],
   ["crash", "crash", crashScenario],
   ["overload", "overload", overloadScenario],
+  ["restart", "main", restartScenario],
 ];
 
 async function run(browser, name, server, fn) {

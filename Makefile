@@ -28,7 +28,10 @@ install: $(VENV)/.installed
 tests/js/node_modules/.package-lock.json: tests/js/package-lock.json
 	npm ci --prefix tests/js --no-audit --no-fund
 
-js-deps: tests/js/node_modules/.package-lock.json
+benchmarks/ingest/node_modules/.package-lock.json: benchmarks/ingest/package-lock.json
+	npm ci --prefix benchmarks/ingest --no-audit --no-fund
+
+js-deps: tests/js/node_modules/.package-lock.json benchmarks/ingest/node_modules/.package-lock.json
 
 # The real-browser test (tests/test_browser.py) needs Debian's chromium, espeak-ng and sox.
 # As root, install the missing ones; otherwise say so, and that test skips with the reason.
@@ -54,4 +57,4 @@ test: install js-deps system-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) tests/js/node_modules
+	rm -rf $(VENV) tests/js/node_modules benchmarks/ingest/node_modules

@@ -132,10 +132,11 @@ class ServerRun:
             time.sleep(0.05)
         raise RuntimeError(f"{self.kind} server did not answer /healthz within {timeout_s:g} s:\n{self.log()}")
 
-    def cpu_s(self) -> float:
+    def cpu_s(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of the server so far."""
         assert self.proc is not None
         times = psutil.Process(self.proc.pid).cpu_times()
-        return float(times.user + times.system)
+        return float(times.user), float(times.system)
 
     def peak_rss_mb(self) -> float | None:
         assert self.proc is not None
@@ -190,7 +191,9 @@ def run_once(kind: str, load: Load, round_no: int, secret: str, token: str, args
         if not out.stdout.strip():
             raise RuntimeError(f"load generator failed ({out.returncode}):\n{out.stderr[-3000:]}\n{server.log()}")
         report: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-        report["serverCpuS"] = round(server.cpu_s() - cpu0, 2)
+        cpu1 = server.cpu_s()
+        report["serverCpuS"] = round(sum(cpu1) - sum(cpu0), 2)
+        report["serverCpuSystemS"] = round(cpu1[1] - cpu0[1], 2)
         report["serverPeakRssMb"] = server.peak_rss_mb()
         report["loadAvg1"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
         server.stop()

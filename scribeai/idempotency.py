@@ -26,6 +26,9 @@ from scribeai.transcription import streams
 log = logging.getLogger(__name__)
 
 
+_CHUNK_COLUMNS = tuple(c.name for c in Chunk.__table__.columns)  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
 class StoreResult:
     chunk: Chunk
@@ -84,6 +87,9 @@ class ChunkIngest:
         self.initial_status = ChunkStatus.PENDING if transcribe else ChunkStatus.STORED
         self.max_batch = max_batch
         self._locks = KeyedLocks()
+        table = Chunk.__table__  # type: ignore[attr-defined]
+        insert = (sqlite.insert if db.is_sqlite else postgresql.insert)(table)
+        self._insert = insert.on_conflict_do_nothing(index_elements=["session_id", "seq"]).returning(table.c.id)
         self._queue: list[_Pending] = []
         self._committer: asyncio.Task[None] | None = None
         self.batches = 0
@@ -196,10 +202,8 @@ class ChunkIngest:
 
     async def _commit_batch(self, batch: list[_Pending]) -> set[str]:
         """One transaction: insert the rows that are new, touch their sessions, publish their files, commit."""
-        table = Chunk.__table__  # type: ignore[attr-defined]
-        insert = (sqlite.insert if self.db.is_sqlite else postgresql.insert)(table)
-        statement = insert.on_conflict_do_nothing(index_elements=["session_id", "seq"]).returning(table.c.id)
-        rows = [{c.name: getattr(e.row, c.name) for c in table.columns} for e in batch]
+        statement = self._insert
+        rows = [{name: getattr(e.row, name) for name in _CHUNK_COLUMNS} for e in batch]
         now = utcnow()
 
         def touch(fresh: list[_Pending]) -> Any:

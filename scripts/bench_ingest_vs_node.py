@@ -45,7 +45,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "benchmarks" / "ingest"
-SERVERS = ("scribeai", "node")
+SERVERS = ("scribeai", "node", "scribeai-base")  # scribeai-base: another checkout (--base-tree), for before/after
 DEFAULT_LOADS = ("20x50x250000", "100x10x250000", "1x200x250000")
 
 
@@ -111,6 +111,8 @@ class ServerRun:
                    ARCHIVE_STORAGE_PATH=str(self.workdir / "archives"), SCRIBEAI_SECRET=self.secret,
                    SCRIBEAI_AUTH="jwt", TRANSCRIBER="none", HOST="127.0.0.1", RETENTION_SCHEDULE="off",
                    PYTHONUNBUFFERED="1")
+        if self.kind == "scribeai-base":
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [self.args.base_tree, env.get("PYTHONPATH")]))
         for item in self.args.scribeai_env:
             key, _, value = item.partition("=")
             env[key] = value
@@ -232,37 +234,44 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "cpuSPer1000Chunks": {"median": _median(cpu)},
         }
     ratio: dict[str, Any] = {}
-    if len(per) == 2:
-        s, n = per["scribeai"], per["node"]
+    if {"scribeai", "node"} <= set(per):
+        ratio = _ratio(per["scribeai"], per["node"])
+    ratio_base = _ratio(per["scribeai-base"], per["node"]) if {"scribeai-base", "node"} <= set(per) else {}
+    return {"servers": per, "ratio": ratio, **({"ratioBase": ratio_base} if ratio_base else {})}
 
-        def div(a: float | None, b: float | None) -> float | None:
-            return round(a / b, 3) if a is not None and b else None
 
-        ratio = {"chunksPerS": {k: div(s["chunksPerS"][k], n["chunksPerS"][k]) for k in ("best", "median")},
-                 "ackP99": {k: div(s["ackP99Ms"][k], n["ackP99Ms"][k]) for k in ("best", "median")}}
-        ratio["bar"] = bool(ratio["chunksPerS"]["best"] is not None and ratio["chunksPerS"]["best"] >= 1.0
-                            and ratio["ackP99"]["best"] is not None and ratio["ackP99"]["best"] <= 1.0)
-    return {"servers": per, "ratio": ratio}
+def _ratio(s: dict[str, Any], n: dict[str, Any]) -> dict[str, Any]:
+    """ScribeAI over Node: chunks/s (>= 1 is better) and ack p99 (<= 1 is better), best-of and median."""
+
+    def div(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 3) if a is not None and b else None
+
+    ratio: dict[str, Any] = {"chunksPerS": {k: div(s["chunksPerS"][k], n["chunksPerS"][k]) for k in ("best", "median")},
+                             "ackP99": {k: div(s["ackP99Ms"][k], n["ackP99Ms"][k]) for k in ("best", "median")}}
+    ratio["bar"] = bool(ratio["chunksPerS"]["best"] is not None and ratio["chunksPerS"]["best"] >= 1.0
+                        and ratio["ackP99"]["best"] is not None and ratio["ackP99"]["best"] <= 1.0)
+    return ratio
 
 
 def table(load: Load, runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
-    lines = [f"== {load}", f"{'round':>5} {'server':<8} {'chunks/s':>9} {'MB/s':>7} {'p50':>7} {'p95':>7} {'p99':>7} "
+    lines = [f"== {load}", f"{'round':>5} {'server':<13} {'chunks/s':>9} {'MB/s':>7} {'p50':>7} {'p95':>7} {'p99':>7} "
              f"{'max':>7} {'cpu s':>6} {'RSS MB':>7} {'load':>11} stored"]
     for r in runs:
         a = r["ackMs"]
-        lines.append(f"{r['round']:>5} {r['server']:<8} {r['chunksPerS']:>9} {r['mbPerS']:>7} {a['p50']:>7} {a['p95']:>7} "
+        lines.append(f"{r['round']:>5} {r['server']:<13} {r['chunksPerS']:>9} {r['mbPerS']:>7} {a['p50']:>7} {a['p95']:>7} "
                      f"{a['p99']:>7} {a['max']:>7} {r['serverCpuS']:>6} {r['serverPeakRssMb']!s:>7} "
                      f"{r['loadAvg1'][0]:>5}-{r['loadAvg1'][1]:<5} {'ok' if r['storedOk'] else 'FAILED'} "
                      f"{'' if not r['errors'] else r['errors']}")
     for kind, s in summary["servers"].items():
-        lines.append(f"{kind:<8} chunks/s best {s['chunksPerS']['best']} median {s['chunksPerS']['median']}; "
+        lines.append(f"{kind:<13} chunks/s best {s['chunksPerS']['best']} median {s['chunksPerS']['median']}; "
                      f"ack p99 best {s['ackP99Ms']['best']} median {s['ackP99Ms']['median']} ms; "
                      f"peak RSS max {s['peakRssMb']['max']} MB; CPU {s['cpuSPer1000Chunks']['median']} s per 1000 chunks")
-    ratio = summary["ratio"]
-    if ratio:
-        lines.append(f"ScribeAI / Node: chunks/s best {ratio['chunksPerS']['best']} median {ratio['chunksPerS']['median']}"
-                     f" (>= 1 is better); ack p99 best {ratio['ackP99']['best']} median {ratio['ackP99']['median']}"
-                     f" (<= 1 is better); bar {'MET' if ratio['bar'] else 'NOT MET'}")
+    for label, key in (("ScribeAI / Node", "ratio"), ("ScribeAI base / Node", "ratioBase")):
+        ratio = summary.get(key)
+        if ratio:
+            lines.append(f"{label}: chunks/s best {ratio['chunksPerS']['best']} median {ratio['chunksPerS']['median']}"
+                         f" (>= 1 is better); ack p99 best {ratio['ackP99']['best']} median {ratio['ackP99']['median']}"
+                         f" (<= 1 is better); bar {'MET' if ratio['bar'] else 'NOT MET'}")
     return "\n".join(lines)
 
 
@@ -270,7 +279,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--load", type=Load.parse, action="append", help=f"RxCxB[xW]; repeatable (default {', '.join(DEFAULT_LOADS)})")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds per load")
-    p.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of scribeai,node")
+    p.add_argument("--servers", default="scribeai,node", help="comma-separated: scribeai, node, scribeai-base")
+    p.add_argument("--base-tree", help="for scribeai-base: a directory holding another version's scribeai/ package "
+                                       "(e.g. `git archive <commit> scribeai | tar -x -C DIR`), put first on PYTHONPATH")
     p.add_argument("--python", default=sys.executable, help="interpreter that runs `-m scribeai serve`")
     p.add_argument("--scribeai-env", action="append", default=[], metavar="KEY=VALUE", help="extra environment for ScribeAI")
     p.add_argument("--node-fsync-dir", action="store_true", help="the Node server also fsyncs the directory after the rename")
@@ -283,7 +294,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.load = args.load or [Load.parse(x) for x in DEFAULT_LOADS]
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     if not args.servers or any(s not in SERVERS for s in args.servers):
-        p.error("--servers takes scribeai and/or node")
+        p.error("--servers takes scribeai, node and/or scribeai-base")
+    if "scribeai-base" in args.servers and not args.base_tree:
+        p.error("scribeai-base needs --base-tree")
     if args.rounds < 1:
         p.error("--rounds must be >= 1")
     return args

@@ -87,6 +87,10 @@ def machine() -> dict[str, Any]:
             "node": subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()}
 
 
+class _ExitedEarly(RuntimeError):
+    """The server process ended before it answered /healthz."""
+
+
 class ServerRun:
     """One server process on a fresh directory: started, measured, stopped, its storage checked."""
 
@@ -118,7 +122,20 @@ class ServerRun:
             env[key] = value
         return [self.args.python, "-m", "scribeai", "serve", "--port", str(self.port)], env
 
-    def start(self, timeout_s: float = 60.0) -> None:
+    def start(self, timeout_s: float = 60.0, attempts: int = 3) -> None:
+        """Start and wait for /healthz; a server that exits at once (its free port taken meanwhile by another
+        process on a shared machine) is started again on another port."""
+        for attempt in range(attempts):
+            try:
+                self._start_once(timeout_s)
+                return
+            except _ExitedEarly:
+                if attempt == attempts - 1:
+                    raise
+                self.port = free_port()
+                self.url = f"http://127.0.0.1:{self.port}"
+
+    def _start_once(self, timeout_s: float) -> None:
         cmd, env = self.command()
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(cmd, env=env, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
@@ -126,7 +143,7 @@ class ServerRun:
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.kind} server exited with {self.proc.returncode}:\n{self.log()}")
+                raise _ExitedEarly(f"{self.kind} server exited with {self.proc.returncode}:\n{self.log()}")
             with contextlib.suppress(OSError, urllib.error.URLError):
                 with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as reply:
                     if reply.status == 200:

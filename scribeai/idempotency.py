@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 _CHUNK_COLUMNS = tuple(c.name for c in Chunk.__table__.columns)  # type: ignore[attr-defined]
 
 
+# SQLite before 3.32 allows 999 parameters per statement: 19 columns x 50 rows stays below that.
+_SQLITE_ROWS_PER_INSERT = 50
+
+
 class _SqliteBatchSql:
     """The group commit's INSERT and UPDATE as SQLite text, with SQLAlchemy's own bind processors for the
     values: the same statements and stored values, without building and compiling them for every batch
@@ -264,7 +268,10 @@ class ChunkIngest:
             self._sqlite_sql = sql
 
             def write(conn: Any) -> set[str]:
-                inserted = set(conn.exec_driver_sql(*sql.insert([e.row for e in batch])).scalars())
+                inserted: set[str] = set()
+                for i in range(0, len(batch), _SQLITE_ROWS_PER_INSERT):
+                    rows = [e.row for e in batch[i:i + _SQLITE_ROWS_PER_INSERT]]
+                    inserted.update(conn.exec_driver_sql(*sql.insert(rows)).scalars())
                 fresh = [e for e in batch if e.row.id in inserted]
                 if fresh:
                     conn.exec_driver_sql(*sql.touch({e.row.session_id for e in fresh}, utcnow()))

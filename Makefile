@@ -32,7 +32,12 @@ tests/js/node_modules/.package-lock.json: tests/js/package-lock.json
 clients/js/node_modules/.package-lock.json: clients/js/package-lock.json
 	npm ci --prefix clients/js --no-audit --no-fund
 
-js-deps: tests/js/node_modules/.package-lock.json clients/js/node_modules/.package-lock.json
+# The ingest benchmark against a Node.js server (benchmarks/ingest; its smoke test is tests/test_bench_ingest.py).
+benchmarks/ingest/node_modules/.package-lock.json: benchmarks/ingest/package-lock.json
+	npm ci --prefix benchmarks/ingest --no-audit --no-fund
+
+js-deps: tests/js/node_modules/.package-lock.json clients/js/node_modules/.package-lock.json \
+	benchmarks/ingest/node_modules/.package-lock.json
 
 # `make serve` installs the demo page's socket.io-client when it can; without npm (or a registry) the server still starts.
 demo-js-deps:
@@ -67,4 +72,4 @@ test: install js-deps system-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) tests/js/node_modules clients/js/node_modules
+	rm -rf $(VENV) tests/js/node_modules clients/js/node_modules benchmarks/ingest/node_modules

@@ -64,6 +64,17 @@ class Metrics:
         self.retention_sessions_total = Counter("scribeai_retention_sessions", "Sessions moved by retention, by action", ["action"], registry=r)
         r.register(_LiveCollector(self))
         ProcessCollector(registry=r)
+        # The per-chunk counters, resolved once: labels() takes a lock and a dict lookup on every call.
+        self._stored = self.chunks_total.labels("stored")
+        self._duplicate = self.chunks_total.labels("duplicate")
+
+    def chunk_stored(self, size: int, duplicate: bool) -> None:
+        """Count one answered chunk (its bytes only the first time)."""
+        if duplicate:
+            self._duplicate.inc()
+        else:
+            self._stored.inc()
+            self.chunk_bytes_total.inc(size)
 
     def __repr__(self) -> str:
         return f"Metrics({len(list(self.registry.collect()))} families)"

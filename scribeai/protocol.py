@@ -28,7 +28,7 @@ class IncomingChunk:
     timestamp_ms: float
     mime_type: str
     audio: bytes
-    sha256: str
+    sha256: str | None  # None: not hashed yet (no checksum was sent); the store hashes it
     duration_ms: int | None = None
     user_id: str | None = None
 
@@ -116,11 +116,13 @@ def parse_chunk(args: tuple[Any, ...], *, max_bytes: int, now_ms: float) -> Inco
             raise InvalidInput("size must be an integer >= 0", field="size")
         if size != len(audio):
             raise InvalidInput(f"size {size} does not match the audio length {len(audio)}", field="size")
-    digest = hashlib.sha256(audio).hexdigest()
+    # Without a checksum to verify, the storage thread hashes the audio while it writes it (off the event loop).
+    digest = None
     checksum = payload.get("checksum")
     if checksum is not None:
         if not isinstance(checksum, str) or not _SHA256_HEX.match(checksum):
             raise InvalidInput("checksum must be 64 hex characters (sha256)", field="checksum")
+        digest = hashlib.sha256(audio).hexdigest()
         if checksum.lower() != digest:
             raise InvalidInput("checksum does not match the audio's sha256", field="checksum")
     duration = payload.get("durationMs")

@@ -235,11 +235,10 @@ class Realtime:
             self._pending_owner[result.chunk.id] = conn
             self.pipeline.notify()
         self._count("chunks_duplicate" if result.duplicate else "chunks_stored")
-        self.metrics.chunks_total.labels("duplicate" if result.duplicate else "stored").inc()
-        if not result.duplicate:
-            self.metrics.chunk_bytes_total.inc(len(chunk.audio))
-        log.debug("chunk %s/%s %s", chunk.session_id, chunk.seq, "duplicate" if result.duplicate else "stored",
-                  extra={"sid": conn.sid, "sessionId": chunk.session_id, "seq": chunk.seq, "bytes": len(chunk.audio)})
+        self.metrics.chunk_stored(len(chunk.audio), result.duplicate)
+        if log.isEnabledFor(logging.DEBUG):  # the extra dict costs more than the call when DEBUG is off
+            log.debug("chunk %s/%s %s", chunk.session_id, chunk.seq, "duplicate" if result.duplicate else "stored",
+                      extra={"sid": conn.sid, "sessionId": chunk.session_id, "seq": chunk.seq, "bytes": len(chunk.audio)})
         decision = await self._assess(conn)
         ack: dict[str, Any] = {
             "sessionId": chunk.session_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import threading
 import time
@@ -34,6 +35,8 @@ class ChunkStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._root = os.path.abspath(root)
+        self._made: set[str] = set()  # session directories known to exist (a cache; a miss only costs a mkdir)
 
     def __repr__(self) -> str:
         return f"ChunkStore({str(self.root)!r})"
@@ -47,14 +50,38 @@ class ChunkStore:
             raise ValueError(f"path escapes the storage directory: {relative!r}")
         return path
 
+    def _hot(self, relative: str) -> str:
+        """`absolute` for the ingest path without resolving symlinks (several lstat calls per chunk):
+        a lexical check, which is enough for the names this server builds from validated session ids."""
+        final = os.path.normpath(os.path.join(self._root, relative))
+        if not final.startswith(self._root + os.sep):
+            raise ValueError(f"path escapes the storage directory: {relative!r}")
+        return final
+
     def write_temp(self, relative: str, data: bytes) -> Path:
         """Write `data` to a unique temporary file beside its final place and fsync it."""
-        final = self.absolute(relative)
-        if not final.parent.is_dir():
-            final.parent.mkdir(parents=True, exist_ok=True)
-            fsync_dir(final.parent.parent)  # a new session folder: its name must survive a crash too
-        temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        return Path(self._write_temp(self._hot(relative), data))
+
+    def write_temp_hashed(self, relative: str, data: bytes) -> tuple[Path, str]:
+        """write_temp, and the sha256 of `data` (hashed here, off the event loop: hashlib releases the GIL)."""
+        digest = hashlib.sha256(data).hexdigest()
+        return Path(self._write_temp(self._hot(relative), data)), digest
+
+    def _write_temp(self, final: str, data: bytes, retry: bool = True) -> str:
+        directory, name = os.path.split(final)
+        temp = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
+        if directory not in self._made:
+            if not os.path.isdir(directory):
+                os.makedirs(directory, exist_ok=True)
+                fsync_dir(Path(directory).parent)  # a new session folder: its name must survive a crash too
+            self._made.add(directory)
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:  # the folder went away (retention) since it was cached: make it again, once
+            if not retry:
+                raise
+            self._made.discard(directory)
+            return self._write_temp(final, data, retry=False)
         try:
             try:
                 view = memoryview(data)
@@ -67,7 +94,7 @@ class ChunkStore:
         except BaseException:
             # A full disk or a failed fsync: the half-written file is nobody's; leave nothing behind.
             with contextlib.suppress(OSError):
-                temp.unlink(missing_ok=True)
+                os.unlink(temp)
             raise
         return temp
 
@@ -79,11 +106,11 @@ class ChunkStore:
 
     def publish_many(self, items: list[tuple[Path, str]]) -> None:
         """Rename each temporary file into place, then fsync each directory once for all of them."""
-        directories: dict[Path, None] = {}
+        directories: dict[str, None] = {}
         for temp, relative in items:
-            final = self.absolute(relative)
+            final = self._hot(relative)
             os.replace(temp, final)
-            directories[final.parent] = None
+            directories[os.path.dirname(final)] = None
         _fsync_dirs(list(directories))
 
     def unpublish_many(self, items: list[tuple[Path, str]]) -> None:
@@ -147,7 +174,7 @@ _dir_sync_pool: ThreadPoolExecutor | None = None
 _dir_sync_pool_lock = threading.Lock()
 
 
-def _fsync_dirs(directories: list[Path]) -> None:
+def _fsync_dirs(directories: list[str]) -> None:
     """fsync every directory; several at once, since concurrent fsyncs share the filesystem's journal commits."""
     global _dir_sync_pool
     if len(directories) <= 1:
@@ -160,7 +187,7 @@ def _fsync_dirs(directories: list[Path]) -> None:
     list(_dir_sync_pool.map(fsync_dir, directories))  # one after another, ten directories cost ~3x as long
 
 
-def fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path | str) -> None:
     """Make a directory's entries (new, renamed or removed names) durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:

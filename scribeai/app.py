@@ -27,7 +27,7 @@ from scribeai.realtime import Realtime
 from scribeai.services import Services, services_key
 from scribeai.sessions import SessionService
 from scribeai.settings import Settings
-from scribeai.storage import ChunkStore
+from scribeai.storage import open_store
 from scribeai.transcription.engines import create_engine
 from scribeai.transcription.pipeline import Pipeline
 
@@ -75,7 +75,7 @@ def create_app(settings: Settings, *, db_schema: str | None = None) -> web.Appli
     fix_polling_posts(sio)
     disable_websocket_compression(sio)
     db = Database(settings.effective_database_url, schema=db_schema, busy_timeout_ms=settings.db_busy_timeout_ms)
-    store = ChunkStore(settings.storage_dir)
+    store = open_store(settings.storage_dir, settings.storage_url)
     auth = Authenticator(load_secret(settings.secret, settings.data_dir), settings.auth, settings.admin_user_ids)
     sessions = SessionService(db)
     ingest = ChunkIngest(db, store, transcribe=settings.transcriber != "none")

@@ -20,7 +20,7 @@ from scribeai.db import Database
 from scribeai.errors import Conflict, ScribeError, StartupCheckFailed, StorageUnavailable, Unavailable, storage_fault
 from scribeai.models import Chunk, ChunkStatus, RecordingSession, utcnow
 from scribeai.protocol import IncomingChunk
-from scribeai.storage import ChunkStore
+from scribeai.storage import Store
 from scribeai.transcription import streams
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class ChunkIngest:
     are shared by all the chunks that arrived meanwhile instead of being paid one chunk at a time.
     """
 
-    def __init__(self, db: Database, store: ChunkStore, *, transcribe: bool = True, max_batch: int = 64) -> None:
+    def __init__(self, db: Database, store: Store, *, transcribe: bool = True, max_batch: int = 64) -> None:
         self.db = db
         self.store = store
         self.initial_status = ChunkStatus.PENDING if transcribe else ChunkStatus.STORED
@@ -351,10 +351,12 @@ def classify_fault(exc: BaseException) -> StorageUnavailable | None:
     return None
 
 
-async def check_writable(db: Database, store: ChunkStore, *, timeout_s: float = 5.0) -> StorageUnavailable | None:
+async def check_writable(db: Database, store: Store, *, timeout_s: float = 5.0) -> StorageUnavailable | None:
     """Can a chunk be stored now? Probe STORAGE_DIR (write, fsync, remove) and the database (a committed write)."""
     try:
         await asyncio.to_thread(store.probe)
+    except StorageUnavailable as exc:  # the object store (STORAGE_URL) says so itself
+        return exc
     except OSError as exc:
         return storage_fault(exc) or StorageUnavailable(f"chunk storage fails: {exc}", "storage_read_only")
     try:
@@ -375,7 +377,7 @@ async def _database_write(db: Database) -> None:
         await s.execute(text("UPDATE recording_session SET title = title WHERE id = ''"))
 
 
-async def ensure_writable(db: Database, store: ChunkStore) -> None:
+async def ensure_writable(db: Database, store: Store) -> None:
     """At start: refuse to run when no chunk could be stored."""
     fault = await check_writable(db, store)
     if fault is not None:

@@ -83,6 +83,17 @@ class RetentionBusy(ScribeError):
     http_status = 409
 
 
+class ObjectStorageUnsupported(ScribeError):
+    """Retention, archives and verify/restore work on a local STORAGE_DIR only, not yet on STORAGE_URL (S3)."""
+
+    code = "unsupported"
+    http_status = 501
+
+    def __init__(self) -> None:
+        super().__init__("retention, archives and verify/restore need the local STORAGE_DIR; with STORAGE_URL "
+                         "(object storage) they are not supported yet, and no chunk is moved or deleted")
+
+
 class SessionChanged(ScribeError):
     """A chunk changed under the run (a late chunk, a retried transcription): try again next run."""
 
@@ -274,8 +285,13 @@ class Retention:
 
     # -- retention run ---------------------------------------------------------------------------
 
+    def _require_local_storage(self) -> None:
+        if self.settings.storage_url:
+            raise ObjectStorageUnsupported()
+
     async def run(self, now: datetime, *, dry_run: bool = False) -> RunReport:
         """Apply the policy at `now` to every session; one failing session never stops the others."""
+        self._require_local_storage()
         started = _time.monotonic()
         report = RunReport(now, dry_run)
         if dry_run:
@@ -428,6 +444,7 @@ class Retention:
 
     async def verify(self, session_id: str) -> dict[str, Any]:
         """Check what the session keeps: its archive member by member (warm) and its raw files (hot)."""
+        self._require_local_storage()
         session, chunks, _ = await self._load(session_id)
         live = [c for c in chunks if c.deleted_at is None]
         report: dict[str, Any] = {"sessionId": session_id, "tier": session.tier, "problems": [], "notes": []}
@@ -453,6 +470,7 @@ class Retention:
 
     async def restore(self, session_id: str, now: datetime) -> dict[str, Any]:
         """warm -> hot: unpack the verified archive into STORAGE_DIR, then the database, then drop the ZIP."""
+        self._require_local_storage()
         async with self.lock.hold():
             session, chunks, _ = await self._load(session_id)
             if session.tier == Tier.COLD:
@@ -527,7 +545,7 @@ class Retention:
             "saving": {"allHotBytes": all_hot, "keptBytes": kept, "savedBytes": all_hot - kept,
                        "savedRatio": round((all_hot - kept) / all_hot, 4) if all_hot else 0.0},
         }
-        if user_id is None:
+        if user_id is None and not self.settings.storage_url:  # an object store has no disk to report
             disk = {"storage": _disk(self.storage_dir), "archives": _disk(self.archive_dir)}
             result["disk"] = disk
             result["freeDiskBytes"] = min(d["freeBytes"] for d in disk.values())
@@ -684,6 +702,9 @@ async def scheduler(app: web.Application) -> AsyncIterator[None]:
 
     services = app[services_key]
     at = parse_schedule(services.settings.retention_schedule)
+    if at is not None and services.settings.storage_url:
+        log.warning("RETENTION_SCHEDULE is ignored: %s", ObjectStorageUnsupported().message)
+        at = None
     if at is None:
         yield
         return

@@ -59,7 +59,7 @@ def _run(settings: Settings, body: Callable[[Any], Awaitable[int]]) -> int:
 
     from scribeai.cli import setup_logging
     from scribeai.db import Database
-    from scribeai.retention import Retention, RetentionBusy
+    from scribeai.retention import ObjectStorageUnsupported, Retention, RetentionBusy
 
     setup_logging(settings)
 
@@ -71,6 +71,9 @@ def _run(settings: Settings, body: Callable[[Any], Awaitable[int]]) -> int:
         except RetentionBusy as exc:
             print(f"retention: {exc.message}; try again later", file=sys.stderr)
             return EXIT_BUSY
+        except ObjectStorageUnsupported as exc:
+            print(f"retention: {exc.message}", file=sys.stderr)
+            return 2
         finally:
             await db.dispose()
 

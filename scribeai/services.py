@@ -16,7 +16,7 @@ from scribeai.metrics import Metrics
 from scribeai.monitor import ProcessMonitor
 from scribeai.sessions import SessionService
 from scribeai.settings import Settings
-from scribeai.storage import ChunkStore
+from scribeai.storage import Store
 
 if TYPE_CHECKING:
     from scribeai.realtime import Realtime
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 class Services:
     settings: Settings
     db: Database
-    store: ChunkStore
+    store: Store
     auth: Authenticator
     sessions: SessionService
     ingest: ChunkIngest

@@ -20,7 +20,7 @@ from scribeai.errors import StartupCheckFailed
 from scribeai.metrics import Metrics
 from scribeai.retention import Retention, RetentionScheduler, parse_schedule
 from scribeai.settings import Settings
-from scribeai.storage import ChunkStore
+from scribeai.storage import open_store
 from scribeai.transcription.engines import create_engine
 from scribeai.transcription.pipeline import Pipeline
 
@@ -52,7 +52,7 @@ async def run_worker(settings: Settings) -> None:
                            workers=settings.max_concurrency, openai_base_url=settings.openai_base_url,
                            openai_api_key=settings.openai_api_key, transcribe_model=settings.transcribe_model)
     metrics = Metrics()
-    pipeline = Pipeline(db, ChunkStore(settings.storage_dir), engine, emitter, node_id=node_id, metrics=metrics,
+    pipeline = Pipeline(db, open_store(settings.storage_dir, settings.storage_url), engine, emitter, node_id=node_id, metrics=metrics,
                         workers=settings.max_concurrency, chunk_duration_ms=settings.chunk_duration_ms,
                         retry_base_s=settings.transcribe_retry_base_s, gap_wait_s=settings.gap_wait_s,
                         idle_flush_s=settings.idle_flush_s, window_wait_s=settings.window_wait_s,
@@ -66,6 +66,9 @@ async def run_worker(settings: Settings) -> None:
         await _check_redis(settings.redis_url)
         await pipeline.start()
         at = parse_schedule(settings.retention_schedule)
+        if at is not None and settings.storage_url:
+            log.warning("RETENTION_SCHEDULE is ignored: retention needs the local STORAGE_DIR (not STORAGE_URL) for now")
+            at = None
         if at is not None:  # under retention's own lock: one run a day across every node and worker
             scheduler = RetentionScheduler(Retention(db, settings), at, metrics=metrics)
             scheduler.start()

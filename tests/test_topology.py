@@ -1,5 +1,6 @@
 """Several nodes as real processes: nginx (deploy/nginx/scribeai.conf) in front of two `scribeai serve` processes
-that transcribe nothing, two `scribeai worker` processes, one PostgreSQL database, one Redis, one STORAGE_DIR.
+that transcribe nothing, two `scribeai worker` processes, one PostgreSQL database, one Redis, and the chunks in
+SeaweedFS's S3 store (STORAGE_URL): no process shares a filesystem with another.
 
 Recorders (the real JS socket.io-client over websocket and over polling, and the Python client) stream through
 nginx while the node they are on is killed with SIGKILL: they reconnect through nginx to the other node and
@@ -28,6 +29,7 @@ import socketio
 from tests.conftest import IN_CI, REDIS_URL, SECRET, fresh_postgres_database, require_service, token_for
 from tests.fake_openai import FakeTranscriptionAPI
 from tests.processes import Processes, free_port
+from tests.test_object_storage import BUCKET, Seaweed
 from tests.speech import JS_DIR
 from tests.test_transcription import HELLO
 
@@ -53,6 +55,7 @@ class Topology(Processes):
         self.tmp = tmp
         self.url = url  # nginx
         self.nodes: dict[str, tuple[int, asyncio.subprocess.Process]] = {}
+        self.seaweed: Seaweed | None = None
 
     async def serve(self, name: str) -> None:
         port = free_port()
@@ -72,8 +75,16 @@ async def topology(tmp_path: Path) -> AsyncIterator[Topology]:
     nginx = _nginx()
     require_service("Redis", REDIS_URL, 6379)
     api = FakeTranscriptionAPI(delay_s=0.05)
+    seaweed = Seaweed(tmp_path)
+    try:
+        await seaweed.start()
+    except BaseException:
+        await seaweed.close()
+        raise
     async with fresh_postgres_database("topology") as database_url:
-        env = {**os.environ, "DATABASE_URL": database_url, "STORAGE_DIR": str(tmp_path / "chunks"),
+        env = {**os.environ, "DATABASE_URL": database_url, "STORAGE_URL": f"s3://{BUCKET}/topology",
+               "AWS_ENDPOINT_URL": seaweed.endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+               "AWS_REGION": "us-east-1", "STORAGE_DIR": str(tmp_path / "unused-chunks"),
                "DATA_DIR": str(tmp_path / "data"), "ARCHIVE_STORAGE_PATH": str(tmp_path / "archives"),
                "REDIS_URL": REDIS_URL, "REDIS_CHANNEL": f"scribeai-topology-{uuid.uuid4().hex}",
                "SCRIBEAI_SECRET": SECRET, "TRANSCRIBER": "openai", "OPENAI_BASE_URL": await api.start(),
@@ -81,6 +92,7 @@ async def topology(tmp_path: Path) -> AsyncIterator[Topology]:
                "TRANSCRIBE_LEASE_S": "5", "PING_INTERVAL": "2", "PING_TIMEOUT": "2", "DEMO": "off", "LOG_LEVEL": "INFO"}
         port = free_port()
         top = Topology(tmp_path, f"http://127.0.0.1:{port}", env)
+        top.seaweed = seaweed
         try:
             top.env["MAX_CONCURRENCY"] = "0"  # the serve processes transcribe nothing: the workers do
             for name in ("serve-a", "serve-b"):
@@ -105,6 +117,7 @@ async def topology(tmp_path: Path) -> AsyncIterator[Topology]:
         finally:
             await top.close()
             await api.close()
+            await seaweed.close()
 
 
 async def _stored(database_url: str) -> dict[tuple[str, int], tuple[str, str]]:
@@ -202,11 +215,15 @@ async def test_recorders_survive_a_killed_node_and_segments_cross_nodes(topology
 
     stored = await _stored(top.env["DATABASE_URL"])
     sha = hashlib.sha256(HELLO).hexdigest()
+    assert top.seaweed is not None
+    objects = top.seaweed.objects("topology")
+    assert sorted(objects) == sorted(path for _, path in stored.values())  # one object a row, nothing else
+    assert not (top.tmp / "unused-chunks").exists() or not any((top.tmp / "unused-chunks").rglob("*.wav"))
     for sid in sessions:  # exactly once: one row per sequence (the unique key), each with the bytes sent, on disk
         rows = {seq: value for (s, seq), value in stored.items() if s == sid}
         assert sorted(rows) == list(range(CHUNKS)), (sid, sorted(rows))
         for seq, (digest, path) in rows.items():
-            assert digest == sha and hashlib.sha256((Path(top.env["STORAGE_DIR"]) / path).read_bytes()).hexdigest() == sha
+            assert digest == sha and hashlib.sha256(objects[path]).hexdigest() == sha
 
     # Live segments made by the worker processes reached the viewer on the surviving node, through Redis.
     deadline = asyncio.get_running_loop().time() + 60

@@ -18,7 +18,7 @@ from scribeai.db import Database, affected
 from scribeai.metrics import Metrics
 from scribeai.models import Chunk, ChunkStatus, RecordingSession, SessionStatus, TranscriptSegment, TranscriptStream, utcnow
 from scribeai.protocol import room_of
-from scribeai.storage import ChunkStore
+from scribeai.storage import Store
 from scribeai.transcription import media
 from scribeai.transcription.engines import Engine, Transcription, TranscriptionFailed
 from scribeai.transcription.queue import StreamQueue, StreamState
@@ -55,7 +55,7 @@ class _Live:
 class Pipeline:
     """`workers` tasks over one StreamQueue; `drain()` waits until every stored chunk is transcribed."""
 
-    def __init__(self, db: Database, store: ChunkStore, engine: Engine, sio: Emitter | None, *,
+    def __init__(self, db: Database, store: Store, engine: Engine, sio: Emitter | None, *,
                  node_id: str, workers: int, chunk_duration_ms: int, retry_base_s: float = 1.0,
                  metrics: Metrics | None = None, gap_wait_s: float = 15.0, idle_flush_s: float = 40.0,
                  window_wait_s: float = 5.0, lease_s: float = 120.0) -> None:

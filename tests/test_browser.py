@@ -8,11 +8,9 @@ new WebM header mid-session), and whisper must transcribe all of it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from sqlmodel import col
 
 from scribeai.models import Chunk
 from tests.conftest import RunningServer, ServerFactory, token_for
+from tests.node_tests import run_driver
 from tests.speech import JS_DIR, make_speech_wav, require_browser_tools, word_recall
 
 SENTENCES = [
@@ -53,28 +52,12 @@ USER = "alice"
 async def _run_driver(server: RunningServer, wav: Path, seconds: int, out: Path) -> dict[str, Any]:
     """browser_driver.mjs as an asyncio subprocess (the server lives on this loop); its JSON result line."""
     pages = [str(t) for t in TIMESLICES] + [f"{RELOAD_TIMESLICE}:reload"]
-    args = ["node", str(JS_DIR / "browser_driver.mjs"), "--server", server.url, "--token", token_for(USER),
+    args = ["--server", server.url, "--token", token_for(USER),
             "--wav", str(wav), "--seconds", str(seconds), "--reload-after", str(RELOAD_AFTER_S), "--out", str(out),
             "--session-prefix", f"browser-{os.getpid()}", "--transcript-timeout", str(TRANSCRIPT_TIMEOUT_S)]
     for page in pages:
         args += ["--page", page]
-    env = {**os.environ, "NO_COLOR": "1"}
-    env.pop("NODE_OPTIONS", None)
-    proc = await asyncio.create_subprocess_exec(*args, cwd=JS_DIR, env=env, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE, start_new_session=True)
-    try:
-        stdout, stderr = await asyncio.wait_for(proc.communicate(), DRIVER_TIMEOUT_S)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # chromium and its helpers are in the driver's group
-        await proc.wait()
-        pytest.fail(f"browser_driver.mjs did not finish within {DRIVER_TIMEOUT_S} s", pytrace=False)
-    log = stderr.decode(errors="replace")
-    print(log)
-    if proc.returncode != 0:
-        pytest.fail(f"browser_driver.mjs exited with {proc.returncode}:\n{log}", pytrace=False)
-    result: dict[str, Any] = json.loads(stdout.decode().strip().splitlines()[-1])
-    return result
+    return await run_driver(JS_DIR / "browser_driver.mjs", args, DRIVER_TIMEOUT_S)
 
 
 async def _stored_chunks(server: RunningServer, session_id: str) -> dict[int, tuple[int, str]]:

@@ -14,9 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
-import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -34,6 +32,7 @@ from scribeai.models import Chunk
 from scribeai.settings import SettingError, Settings
 from tests.conftest import RunningServer, ServerFactory, token_for
 from tests.fake_openai import FakeTranscriptionAPI
+from tests.node_tests import run_driver
 from tests.speech import JS_DIR, make_speech_wav, require_browser_tools, word_recall
 from tests.test_crash import ServerProcess
 
@@ -191,24 +190,7 @@ class AnonymousServer(ServerProcess):
 
 
 async def _run_driver(args: list[str]) -> dict[str, Any]:
-    env = {**os.environ, "NO_COLOR": "1"}
-    env.pop("NODE_OPTIONS", None)
-    proc = await asyncio.create_subprocess_exec("node", str(JS_DIR / "demo_driver.mjs"), *args, cwd=JS_DIR, env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                                                start_new_session=True)
-    try:
-        stdout, stderr = await asyncio.wait_for(proc.communicate(), DRIVER_TIMEOUT_S)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # chromium and its helpers are in the driver's group
-        await proc.wait()
-        pytest.fail(f"demo_driver.mjs did not finish within {DRIVER_TIMEOUT_S} s", pytrace=False)
-    log = stderr.decode(errors="replace")
-    print(log)
-    if proc.returncode != 0:
-        pytest.fail(f"demo_driver.mjs exited with {proc.returncode}:\n{log}", pytrace=False)
-    result: dict[str, Any] = json.loads(stdout.decode().strip().splitlines()[-1])
-    return result
+    return await run_driver(JS_DIR / "demo_driver.mjs", args, DRIVER_TIMEOUT_S)
 
 
 async def _kill_and_restart(crash: AnonymousServer, deadline_s: float) -> dict[str, Any]:

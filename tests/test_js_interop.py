@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
 from scribeai.auth import create_token
-from tests.conftest import IN_CI, SECRET, RunningServer, ServerFactory, token_for
+from tests.conftest import SECRET, RunningServer, ServerFactory, token_for
 from tests.fake_openai import FakeTranscriptionAPI
-from tests.node_tests import run_node_tests
+from tests.node_tests import find_node, run_node_tests
 
 JS_DIR = Path(__file__).parent / "js"
 CLIENT_VERSION = "4.8.4"  # pinned in tests/js/package.json
-MIN_NODE_MAJOR = 20
 MIN_JS_TESTS = 90  # a guard against a run that silently collects nothing
 NODE_TIMEOUT_S = 90
 SMALL_MAX_CHUNK_BYTES = 1024 * 1024
@@ -30,23 +27,8 @@ SLOW_API_DELAY_S = 0.25
 SLOW_MAX_QUEUE_SIZE = 4
 
 
-def _unavailable(reason: str) -> None:
-    """Skip when the toolchain is missing; in CI it is a failure."""
-    if IN_CI:
-        pytest.fail(f"{reason} (CI is set: Node.js must be installed)", pytrace=False)
-    pytest.skip(reason)
-
-
 async def _node() -> str:
-    node = shutil.which("node")
-    if node is None:
-        _unavailable("Node.js is not installed (no `node` on PATH): the socket.io-client interop suite needs it")
-        raise AssertionError("unreachable")
-    proc = await asyncio.create_subprocess_exec(node, "--version", stdout=asyncio.subprocess.PIPE)
-    version = (await proc.communicate())[0].decode().strip()
-    if int(version.lstrip("v").split(".")[0]) < MIN_NODE_MAJOR:
-        _unavailable(f"Node.js >= {MIN_NODE_MAJOR} is needed for `node --test`, found {version}")
-    return node
+    return await find_node("the socket.io-client interop suite")
 
 
 def _check_node_modules() -> None:

@@ -3,23 +3,28 @@
 One ZIP per session: each chunk file under its stored name (audio stored, since opus does not
 compress) and a deflated `metadata.json`. Every member is checked against the sha256 recorded at
 ingest; Deflate64 members (as some ZIP tools repack them) are read through zipfile-deflate64.
+
+Where archives live is an ArchivePlace: a local directory (ARCHIVE_STORAGE_PATH), or an object store
+(scribeai.objectstore.ObjectArchives). Either way a ZIP is written and verified as a local file first
+and only then takes its final name (rename, or PUT), so a bad archive never replaces a good one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
 import uuid
 import zipfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import zipfile_deflate64  # noqa: F401  (patches zipfile so Deflate64 members can be read)
 from sqlalchemy.engine import Row
@@ -27,6 +32,9 @@ from sqlalchemy.engine import Row
 from scribeai.errors import ScribeError
 from scribeai.models import RecordingSession, Tier
 from scribeai.storage import fsync_dir
+
+if TYPE_CHECKING:
+    from scribeai.settings import Settings
 
 METADATA_NAME = "metadata.json"
 ARCHIVE_FORMAT = 1
@@ -56,8 +64,8 @@ class Member:
     size: int
     sha256: str
     seq: int
-    source: Path | None = None          # a raw chunk file in hot storage
-    from_archive: Path | None = None    # or the same member of the session's previous archive
+    source: str | None = None           # a raw chunk in hot storage (its key in the chunk store)
+    from_archive: bool = False          # or the same member of the session's previous archive
 
     @property
     def label(self) -> str:
@@ -66,7 +74,7 @@ class Member:
 
 @dataclass(frozen=True)
 class ArchiveFile:
-    path: Path
+    name: str
     sha256: str
     bytes: int
     adopted: bool = False
@@ -121,10 +129,11 @@ def copy_hashed(src: IO[bytes], dst: IO[bytes] | None, label: str) -> tuple[str,
             dst.write(block)
 
 
-def _open_source(stack: contextlib.ExitStack, member: Member, previous: zipfile.ZipFile | None) -> IO[bytes]:
+def _open_source(stack: contextlib.ExitStack, member: Member, previous: zipfile.ZipFile | None,
+                 read_chunk: Callable[[str], bytes]) -> IO[bytes]:
     try:
         if member.source is not None:
-            return stack.enter_context(open(member.source, "rb"))
+            return io.BytesIO(read_chunk(member.source))
         if previous is None:
             raise FileNotFoundError("no previous archive")
         return stack.enter_context(previous.open(member.name))
@@ -137,9 +146,9 @@ def _zip_time(when: datetime | None) -> tuple[int, int, int, int, int, int]:
     return (max(when.year, 1980), when.month, when.day, when.hour, when.minute, when.second)
 
 
-def _write_zip(temp: Path, members: list[Member], metadata: bytes, when: datetime) -> None:
+def _write_zip(temp: Path, members: list[Member], metadata: bytes, when: datetime, read_chunk: Callable[[str], bytes],
+               previous_path: Path | None) -> None:
     """Stream every member into `temp` (audio stored, metadata deflated), checking each source's sha256."""
-    previous_path = next((m.from_archive for m in members if m.from_archive is not None), None)
     with contextlib.ExitStack() as stack:
         previous = _open_previous(stack, previous_path) if previous_path else None
         raw = stack.enter_context(open(temp, "xb"))
@@ -153,7 +162,7 @@ def _write_zip(temp: Path, members: list[Member], metadata: bytes, when: datetim
                 info.file_size = member.size  # lets zipfile choose ZIP64 up front for huge members
                 info.external_attr = 0o644 << 16
                 with contextlib.ExitStack() as member_stack:
-                    src = _open_source(member_stack, member, previous)
+                    src = _open_source(member_stack, member, previous, read_chunk)
                     dst = member_stack.enter_context(zf.open(info, "w"))
                     digest, size = copy_hashed(src, dst, member.label)
                 if (digest, size) != (member.sha256, member.size):
@@ -168,7 +177,7 @@ def _open_previous(stack: contextlib.ExitStack, path: Path) -> zipfile.ZipFile:
     try:
         return stack.enter_context(zipfile.ZipFile(path))
     except READ_ERRORS as exc:
-        raise Unreadable(f"the session's previous archive {path.name} is unreadable: {exc}") from exc
+        raise Unreadable(f"the session's previous archive is unreadable: {exc}") from exc
 
 
 def verify_archive(path: Path, members: Iterable[Member], session_id: str, *, exact: bool = False) -> ArchiveCheck:
@@ -233,77 +242,109 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def write_archive(archive_dir: Path, session_id: str, members: list[Member], metadata: bytes, when: datetime) -> ArchiveFile:
+class ArchivePlace(Protocol):
+    """Where the warm tier's ZIPs live. Blocking, like everything in this module."""
+
+    scratch: Path  # a local directory for temporary ZIPs (`.<name>.<uuid>.tmp`), swept under the retention lock
+
+    def describe(self, name: str) -> str: ...
+    def exists(self, name: str) -> bool: ...
+    def fetch(self, name: str) -> contextlib.AbstractContextManager[Path]: ...
+    def publish(self, temp: Path, name: str) -> None: ...
+    def delete(self, name: str) -> None: ...
+    def local_dir(self) -> Path | None: ...
+
+
+class LocalArchives:
+    """ARCHIVE_STORAGE_PATH: temporary ZIPs beside their final names, renamed into place, directory fsync'd."""
+
+    def __init__(self, directory: Path) -> None:
+        self.scratch = Path(directory)
+
+    def __repr__(self) -> str:
+        return f"LocalArchives({str(self.scratch)!r})"
+
+    def describe(self, name: str) -> str:
+        return str(self.scratch / name)
+
+    def exists(self, name: str) -> bool:
+        return (self.scratch / name).exists()
+
+    @contextlib.contextmanager
+    def fetch(self, name: str) -> Iterator[Path]:
+        yield self.scratch / name
+
+    def publish(self, temp: Path, name: str) -> None:
+        os.replace(temp, self.scratch / name)
+        fsync_dir(self.scratch)
+
+    def delete(self, name: str) -> None:
+        (self.scratch / name).unlink(missing_ok=True)
+        if self.scratch.is_dir():
+            fsync_dir(self.scratch)
+
+    def local_dir(self) -> Path | None:
+        return self.scratch
+
+
+def open_archives(settings: Settings) -> ArchivePlace:
+    """ARCHIVE_STORAGE_URL; else `.archives/` under STORAGE_URL when chunks are in an object store; else the directory."""
+    url = settings.archive_storage_url or (f"{settings.storage_url.rstrip('/')}/.archives" if settings.storage_url else "")
+    if url:
+        from scribeai.objectstore import ObjectArchives
+
+        return ObjectArchives(url, Path(settings.data_dir) / "archive-work")
+    return LocalArchives(Path(settings.archive_storage_path))
+
+
+def write_archive(place: ArchivePlace, session_id: str, members: list[Member], metadata: bytes, when: datetime,
+                  read_chunk: Callable[[str], bytes]) -> ArchiveFile:
     """`<sessionId>.zip`, or adopt a verified one left by an interrupted run.
 
-    Written to a temporary name and fsync'd, then read back and verified member by member *before*
-    it takes the final name, so a bad archive can never replace a good one; then renamed, dir fsync'd.
+    Written to a temporary file and fsync'd, then read back and verified member by member *before*
+    it takes the final name, so a bad archive can never replace a good one. Members already archived
+    (late chunks merge in) are copied from the session's current archive, which the new one replaces.
     """
-    archive_dir.mkdir(parents=True, exist_ok=True)
-    final = archive_dir / archive_name(session_id)
-    if final.exists() and not any(m.from_archive for m in members):
-        if verify_archive(final, members, session_id, exact=True).ok:
-            return ArchiveFile(final, file_sha256(final), final.stat().st_size, adopted=True)
-        log.warning("archive %s does not match session %s: writing it again", final, session_id)
-    temp = archive_dir / f".{final.name}.{uuid.uuid4().hex}.tmp"
+    place.scratch.mkdir(parents=True, exist_ok=True)
+    name = archive_name(session_id)
+    merging = any(m.from_archive for m in members)
+    if not merging and place.exists(name):
+        with place.fetch(name) as existing:
+            if verify_archive(existing, members, session_id, exact=True).ok:
+                return ArchiveFile(name, file_sha256(existing), existing.stat().st_size, adopted=True)
+        log.warning("archive %s does not match session %s: writing it again", place.describe(name), session_id)
+    temp = place.scratch / f".{name}.{uuid.uuid4().hex}.tmp"
     try:
-        _write_zip(temp, members, metadata, when)
+        with place.fetch(name) if merging else contextlib.nullcontext(None) as previous:
+            _write_zip(temp, members, metadata, when, read_chunk, previous)
         check = verify_archive(temp, members, session_id, exact=True)
         if not check.ok:
             raise ArchiveFailed(f"the archive did not verify after writing: {'; '.join(check.problems)}")
         sha256, size = file_sha256(temp), temp.stat().st_size
-        os.replace(temp, final)
-        fsync_dir(archive_dir)
-    except BaseException:
+        place.publish(temp, name)
+    finally:
         temp.unlink(missing_ok=True)
-        raise
-    return ArchiveFile(final, sha256, size)
+    return ArchiveFile(name, sha256, size)
 
 
-def extract_members(archive: Path, members: list[Member], destinations: dict[str, Path]) -> None:
-    """Unpack members back to their hot paths: temp file beside each, sha256 checked, fsync, rename, dir fsync."""
+def extract_members(archive: Path, members: list[Member], keys: dict[str, str], write: Callable[[str, bytes], None]) -> None:
+    """Put members back into hot storage under their keys, each sha256-checked before `write` (atomic, durable) stores it."""
     with zipfile.ZipFile(archive) as zf:
         for member in members:
-            final = destinations[member.name]
-            final.parent.mkdir(parents=True, exist_ok=True)
-            temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")  # ChunkStore.sweep_temporaries' pattern
-            try:
-                with zf.open(member.name) as src, open(temp, "xb") as dst:
-                    digest, size = copy_hashed(src, dst, member.label)
-                    dst.flush()
-                    os.fsync(dst.fileno())
-                if (digest, size) != (member.sha256, member.size):
-                    raise ArchiveFailed(f"{member.label} does not match its checksum", seq=member.seq)
-                os.replace(temp, final)
-            except BaseException:
-                temp.unlink(missing_ok=True)
-                raise
-        for directory in {destinations[m.name].parent for m in members}:
-            fsync_dir(directory)
+            buffer = io.BytesIO()
+            with zf.open(member.name) as src:
+                digest, size = copy_hashed(src, buffer, member.label)
+            if (digest, size) != (member.sha256, member.size):
+                raise ArchiveFailed(f"{member.label} does not match its checksum", seq=member.seq)
+            write(keys[member.name], buffer.getvalue())
 
 
-def delete_files(paths: Iterable[Path]) -> int:
-    """Remove raw chunk files (missing ones are fine) and their session folders once empty."""
-    removed, folders = 0, set()
-    for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-            removed += 1
-        folders.add(path.parent)
-    for folder in folders:
-        with contextlib.suppress(FileNotFoundError, OSError):
-            fsync_dir(folder)
-            if not any(folder.iterdir()):
-                folder.rmdir()
-    return removed
-
-
-def sweep_archive_temporaries(archive_dir: Path) -> int:
+def sweep_archive_temporaries(scratch: Path) -> int:
     """Temporary ZIPs of interrupted runs; only called under the retention lock, so none is in use."""
-    if not archive_dir.is_dir():
+    if not scratch.is_dir():
         return 0
     removed = 0
-    for temp in archive_dir.glob(".*.zip.*.tmp"):
+    for temp in scratch.glob(".*.zip.*.tmp"):
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
             removed += 1

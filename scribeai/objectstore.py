@@ -1,4 +1,4 @@
-"""Chunks in an S3-compatible object store: `STORAGE_URL=s3://bucket/prefix`.
+"""Chunks (and archives) in an S3-compatible object store: `STORAGE_URL=s3://bucket/prefix`.
 
 The same interface as the local ChunkStore, so ingest and transcription do not know where chunks live.
 The ack still means durable: a chunk's PUT has succeeded before its row commits, and a PUT whose row then
@@ -10,13 +10,15 @@ An unreachable or failing store refuses chunks with `unavailable`, reason `stora
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
@@ -26,6 +28,7 @@ from scribeai.storage import chunk_filename
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRY_AFTER_MS = 5000
+COPY_CHUNK = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,23 @@ class ObjectChunkStore:
         except FileNotFoundError:
             pass
 
+    def delete_many(self, relatives: list[str]) -> int:
+        """Delete objects (missing ones are fine); how many were there."""
+        removed = 0
+        for relative in relatives:
+            if self.size_of(relative) is not None:
+                self.delete(relative)
+                removed += 1
+        return removed
+
+    def folders(self) -> list[str]:
+        """The session "folders" (first key segments) that hold chunks; `.probe/` and `.archives/` are not sessions."""
+        import obstore
+
+        listing = self._call("list sessions", lambda: obstore.list_with_delimiter(self._store))
+        names = (prefix.rstrip("/").rsplit("/", 1)[-1] for prefix in listing["common_prefixes"])
+        return [name for name in names if name and not name.startswith(".")]
+
     def probe(self) -> None:
         """Prove the store takes a write now: PUT, then DELETE, a probe object."""
         key = f".probe/{uuid.uuid4().hex}"
@@ -152,3 +172,56 @@ class ObjectChunkStore:
     def sweep_temporaries(self, older_than_s: float = 3600.0) -> int:
         """Pending objects live in memory only: a crash leaves nothing to sweep."""
         return 0
+
+
+class ObjectArchives:
+    """The warm tier's ZIPs in an object store (ARCHIVE_STORAGE_URL, or `.archives/` under STORAGE_URL).
+
+    ZIPs are written and verified as local files in `scratch` (under DATA_DIR), then PUT (multipart when large);
+    reading one back downloads it to `scratch` for as long as it is needed."""
+
+    def __init__(self, url: str, scratch: Path) -> None:
+        self.objects = ObjectChunkStore(url)
+        self.scratch = scratch
+
+    def __repr__(self) -> str:
+        return f"ObjectArchives({self.objects.url!r}, scratch={str(self.scratch)!r})"
+
+    def describe(self, name: str) -> str:
+        return f"{self.objects.url.rstrip('/')}/{name}"
+
+    def exists(self, name: str) -> bool:
+        return self.objects.size_of(name) is not None
+
+    @contextlib.contextmanager
+    def fetch(self, name: str) -> Iterator[Path]:
+        """The archive as a local file; a missing one is a path that does not exist (verify reports it missing)."""
+        import obstore
+
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        local = self.scratch / f".{name}.{uuid.uuid4().hex}.tmp"
+
+        def download() -> None:
+            with open(local, "xb") as f:
+                for piece in obstore.get(self.objects._store, name).stream(min_chunk_size=COPY_CHUNK):
+                    f.write(piece)
+
+        try:
+            try:
+                self.objects._call("read an archive", download)
+            except FileNotFoundError:
+                local.unlink(missing_ok=True)
+            yield local
+        finally:
+            local.unlink(missing_ok=True)
+
+    def publish(self, temp: Path, name: str) -> None:
+        import obstore
+
+        self.objects._call("store an archive", lambda: obstore.put(self.objects._store, name, temp))
+
+    def delete(self, name: str) -> None:
+        self.objects.delete(name)
+
+    def local_dir(self) -> Path | None:
+        return None

@@ -35,17 +35,17 @@ from sqlmodel import col
 
 from scribeai.archive import (
     ARCHIVE_FORMAT,
+    ArchiveCheck,
     ArchiveFailed,
     ArchiveFile,
+    ArchivePlace,
     Member,
-    Unreadable,
     archive_name,
-    copy_hashed,
-    delete_files,
     extract_members,
     file_sha256,
     in_archive,
     member_name,
+    open_archives,
     sweep_archive_temporaries,
     verify_archive,
     write_archive,
@@ -62,7 +62,7 @@ from scribeai.models import (
     TranscriptSegment,
 )
 from scribeai.settings import Settings
-from scribeai.storage import fsync_dir
+from scribeai.storage import Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -81,17 +81,6 @@ class RetentionBusy(ScribeError):
 
     code = "busy"
     http_status = 409
-
-
-class ObjectStorageUnsupported(ScribeError):
-    """Retention, archives and verify/restore work on a local STORAGE_DIR only, not yet on STORAGE_URL (S3)."""
-
-    code = "unsupported"
-    http_status = 501
-
-    def __init__(self) -> None:
-        super().__init__("retention, archives and verify/restore need the local STORAGE_DIR; with STORAGE_URL "
-                         "(object storage) they are not supported yet, and no chunk is moved or deleted")
 
 
 class SessionChanged(ScribeError):
@@ -270,35 +259,31 @@ class RunReport:
 
 
 class Retention:
-    """The tier moves over one database, STORAGE_DIR and ARCHIVE_STORAGE_PATH (server and CLI alike)."""
+    """The tier moves over one database, the chunk store (STORAGE_DIR or STORAGE_URL) and the archive place
+    (ARCHIVE_STORAGE_PATH or an object store), for the server and the CLI alike."""
 
-    def __init__(self, db: Database, settings: Settings) -> None:
+    def __init__(self, db: Database, settings: Settings, store: Store | None = None) -> None:
         self.db = db
         self.settings = settings
-        self.storage_dir = Path(settings.storage_dir)
-        self.archive_dir = Path(settings.archive_storage_path)
+        self.store = store if store is not None else open_store(Path(settings.storage_dir), settings.storage_url)
+        self.archives: ArchivePlace = open_archives(settings)
         self.policy = RetentionPolicy.from_settings(settings)
         self.lock = RetentionLock(db, settings)
 
     def __repr__(self) -> str:
-        return f"Retention({self.policy}, archives={str(self.archive_dir)!r}, {self.lock!r})"
+        return f"Retention({self.policy}, {self.store!r}, {self.archives!r}, {self.lock!r})"
 
     # -- retention run ---------------------------------------------------------------------------
 
-    def _require_local_storage(self) -> None:
-        if self.settings.storage_url:
-            raise ObjectStorageUnsupported()
-
     async def run(self, now: datetime, *, dry_run: bool = False) -> RunReport:
         """Apply the policy at `now` to every session; one failing session never stops the others."""
-        self._require_local_storage()
         started = _time.monotonic()
         report = RunReport(now, dry_run)
         if dry_run:
             await self._apply(await self.decisions(now), now, report)
         else:
             async with self.lock.hold():
-                report.removed_temporary_archives = await asyncio.to_thread(sweep_archive_temporaries, self.archive_dir)
+                report.removed_temporary_archives = await asyncio.to_thread(sweep_archive_temporaries, self.archives.scratch)
                 await self._apply(await self.decisions(now), now, report)
                 report.removed_orphan_chunk_files = await self._remove_orphans()
         report.duration_s = _time.monotonic() - started
@@ -360,23 +345,22 @@ class Retention:
             raise SessionChanged("chunks went back to the transcription queue; next run")
         members = self._members(session, chunks)
         metadata = _metadata(session, chunks, members, segments, now)
-        result = await asyncio.to_thread(write_archive, self.archive_dir, session_id, members, metadata, now)
+        result = await asyncio.to_thread(write_archive, self.archives, session_id, members, metadata, now, self.store.read)
         await self._record_archive(session_id, [c.id for c in live], result, now)
-        removed = await asyncio.to_thread(delete_files, [self.storage_dir / c.path for c in live])
-        log.info("archived session %s: %d chunks in %s (%d bytes)%s", session_id, len(members), result.path,
-                 result.bytes, " (adopted)" if result.adopted else "", extra={"sessionId": session_id})
+        removed = await asyncio.to_thread(self.store.delete_many, [c.path for c in live])
+        log.info("archived session %s: %d chunks in %s (%d bytes)%s", session_id, len(members),
+                 self.archives.describe(result.name), result.bytes, " (adopted)" if result.adopted else "", extra={"sessionId": session_id})
         return {"chunks": len(members), "chunkBytes": sum(m.size for m in members), "archiveBytes": result.bytes,
                 "archiveSha256": result.sha256, "adopted": result.adopted, "deletedChunkFiles": removed}
 
     def _members(self, session: RecordingSession, chunks: list[ChunkRow]) -> list[Member]:
         """Live chunks come from hot storage; chunks already archived (late chunks merge in) from the old ZIP."""
-        previous = self.archive_dir / (session.archive_path or archive_name(session.id))
         members = []
         for c in chunks:
             if c.deleted_at is None:
-                members.append(Member(member_name(c.path), c.size, c.sha256, c.seq, source=self.storage_dir / c.path))
+                members.append(Member(member_name(c.path), c.size, c.sha256, c.seq, source=c.path))
             elif in_archive(c, session):
-                members.append(Member(member_name(c.path), c.size, c.sha256, c.seq, from_archive=previous))
+                members.append(Member(member_name(c.path), c.size, c.sha256, c.seq, from_archive=True))
         return members
 
     async def _record_archive(self, session_id: str, live_ids: list[str], result: ArchiveFile, now: datetime) -> None:
@@ -391,7 +375,7 @@ class Retention:
             if marked != len(live_ids):  # raising rolls the whole transaction back
                 raise SessionChanged("a chunk changed while the archive was written; next run")
             await s.execute(update(RecordingSession).where(col(RecordingSession.id) == session_id).values(
-                tier=Tier.WARM, archive_path=result.path.name, archive_sha256=result.sha256,
+                tier=Tier.WARM, archive_path=result.name, archive_sha256=result.sha256,
                 archive_bytes=result.bytes, archived_at=now,
             ))
 
@@ -401,8 +385,7 @@ class Retention:
             session = await s.get(RecordingSession, session_id)
         if session is None or session.tier != Tier.WARM:
             raise SessionChanged("session is no longer warm")
-        path = self.archive_dir / (session.archive_path or archive_name(session_id))
-        await asyncio.to_thread(_unlink_and_sync, path)
+        await asyncio.to_thread(self.archives.delete, session.archive_path or archive_name(session_id))
         async with self.db.write() as s:
             await s.execute(
                 update(RecordingSession).where(col(RecordingSession.id) == session_id, col(RecordingSession.tier) == Tier.WARM)
@@ -412,17 +395,15 @@ class Retention:
 
     async def _remove_orphans(self) -> int:
         """Raw files of chunks the database already counts as archived (a run killed after its commit)."""
-        if not self.storage_dir.is_dir():
-            return 0
-        folders = await asyncio.to_thread(lambda: [p.name for p in self.storage_dir.iterdir() if p.is_dir()])
-        paths: list[Path] = []
+        folders = await asyncio.to_thread(self.store.folders)
+        keys: list[str] = []
         async with self.db.read() as s:
             for batch in _batches(folders):
                 rows = await s.execute(
                     select(col(Chunk.path)).where(col(Chunk.session_id).in_(batch), col(Chunk.deleted_at).is_not(None))
                 )
-                paths += [self.storage_dir / p for p in rows.scalars()]
-        return await asyncio.to_thread(delete_files, [p for p in paths if p.exists()]) if paths else 0
+                keys += list(rows.scalars())
+        return await asyncio.to_thread(self.store.delete_many, keys) if keys else 0
 
     async def _load(self, session_id: str, *, transcript: bool = False) -> tuple[RecordingSession, list[ChunkRow], list[dict[str, Any]]]:
         """The session, its chunks as plain rows in seq order, and (for metadata.json) its transcript in wire shape."""
@@ -444,22 +425,20 @@ class Retention:
 
     async def verify(self, session_id: str) -> dict[str, Any]:
         """Check what the session keeps: its archive member by member (warm) and its raw files (hot)."""
-        self._require_local_storage()
         session, chunks, _ = await self._load(session_id)
         live = [c for c in chunks if c.deleted_at is None]
         report: dict[str, Any] = {"sessionId": session_id, "tier": session.tier, "problems": [], "notes": []}
-        problems = await asyncio.to_thread(_check_files, [(c, self.storage_dir / c.path) for c in live])
+        problems = await asyncio.to_thread(_check_chunks, self.store, live)
         report["problems"] += problems
         report["hotChunksChecked"] = len(live) - len(problems)
         if session.tier == Tier.WARM:
-            path = self.archive_dir / (session.archive_path or archive_name(session_id))
-            members = [m for m in self._members(session, chunks) if m.from_archive is not None]
-            check = await asyncio.to_thread(verify_archive, path, members, session_id)
+            name = session.archive_path or archive_name(session_id)
+            members = [m for m in self._members(session, chunks) if m.from_archive]
+            check, sha = await asyncio.to_thread(_verify_place, self.archives, name, members, session_id)
             report["problems"] += check.problems
             report["notes"] += check.notes
-            report["archive"] = {"name": path.name, "members": check.members_checked, "compression": check.compression}
-            if not check.problems:
-                sha = await asyncio.to_thread(file_sha256, path)
+            report["archive"] = {"name": name, "members": check.members_checked, "compression": check.compression}
+            if sha is not None:
                 report["archive"]["sha256"] = sha
                 if sha != session.archive_sha256:
                     report["notes"].append("archive file differs from the one written (repacked?); every member still verifies")
@@ -469,8 +448,7 @@ class Retention:
         return report
 
     async def restore(self, session_id: str, now: datetime) -> dict[str, Any]:
-        """warm -> hot: unpack the verified archive into STORAGE_DIR, then the database, then drop the ZIP."""
-        self._require_local_storage()
+        """warm -> hot: unpack the verified archive into the chunk store, then the database, then drop the ZIP."""
         async with self.lock.hold():
             session, chunks, _ = await self._load(session_id)
             if session.tier == Tier.COLD:
@@ -478,13 +456,10 @@ class Retention:
             if session.tier == Tier.HOT:
                 return {"sessionId": session_id, "tier": Tier.HOT, "restoredChunks": 0}
             archived = [c for c in chunks if in_archive(c, session)]
-            path = self.archive_dir / (session.archive_path or archive_name(session_id))
-            members = [m for m in self._members(session, chunks) if m.from_archive is not None]
-            check = await asyncio.to_thread(verify_archive, path, members, session_id)
-            if not check.ok:
-                raise ArchiveFailed(f"archive does not verify: {'; '.join(check.problems)}", sessionId=session_id)
-            destinations = {member_name(c.path): self.storage_dir / c.path for c in archived}
-            await asyncio.to_thread(extract_members, path, members, destinations)
+            name = session.archive_path or archive_name(session_id)
+            members = [m for m in self._members(session, chunks) if m.from_archive]
+            keys = {member_name(c.path): c.path for c in archived}
+            await asyncio.to_thread(_unpack, self.archives, name, members, session_id, keys, self.store)
             async with self.db.write() as s:
                 for batch in _batches([c.id for c in archived]):
                     await s.execute(update(Chunk).where(col(Chunk.id).in_(batch)).values(deleted_at=None))
@@ -492,7 +467,7 @@ class Retention:
                     tier=Tier.HOT, archive_path=None, archive_sha256=None, archive_bytes=None, archived_at=None,
                     last_activity_at=now,  # a restore is activity: it gets RETENTION_DAYS hot again
                 ))
-            await asyncio.to_thread(_unlink_and_sync, path)
+            await asyncio.to_thread(self.archives.delete, name)
         log.info("restored session %s: %d chunks back in hot storage", session_id, len(archived), extra={"sessionId": session_id})
         return {"sessionId": session_id, "tier": Tier.HOT, "restoredChunks": len(archived),
                 "restoredBytes": sum(c.size for c in archived)}
@@ -545,8 +520,10 @@ class Retention:
             "saving": {"allHotBytes": all_hot, "keptBytes": kept, "savedBytes": all_hot - kept,
                        "savedRatio": round((all_hot - kept) / all_hot, 4) if all_hot else 0.0},
         }
-        if user_id is None and not self.settings.storage_url:  # an object store has no disk to report
-            disk = {"storage": _disk(self.storage_dir), "archives": _disk(self.archive_dir)}
+        local = {"storage": None if self.settings.storage_url else Path(self.settings.storage_dir),
+                 "archives": self.archives.local_dir()}
+        disk = {place: _disk(path) for place, path in local.items() if path is not None and user_id is None}
+        if disk:  # the server's disks, for an admin; an object store has none to report
             result["disk"] = disk
             result["freeDiskBytes"] = min(d["freeBytes"] for d in disk.values())
         return result
@@ -596,28 +573,38 @@ def _metadata(session: RecordingSession, chunks: list[ChunkRow], members: list[M
     }, indent=1).encode()
 
 
-def _check_files(items: list[tuple[ChunkRow, Path]]) -> list[str]:
+def _check_chunks(store: Store, chunks: list[ChunkRow]) -> list[str]:
+    """Read every hot chunk back from the store: present, and with the size and sha256 recorded at ingest."""
     problems = []
-    for chunk, path in items:
+    for chunk in chunks:
         label = f"chunk {chunk.seq} ({member_name(chunk.path)})"
         try:
-            with open(path, "rb") as f:
-                digest, size = copy_hashed(f, None, label)
-        except Unreadable as exc:
-            problems.append(exc.message)
+            data = store.read(chunk.path)
+        except FileNotFoundError:
+            problems.append(f"{label} is missing")
             continue
         except OSError as exc:
             problems.append(f"{label} is unreadable: {exc.strerror or exc}")
             continue
-        if (digest, size) != (chunk.sha256, chunk.size):
+        if (hashlib.sha256(data).hexdigest(), len(data)) != (chunk.sha256, chunk.size):
             problems.append(f"{label} does not match its checksum")
     return problems
 
 
-def _unlink_and_sync(path: Path) -> None:
-    path.unlink(missing_ok=True)
-    if path.parent.is_dir():
-        fsync_dir(path.parent)
+def _verify_place(place: ArchivePlace, name: str, members: list[Member], session_id: str) -> tuple[ArchiveCheck, str | None]:
+    """Verify a session's archive member by member where it lives; its sha256 when it verifies."""
+    with place.fetch(name) as path:
+        check = verify_archive(path, members, session_id)
+        return check, (file_sha256(path) if check.ok else None)
+
+
+def _unpack(place: ArchivePlace, name: str, members: list[Member], session_id: str, keys: dict[str, str], store: Store) -> None:
+    """Verify the archive, then put its members back into the chunk store (each checked again as it is unpacked)."""
+    with place.fetch(name) as path:
+        check = verify_archive(path, members, session_id)
+        if not check.ok:
+            raise ArchiveFailed(f"archive does not verify: {'; '.join(check.problems)}", sessionId=session_id)
+        extract_members(path, members, keys, store.write_atomic)
 
 
 def _disk(path: Path) -> dict[str, int]:
@@ -702,9 +689,6 @@ async def scheduler(app: web.Application) -> AsyncIterator[None]:
 
     services = app[services_key]
     at = parse_schedule(services.settings.retention_schedule)
-    if at is not None and services.settings.storage_url:
-        log.warning("RETENTION_SCHEDULE is ignored: %s", ObjectStorageUnsupported().message)
-        at = None
     if at is None:
         yield
         return

@@ -59,7 +59,7 @@ def _run(settings: Settings, body: Callable[[Any], Awaitable[int]]) -> int:
 
     from scribeai.cli import setup_logging
     from scribeai.db import Database
-    from scribeai.retention import ObjectStorageUnsupported, Retention, RetentionBusy
+    from scribeai.retention import Retention, RetentionBusy
 
     setup_logging(settings)
 
@@ -71,9 +71,6 @@ def _run(settings: Settings, body: Callable[[Any], Awaitable[int]]) -> int:
         except RetentionBusy as exc:
             print(f"retention: {exc.message}; try again later", file=sys.stderr)
             return EXIT_BUSY
-        except ObjectStorageUnsupported as exc:
-            print(f"retention: {exc.message}", file=sys.stderr)
-            return 2
         finally:
             await db.dispose()
 
@@ -171,7 +168,7 @@ def _metrics_text(m: dict[str, Any]) -> str:
         f"archives: {m['archiveBytes']:,} bytes; transcript segments: {m['transcriptSegments']:,}",
         f"oldest hot session: {oldest['sessionId']} (last activity {oldest['lastActivityAt']}, {oldest['ageDays']} days)"
         if oldest else "oldest hot session: none",
-        f"free disk: {m['freeDiskBytes']:,} bytes",
+        f"free disk: {m['freeDiskBytes']:,} bytes" if "freeDiskBytes" in m else "free disk: none to report (object storage)",
         f"saving against keeping everything hot: {saving['savedBytes']:,} of {saving['allHotBytes']:,} bytes "
         f"({saving['savedRatio']:.1%})",
     ]

@@ -35,6 +35,7 @@ class Settings:
     storage_dir: Path = _setting(Path("./storage/audio-chunks"), "STORAGE_DIR", "Hot tier: raw chunk files, one folder per session.")
     storage_url: str = _setting("", "STORAGE_URL", "s3://bucket/prefix: chunks in an S3-compatible store (AWS_* variables for endpoint and keys) instead of STORAGE_DIR.")
     archive_storage_path: Path = _setting(Path("./archives"), "ARCHIVE_STORAGE_PATH", "Warm tier: one verified ZIP per session.")
+    archive_storage_url: str = _setting("", "ARCHIVE_STORAGE_URL", "s3://bucket/prefix for the warm tier's ZIPs instead of ARCHIVE_STORAGE_PATH; with STORAGE_URL set and this empty, they go under its .archives/.")
     database_url: str = _setting("", "DATABASE_URL", "SQLAlchemy async URL; default sqlite+aiosqlite:///<DATA_DIR>/scribeai.db.")
     db_busy_timeout_ms: int = _setting(30_000, "DB_BUSY_TIMEOUT_MS", "SQLite: how long a write waits for a lock another process holds before the chunk is refused (unavailable).")
     redis_url: str = _setting("", "REDIS_URL", "Redis for multi-node rooms (empty: single node).")
@@ -83,8 +84,10 @@ class Settings:
             raise SettingError(f"setting LOG_LEVEL={self.log_level!r}: expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if not 0 <= self.port <= 65535:
             raise SettingError(f"setting PORT={self.port}: expected 0 to 65535")
-        if self.storage_url and not re.fullmatch(r"s3://[A-Za-z0-9.\-_]{3,63}(/[^\s]*)?", self.storage_url):
-            raise SettingError(f"setting STORAGE_URL={self.storage_url!r}: expected s3://bucket/prefix")
+        for name in ("storage_url", "archive_storage_url"):
+            url = getattr(self, name)
+            if url and not re.fullmatch(r"s3://[A-Za-z0-9.\-_]{3,63}(/[^\s]*)?", url):
+                raise SettingError(f"setting {_env(name)}={url!r}: expected s3://bucket/prefix")
         if self.max_concurrency < 0:
             raise SettingError(f"setting MAX_CONCURRENCY={self.max_concurrency}: expected 0 (no transcription here) or more")
         if self.transcribe_lease_s <= 0:

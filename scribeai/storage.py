@@ -46,6 +46,8 @@ class Store(Protocol):
     def write_atomic(self, relative: str, data: bytes) -> None: ...
     def read(self, relative: str) -> bytes: ...
     def delete(self, relative: str) -> None: ...
+    def delete_many(self, relatives: list[str]) -> int: ...
+    def folders(self) -> list[str]: ...
     def probe(self) -> None: ...
     def sweep_temporaries(self, older_than_s: float = 3600.0) -> int: ...
 
@@ -185,6 +187,29 @@ class ChunkStore:
 
     def delete(self, relative: str) -> None:
         self.absolute(relative).unlink(missing_ok=True)
+
+    def delete_many(self, relatives: list[str]) -> int:
+        """Remove chunk files (missing ones are fine) and their session folders once empty; how many were there."""
+        removed, folders = 0, set()
+        for relative in relatives:
+            path = self.absolute(relative)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
+            folders.add(path.parent)
+            self._made.discard(os.path.dirname(self._hot(relative)))  # the folder may go: ingest makes it again
+        for folder in folders:
+            with contextlib.suppress(FileNotFoundError, OSError):
+                fsync_dir(folder)
+                if not any(folder.iterdir()):
+                    folder.rmdir()
+        return removed
+
+    def folders(self) -> list[str]:
+        """The session folders that hold (or held) chunk files."""
+        if not self.root.is_dir():
+            return []
+        return [p.name for p in self.root.iterdir() if p.is_dir()]
 
     def sweep_temporaries(self, older_than_s: float = 3600.0) -> int:
         """Remove temporary files a crash left behind (none was ever acked); young ones may be another node's."""

@@ -66,9 +66,6 @@ async def run_worker(settings: Settings) -> None:
         await _check_redis(settings.redis_url)
         await pipeline.start()
         at = parse_schedule(settings.retention_schedule)
-        if at is not None and settings.storage_url:
-            log.warning("RETENTION_SCHEDULE is ignored: retention needs the local STORAGE_DIR (not STORAGE_URL) for now")
-            at = None
         if at is not None:  # under retention's own lock: one run a day across every node and worker
             scheduler = RetentionScheduler(Retention(db, settings), at, metrics=metrics)
             scheduler.start()

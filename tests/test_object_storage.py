@@ -3,7 +3,8 @@
 STORAGE_URL=s3://bucket/prefix: the ack means the PUT succeeded and the row committed; keys are idempotent, the
 sha256 of every object is the chunk's, duplicates and conflicts follow the same rules as on disk; transcription
 reads the chunks back from the store; with the store stopped, chunks are refused with a retryable error and never
-acked, and accepted again once it is back; retention refuses in one line rather than touch anything.
+acked, and accepted again once it is back. Retention, archive verify/restore and storage metrics work on the store:
+the ZIPs live under `.archives/`, written and verified locally before their PUT.
 """
 
 from __future__ import annotations
@@ -11,11 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
+import json
 import os
 import shutil
 import subprocess
 import sys
 import urllib.request
+import zipfile
+from datetime import datetime, timedelta, timezone
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -104,15 +109,25 @@ class Seaweed(Processes):
             for path in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
                 path.unlink(missing_ok=True)
 
+    def _client(self, prefix: str | None = None) -> Any:
+        from obstore.store import S3Store
+
+        return S3Store(BUCKET, prefix=prefix, endpoint=self.endpoint, region="us-east-1", access_key_id="test",
+                       secret_access_key="test", virtual_hosted_style_request=False, client_options={"allow_http": True})
+
     def objects(self, prefix: str) -> dict[str, bytes]:
         """Every object under the prefix, read back with the same client the server uses."""
         import obstore
-        from obstore.store import S3Store
 
-        store = S3Store(BUCKET, prefix=prefix, endpoint=self.endpoint, region="us-east-1", access_key_id="test",
-                        secret_access_key="test", virtual_hosted_style_request=False, client_options={"allow_http": True})
+        store = self._client(prefix)
         keys = [meta["path"] for batch in obstore.list(store) for meta in batch]
         return {key: bytes(obstore.get(store, key).bytes()) for key in keys if not key.startswith(".probe/")}
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write an object behind the server's back (a damaged archive, a leftover chunk)."""
+        import obstore
+
+        obstore.put(self._client(), key, data)
 
 
 @pytest.fixture
@@ -179,13 +194,6 @@ async def test_chunks_live_in_the_object_store(start_server: ServerFactory, conn
             metrics = await response.json()
     assert metrics["tiers"]["hot"]["chunks"] == 3 and "disk" not in metrics  # an object store has no disk to report
 
-    env = {**os.environ, "STORAGE_URL": f"s3://{BUCKET}/recordings", "DATABASE_URL": server.settings.database_url,
-           "DATA_DIR": str(tmp_path / "cli"), "LOG_LEVEL": "WARNING"}
-    done = subprocess.run([sys.executable, "-m", "scribeai", "retention", "run"], env=env, capture_output=True, text=True,
-                          timeout=60, cwd=ROOT)
-    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert "STORAGE_URL" in done.stderr and "not supported yet" in done.stderr
-
 
 async def test_a_stopped_object_store_refuses_chunks_retryably(start_server: ServerFactory, connect: Any,
                                                                seaweed: Seaweed) -> None:
@@ -215,3 +223,97 @@ async def test_a_stopped_object_store_refuses_chunks_retryably(start_server: Ser
     assert seaweed.objects("outage")[rows[1][1]] == HELLO
     with contextlib.suppress(Exception):
         await client.disconnect()
+
+
+class RetentionCli:
+    """`scribeai retention|archive|storage …` as separate processes against the server's database and bucket."""
+
+    def __init__(self, server: RunningServer, storage_url: str, tmp_path: Path) -> None:
+        self.env = {**os.environ, "STORAGE_URL": storage_url, "DATABASE_URL": server.settings.effective_database_url,
+                    "DATA_DIR": str(tmp_path / "cli"), "LOG_LEVEL": "WARNING"}
+
+    async def __call__(self, *args: str, expect: int = 0) -> dict[str, Any]:
+        """Run one command without blocking the loop (the server under test shares it) and parse its JSON."""
+        process = await asyncio.create_subprocess_exec(sys.executable, "-m", "scribeai", *args, "--json", env=self.env,
+                                                       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
+        assert process.returncode == expect, (args, process.returncode, stdout.decode(), stderr.decode())
+        return dict(json.loads(stdout))
+
+
+def _zip_members(data: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        return {name: zf.read(name) for name in zf.namelist()}
+
+
+async def test_retention_archives_verifies_and_restores_on_the_object_store(
+        start_server: ServerFactory, connect: Any, seaweed: Seaweed, tmp_path: Path) -> None:
+    url = f"s3://{BUCKET}/kept"
+    server = await start_server(storage_url=url, transcriber="none")
+    client = await connect(server.url)
+    sent = {seq: os.urandom(20_000 + seq) for seq in range(3)}
+    for seq, data in sent.items():
+        assert (await client.call("audio-chunk", chunk("old", seq, data), timeout=10))["chunkId"]
+    keys = {seq: path for seq, (_, path) in (await _rows(server, "old")).items()}
+    cli = RetentionCli(server, url, tmp_path)
+    later = datetime.now(timezone.utc) + timedelta(days=8)
+
+    # hot -> warm: one verified ZIP under .archives/, then the raw chunks leave the store
+    report = await cli("retention", "run", "--now", later.isoformat())
+    assert [item["sessionId"] for item in report["archived"]] == ["old"] and not report["failed"], (report["waiting"], report["failed"])
+    assert report["archived"][0]["deletedChunkFiles"] == 3
+    objects = seaweed.objects("kept")
+    assert sorted(objects) == [".archives/old.zip"], sorted(objects)
+    members = _zip_members(objects[".archives/old.zip"])
+    assert {name: members[name] for name in members if name != "metadata.json"} == \
+        {keys[seq].split("/")[-1]: data for seq, data in sent.items()}
+    assert report["archived"][0]["archiveSha256"] == hashlib.sha256(objects[".archives/old.zip"]).hexdigest()
+    assert not list((tmp_path / "cli" / "archive-work").glob("*")), "temporary ZIPs left behind"
+
+    verified = await cli("archive", "verify", "old")
+    assert (verified["ok"], verified["archive"]["members"], verified["tier"]) == (True, 3, "warm"), verified
+    metrics = await cli("storage", "metrics")
+    assert (metrics["tiers"]["warm"]["chunks"], metrics["archiveBytes"]) == (3, len(objects[".archives/old.zip"]))
+    assert "disk" not in metrics
+
+    # a late chunk makes the session hot again; the next run merges it into the same archive
+    assert (await client.call("audio-chunk", chunk("old", 3, b"late" * 5000), timeout=10))["chunkId"]
+    report = await cli("retention", "run", "--now", (later + timedelta(days=8)).isoformat())
+    assert [item["chunks"] for item in report["archived"]] == [4], report
+    names = [path.split("/")[-1] for _, path in (await _rows(server, "old")).values()]
+    assert sorted(_zip_members(seaweed.objects("kept")[".archives/old.zip"])) == sorted(names + ["metadata.json"])
+
+    # a damaged archive is reported, never restored from
+    good = seaweed.objects("kept")[".archives/old.zip"]
+    broken = bytearray(good)
+    where = good.index(sent[1][:64])
+    broken[where + 10] ^= 0xFF
+    seaweed.put("kept/.archives/old.zip", bytes(broken))
+    damaged = await cli("archive", "verify", "old", expect=1)
+    assert any("chunk 1" in problem for problem in damaged["problems"]), damaged
+    refused = await cli("archive", "restore", "old", expect=1)
+    assert refused["error"]["code"] == "archive_failed" and ".archives/old.zip" in seaweed.objects("kept")
+    seaweed.put("kept/.archives/old.zip", good)
+
+    # warm -> hot: every chunk back under its key with its bytes, the ZIP gone
+    restored = await cli("archive", "restore", "old")
+    assert restored["restoredChunks"] == 4, restored
+    objects = seaweed.objects("kept")
+    rows = await _rows(server, "old")
+    assert sorted(objects) == sorted(path for _, path in rows.values())
+    for seq, data in sent.items():
+        assert objects[rows[seq][1]] == data and hashlib.sha256(data).hexdigest() == rows[seq][0]
+    assert (await cli("archive", "verify", "old"))["hotChunksChecked"] == 4
+
+    # archive again, then a raw object the database counts as archived (a run killed after its commit) is swept
+    far = later + timedelta(days=30)
+    assert len((await cli("retention", "run", "--now", far.isoformat()))["archived"]) == 1
+    seaweed.put(f"kept/{rows[0][1]}", sent[0])
+    report = await cli("retention", "run", "--now", far.isoformat())
+    assert report["removed"]["orphanChunkFiles"] == 1 and rows[0][1] not in seaweed.objects("kept"), report
+
+    # warm -> cold: the archive object is deleted, the transcript (none here) is all that remains
+    report = await cli("retention", "run", "--now", (far + timedelta(days=31)).isoformat())
+    assert [item["sessionId"] for item in report["cold"]] == ["old"], report
+    assert seaweed.objects("kept") == {}
+    assert (await cli("archive", "verify", "old"))["tier"] == "cold"

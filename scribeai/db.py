@@ -18,6 +18,7 @@ from sqlmodel import SQLModel
 from scribeai import models  # noqa: F401  (registers the tables)
 
 T = TypeVar("T")
+SCHEMA_LOCK_KEY = 0x5C81BEA1  # pg_advisory_xact_lock key for create_all (retention uses its own, per schema)
 
 
 class Database:
@@ -78,6 +79,11 @@ class Database:
 
     async def create_all(self) -> None:
         async with self.engine.begin() as conn:
+            if not self.is_sqlite:
+                # Nodes and workers of one deployment often start together on a fresh database: concurrent CREATE
+                # TABLEs collide in PostgreSQL's catalog (duplicate pg_type rows). One at a time; the later ones
+                # then find the tables there. Released when this transaction ends.
+                await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})")
             if self.schema and not self.is_sqlite:
                 await conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
             await conn.run_sync(SQLModel.metadata.create_all)

@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/bench_stream.py --mode wer [--timeslices 1000,5000,15000]
     .venv/bin/python scripts/bench_stream.py --mode recorders --recorders 30 --minutes 2 [--in-process]
+    .venv/bin/python scripts/bench_stream.py --mode recorders --recorders 30 --minutes 3 --workers 2
 
 Speech is synthesized with espeak-ng (en-us, 150 wpm) from 25 English sentences without numbers,
 joined with pauses at 16 kHz mono and encoded once as WebM/Opus (PyAV, libopus 48 kHz mono, muxer
@@ -19,6 +20,9 @@ sentences, another order, ~30 % silence) every 15 s with staggered starts, over 
 server started as a separate process (`scribeai serve`) unless --in-process. Each recorder joins its
 session's room; transcript lag of a chunk = time from its ack to the first transcriptSegment whose
 `seq` >= the chunk's sequence. After M minutes: stopSession, wait for the tail, report.
+With --workers N (N >= 1) transcription leaves the serve process: `scribeai serve` with MAX_CONCURRENCY=0 and
+N `scribeai worker` processes (MAX_CONCURRENCY=--worker-concurrency each) on a fresh PostgreSQL database and
+Redis, as docs/deployment.md deploys them; the CPU reported is the sum over all of them.
 
 The JSON summary goes to stdout (one object); progress and the table go to stderr.
 """
@@ -411,6 +415,29 @@ async def run_recorder(rec: Recorder, url: str, token: str | None, start_delay: 
             await client.disconnect()
 
 
+async def create_database(postgres: str) -> str:
+    """A fresh PostgreSQL database beside `postgres` (an asyncpg SQLAlchemy URL); its URL."""
+    import asyncpg
+
+    name = f"bench_stream_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(postgres.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return postgres.rsplit("/", 1)[0] + f"/{name}"
+
+
+async def drop_database(postgres: str, database: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(postgres.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{database.rsplit("/", 1)[1]}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
 def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -438,6 +465,8 @@ async def mode_recorders(args: argparse.Namespace) -> dict[str, Any]:
             f"{silence / duration:.2f} of {duration:.1f} s")
 
         proc = None
+        workers: list[subprocess.Popen[bytes]] = []
+        database = None
         app_server = None
         token = None
         if args.in_process:
@@ -459,34 +488,50 @@ async def mode_recorders(args: argparse.Namespace) -> dict[str, Any]:
             port = free_port()
             env = {**os.environ, "DATA_DIR": str(tmp / "data"), "STORAGE_DIR": str(tmp / "chunks"),
                    "ARCHIVE_STORAGE_PATH": str(tmp / "archives"), "SCRIBEAI_AUTH": "none", "TRANSCRIBER": "whisper",
-                   "MAX_CONCURRENCY": "2", "RETENTION_SCHEDULE": "off", "LOG_LEVEL": "WARNING"}
+                   "MAX_CONCURRENCY": "2", "RETENTION_SCHEDULE": "off", "LOG_LEVEL": "WARNING", "DEMO": "off"}
+            if args.workers:
+                database = await create_database(args.postgres)
+                env.update(DATABASE_URL=database, REDIS_URL=args.redis, REDIS_CHANNEL=f"bench-{uuid.uuid4().hex[:8]}",
+                           MAX_CONCURRENCY="0")
             server_log = open(tmp / "server.log", "wb")  # noqa: SIM115
             proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "scribeai"), "serve", "--host", "127.0.0.1",
                                      "--port", str(port)], env=env, stdout=server_log, stderr=subprocess.STDOUT)
             url = f"http://127.0.0.1:{port}"
             async with aiohttp.ClientSession() as http:
-                for _ in range(300):
+                for _ in range(1200):
                     with contextlib.suppress(aiohttp.ClientError):
                         async with http.get(f"{url}/healthz") as resp:
                             if resp.status == 200:
                                 break
                     await asyncio.sleep(0.1)
                 else:
-                    raise RuntimeError("server did not start")
+                    raise RuntimeError(f"server did not start: {(tmp / 'server.log').read_text(errors='replace')[-2000:]}")
             server_proc = psutil.Process(proc.pid)
+            for i in range(args.workers):  # after serve: it has created the schema
+                worker_env = {**env, "MAX_CONCURRENCY": str(args.worker_concurrency), "NODE_ID": f"bench-worker-{i}"}
+                workers.append(subprocess.Popen([str(ROOT / ".venv" / "bin" / "scribeai"), "worker"], env=worker_env,
+                                                stdout=server_log, stderr=subprocess.STDOUT))
+            await asyncio.sleep(10)  # the workers load their models
+            for worker in workers:
+                if worker.poll() is not None:
+                    raise RuntimeError(f"worker exited: {(tmp / 'server.log').read_text(errors='replace')[-2000:]}")
+        measured = [server_proc] + [psutil.Process(w.pid) for w in workers]
+
+        def cpu_seconds() -> float:
+            return sum(t.user + t.system for t in (p.cpu_times() for p in measured))
 
         cpu_samples: list[float] = []
-        cpu0 = server_proc.cpu_times()
+        cpu0 = cpu_seconds()
         wall0 = time.monotonic()
         deadline = wall0 + args.minutes * 60
         load_before = os.getloadavg()
 
         async def sample_cpu() -> None:
-            last_t, last = time.monotonic(), server_proc.cpu_times()
+            last_t, last = time.monotonic(), cpu_seconds()
             while True:
                 await asyncio.sleep(5)
-                now_t, now = time.monotonic(), server_proc.cpu_times()
-                cpu_samples.append((now.user + now.system - last.user - last.system) / (now_t - last_t))
+                now_t, now = time.monotonic(), cpu_seconds()
+                cpu_samples.append((now - last) / (now_t - last_t))
                 last_t, last = now_t, now
 
         sampler = asyncio.create_task(sample_cpu())
@@ -496,15 +541,19 @@ async def mode_recorders(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             sampler.cancel()
             wall = time.monotonic() - wall0
-            cpu1 = server_proc.cpu_times()
+            cpu1 = cpu_seconds()
             load_after = os.getloadavg()
             if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                for child in [proc, *workers]:
+                    child.terminate()
+                for child in [proc, *workers]:
+                    try:
+                        child.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        child.kill()
                 server_log.close()
+                if database:
+                    await drop_database(args.postgres, database)
                 server_tail = (tmp / "server.log").read_text(errors="replace")[-3000:]
             else:
                 server_tail = ""
@@ -524,9 +573,10 @@ async def mode_recorders(args: argparse.Namespace) -> dict[str, Any]:
         for k, v in r.backpressure.items():
             backpressure[k] = backpressure.get(k, 0) + v
         errors.extend(r.errors)
-    cpu_s = cpu1.user + cpu1.system - cpu0.user - cpu0.system
+    cpu_s = cpu1 - cpu0
     summary = {
         "mode": "recorders", "recorders": len(recorders), "minutes": args.minutes, "server": "in-process" if args.in_process else "subprocess",
+        "workers": args.workers, "worker_concurrency": args.worker_concurrency if args.workers else None,
         "wall_s": wall, "chunks_acked": sum(len(r.acks) for r in recorders),
         "segments": sum(len(r.segments) for r in recorders),
         "lag_s": {"n": len(lags), "p50": pct(lags, 50), "p95": pct(lags, 95), "max": max(lags) if lags else None},
@@ -538,7 +588,7 @@ async def mode_recorders(args: argparse.Namespace) -> dict[str, Any]:
         "server_cpu_max_5s_cores": max(cpu_samples) if cpu_samples else None,
         "loadavg_before": load_before, "loadavg_after": load_after,
     }
-    if errors and server_tail:
+    if (errors or unresolved) and server_tail:
         summary["server_log_tail"] = server_tail
     log(json.dumps({k: v for k, v in summary.items() if k != "server_log_tail"}, indent=1))
     return summary
@@ -552,6 +602,11 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=2.0)
     p.add_argument("--in-process", action="store_true", help="recorders: server in this process instead of a subprocess")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--workers", type=int, default=0,
+                   help="recorders: transcribe in N `scribeai worker` processes (PostgreSQL + Redis) instead of in serve")
+    p.add_argument("--worker-concurrency", type=int, default=2, help="MAX_CONCURRENCY of each worker process")
+    p.add_argument("--postgres", default=os.environ.get("SCRIBEAI_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"))
+    p.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     args = p.parse_args()
     args.timeslices = [int(t) for t in args.timeslices.split(",") if t]
     result = asyncio.run(mode_wer(args) if args.mode == "wer" else mode_recorders(args))

@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from scribeai.models import TranscriptSegment
-from tests.conftest import REDIS_URL, ServerFactory, chunk, require_service
+from tests.conftest import REDIS_URL, ServerFactory, chunk, fresh_postgres_database, require_service
 from tests.fake_openai import FakeTranscriptionAPI
 from tests.test_transcription import HELLO
 
@@ -53,3 +53,24 @@ async def test_segment_transcribed_on_one_node_reaches_a_viewer_on_the_other(
     assert count == len(sent)
     worked = (node_a.services.pipeline.completed, node_b.services.pipeline.completed)
     assert sum(worked) == len(sent)
+
+
+async def test_nodes_starting_together_on_a_fresh_database_all_create_the_schema(backend: str) -> None:
+    """Serve nodes and workers of one deployment start at once (compose, systemd) on an empty database: each one's
+    create_all must succeed. Unserialized, concurrent CREATE TABLEs fail with duplicate pg_type rows."""
+    import asyncio
+
+    from scribeai.db import Database
+
+    async with fresh_postgres_database("schema_race") as url:
+        databases = [Database(url) for _ in range(4)]
+        try:
+            results = await asyncio.gather(*(db.create_all() for db in databases), return_exceptions=True)
+            assert [r for r in results if isinstance(r, BaseException)] == []
+            async with databases[0].read() as s:
+                tables = set((await s.execute(text(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))).scalars())
+            assert {"recording_session", "chunk", "transcript_stream", "segment"} <= tables, tables
+        finally:
+            for db in databases:
+                await db.dispose()

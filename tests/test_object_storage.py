@@ -65,8 +65,10 @@ class Seaweed(Processes):
 
     async def start(self) -> None:
         self.starts += 1
+        # The S3 gateway's Iceberg and Lance listeners default to fixed ports (8181, 9101): off, so that two
+        # gateways (another test run on this machine) never collide.
         args = [_weed(), "server", f"-dir={self.dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3",
-                "-master.telemetry=false", "-volume.max=8"]
+                "-master.telemetry=false", "-volume.max=8", "-s3.port.iceberg=0", "-s3.port.lance=0"]
         args += [f"-{name.replace('.grpc', '.port.grpc') if name.endswith('.grpc') else name + '.port'}={port}"
                  for name, port in self.ports.items()]
         try:

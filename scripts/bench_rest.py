@@ -45,6 +45,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from bench_pg import admin_sql  # scripts/bench_pg.py, beside this script
 from sqlalchemy import event, insert, text
 
 from scribeai.app import create_app
@@ -283,13 +284,7 @@ async def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _drop_schema(url: str, schema: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
+    await admin_sql(url, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def print_table(report: dict[str, Any]) -> None:

@@ -55,6 +55,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_pg import create_database, drop_database  # noqa: E402  (scripts/bench_pg.py, beside this script)
+
 SR = 16000
 MIME = "audio/webm;codecs=opus"
 EPOCH_MS = 1_764_000_000_000
@@ -415,29 +417,6 @@ async def run_recorder(rec: Recorder, url: str, token: str | None, start_delay: 
             await client.disconnect()
 
 
-async def create_database(postgres: str) -> str:
-    """A fresh PostgreSQL database beside `postgres` (an asyncpg SQLAlchemy URL); its URL."""
-    import asyncpg
-
-    name = f"bench_stream_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(postgres.replace("postgresql+asyncpg", "postgresql"))
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return postgres.rsplit("/", 1)[0] + f"/{name}"
-
-
-async def drop_database(postgres: str, database: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(postgres.replace("postgresql+asyncpg", "postgresql"))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{database.rsplit("/", 1)[1]}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -490,7 +469,7 @@ async def mode_recorders(args: argparse.Namespace) -> dict[str, Any]:
                    "ARCHIVE_STORAGE_PATH": str(tmp / "archives"), "SCRIBEAI_AUTH": "none", "TRANSCRIBER": "whisper",
                    "MAX_CONCURRENCY": "2", "RETENTION_SCHEDULE": "off", "LOG_LEVEL": "WARNING", "DEMO": "off"}
             if args.workers:
-                database = await create_database(args.postgres)
+                database = await create_database(args.postgres, "bench_stream")
                 env.update(DATABASE_URL=database, REDIS_URL=args.redis, REDIS_CHANNEL=f"bench-{uuid.uuid4().hex[:8]}",
                            MAX_CONCURRENCY="0")
             server_log = open(tmp / "server.log", "wb")  # noqa: SIM115

@@ -24,7 +24,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "deploy" / "nginx" / "scribeai.conf"
 LOADGEN = ROOT / "benchmarks" / "ingest" / "loadgen.mjs"
 SECRET = "bench-topology-secret-0123456789abcdef"
+
+from bench_pg import create_database, drop_database  # noqa: E402  (scripts/bench_pg.py, beside this script)
 
 
 def free_port() -> int:
@@ -52,17 +53,12 @@ async def wait_port(port: int, process: asyncio.subprocess.Process, name: str, l
 
 
 async def run_once(serves: int, load: str, transport: str, postgres: str, redis: str, nginx: str) -> dict[str, Any]:
-    import asyncpg
-
     recorders, chunks, size = load.split("x")
-    name = f"bench_topology_{uuid.uuid4().hex[:10]}"
-    admin = postgres.replace("postgresql+asyncpg", "postgresql")
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
+    database = await create_database(postgres, "bench_topology")
+    name = database.rsplit("/", 1)[1]
     tmp = Path(tempfile.mkdtemp(prefix="bench-topology-"))
     processes: list[asyncio.subprocess.Process] = []
-    env = {**os.environ, "DATABASE_URL": postgres.rsplit("/", 1)[0] + f"/{name}", "STORAGE_DIR": str(tmp / "chunks"),
+    env = {**os.environ, "DATABASE_URL": database, "STORAGE_DIR": str(tmp / "chunks"),
            "DATA_DIR": str(tmp / "data"), "REDIS_URL": redis, "REDIS_CHANNEL": f"bench-{name}", "SCRIBEAI_SECRET": SECRET,
            "TRANSCRIBER": "none", "MAX_CONCURRENCY": "0", "RETENTION_SCHEDULE": "off", "DEMO": "off", "LOG_LEVEL": "WARNING"}
     try:
@@ -110,9 +106,7 @@ async def run_once(serves: int, load: str, transport: str, postgres: str, redis:
                 p.kill()
             await p.wait()
         shutil.rmtree(tmp, ignore_errors=True)
-        conn = await asyncpg.connect(admin)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
+        await drop_database(postgres, database)
 
 
 async def main() -> None:

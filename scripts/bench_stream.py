@@ -500,6 +500,7 @@ async def mode_recorders(args: argparse.Namespace) -> dict[str, Any]:
             return sum(t.user + t.system for t in (p.cpu_times() for p in measured))
 
         cpu_samples: list[float] = []
+        cpu_each0 = [sum(p.cpu_times()[:2]) for p in measured]
         cpu0 = cpu_seconds()
         wall0 = time.monotonic()
         deadline = wall0 + args.minutes * 60
@@ -521,6 +522,7 @@ async def mode_recorders(args: argparse.Namespace) -> dict[str, Any]:
             sampler.cancel()
             wall = time.monotonic() - wall0
             cpu1 = cpu_seconds()
+            cpu_each = [sum(p.cpu_times()[:2]) - before for p, before in zip(measured, cpu_each0)]
             load_after = os.getloadavg()
             if proc is not None:
                 for child in [proc, *workers]:
@@ -564,6 +566,8 @@ async def mode_recorders(args: argparse.Namespace) -> dict[str, Any]:
         "nacks": nacks, "backpressure_events": backpressure, "slow_down_events": sum(r.slow_down for r in recorders),
         "errors": errors[:20], "error_count": len(errors),
         "server_cpu_s": cpu_s, "server_cpu_avg_cores": cpu_s / wall,
+        "cpu_avg_cores_by_process": dict(zip(["serve"] + [f"worker-{i}" for i in range(len(cpu_each) - 1)],
+                                             (round(c / wall, 3) for c in cpu_each))),
         "server_cpu_max_5s_cores": max(cpu_samples) if cpu_samples else None,
         "loadavg_before": load_before, "loadavg_after": load_after,
     }

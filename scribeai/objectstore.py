@@ -155,6 +155,23 @@ class ObjectChunkStore:
                 removed += 1
         return removed
 
+    def download(self, relative: str, path: Path) -> None:
+        """Stream an object into a new local file (FileNotFoundError when there is no such object)."""
+        import obstore
+
+        def copy() -> None:
+            with open(path, "xb") as f:
+                for piece in obstore.get(self._store, relative).stream(min_chunk_size=COPY_CHUNK):
+                    f.write(piece)
+
+        self._call("read an object", copy)
+
+    def upload(self, relative: str, path: Path) -> None:
+        """PUT a local file (multipart when it is large)."""
+        import obstore
+
+        self._call("store an object", lambda: obstore.put(self._store, relative, path))
+
     def folders(self) -> list[str]:
         """The session "folders" (first key segments) that hold chunks; `.probe/` and `.archives/` are not sessions."""
         import obstore
@@ -196,19 +213,11 @@ class ObjectArchives:
     @contextlib.contextmanager
     def fetch(self, name: str) -> Iterator[Path]:
         """The archive as a local file; a missing one is a path that does not exist (verify reports it missing)."""
-        import obstore
-
         self.scratch.mkdir(parents=True, exist_ok=True)
         local = self.scratch / f".{name}.{uuid.uuid4().hex}.tmp"
-
-        def download() -> None:
-            with open(local, "xb") as f:
-                for piece in obstore.get(self.objects._store, name).stream(min_chunk_size=COPY_CHUNK):
-                    f.write(piece)
-
         try:
             try:
-                self.objects._call("read an archive", download)
+                self.objects.download(name, local)
             except FileNotFoundError:
                 local.unlink(missing_ok=True)
             yield local
@@ -216,9 +225,7 @@ class ObjectArchives:
             local.unlink(missing_ok=True)
 
     def publish(self, temp: Path, name: str) -> None:
-        import obstore
-
-        self.objects._call("store an archive", lambda: obstore.put(self.objects._store, name, temp))
+        self.objects.upload(name, temp)
 
     def delete(self, name: str) -> None:
         self.objects.delete(name)

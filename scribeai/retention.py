@@ -692,7 +692,7 @@ async def scheduler(app: web.Application) -> AsyncIterator[None]:
     if at is None:
         yield
         return
-    task = RetentionScheduler(Retention(services.db, services.settings), at, metrics=services.metrics)
+    task = RetentionScheduler(Retention(services.db, services.settings, services.store), at, metrics=services.metrics)
     task.start()
     yield
     await task.stop()
@@ -709,4 +709,5 @@ async def storage_metrics(request: web.Request) -> web.Response:
 
     services = request.app[services_key]
     user_id = None if request[admin_key] else request[user_key]
-    return web.json_response(await Retention(services.db, services.settings).metrics(datetime.now(timezone.utc), user_id))
+    retention = Retention(services.db, services.settings, services.store)  # the server's store: no new client per request
+    return web.json_response(await retention.metrics(datetime.now(timezone.utc), user_id))

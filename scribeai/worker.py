@@ -52,7 +52,8 @@ async def run_worker(settings: Settings) -> None:
                            workers=settings.max_concurrency, openai_base_url=settings.openai_base_url,
                            openai_api_key=settings.openai_api_key, transcribe_model=settings.transcribe_model)
     metrics = Metrics()
-    pipeline = Pipeline(db, open_store(settings.storage_dir, settings.storage_url), engine, emitter, node_id=node_id, metrics=metrics,
+    store = open_store(settings.storage_dir, settings.storage_url)
+    pipeline = Pipeline(db, store, engine, emitter, node_id=node_id, metrics=metrics,
                         workers=settings.max_concurrency, chunk_duration_ms=settings.chunk_duration_ms,
                         retry_base_s=settings.transcribe_retry_base_s, gap_wait_s=settings.gap_wait_s,
                         idle_flush_s=settings.idle_flush_s, window_wait_s=settings.window_wait_s,
@@ -67,7 +68,7 @@ async def run_worker(settings: Settings) -> None:
         await pipeline.start()
         at = parse_schedule(settings.retention_schedule)
         if at is not None:  # under retention's own lock: one run a day across every node and worker
-            scheduler = RetentionScheduler(Retention(db, settings), at, metrics=metrics)
+            scheduler = RetentionScheduler(Retention(db, settings, store), at, metrics=metrics)
             scheduler.start()
         log.info("ScribeAI worker %s transcribing with %d workers (%s)", node_id, settings.max_concurrency, engine.name)
         await stop.wait()

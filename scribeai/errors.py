@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 from typing import Any
 
@@ -119,3 +120,9 @@ def error_body(exc: ScribeError, **context: Any) -> dict[str, Any]:
 
 def http_error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
+
+
+def mark_retrieved(future: asyncio.Future[Any]) -> None:
+    """A done callback: a future's exception counts as seen even when its awaiter was cancelled meanwhile."""
+    if not future.cancelled():
+        future.exception()

@@ -17,7 +17,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col
 
 from scribeai.db import Database
-from scribeai.errors import Conflict, ScribeError, StartupCheckFailed, StorageUnavailable, Unavailable, storage_fault
+from scribeai.errors import (Conflict, ScribeError, StartupCheckFailed, StorageUnavailable, Unavailable, mark_retrieved,
+                             storage_fault)
 from scribeai.models import Chunk, ChunkStatus, RecordingSession, utcnow
 from scribeai.protocol import IncomingChunk
 from scribeai.storage import Store
@@ -135,8 +136,22 @@ class ChunkIngest:
         return (f"ChunkIngest({self.store!r}, in_flight={len(self._locks)}, queued={len(self._queue)}, "
                 f"batches={self.batches}, rows={self.batched_rows})")
 
-    async def store_chunk(self, chunk: IncomingChunk) -> StoreResult:
-        """Store `chunk` once; a repeat with the same bytes is a duplicate, with other bytes a Conflict."""
+    async def store_chunk(self, chunk: IncomingChunk, *, admission: asyncio.Future[None] | None = None) -> StoreResult:
+        """Store `chunk` once; a repeat with the same bytes is a duplicate, with other bytes a Conflict.
+
+        `admission`, when given, runs beside the file write and must succeed before the row is committed
+        (a new session's creation and owner check): if it fails, the file is discarded and its error raised.
+        """
+        if admission is None:
+            return await self._store(chunk)
+        admission.add_done_callback(mark_retrieved)
+        try:
+            return await self._store(chunk, admission)
+        finally:
+            if not admission.done():  # the write failed first; the session is still created, nobody waits
+                admission.cancel()
+
+    async def _store(self, chunk: IncomingChunk, admission: asyncio.Future[None] | None = None) -> StoreResult:
         # In-process races of one key queue here; across processes the unique constraint decides.
         async with self._locks.hold((chunk.session_id, chunk.seq)):
             relative = self.store.relative_path(chunk.session_id, chunk.seq, chunk.mime_type)
@@ -152,6 +167,12 @@ class ChunkIngest:
                 if fault is exc:
                     raise
                 raise fault from exc
+            if admission is not None:
+                try:
+                    await admission
+                except BaseException:
+                    await asyncio.to_thread(self.store.discard, temp)
+                    raise
             row = self._new_row(chunk, relative, digest)
             if await self._commit(_Pending(row, temp)):
                 self.last_fault = None
@@ -176,7 +197,7 @@ class ChunkIngest:
         if self._committer is None or self._committer.done():
             self._committer = asyncio.get_running_loop().create_task(self._run_commits())
         # A cancelled caller leaves the entry to the committer, which publishes or discards its file.
-        entry.stored.add_done_callback(_retrieve)
+        entry.stored.add_done_callback(mark_retrieved)
         return await asyncio.shield(entry.stored)
 
     async def _run_commits(self) -> None:
@@ -328,12 +349,6 @@ class ChunkIngest:
                 log.warning("repairing chunk file %s (found %s bytes, expected %s)", existing.path, size, existing.size)
                 await asyncio.to_thread(self.store.write_atomic, existing.path, chunk.audio)
         return StoreResult(existing, duplicate=True)
-
-
-def _retrieve(future: asyncio.Future[bool]) -> None:
-    # Mark an exception as seen even when the caller was cancelled and no longer awaits it.
-    if not future.cancelled():
-        future.exception()
 
 
 def classify_fault(exc: BaseException) -> StorageUnavailable | None:

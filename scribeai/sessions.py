@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -13,7 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col
 
 from scribeai.db import Database
-from scribeai.errors import Forbidden, NotFound
+from scribeai.errors import Forbidden, NotFound, ScribeError, Unavailable, mark_retrieved
 from scribeai.models import Chunk, ChunkStatus, RecordingSession, SessionStatus, utcnow
 from scribeai.protocol import gaps
 
@@ -36,24 +37,52 @@ class GapSummary:
         }
 
 
-class SessionService:
-    """Sessions belong to the user who created them; owners are cached since they never change."""
+@dataclass(eq=False)
+class _NewSession:
+    """A session some first event asked to create; the creator's batch answers with its owner."""
 
-    def __init__(self, db: Database, owner_cache_size: int = 10_000) -> None:
+    user_id: str
+    title: str | None
+    source: str | None
+    owner: asyncio.Future[str] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class SessionService:
+    """Sessions belong to the user who created them; owners are cached since they never change.
+
+    Sessions are created in groups, like chunks: when twenty recorders start at once, their sessions
+    are inserted in one transaction (one commit, one fsync) instead of twenty in a row, the last of
+    which would hold its recorder's first ack behind all the others.
+    """
+
+    def __init__(self, db: Database, owner_cache_size: int = 10_000, max_batch: int = 100) -> None:
         self.db = db
         self._owners: OrderedDict[str, str] = OrderedDict()
         self._cache_size = owner_cache_size
+        self.max_batch = max_batch
+        self._creating: dict[str, _NewSession] = {}
+        self._creator: asyncio.Task[None] | None = None
+        self.create_batches = 0
 
     def __repr__(self) -> str:
-        return f"SessionService(cached_owners={len(self._owners)})"
+        return f"SessionService(cached_owners={len(self._owners)}, creating={len(self._creating)})"
 
     async def ensure(self, session_id: str, user_id: str, *, title: str | None = None, source: str | None = None) -> None:
         """Create the session for `user_id` if it does not exist; refuse another user's session."""
-        owner = self._owners.get(session_id)
-        if owner is None:
-            owner = await self._create_or_get_owner(session_id, user_id, title, source)
+        if self.admitted(session_id, user_id):
+            return
+        owner = await self._create_or_get_owner(session_id, user_id, title, source)
         if owner != user_id:
             raise Forbidden("this session belongs to another user", sessionId=session_id)
+
+    def admitted(self, session_id: str, user_id: str) -> bool:
+        """Without waiting: True for the user's own known session, Forbidden for another's, False when unknown."""
+        owner = self._owners.get(session_id)
+        if owner is None:
+            return False
+        if owner != user_id:
+            raise Forbidden("this session belongs to another user", sessionId=session_id)
+        return True
 
     async def describe(self, session_id: str, *, title: str | None, source: str | None) -> None:
         """Set the title and source a start event brings, also on a session a join or a chunk created first."""
@@ -64,27 +93,62 @@ class SessionService:
             await s.execute(update(RecordingSession).where(col(RecordingSession.id) == session_id).values(**values))
 
     async def _create_or_get_owner(self, session_id: str, user_id: str, title: str | None, source: str | None) -> str:
+        entry = self._creating.get(session_id)
+        if entry is None:  # a second first event for the same session waits for the same answer
+            entry = self._creating[session_id] = _NewSession(user_id, title, source)
+            entry.owner.add_done_callback(mark_retrieved)
+        if self._creator is None or self._creator.done():
+            self._creator = asyncio.get_running_loop().create_task(self._run_creations())
+        return await asyncio.shield(entry.owner)
+
+    async def _run_creations(self) -> None:
+        while self._creating:
+            ids = list(self._creating)[: self.max_batch]
+            batch = {session_id: self._creating.pop(session_id) for session_id in ids}
+            try:
+                owners = await self._create_many(batch)
+            except asyncio.CancelledError:
+                stopping = Unavailable("server is stopping; resend after reconnecting")
+                for entry in [*batch.values(), *self._creating.values()]:
+                    if not entry.owner.done():
+                        entry.owner.set_exception(stopping)
+                self._creating.clear()
+                raise
+            except Exception as exc:
+                for entry in batch.values():
+                    entry.owner.set_exception(exc)
+                continue
+            for session_id, entry in batch.items():
+                owner = owners.get(session_id)
+                if owner is None:  # deleted between the insert and the read (retention purging it)
+                    entry.owner.set_exception(ScribeError("the session could not be created; resend", sessionId=session_id))
+                    continue
+                self._remember(session_id, owner)
+                entry.owner.set_result(owner)
+
+    async def _create_many(self, batch: dict[str, _NewSession]) -> dict[str, str]:
+        """Insert the sessions that do not exist yet and read every one's owner back, in one transaction."""
         insert = postgresql.insert if not self.db.is_sqlite else sqlite.insert
         now = utcnow()
-        statement = (
-            insert(RecordingSession)
-            .values(id=session_id, user_id=user_id, title=title, source=source, status=SessionStatus.RECORDING,
-                    tier="hot", created_at=now, started_at=now, last_activity_at=now)
-            .on_conflict_do_nothing(index_elements=["id"])
-        )
-        owner_of = select(col(RecordingSession.user_id)).where(col(RecordingSession.id) == session_id)
+        statement = insert(RecordingSession).values([
+            dict(id=session_id, user_id=e.user_id, title=e.title, source=e.source, status=SessionStatus.RECORDING,
+                 tier="hot", created_at=now, started_at=now, last_activity_at=now)
+            for session_id, e in batch.items()
+        ]).on_conflict_do_nothing(index_elements=["id"])
+        owners_of = (select(col(RecordingSession.id), col(RecordingSession.user_id))
+                     .where(col(RecordingSession.id).in_(list(batch))))
         if self.db.sync_engine is not None:
-            # SQLite: insert and read back in one transaction and one thread hop (a new session's first chunk).
-            def create(conn: Connection) -> str:
+            # SQLite: the whole group in one transaction and one thread hop.
+            def create(conn: Connection) -> dict[str, str]:
                 conn.execute(statement)
-                return str(conn.execute(owner_of).scalar_one())
-            owner = await self.db.write_in_thread(create)
+                return {str(i): str(u) for i, u in conn.execute(owners_of)}
+            owners = await self.db.write_in_thread(create)
         else:
             async with self.db.write() as s:
                 await s.execute(statement)
-                owner = str((await s.execute(owner_of)).scalar_one())
-        self._remember(session_id, owner)
-        return str(owner)
+                owners = {str(i): str(u) for i, u in await s.execute(owners_of)}
+        self.create_batches += 1
+        return owners
 
     def _remember(self, session_id: str, owner: str) -> None:
         self._owners[session_id] = owner
@@ -140,3 +204,4 @@ class SessionService:
                 select(func.count()).select_from(Chunk)
                 .where(col(Chunk.session_id) == session_id, col(Chunk.status).in_(ChunkStatus.UNFINISHED))
             )).scalar_one())
+

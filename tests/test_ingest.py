@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import socketio
 
+from scribeai.sessions import SessionService
 from tests.conftest import RunningServer, chunk, token_for
 
 AUDIO = os.urandom(4096)
@@ -163,6 +164,22 @@ async def test_another_users_session_is_forbidden(server: RunningServer, connect
     assert summary.status == "recording"
 
 
+async def test_a_session_created_elsewhere_is_refused_to_another_user_and_leaves_no_file(server: RunningServer, connect: Any) -> None:
+    # Created by another node (or before a restart): this server has not seen its owner yet, so the chunk's
+    # file is written while the owner is read, and must be gone again when the answer is "forbidden".
+    await SessionService(server.services.db).ensure("elsewhere", "alice")
+    mallory = await connect(server.url, user="mallory")
+    reply = await mallory.call("audio-chunk", chunk("elsewhere", 0, AUDIO), timeout=5)
+    assert reply["error"]["code"] == "forbidden"
+    folder = Path(server.settings.storage_dir) / "elsewhere"
+    assert not folder.exists() or list(folder.iterdir()) == []
+    assert (await server.services.sessions.gap_summary("elsewhere")).total_chunks == 0
+    alice = await connect(server.url, user="alice")
+    ack = await alice.call("audio-chunk", chunk("elsewhere", 0, AUDIO), timeout=5)
+    assert ack["duplicate"] is False
+    assert stored_files(server, "elsewhere") == {"elsewhere_0000.webm": AUDIO}
+
+
 async def test_concurrent_duplicates_from_two_sockets_store_once(server: RunningServer, connect: Any) -> None:
     a = await connect(server.url)
     b = await connect(server.url, namespace="/record")
@@ -257,6 +274,26 @@ async def test_twenty_recorders_thirty_chunks_each(server: RunningServer, connec
         files = stored_files(server, f"rec-{i}")
         assert len(files) == 30
         assert files["rec-%d_0029.webm" % i] == AUDIO + bytes([29])
+
+
+async def test_sessions_created_at_the_same_moment_are_all_created_and_owned_once(server: RunningServer, connect: Any) -> None:
+    clients = [await connect(server.url, user=f"user{i}") for i in range(20)]
+    rival = await connect(server.url, user="rival")
+    batches_before = server.services.sessions.create_batches
+    first_chunks = [c.call("audio-chunk", chunk(f"start-{i}", 0, AUDIO), timeout=10) for i, c in enumerate(clients)]
+    contested = [c.call("audio-chunk", chunk("contested", 0, AUDIO), timeout=10) for c in (clients[0], rival)]
+    acks = await asyncio.gather(*first_chunks, *contested)
+    assert all("error" not in ack for ack in acks[:20]), acks[:20]
+    outcomes = sorted("error" in ack and ack["error"]["code"] or "acked" for ack in acks[20:])
+    assert outcomes == ["acked", "forbidden"]
+    # Twenty-one new sessions at once took fewer transactions than sessions.
+    assert server.services.sessions.create_batches - batches_before < 21
+    for i in range(20):
+        assert (await server.services.sessions.get_owned(f"start-{i}", f"user{i}")).user_id == f"user{i}"
+    owner = "user0" if acks[20].get("duplicate") is False else "rival"
+    row = await server.services.sessions.get_owned("contested", owner)
+    assert row.user_id == owner
+    assert list(stored_files(server, "contested")) == ["contested_0000.webm"]
 
 
 async def test_websocket_declines_permessage_deflate(server: RunningServer) -> None:

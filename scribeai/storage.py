@@ -68,6 +68,9 @@ class ChunkStore:
         self.root = Path(root)
         self._root = os.path.abspath(root)
         self._made: set[str] = set()  # session directories known to exist (a cache; a miss only costs a mkdir)
+        # Session folders made since their parent was last fsync'd: the next publish into one fsyncs the
+        # parent too (beside the folder's own fsync, in parallel), so a new folder costs its first chunk no flush.
+        self._fresh: set[str] = set()
 
     def __repr__(self) -> str:
         return f"ChunkStore({str(self.root)!r})"
@@ -104,7 +107,7 @@ class ChunkStore:
         if directory not in self._made:
             if not os.path.isdir(directory):
                 os.makedirs(directory, exist_ok=True)
-                fsync_dir(Path(directory).parent)  # a new session folder: its name must survive a crash too
+                self._fresh.add(directory)  # its name must survive a crash: the publish fsyncs the parent
             self._made.add(directory)
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -133,7 +136,9 @@ class ChunkStore:
         """Rename the temporary file into place and fsync the directory, so the name survives a crash."""
         final = self.absolute(relative)
         os.replace(temp, final)
-        fsync_dir(final.parent)
+        fresh = self._fresh_among([os.path.dirname(self._hot(relative))])
+        _fsync_dirs([str(final.parent), *{os.path.dirname(d) for d in fresh}])
+        self._fresh.difference_update(fresh)
 
     def publish_many(self, items: list[tuple[Path, str]]) -> None:
         """Rename each temporary file into place, then fsync each directory once for all of them."""
@@ -142,7 +147,13 @@ class ChunkStore:
             final = self._hot(relative)
             os.replace(temp, final)
             directories[os.path.dirname(final)] = None
-        _fsync_dirs(list(directories))
+        fresh = self._fresh_among(directories)
+        _fsync_dirs([*directories, *{os.path.dirname(d) for d in fresh}])
+        self._fresh.difference_update(fresh)
+
+    def _fresh_among(self, directories: Any) -> list[str]:
+        """Which of these folders were made since their parent's last fsync (that fsync is then owed before a commit)."""
+        return [d for d in directories if d in self._fresh] if self._fresh else []
 
     def unpublish_many(self, items: list[tuple[Path, str]]) -> None:
         """Undo publish_many for rows that were not committed: each final name goes back to its temporary one."""

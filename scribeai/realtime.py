@@ -16,7 +16,7 @@ from scribeai import protocol
 from scribeai.auth import Authenticator, token_from_handshake
 from scribeai.backpressure import LOW_WATERMARK, BackpressureState, Decision, Limits, Reading
 from scribeai.errors import InvalidInput, Overloaded, ScribeError, Unauthorized, Unavailable, error_body
-from scribeai.idempotency import ChunkIngest
+from scribeai.idempotency import ChunkIngest, classify_fault
 from scribeai.models import ChunkStatus, SessionStatus
 from scribeai.metrics import Metrics
 from scribeai.monitor import ProcessMonitor
@@ -191,11 +191,16 @@ class Realtime:
                 return await fn(conn, *(args if variadic else args[:1]))
             except ScribeError as exc:
                 body = _error_body(exc, event, _short_error(exc, event, error_event), **context)
-            except Exception:
-                log.exception("%s from %s failed", event, sid, extra={"sid": sid, **_log_context(context)})
-                internal = ScribeError("internal error; the chunk was not stored" if error_event == "chunk-error"
-                                       else f"internal error; {event} was not applied")
-                body = _error_body(internal, event, _short_error(internal, event, error_event), **context)
+            except Exception as exc:
+                # The database or the disk refusing (a new session's row on a locked database, say) is retryable.
+                fault = classify_fault(exc)
+                if fault is not None:
+                    body = _error_body(fault, event, _short_error(fault, event, error_event), **context)
+                else:
+                    log.exception("%s from %s failed", event, sid, extra={"sid": sid, **_log_context(context)})
+                    internal = ScribeError("internal error; the chunk was not stored" if error_event == "chunk-error"
+                                           else f"internal error; {event} was not applied")
+                    body = _error_body(internal, event, _short_error(internal, event, error_event), **context)
             self._count(f"{error_event}:{body['code']}")
             if error_event == "chunk-error":
                 self.metrics.chunk_errors_total.labels(body["code"]).inc()

@@ -173,6 +173,10 @@ async def test_database_locked_by_another_process_refuses_retryably(
             assert (ack["error"]["code"], ack["error"]["reason"]) == ("unavailable", "database_unavailable"), ack
             assert "locked" in ack["error"]["message"] and ack["error"]["retryAfterMs"] > 0
         assert files_under(base_settings.storage_dir) == {"locked-db/locked-db_0000.webm"}  # no file without its row
+        # A new session's first chunk: its session cannot be created either, and is answered the same way.
+        ack = await send(client, "locked-new", 0)
+        assert (ack["error"]["code"], ack["error"]["reason"]) == ("unavailable", "database_unavailable"), ack
+        assert files_under(base_settings.storage_dir) == {"locked-db/locked-db_0000.webm"}
         status, body = await get(f"{server.url}/readyz")
         assert (status, body["reason"]) == (503, "database_unavailable")
         assert (await get(f"{server.url}/healthz"))[0] == 200

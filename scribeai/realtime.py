@@ -238,9 +238,9 @@ class Realtime:
             # A session's first chunk: its row is created (or its owner read) while the audio is written.
             admission = asyncio.ensure_future(self.sessions.ensure(chunk.session_id, conn.user_id))
         result = await self.ingest.store_chunk(chunk, admission=admission)
-        if not result.duplicate and result.chunk.status == ChunkStatus.PENDING:
-            conn.pending.add(result.chunk.id)
-            self._pending_owner[result.chunk.id] = conn
+        if not result.duplicate and result.status == ChunkStatus.PENDING:
+            conn.pending.add(result.chunk_id)
+            self._pending_owner[result.chunk_id] = conn
             self.pipeline.notify()
         self._count("chunks_duplicate" if result.duplicate else "chunks_stored")
         self.metrics.chunk_stored(len(chunk.audio), result.duplicate)
@@ -252,7 +252,7 @@ class Realtime:
             "sessionId": chunk.session_id,
             "sequence": chunk.seq,
             "timestamp": chunk.timestamp_ms,
-            "chunkId": result.chunk.id,
+            "chunkId": result.chunk_id,
             "duplicate": result.duplicate,
             "canAccept": decision.can_accept,
         }

@@ -148,13 +148,12 @@ class ChunkIngest:
         `admission`, when given, runs beside the file write and must succeed before the row is committed
         (a new session's creation and owner check): if it fails, the file is discarded and its error raised.
         """
-        if admission is None:
-            return await self._store(chunk)
-        admission.add_done_callback(mark_retrieved)
+        if admission is not None:
+            admission.add_done_callback(mark_retrieved)
         try:
             return await self._store(chunk, admission)
         finally:
-            if not admission.done():  # the write failed first; the session is still created, nobody waits
+            if admission is not None and not admission.done():  # the write failed first; nobody waits for it now
                 admission.cancel()
 
     async def _store(self, chunk: IncomingChunk, admission: asyncio.Future[None] | None = None) -> StoreResult:

@@ -204,4 +204,3 @@ class SessionService:
                 select(func.count()).select_from(Chunk)
                 .where(col(Chunk.session_id) == session_id, col(Chunk.status).in_(ChunkStatus.UNFINISHED))
             )).scalar_one())
-

@@ -136,9 +136,7 @@ class ChunkStore:
         """Rename the temporary file into place and fsync the directory, so the name survives a crash."""
         final = self.absolute(relative)
         os.replace(temp, final)
-        fresh = self._fresh_among([os.path.dirname(self._hot(relative))])
-        _fsync_dirs([str(final.parent), *{os.path.dirname(d) for d in fresh}])
-        self._fresh.difference_update(fresh)
+        self._sync_dirs([os.path.dirname(self._hot(relative))])
 
     def publish_many(self, items: list[tuple[Path, str]]) -> None:
         """Rename each temporary file into place, then fsync each directory once for all of them."""
@@ -147,13 +145,13 @@ class ChunkStore:
             final = self._hot(relative)
             os.replace(temp, final)
             directories[os.path.dirname(final)] = None
-        fresh = self._fresh_among(directories)
+        self._sync_dirs(list(directories))
+
+    def _sync_dirs(self, directories: list[str]) -> None:
+        """fsync these folders, and the parent of any made since its last fsync (owed before a commit names them)."""
+        fresh = [d for d in directories if d in self._fresh] if self._fresh else []
         _fsync_dirs([*directories, *{os.path.dirname(d) for d in fresh}])
         self._fresh.difference_update(fresh)
-
-    def _fresh_among(self, directories: Any) -> list[str]:
-        """Which of these folders were made since their parent's last fsync (that fsync is then owed before a commit)."""
-        return [d for d in directories if d in self._fresh] if self._fresh else []
 
     def unpublish_many(self, items: list[tuple[Path, str]]) -> None:
         """Undo publish_many for rows that were not committed: each final name goes back to its temporary one."""

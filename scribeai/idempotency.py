@@ -21,7 +21,7 @@ from scribeai.errors import (Conflict, ScribeError, StartupCheckFailed, StorageU
                              storage_fault)
 from scribeai.models import Chunk, ChunkStatus, RecordingSession, new_id, utcnow
 from scribeai.protocol import IncomingChunk
-from scribeai.storage import Store
+from scribeai.storage import Store, Written
 from scribeai.transcription import streams
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ class _Pending:
 
     row: dict[str, Any]  # every column of the chunk's row
     temp: Path
+    written: Written | None = None  # already under its final name (write_new): nothing to publish, nothing to discard
     stored: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -114,11 +115,13 @@ def needs_session_header(audio: bytes, mime_type: str) -> bool:
 
 
 class ChunkIngest:
-    """The write path of audio-chunk: file (tmp, fsync, rename, dir fsync) and row commit, then the ack.
+    """The write path of audio-chunk: a durable file (fsync'd, its name fsync'd), its row committed, then the ack.
 
-    Rows are committed in groups: whoever finds no commit running commits everything queued so far
-    (one INSERT, one rename+fsync pass, one COMMIT), so the fsyncs and thread hops of one SQLite writer
-    are shared by all the chunks that arrived meanwhile instead of being paid one chunk at a time.
+    In a session known to be the sender's, the file is created straight under its final name (fsync, folder
+    fsync) in a storage thread; otherwise, or when the name is taken, it goes to a temporary file that the
+    commit renames into place. Rows are committed in groups: whoever finds no commit running commits
+    everything queued so far (one INSERT, the renames and their folders' fsyncs, one COMMIT), so the fsyncs
+    and thread hops of one SQLite writer are shared by all the chunks that arrived meanwhile.
     """
 
     def __init__(self, db: Database, store: Store, *, transcribe: bool = True, max_batch: int = 64) -> None:
@@ -161,12 +164,11 @@ class ChunkIngest:
         async with self._locks.hold((chunk.session_id, chunk.seq)):
             relative = self.store.relative_path(chunk.session_id, chunk.seq, chunk.mime_type)
             # No SELECT first: the INSERT .. ON CONFLICT DO NOTHING is the check, and repeats are rare
-            # enough that writing their temporary file for nothing is cheaper than a read per chunk.
+            # enough that writing their file for nothing is cheaper than a read per chunk.
             try:
-                if chunk.sha256 is None:  # hashed beside the write, off the event loop
-                    temp, digest = await asyncio.to_thread(self.store.write_temp_hashed, relative, chunk.audio)
-                else:
-                    temp, digest = await asyncio.to_thread(self.store.write_temp, relative, chunk.audio), chunk.sha256
+                # Straight under its final name only in a session already known to be the sender's.
+                temp, digest, written = await asyncio.to_thread(
+                    self._write, relative, chunk.audio, chunk.sha256, admission is None)
             except OSError as exc:
                 fault = self._fault(exc)
                 if fault is exc:
@@ -179,13 +181,30 @@ class ChunkIngest:
                     await asyncio.to_thread(self.store.discard, temp)
                     raise
             row = self._new_row(chunk, relative, digest)
-            if await self._commit(_Pending(row, temp)):
+            entry = _Pending(row, temp, written)
+            if await self._commit(entry):
                 self.last_fault = None
                 return StoreResult(row["id"], row["status"], duplicate=False)
             existing = await self._find(chunk.session_id, chunk.seq)
             if existing is None:
                 raise ScribeError(f"sequence {chunk.seq} conflicted on insert but is not stored; resend it")
-            return await self._repeat(existing, chunk, digest)
+            return await self._repeat(existing, chunk, digest, entry.written)
+
+    def _write(self, relative: str, audio: bytes, digest: str | None, direct: bool) -> tuple[Any, str, Written | None]:
+        """In a storage thread: the chunk's file, its sha256 (unless the client's was checked) and, when it went
+        straight under its final name, the Written; otherwise a temporary file for the group commit to publish.
+
+        The direct write saves the commit a rename and a folder fsync per chunk, and the thread hand-offs
+        they cost; a name already taken (a repeat, a crash's leftover) goes the temporary way.
+        """
+        if direct:
+            written = self.store.write_new(relative, audio, digest)
+            if written is not None:
+                return written.path, written.digest, written
+        if digest is None:
+            temp, digest = self.store.write_temp_hashed(relative, audio)
+            return temp, digest, None
+        return self.store.write_temp(relative, audio), digest, None
 
     def _new_row(self, chunk: IncomingChunk, relative: str, digest: str) -> dict[str, Any]:
         # A plain dict of the columns: building and validating a Chunk model cost ~65 µs a chunk on the event loop.
@@ -230,7 +249,7 @@ class ChunkIngest:
             for entry in batch:
                 await self._settle([entry])
             return
-        taken = [e.temp for e in batch if e.row["id"] not in inserted]
+        taken = [e.temp for e in batch if e.row["id"] not in inserted and e.written is None]
         if taken:
             await asyncio.to_thread(self.store.discard_many, taken)
         for e in batch:
@@ -256,7 +275,10 @@ class ChunkIngest:
     def _fail(self, entries: list[_Pending], exc: BaseException) -> None:
         exc = self._fault(exc)
         for e in entries:
-            self.store.discard(e.temp)  # a tiny unlink; a name already published is no longer there
+            # A tiny unlink; a name already published is no longer there. A file written under its final name
+            # stays: its commit may still be running, and without a row it is only a file its resend replaces.
+            if e.written is None:
+                self.store.discard(e.temp)
             if not e.stored.done():
                 e.stored.set_exception(exc)
 
@@ -280,7 +302,7 @@ class ChunkIngest:
         try:
             inserted = await self._write_batch(batch, statement, rows, touch, published)
         except BaseException:
-            if renamed:
+            if renamed or any(e.written is not None for e in batch):
                 await self._undo_publish(batch, renamed)
             raise
         self.batches += 1
@@ -303,7 +325,8 @@ class ChunkIngest:
                 fresh = [e for e in batch if e.row["id"] in inserted]
                 if fresh:
                     conn.exec_driver_sql(*sql.touch({e.row["session_id"] for e in fresh}, utcnow()))
-                    self.store.publish_many(published(fresh))
+                    if unpublished := [e for e in fresh if e.written is None]:
+                        self.store.publish_many(published(unpublished))
                 return inserted
 
             inserted = await self.db.write_in_thread(write)
@@ -313,11 +336,13 @@ class ChunkIngest:
                 fresh = [e for e in batch if e.row["id"] in inserted]
                 if fresh:
                     await s.execute(touch(fresh))
-                    await asyncio.to_thread(self.store.publish_many, published(fresh))
+                    if unpublished := [e for e in fresh if e.written is None]:
+                        await asyncio.to_thread(self.store.publish_many, published(unpublished))
         return inserted
 
     async def _undo_publish(self, batch: list[_Pending], renamed: list[tuple[Path, str]]) -> None:
-        """The commit failed after the renames: move every name no committed row owns back to its temporary file.
+        """The commit failed after the renames: move every name no committed row owns back to its temporary file,
+        and so every file written under its final name (write_new) whose row did not commit.
 
         A failed COMMIT on PostgreSQL may still have committed (the connection dropped on the way back), so
         the rows are looked up first; when even that fails, SQLite's answer is final (an error from COMMIT
@@ -334,17 +359,29 @@ class ChunkIngest:
             committed = set()
         paths = {e.row["path"] for e in batch if e.row["id"] in committed}
         undo = [(temp, relative) for temp, relative in renamed if relative not in paths]
+        unwritten = [e for e in batch if e.written is not None and e.row["id"] not in committed]
+
+        def take_back() -> None:
+            self.store.unpublish_many(undo)
+            for e in unwritten:  # a retry of the row publishes the file again; a final failure discards it
+                assert e.written is not None
+                e.temp, e.written = self.store.unwrite(e.written), None
+
         try:
-            await asyncio.to_thread(self.store.unpublish_many, undo)
+            await asyncio.to_thread(take_back)
         except OSError as exc:
-            log.warning("could not undo %d chunk file renames after a failed commit: %r", len(undo), exc)
+            log.warning("could not undo %d chunk file renames after a failed commit: %r", len(undo) + len(unwritten), exc)
 
     async def _find(self, session_id: str, seq: int) -> Chunk | None:
         async with self.db.read() as s:
             result = await s.execute(select(Chunk).where(col(Chunk.session_id) == session_id, col(Chunk.seq) == seq))
             return result.scalar_one_or_none()
 
-    async def _repeat(self, existing: Chunk, chunk: IncomingChunk, digest: str) -> StoreResult:
+    async def _repeat(self, existing: Chunk, chunk: IncomingChunk, digest: str, written: Written | None = None) -> StoreResult:
+        """A repeat of a stored chunk. `written`: this attempt's file under the final name, which was free, so the
+        stored chunk's file was missing: it stands as the repair when its bytes are the stored ones, else it goes."""
+        if written is not None and (existing.sha256 != digest or existing.deleted_at is not None):
+            await asyncio.to_thread(lambda: self.store.discard(self.store.unwrite(written)))
         if existing.sha256 != digest:
             raise Conflict(
                 f"sequence {chunk.seq} is already stored with different audio; the stored chunk is kept",

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from scribeai.errors import StorageUnavailable
-from scribeai.storage import chunk_filename
+from scribeai.storage import Written, chunk_filename
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -98,6 +98,13 @@ class ObjectChunkStore:
 
     def write_temp_hashed(self, relative: str, data: bytes) -> tuple[PendingObject, str]:
         return PendingObject(relative, bytes(data)), hashlib.sha256(data).hexdigest()
+
+    def write_new(self, relative: str, data: bytes, digest: str | None) -> Written | None:
+        """Objects are written by publish_many, after the row's INSERT: never straight away."""
+        return None
+
+    def unwrite(self, written: Written) -> PendingObject:
+        raise RuntimeError("ObjectChunkStore never writes a chunk before its publication")
 
     def publish(self, temp: PendingObject, relative: str) -> None:
         self.publish_many([(temp, relative)])

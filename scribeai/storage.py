@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,6 +32,15 @@ def chunk_filename(session_id: str, seq: int, mime_type: str) -> str:
     return f"{session_id}_{seq:04d}.{extension_for(mime_type)}"
 
 
+@dataclass(frozen=True)
+class Written:
+    """A chunk file written straight under its final name (write_new): durable, but no row names it yet."""
+
+    path: Path
+    digest: str
+    identity: tuple[int, int]  # (st_dev, st_ino): unwrite moves it only while the name still holds this file
+
+
 class Store(Protocol):
     """Where chunk bytes live: the local ChunkStore, or ObjectChunkStore (scribeai.objectstore) for STORAGE_URL=s3://.
     A "temp" is what a chunk is between its write and its publication (a temporary file, a pending object)."""
@@ -38,6 +48,8 @@ class Store(Protocol):
     def relative_path(self, session_id: str, seq: int, mime_type: str) -> str: ...
     def write_temp(self, relative: str, data: bytes) -> Any: ...
     def write_temp_hashed(self, relative: str, data: bytes) -> tuple[Any, str]: ...
+    def write_new(self, relative: str, data: bytes, digest: str | None) -> Written | None: ...
+    def unwrite(self, written: Written) -> Any: ...
     def publish_many(self, items: list[tuple[Any, str]]) -> None: ...
     def unpublish_many(self, items: list[tuple[Any, str]]) -> None: ...
     def discard(self, temp: Any) -> None: ...
@@ -71,6 +83,7 @@ class ChunkStore:
         # Session folders made since their parent was last fsync'd: the next publish into one fsyncs the
         # parent too (beside the folder's own fsync, in parallel), so a new folder costs its first chunk no flush.
         self._fresh: set[str] = set()
+        self._making = threading.Lock()  # a folder's making and its _fresh mark are one step for other threads
 
     def __repr__(self) -> str:
         return f"ChunkStore({str(self.root)!r})"
@@ -101,14 +114,67 @@ class ChunkStore:
         digest = hashlib.sha256(data).hexdigest()
         return Path(self._write_temp(self._hot(relative), data)), digest
 
+    def write_new(self, relative: str, data: bytes, digest: str | None) -> Written | None:
+        """Write a chunk straight under its final name if no file has it, fsync the file and its folder: None if taken.
+
+        No temporary file, no rename and no folder fsync left for the commit. Until a row names it the file is
+        nobody's: a crash leaves at most an unnamed file at that name, which the chunk's resend replaces.
+        """
+        if digest is None:
+            digest = hashlib.sha256(data).hexdigest()
+        final = self._hot(relative)
+        directory = os.path.dirname(final)
+        self._make_folder(directory)
+        try:
+            fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return None
+        except FileNotFoundError:  # the folder went away (retention) since it was cached
+            self._made.discard(directory)
+            return None
+        try:
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+                stat = os.fstat(fd)
+            finally:
+                os.close(fd)
+            fsync_dir(directory)
+            if directory in self._fresh:  # made by this or a concurrent write: its own name must be durable too
+                fsync_dir(os.path.dirname(directory))
+                self._fresh.discard(directory)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(final)
+            raise
+        return Written(Path(final), digest, (stat.st_dev, stat.st_ino))
+
+    def unwrite(self, written: Written) -> Path:
+        """Take a write_new file whose row did not commit back to a temporary name, and return that name: the
+        group commit can publish it again, or discard it. If the final name now holds another file (a publish
+        replaced it), that file stays and the returned name holds nothing."""
+        final = str(written.path)
+        directory, name = os.path.split(final)
+        temp = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            stat = os.stat(final)
+            if (stat.st_dev, stat.st_ino) == written.identity:
+                os.replace(final, temp)
+        return Path(temp)
+
+    def _make_folder(self, directory: str) -> None:
+        if directory in self._made:
+            return
+        with self._making:
+            if not os.path.isdir(directory):
+                os.makedirs(directory, exist_ok=True)
+                self._fresh.add(directory)  # its name must survive a crash: the next publish or write_new fsyncs the parent
+            self._made.add(directory)
+
     def _write_temp(self, final: str, data: bytes, retry: bool = True) -> str:
         directory, name = os.path.split(final)
         temp = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
-        if directory not in self._made:
-            if not os.path.isdir(directory):
-                os.makedirs(directory, exist_ok=True)
-                self._fresh.add(directory)  # its name must survive a crash: the publish fsyncs the parent
-            self._made.add(directory)
+        self._make_folder(directory)
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileNotFoundError:  # the folder went away (retention) since it was cached: make it again, once
@@ -118,10 +184,7 @@ class ChunkStore:
             return self._write_temp(final, data, retry=False)
         try:
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+                _write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -231,6 +294,12 @@ class ChunkStore:
                         temp.unlink()
                         removed += 1
         return removed
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 _dir_sync_pool: ThreadPoolExecutor | None = None

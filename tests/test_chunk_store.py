@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,46 @@ def test_a_folder_made_again_after_retention_is_made_durable_again(tmp_path: Pat
     synced.clear()
     store.write_atomic("s2/s2_0001.webm", b"b")
     assert sorted(synced) == sorted([str(tmp_path / "s2"), str(tmp_path)])
+
+
+def test_write_new_puts_a_chunk_under_its_final_name_durably_and_only_once(tmp_path: Path, synced: list[str]) -> None:
+    store = ChunkStore(tmp_path)
+    folder = tmp_path / "s3"
+    written = store.write_new("s3/s3_0000.webm", b"first", None)
+    assert written is not None and written.path == folder / "s3_0000.webm"
+    assert written.digest == hashlib.sha256(b"first").hexdigest()
+    assert sorted(p.name for p in folder.iterdir()) == ["s3_0000.webm"]  # no temporary file
+    assert sorted(synced) == sorted([str(folder), str(tmp_path)])  # its name, and its new folder's name
+    synced.clear()
+    assert store.write_new("s3/s3_0001.webm", b"second", "given") is not None
+    assert synced == [str(folder)]
+    assert store.write_new("s3/s3_0000.webm", b"other", None) is None  # taken: the caller goes the temporary way
+    assert (folder / "s3_0000.webm").read_bytes() == b"first"
+    assert sorted(p.name for p in folder.iterdir()) == ["s3_0000.webm", "s3_0001.webm"]
+
+
+def test_write_new_into_a_folder_retention_removed_declines_and_the_temporary_way_makes_it_again(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    store.write_atomic("s4/s4_0000.webm", b"a")
+    (tmp_path / "s4" / "s4_0000.webm").unlink()
+    (tmp_path / "s4").rmdir()  # removed behind the store's back: its folder cache is stale
+    assert store.write_new("s4/s4_0001.webm", b"b", None) is None
+    store.write_atomic("s4/s4_0001.webm", b"b")
+    assert (tmp_path / "s4" / "s4_0001.webm").read_bytes() == b"b"
+    assert store.write_new("s4/s4_0002.webm", b"c", None) is not None
+
+
+def test_unwrite_takes_the_file_back_unless_a_publish_replaced_it(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    written = store.write_new("s5/s5_0000.webm", b"mine", None)
+    assert written is not None
+    temp = store.unwrite(written)
+    assert not written.path.exists() and temp.read_bytes() == b"mine" and temp.name.startswith(".")
+    store.discard(temp)
+
+    written = store.write_new("s5/s5_0000.webm", b"mine", None)
+    assert written is not None
+    store.publish_many([(store.write_temp("s5/s5_0000.webm", b"theirs"), "s5/s5_0000.webm")])  # another writer's commit
+    temp = store.unwrite(written)
+    assert written.path.read_bytes() == b"theirs" and not temp.exists()
+    assert sorted(p.name for p in (tmp_path / "s5").iterdir()) == ["s5_0000.webm"]

@@ -11,7 +11,10 @@ from typing import Any
 
 import pytest
 import socketio
+from sqlalchemy import update
+from sqlmodel import col
 
+from scribeai.models import Chunk, utcnow
 from scribeai.sessions import SessionService
 from tests.conftest import RunningServer, chunk, token_for
 
@@ -148,6 +151,44 @@ async def test_token_in_query_header_and_cookie(server: RunningServer, connect: 
     client = await connect(f"{server.url}?token={token}", user=None)
     ack = await client.call("audio-chunk", chunk("bob-s", 0, AUDIO), timeout=5)
     assert ack["duplicate"] is True
+
+
+async def test_a_file_a_crash_left_under_a_chunks_name_is_replaced_by_the_chunk(server: RunningServer, connect: Any) -> None:
+    # In a known session a chunk is written straight under its final name; a crash before its row committed
+    # leaves a file there that no row names. The resend must store its own bytes, not keep the leftover.
+    client = await connect(server.url)
+    await client.call("audio-chunk", chunk("leftover", 0, AUDIO), timeout=5)
+    (Path(server.settings.storage_dir) / "leftover" / "leftover_0001.webm").write_bytes(b"half a chun")
+    ack = await client.call("audio-chunk", chunk("leftover", 1, AUDIO), timeout=5)
+    assert ack["duplicate"] is False
+    assert stored_files(server, "leftover") == {"leftover_0000.webm": AUDIO, "leftover_0001.webm": AUDIO}
+
+
+async def test_other_bytes_for_a_chunk_whose_file_was_lost_are_a_conflict_and_do_not_take_its_place(
+        server: RunningServer, connect: Any) -> None:
+    client = await connect(server.url)
+    for seq in (0, 1):
+        await client.call("audio-chunk", chunk("lost", seq, AUDIO), timeout=5)
+    (Path(server.settings.storage_dir) / "lost" / "lost_0001.webm").unlink()  # the disk lost it
+    reply = await client.call("audio-chunk", chunk("lost", 1, b"other audio"), timeout=5)
+    assert reply["error"]["code"] == "conflict"
+    assert stored_files(server, "lost") == {"lost_0000.webm": AUDIO}  # the free name was written, then taken back
+    ack = await client.call("audio-chunk", chunk("lost", 1, AUDIO), timeout=5)
+    assert ack["duplicate"] is True
+    assert stored_files(server, "lost") == {"lost_0000.webm": AUDIO, "lost_0001.webm": AUDIO}  # the resend repaired it
+
+
+async def test_a_resent_chunk_that_retention_archived_does_not_bring_its_raw_file_back(server: RunningServer, connect: Any) -> None:
+    client = await connect(server.url)
+    for seq in (0, 1):
+        await client.call("audio-chunk", chunk("archived", seq, AUDIO), timeout=5)
+    async with server.services.db.write() as s:  # as retention leaves a chunk whose raw file went into an archive
+        await s.execute(update(Chunk).where(col(Chunk.session_id) == "archived", col(Chunk.seq) == 1)
+                        .values(deleted_at=utcnow()))
+    (Path(server.settings.storage_dir) / "archived" / "archived_0001.webm").unlink()
+    ack = await client.call("audio-chunk", chunk("archived", 1, AUDIO), timeout=5)
+    assert ack["duplicate"] is True
+    assert stored_files(server, "archived") == {"archived_0000.webm": AUDIO}
 
 
 async def test_another_users_session_is_forbidden(server: RunningServer, connect: Any) -> None:

@@ -117,9 +117,8 @@ def needs_session_header(audio: bytes, mime_type: str) -> bool:
 class ChunkIngest:
     """The write path of audio-chunk: a durable file (fsync'd, its name fsync'd), its row committed, then the ack.
 
-    In a session known to be the sender's, the file is created straight under its final name (fsync, folder
-    fsync) in a storage thread; otherwise, or when the name is taken, it goes to a temporary file that the
-    commit renames into place. Rows are committed in groups: whoever finds no commit running commits
+    The file is created straight under its final name (fsync, folder fsync) in a storage thread; when that
+    name is taken it goes to a temporary file that the commit renames into place. Rows are committed in groups: whoever finds no commit running commits
     everything queued so far (one INSERT, the renames and their folders' fsyncs, one COMMIT), so the fsyncs
     and thread hops of one SQLite writer are shared by all the chunks that arrived meanwhile.
     """
@@ -166,9 +165,7 @@ class ChunkIngest:
             # No SELECT first: the INSERT .. ON CONFLICT DO NOTHING is the check, and repeats are rare
             # enough that writing their file for nothing is cheaper than a read per chunk.
             try:
-                # Straight under its final name only in a session already known to be the sender's.
-                temp, digest, written = await asyncio.to_thread(
-                    self._write, relative, chunk.audio, chunk.sha256, admission is None)
+                temp, digest, written = await asyncio.to_thread(self._write, relative, chunk.audio, chunk.sha256)
             except OSError as exc:
                 fault = self._fault(exc)
                 if fault is exc:
@@ -178,7 +175,9 @@ class ChunkIngest:
                 try:
                     await admission
                 except BaseException:
-                    await asyncio.to_thread(self.store.discard, temp)
+                    # Refused (another user's session): a file written under the final name is taken back,
+                    # unless that name meanwhile holds the owner's own chunk.
+                    await asyncio.to_thread(self._unwrite, temp, written)
                     raise
             row = self._new_row(chunk, relative, digest)
             entry = _Pending(row, temp, written)
@@ -190,21 +189,24 @@ class ChunkIngest:
                 raise ScribeError(f"sequence {chunk.seq} conflicted on insert but is not stored; resend it")
             return await self._repeat(existing, chunk, digest, entry.written)
 
-    def _write(self, relative: str, audio: bytes, digest: str | None, direct: bool) -> tuple[Any, str, Written | None]:
+    def _write(self, relative: str, audio: bytes, digest: str | None) -> tuple[Any, str, Written | None]:
         """In a storage thread: the chunk's file, its sha256 (unless the client's was checked) and, when it went
         straight under its final name, the Written; otherwise a temporary file for the group commit to publish.
 
         The direct write saves the commit a rename and a folder fsync per chunk, and the thread hand-offs
         they cost; a name already taken (a repeat, a crash's leftover) goes the temporary way.
         """
-        if direct:
-            written = self.store.write_new(relative, audio, digest)
-            if written is not None:
-                return written.path, written.digest, written
+        written = self.store.write_new(relative, audio, digest)
+        if written is not None:
+            return written.path, written.digest, written
         if digest is None:
             temp, digest = self.store.write_temp_hashed(relative, audio)
             return temp, digest, None
         return self.store.write_temp(relative, audio), digest, None
+
+    def _unwrite(self, temp: Any, written: Written | None) -> None:
+        """Discard an attempt's file: its temporary file, or the file it wrote under the final name if still there."""
+        self.store.discard(self.store.unwrite(written) if written is not None else temp)
 
     def _new_row(self, chunk: IncomingChunk, relative: str, digest: str) -> dict[str, Any]:
         # A plain dict of the columns: building and validating a Chunk model cost ~65 µs a chunk on the event loop.
@@ -381,7 +383,7 @@ class ChunkIngest:
         """A repeat of a stored chunk. `written`: this attempt's file under the final name, which was free, so the
         stored chunk's file was missing: it stands as the repair when its bytes are the stored ones, else it goes."""
         if written is not None and (existing.sha256 != digest or existing.deleted_at is not None):
-            await asyncio.to_thread(lambda: self.store.discard(self.store.unwrite(written)))
+            await asyncio.to_thread(self._unwrite, None, written)
         if existing.sha256 != digest:
             raise Conflict(
                 f"sequence {chunk.seq} is already stored with different audio; the stored chunk is kept",

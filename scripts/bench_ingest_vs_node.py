@@ -157,6 +157,20 @@ class ServerRun:
         times = psutil.Process(self.proc.pid).cpu_times()
         return float(times.user), float(times.system)
 
+    def context_switches(self) -> int:
+        """Voluntary + involuntary context switches of all the server's threads so far (Linux /proc; 0 elsewhere).
+
+        Each thread hand-off or contended lock (the GIL, a pool's queue) costs a switch: a count that the
+        machine's noise moves far less than it moves wall-clock rates."""
+        assert self.proc is not None
+        total = 0
+        for status in Path(f"/proc/{self.proc.pid}/task").glob("*/status"):
+            with contextlib.suppress(OSError):
+                for line in status.read_text().splitlines():
+                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                        total += int(line.split()[1])
+        return total
+
     def peak_rss_mb(self) -> float | None:
         assert self.proc is not None
         with contextlib.suppress(OSError):
@@ -202,7 +216,7 @@ def run_once(kind: str, load: Load, round_no: int, secret: str, token: str, args
     try:
         server.start()
         load_before = os.getloadavg()
-        cpu0 = server.cpu_s()
+        cpu0, switches0 = server.cpu_s(), server.context_switches()
         cmd = ["node", str(BENCH_DIR / "loadgen.mjs"), "--url", server.url, "--token", token,
                "--recorders", str(load.recorders), "--chunks", str(load.chunks), "--bytes", str(load.bytes),
                "--window", str(load.window), "--transport", "websocket", "--ack-timeout", str(args.ack_timeout_ms)]
@@ -210,7 +224,8 @@ def run_once(kind: str, load: Load, round_no: int, secret: str, token: str, args
         if not out.stdout.strip():
             raise RuntimeError(f"load generator failed ({out.returncode}):\n{out.stderr[-3000:]}\n{server.log()}")
         report: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-        cpu1 = server.cpu_s()
+        cpu1, switches1 = server.cpu_s(), server.context_switches()
+        report["serverCtxSwitches"] = switches1 - switches0
         report["serverCpuS"] = round(sum(cpu1) - sum(cpu0), 2)
         report["serverCpuSystemS"] = round(cpu1[1] - cpu0[1], 2)
         report["serverPeakRssMb"] = server.peak_rss_mb()
@@ -244,11 +259,13 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         p99s = [r["ackMs"]["p99"] for r in mine if r["ackMs"]["p99"] is not None]
         rss = [r["serverPeakRssMb"] for r in mine if r["serverPeakRssMb"] is not None]
         cpu = [1000 * r["serverCpuS"] / r["chunksAcked"] for r in mine if r["chunksAcked"]]
+        switches = [r["serverCtxSwitches"] / r["chunksAcked"] for r in mine if r["chunksAcked"]]
         per[kind] = {
             "chunksPerS": {"best": max(rates, default=None), "median": _median(rates)},
             "ackP99Ms": {"best": min(p99s, default=None), "median": _median(p99s)},
             "peakRssMb": {"max": max(rss, default=None), "median": _median(rss)},
             "cpuSPer1000Chunks": {"median": _median(cpu)},
+            "ctxSwitchesPerChunk": {"median": _median(switches)},
         }
     ratio: dict[str, Any] = {}
     if {"scribeai", "node"} <= set(per):
@@ -282,7 +299,8 @@ def table(load: Load, runs: list[dict[str, Any]], summary: dict[str, Any]) -> st
     for kind, s in summary["servers"].items():
         lines.append(f"{kind:<13} chunks/s best {s['chunksPerS']['best']} median {s['chunksPerS']['median']}; "
                      f"ack p99 best {s['ackP99Ms']['best']} median {s['ackP99Ms']['median']} ms; "
-                     f"peak RSS max {s['peakRssMb']['max']} MB; CPU {s['cpuSPer1000Chunks']['median']} s per 1000 chunks")
+                     f"peak RSS max {s['peakRssMb']['max']} MB; CPU {s['cpuSPer1000Chunks']['median']} s per 1000 chunks; "
+                     f"{s['ctxSwitchesPerChunk']['median']} context switches per chunk")
     for label, key in (("ScribeAI / Node", "ratio"), ("ScribeAI base / Node", "ratioBase")):
         ratio = summary.get(key)
         if ratio:

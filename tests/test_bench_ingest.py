@@ -18,7 +18,8 @@ from tests.conftest import IN_CI
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "benchmarks" / "ingest"
 RECORDERS, CHUNKS, BYTES = 2, 3, 10_000
-RUN_FIELDS = {"chunksPerS", "mbPerS", "ackMs", "errors", "serverPeakRssMb", "serverCpuS", "stored", "storedOk", "loadAvg1"}
+RUN_FIELDS = {"chunksPerS", "mbPerS", "ackMs", "errors", "serverPeakRssMb", "serverCpuS", "serverCtxSwitches", "stored",
+              "storedOk", "loadAvg1"}
 
 
 def test_harness_runs_both_servers_and_checks_their_storage(tmp_path: Path) -> None:
@@ -48,6 +49,7 @@ def test_harness_runs_both_servers_and_checks_their_storage(tmp_path: Path) -> N
         assert run["stored"] == {"files": expected, "filesOfSize": expected, "records": expected, "temporaries": 0}
         assert run["storedOk"] is True
         assert run["chunksPerS"] > 0 and run["ackMs"]["p99"] >= run["ackMs"]["p50"] > 0
+        assert run["serverCtxSwitches"] > 0  # every ack waited for at least one fsync
         assert run["serverPeakRssMb"] > 0
     assert set(load["ratio"]) == {"chunksPerS", "ackP99", "bar"}
     assert load["ratio"]["chunksPerS"]["best"] > 0

@@ -77,6 +77,7 @@ class Recorder {
     this.index = index;
     this.sessionId = `${opts["session-prefix"]}-${runId}-${String(index).padStart(3, "0")}`;
     this.latencies = [];
+    this.first = []; // each session's first chunk (seq 0), which also creates the session on the server
     this.steady = []; // without the session's first chunk, which also creates the session
     this.acked = 0;
     this.duplicates = 0;
@@ -133,6 +134,7 @@ class Recorder {
       if (reply.duplicate) this.duplicates++;
       this.latencies.push(ms);
       if (seq > 0) this.steady.push(ms);
+      else this.first.push(ms);
       return;
     }
   }
@@ -191,6 +193,7 @@ const report = {
   mbPerS: wallS > 0 ? round((acked * B) / 1e6 / wallS, 2) : null,
   ackMs: summary(recorders.flatMap((r) => r.latencies)),
   ackMsAfterFirstChunk: summary(recorders.flatMap((r) => r.steady)),
+  ackMsFirstChunk: summary(recorders.flatMap((r) => r.first)),
   errors,
   clientCpuS: round((cpu.user + cpu.system) / 1e6, 2),
 };

@@ -21,6 +21,28 @@ T = TypeVar("T")
 SCHEMA_LOCK_KEY = 0x5C81BEA1  # pg_advisory_xact_lock key for create_all (retention uses its own, per schema)
 
 
+class SqliteInsertMany:
+    """A multi-row INSERT as SQLite text, each value bound with SQLAlchemy's own processor for its column:
+    the statement and stored values SQLAlchemy would produce, without building and compiling a statement
+    for every group of rows (which costs more than the INSERT itself for a handful of rows)."""
+
+    def __init__(self, table: Any, columns: tuple[str, ...], dialect: Any, suffix: str = "") -> None:
+        self.columns = columns
+        self.processors = [table.c[name].type._cached_bind_processor(dialect) for name in columns]
+        quoted = ", ".join(f'"{name}"' for name in columns)
+        self.head = f"INSERT INTO {table.name} ({quoted}) VALUES "
+        self.placeholders = "(" + ", ".join("?" * len(columns)) + ")"
+        self.suffix = f" {suffix}" if suffix else ""
+
+    def __call__(self, rows: list[dict[str, Any]]) -> tuple[str, tuple[Any, ...]]:
+        params: list[Any] = []
+        for row in rows:
+            for name, process in zip(self.columns, self.processors):
+                value = row[name]
+                params.append(process(value) if process is not None and value is not None else value)
+        return self.head + ", ".join([self.placeholders] * len(rows)) + self.suffix, tuple(params)
+
+
 class Database:
     """Async engine plus a session factory; on SQLite, writes are serialized in-process."""
 

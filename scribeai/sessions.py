@@ -9,11 +9,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 
 from sqlmodel import col
 
-from scribeai.db import Database
+from scribeai.db import Database, SqliteInsertMany
 from scribeai.errors import Forbidden, NotFound, ScribeError, Unavailable, mark_retrieved
 from scribeai.models import Chunk, ChunkStatus, RecordingSession, SessionStatus, utcnow
 from scribeai.protocol import gaps
@@ -60,6 +60,7 @@ class SessionService:
         self._owners: OrderedDict[str, str] = OrderedDict()
         self._cache_size = owner_cache_size
         self.max_batch = max_batch
+        self._sqlite_insert: SqliteInsertMany | None = None
         self._creating: dict[str, _NewSession] = {}
         self._creator: asyncio.Task[None] | None = None
         self.create_batches = 0
@@ -128,22 +129,27 @@ class SessionService:
 
     async def _create_many(self, batch: dict[str, _NewSession]) -> dict[str, str]:
         """Insert the sessions that do not exist yet and read every one's owner back, in one transaction."""
-        insert = postgresql.insert if not self.db.is_sqlite else sqlite.insert
         now = utcnow()
-        statement = insert(RecordingSession).values([
-            dict(id=session_id, user_id=e.user_id, title=e.title, source=e.source, status=SessionStatus.RECORDING,
-                 tier="hot", created_at=now, started_at=now, last_activity_at=now)
-            for session_id, e in batch.items()
-        ]).on_conflict_do_nothing(index_elements=["id"])
-        owners_of = (select(col(RecordingSession.id), col(RecordingSession.user_id))
-                     .where(col(RecordingSession.id).in_(list(batch))))
+        rows = [dict(id=session_id, user_id=e.user_id, title=e.title, source=e.source, status=SessionStatus.RECORDING,
+                     tier="hot", created_at=now, started_at=now, last_activity_at=now)
+                for session_id, e in batch.items()]
         if self.db.sync_engine is not None:
-            # SQLite: the whole group in one transaction and one thread hop.
+            # SQLite: the whole group in one transaction and one thread hop, as plain SQL text.
+            if self._sqlite_insert is None:
+                self._sqlite_insert = SqliteInsertMany(
+                    RecordingSession.__table__, tuple(rows[0]), self.db.sync_engine.dialect,  # type: ignore[attr-defined]
+                    "ON CONFLICT (id) DO NOTHING")
+            insert = self._sqlite_insert
+            owners_sql = f"SELECT id, user_id FROM recording_session WHERE id IN ({', '.join('?' * len(rows))})"
+
             def create(conn: Connection) -> dict[str, str]:
-                conn.execute(statement)
-                return {str(i): str(u) for i, u in conn.execute(owners_of)}
+                conn.exec_driver_sql(*insert(rows))
+                return {str(i): str(u) for i, u in conn.exec_driver_sql(owners_sql, tuple(batch))}
             owners = await self.db.write_in_thread(create)
         else:
+            statement = postgresql.insert(RecordingSession).values(rows).on_conflict_do_nothing(index_elements=["id"])
+            owners_of = (select(col(RecordingSession.id), col(RecordingSession.user_id))
+                         .where(col(RecordingSession.id).in_(list(batch))))
             async with self.db.write() as s:
                 await s.execute(statement)
                 owners = {str(i): str(u) for i, u in await s.execute(owners_of)}

@@ -78,7 +78,7 @@ def create_app(settings: Settings, *, db_schema: str | None = None) -> web.Appli
     store = open_store(settings.storage_dir, settings.storage_url)
     auth = Authenticator(load_secret(settings.secret, settings.data_dir), settings.auth, settings.admin_user_ids)
     sessions = SessionService(db)
-    ingest = ChunkIngest(db, store, transcribe=settings.transcriber != "none")
+    ingest = ChunkIngest(db, store, sessions, transcribe=settings.transcriber != "none")
     monitor = ProcessMonitor(settings.memory_budget_bytes)
     engine = create_engine(settings.transcriber, whisper_model=settings.whisper_model, whisper_threads=settings.whisper_threads,
                            workers=settings.max_concurrency, openai_base_url=settings.openai_base_url,

@@ -17,8 +17,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col
 
 from scribeai.db import Database, SqliteInsertMany
-from scribeai.errors import (Conflict, ScribeError, StartupCheckFailed, StorageUnavailable, Unavailable, mark_retrieved,
-                             storage_fault)
+from scribeai.sessions import Claim, SessionService
+from scribeai.errors import (Conflict, Forbidden, ScribeError, StartupCheckFailed, StorageUnavailable, Unavailable,
+                             mark_retrieved, storage_fault)
 from scribeai.models import Chunk, ChunkStatus, RecordingSession, new_id, utcnow
 from scribeai.protocol import IncomingChunk
 from scribeai.storage import Store, Written
@@ -68,6 +69,8 @@ class _Pending:
     row: dict[str, Any]  # every column of the chunk's row
     temp: Path
     written: Written | None = None  # already under its final name (write_new): nothing to publish, nothing to discard
+    claim: str | None = None  # the sender, whose session the commit creates if missing and must find theirs
+    refused: bool = False  # the claim failed: the session is another user's
     stored: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -109,9 +112,11 @@ class ChunkIngest:
     and thread hops of one SQLite writer are shared by all the chunks that arrived meanwhile.
     """
 
-    def __init__(self, db: Database, store: Store, *, transcribe: bool = True, max_batch: int = 64) -> None:
+    def __init__(self, db: Database, store: Store, sessions: SessionService, *, transcribe: bool = True,
+                 max_batch: int = 64) -> None:
         self.db = db
         self.store = store
+        self.sessions = sessions
         self.initial_status = ChunkStatus.PENDING if transcribe else ChunkStatus.STORED
         self.max_batch = max_batch
         self._locks = KeyedLocks()
@@ -130,50 +135,42 @@ class ChunkIngest:
         return (f"ChunkIngest({self.store!r}, in_flight={len(self._locks)}, queued={len(self._queue)}, "
                 f"batches={self.batches}, rows={self.batched_rows})")
 
-    async def store_chunk(self, chunk: IncomingChunk, *, admission: asyncio.Future[None] | None = None) -> StoreResult:
+    async def store_chunk(self, chunk: IncomingChunk, *, claim: str | None = None) -> StoreResult:
         """Store `chunk` once; a repeat with the same bytes is a duplicate, with other bytes a Conflict.
 
-        `admission`, when given, runs beside the file write and must succeed before the row is committed
-        (a new session's creation and owner check): if it fails, the file is discarded and its error raised.
+        `claim`: the sender's user id when its session is not known to be theirs yet. The chunk's group commit
+        then creates the session if it does not exist and checks its owner in the same transaction (no commit
+        of its own before the chunk's); another user's session is Forbidden and the chunk's file goes again.
         """
-        if admission is not None:
-            admission.add_done_callback(mark_retrieved)
-        try:
-            return await self._store(chunk, admission)
-        finally:
-            if admission is not None and not admission.done():  # the write failed first; nobody waits for it now
-                admission.cancel()
-
-    async def _store(self, chunk: IncomingChunk, admission: asyncio.Future[None] | None = None) -> StoreResult:
         # In-process races of one key queue here; across processes the unique constraint decides.
         async with self._locks.hold((chunk.session_id, chunk.seq)):
-            relative = self.store.relative_path(chunk.session_id, chunk.seq, chunk.mime_type)
-            # No SELECT first: the INSERT .. ON CONFLICT DO NOTHING is the check, and repeats are rare
-            # enough that writing their file for nothing is cheaper than a read per chunk.
-            try:
-                temp, digest, written = await asyncio.to_thread(self._write, relative, chunk.audio, chunk.sha256)
-            except OSError as exc:
-                fault = self._fault(exc)
-                if fault is exc:
-                    raise
-                raise fault from exc
-            if admission is not None:
-                try:
-                    await admission
-                except BaseException:
-                    # Refused (another user's session): a file written under the final name is taken back,
-                    # unless that name meanwhile holds the owner's own chunk.
-                    await asyncio.to_thread(self._unwrite, temp, written)
-                    raise
-            row = self._new_row(chunk, relative, digest)
-            entry = _Pending(row, temp, written)
-            if await self._commit(entry):
-                self.last_fault = None
-                return StoreResult(row["id"], row["status"], duplicate=False)
-            existing = await self._find(chunk.session_id, chunk.seq)
-            if existing is None:
-                raise ScribeError(f"sequence {chunk.seq} conflicted on insert but is not stored; resend it")
-            return await self._repeat(existing, chunk, digest, entry.written)
+            return await self._store(chunk, claim)
+
+    async def _store(self, chunk: IncomingChunk, claim: str | None) -> StoreResult:
+        relative = self.store.relative_path(chunk.session_id, chunk.seq, chunk.mime_type)
+        # No SELECT first: the INSERT .. ON CONFLICT DO NOTHING is the check, and repeats are rare
+        # enough that writing their file for nothing is cheaper than a read per chunk.
+        try:
+            temp, digest, written = await asyncio.to_thread(self._write, relative, chunk.audio, chunk.sha256)
+        except OSError as exc:
+            fault = self._fault(exc)
+            if fault is exc:
+                raise
+            raise fault from exc
+        row = self._new_row(chunk, relative, digest)
+        entry = _Pending(row, temp, written, claim)
+        if await self._commit(entry):
+            self.last_fault = None
+            return StoreResult(row["id"], row["status"], duplicate=False)
+        if entry.refused:
+            # Another user's session: a file written under the final name is taken back, unless that
+            # name meanwhile holds the owner's own chunk.
+            await asyncio.to_thread(self._unwrite, entry.temp, entry.written)
+            raise Forbidden("this session belongs to another user", sessionId=chunk.session_id)
+        existing = await self._find(chunk.session_id, chunk.seq)
+        if existing is None:
+            raise ScribeError(f"sequence {chunk.seq} conflicted on insert but is not stored; resend it")
+        return await self._repeat(existing, chunk, digest, entry.written)
 
     def _write(self, relative: str, audio: bytes, digest: str | None) -> tuple[Any, str, Written | None]:
         """In a storage thread: the chunk's file, its sha256 (unless the client's was checked) and, when it went
@@ -271,10 +268,19 @@ class ChunkIngest:
                 e.stored.set_exception(exc)
 
     async def _commit_batch(self, batch: list[_Pending]) -> set[str]:
-        """One transaction: insert the rows that are new, touch their sessions, publish their files, commit."""
+        """One transaction: create the claimed sessions, insert the rows that are new (of sessions their
+        senders own), touch their sessions, publish their files, commit."""
         statement = self._insert
-        rows = [e.row for e in batch] if self.db.sync_engine is None else []
         now = utcnow()
+        claims: dict[str, Claim] = {}
+        for e in batch:
+            if e.claim is not None:
+                claims.setdefault(e.row["session_id"], (e.claim, None, None))
+
+        def admitted(owners: dict[str, str]) -> list[_Pending]:
+            for e in batch:
+                e.refused = e.claim is not None and owners.get(e.row["session_id"]) != e.claim
+            return [e for e in batch if not e.refused]
 
         def touch(fresh: list[_Pending]) -> Any:
             sessions = sorted({e.row["session_id"] for e in fresh})
@@ -288,45 +294,50 @@ class ChunkIngest:
             return [(e.temp, e.row["path"]) for e in fresh]
 
         try:
-            inserted = await self._write_batch(batch, statement, rows, touch, published)
+            inserted, owners = await self._write_batch(batch, claims, admitted, statement, touch, published)
         except BaseException:
             if renamed or any(e.written is not None for e in batch):
                 await self._undo_publish(batch, renamed)
             raise
+        if owners:
+            self.sessions.remember(owners)
         self.batches += 1
         self.batched_rows += len(batch)
         return inserted
 
-    async def _write_batch(self, batch: list[_Pending], statement: Any, rows: list[dict[str, Any]],
-                           touch: Any, published: Any) -> set[str]:
+    async def _write_batch(self, batch: list[_Pending], claims: dict[str, Claim], admitted: Any, statement: Any,
+                           touch: Any, published: Any) -> tuple[set[str], dict[str, str]]:
 
         # The names are published and fsync'd before the commit: a committed row always has its file.
         if self.db.sync_engine is not None:
             sql = self._sqlite_sql or _SqliteBatchSql(self.db.sync_engine.dialect)
             self._sqlite_sql = sql
 
-            def write(conn: Any) -> set[str]:
+            def write(conn: Any) -> tuple[set[str], dict[str, str]]:
+                owners = self.sessions.create_in(conn, claims) if claims else {}
+                entries = admitted(owners)
                 inserted: set[str] = set()
-                for i in range(0, len(batch), _SQLITE_ROWS_PER_INSERT):
-                    rows = [e.row for e in batch[i:i + _SQLITE_ROWS_PER_INSERT]]
+                for i in range(0, len(entries), _SQLITE_ROWS_PER_INSERT):
+                    rows = [e.row for e in entries[i:i + _SQLITE_ROWS_PER_INSERT]]
                     inserted.update(conn.exec_driver_sql(*sql.insert(rows)).scalars())
-                fresh = [e for e in batch if e.row["id"] in inserted]
+                fresh = [e for e in entries if e.row["id"] in inserted]
                 if fresh:
                     conn.exec_driver_sql(*sql.touch({e.row["session_id"] for e in fresh}, utcnow()))
                     if unpublished := [e for e in fresh if e.written is None]:
                         self.store.publish_many(published(unpublished))
-                return inserted
+                return inserted, owners
 
-            inserted = await self.db.write_in_thread(write)
-        else:
-            async with self.db.write() as s:
-                inserted = set((await s.execute(statement, rows)).scalars())
-                fresh = [e for e in batch if e.row["id"] in inserted]
-                if fresh:
-                    await s.execute(touch(fresh))
-                    if unpublished := [e for e in fresh if e.written is None]:
-                        await asyncio.to_thread(self.store.publish_many, published(unpublished))
-        return inserted
+            return await self.db.write_in_thread(write)
+        async with self.db.write() as s:
+            owners = await self.sessions.create_in_async(s, claims) if claims else {}
+            entries = admitted(owners)
+            inserted = set((await s.execute(statement, [e.row for e in entries])).scalars()) if entries else set()
+            fresh = [e for e in entries if e.row["id"] in inserted]
+            if fresh:
+                await s.execute(touch(fresh))
+                if unpublished := [e for e in fresh if e.written is None]:
+                    await asyncio.to_thread(self.store.publish_many, published(unpublished))
+        return inserted, owners
 
     async def _undo_publish(self, batch: list[_Pending], renamed: list[tuple[Path, str]]) -> None:
         """The commit failed after the renames: move every name no committed row owns back to its temporary file,

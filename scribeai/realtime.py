@@ -233,11 +233,9 @@ class Realtime:
         if not decision.admit:
             raise Overloaded(f"server over its hard limit ({decision.reason}); resend later",
                              retry_after_ms=decision.retry_after_ms or 1000)
-        admission = None
-        if not self.sessions.admitted(chunk.session_id, conn.user_id):
-            # A session's first chunk: its row is created (or its owner read) while the audio is written.
-            admission = asyncio.ensure_future(self.sessions.ensure(chunk.session_id, conn.user_id))
-        result = await self.ingest.store_chunk(chunk, admission=admission)
+        # A session's first chunk (here): its row is created, or its owner read, in the chunk's own commit.
+        claim = None if self.sessions.admitted(chunk.session_id, conn.user_id) else conn.user_id
+        result = await self.ingest.store_chunk(chunk, claim=claim)
         if not result.duplicate and result.status == ChunkStatus.PENDING:
             conn.pending.add(result.chunk_id)
             self._pending_owner[result.chunk_id] = conn

@@ -9,7 +9,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, func, select, update
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from sqlmodel import col
 
@@ -35,6 +36,9 @@ class GapSummary:
             "totalChunks": self.total_chunks,
             "missing": self.missing,
         }
+
+
+Claim = tuple[str, "str | None", "str | None"]  # (user_id, title, source) of a session to create if it does not exist
 
 
 @dataclass(eq=False)
@@ -129,32 +133,46 @@ class SessionService:
 
     async def _create_many(self, batch: dict[str, _NewSession]) -> dict[str, str]:
         """Insert the sessions that do not exist yet and read every one's owner back, in one transaction."""
-        now = utcnow()
-        rows = [dict(id=session_id, user_id=e.user_id, title=e.title, source=e.source, status=SessionStatus.RECORDING,
-                     tier="hot", created_at=now, started_at=now, last_activity_at=now)
-                for session_id, e in batch.items()]
-        if self.db.sync_engine is not None:
-            # SQLite: the whole group in one transaction and one thread hop, as plain SQL text.
-            if self._sqlite_insert is None:
-                self._sqlite_insert = SqliteInsertMany(
-                    RecordingSession.__table__, tuple(rows[0]), self.db.sync_engine.dialect,  # type: ignore[attr-defined]
-                    "ON CONFLICT (id) DO NOTHING")
-            insert = self._sqlite_insert
-            owners_sql = f"SELECT id, user_id FROM recording_session WHERE id IN ({', '.join('?' * len(rows))})"
+        claims = {session_id: (e.user_id, e.title, e.source) for session_id, e in batch.items()}
+        if self.db.sync_engine is not None:  # SQLite: the whole group in one transaction and one thread hop
+            return await self.db.write_in_thread(lambda conn: self.create_in(conn, claims))
+        async with self.db.write() as s:
+            return await self.create_in_async(s, claims)
 
-            def create(conn: Connection) -> dict[str, str]:
-                conn.exec_driver_sql(*insert(rows))
-                return {str(i): str(u) for i, u in conn.exec_driver_sql(owners_sql, tuple(batch))}
-            owners = await self.db.write_in_thread(create)
-        else:
-            statement = postgresql.insert(RecordingSession).values(rows).on_conflict_do_nothing(index_elements=["id"])
-            owners_of = (select(col(RecordingSession.id), col(RecordingSession.user_id))
-                         .where(col(RecordingSession.id).in_(list(batch))))
-            async with self.db.write() as s:
-                await s.execute(statement)
-                owners = {str(i): str(u) for i, u in await s.execute(owners_of)}
+    def create_in(self, conn: Connection, claims: dict[str, Claim]) -> dict[str, str]:
+        """In a SQLite write transaction (the caller's, e.g. a chunk group commit): insert the claimed sessions
+        that do not exist yet, as plain SQL text, and return the owner of each."""
+        rows = self._rows(claims)
+        if self._sqlite_insert is None:
+            self._sqlite_insert = SqliteInsertMany(
+                RecordingSession.__table__, tuple(rows[0]), conn.dialect,  # type: ignore[attr-defined]
+                "ON CONFLICT (id) DO NOTHING")
+        conn.exec_driver_sql(*self._sqlite_insert(rows))
+        owners_sql = f"SELECT id, user_id FROM recording_session WHERE id IN ({', '.join('?' * len(claims))})"
         self.create_batches += 1
-        return owners
+        return {str(i): str(u) for i, u in conn.exec_driver_sql(owners_sql, tuple(claims))}
+
+    async def create_in_async(self, s: AsyncSession, claims: dict[str, Claim]) -> dict[str, str]:
+        """create_in inside an async write transaction (PostgreSQL; SQLite without a file)."""
+        insert = sqlite.insert if self.db.is_sqlite else postgresql.insert
+        statement = insert(RecordingSession).values(self._rows(claims)).on_conflict_do_nothing(index_elements=["id"])
+        await s.execute(statement)
+        owners_of = (select(col(RecordingSession.id), col(RecordingSession.user_id))
+                     .where(col(RecordingSession.id).in_(list(claims))))
+        self.create_batches += 1
+        return {str(i): str(u) for i, u in await s.execute(owners_of)}
+
+    @staticmethod
+    def _rows(claims: dict[str, Claim]) -> list[dict[str, Any]]:
+        now = utcnow()
+        return [dict(id=session_id, user_id=user_id, title=title, source=source, status=SessionStatus.RECORDING,
+                     tier="hot", created_at=now, started_at=now, last_activity_at=now)
+                for session_id, (user_id, title, source) in claims.items()]
+
+    def remember(self, owners: dict[str, str]) -> None:
+        """Owners read in a committed transaction (a chunk group commit that created the sessions)."""
+        for session_id, owner in owners.items():
+            self._remember(session_id, owner)
 
     def _remember(self, session_id: str, owner: str) -> None:
         self._owners[session_id] = owner

@@ -17,11 +17,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col
 
 from scribeai.db import Database, SqliteInsertMany
-from scribeai.sessions import Claim, SessionService
 from scribeai.errors import (Conflict, Forbidden, ScribeError, StartupCheckFailed, StorageUnavailable, Unavailable,
                              mark_retrieved, storage_fault)
 from scribeai.models import Chunk, ChunkStatus, RecordingSession, new_id, utcnow
 from scribeai.protocol import IncomingChunk
+from scribeai.sessions import Claim, SessionService
 from scribeai.storage import Store, Written
 from scribeai.transcription import streams
 
@@ -107,9 +107,10 @@ class ChunkIngest:
     """The write path of audio-chunk: a durable file (fsync'd, its name fsync'd), its row committed, then the ack.
 
     The file is created straight under its final name (fsync, folder fsync) in a storage thread; when that
-    name is taken it goes to a temporary file that the commit renames into place. Rows are committed in groups: whoever finds no commit running commits
-    everything queued so far (one INSERT, the renames and their folders' fsyncs, one COMMIT), so the fsyncs
-    and thread hops of one SQLite writer are shared by all the chunks that arrived meanwhile.
+    name is taken it goes to a temporary file that the commit renames into place. Rows are committed in
+    groups: whoever finds no commit running commits everything queued so far (the sessions their first
+    chunks create, one INSERT, the renames and their folders' fsyncs, one COMMIT), so the fsyncs and thread
+    hops of one SQLite writer are shared by all the chunks that arrived meanwhile.
     """
 
     def __init__(self, db: Database, store: Store, sessions: SessionService, *, transcribe: bool = True,
@@ -369,14 +370,16 @@ class ChunkIngest:
         try:
             await asyncio.to_thread(take_back)
         except OSError as exc:
-            log.warning("could not undo %d chunk file renames after a failed commit: %r", len(undo) + len(unwritten), exc)
+            log.warning("could not undo %d chunk file renames after a failed commit: %r",
+                        len(undo) + len(unwritten), exc)
 
     async def _find(self, session_id: str, seq: int) -> Chunk | None:
         async with self.db.read() as s:
             result = await s.execute(select(Chunk).where(col(Chunk.session_id) == session_id, col(Chunk.seq) == seq))
             return result.scalar_one_or_none()
 
-    async def _repeat(self, existing: Chunk, chunk: IncomingChunk, digest: str, written: Written | None = None) -> StoreResult:
+    async def _repeat(self, existing: Chunk, chunk: IncomingChunk, digest: str,
+                      written: Written | None = None) -> StoreResult:
         """A repeat of a stored chunk. `written`: this attempt's file under the final name, which was free, so the
         stored chunk's file was missing: it stands as the repair when its bytes are the stored ones, else it goes."""
         if written is not None and (existing.sha256 != digest or existing.deleted_at is not None):

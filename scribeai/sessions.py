@@ -38,7 +38,7 @@ class GapSummary:
         }
 
 
-Claim = tuple[str, "str | None", "str | None"]  # (user_id, title, source) of a session to create if it does not exist
+Claim = tuple[str, str | None, str | None]  # (user_id, title, source) of a session to create if it does not exist
 
 
 @dataclass(eq=False)

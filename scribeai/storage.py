@@ -168,7 +168,7 @@ class ChunkStore:
         with self._making:
             if not os.path.isdir(directory):
                 os.makedirs(directory, exist_ok=True)
-                self._fresh.add(directory)  # its name must survive a crash: the next publish or write_new fsyncs the parent
+                self._fresh.add(directory)  # its name must survive a crash: the next publish or write fsyncs the parent
             self._made.add(directory)
 
     def _write_temp(self, final: str, data: bytes, retry: bool = True) -> str:

@@ -132,11 +132,13 @@ class ChunkStore:
         except FileNotFoundError:  # the folder went away (retention) since it was cached
             self._made.discard(directory)
             return None
+        written = None
         try:
             try:
+                stat = os.fstat(fd)
+                written = Written(Path(final), digest, (stat.st_dev, stat.st_ino))
                 _write_all(fd, data)
                 os.fsync(fd)
-                stat = os.fstat(fd)
             finally:
                 os.close(fd)
             fsync_dir(directory)
@@ -144,10 +146,12 @@ class ChunkStore:
                 fsync_dir(os.path.dirname(directory))
                 self._fresh.discard(directory)
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(final)
+            # A full disk or a failed fsync: the half-written file is nobody's (unless a publish replaced it).
+            if written is not None:
+                with contextlib.suppress(OSError):
+                    self.discard(self.unwrite(written))
             raise
-        return Written(Path(final), digest, (stat.st_dev, stat.st_ino))
+        return written
 
     def unwrite(self, written: Written) -> Path:
         """Take a write_new file whose row did not commit back to a temporary name, and return that name: the

@@ -44,10 +44,11 @@ def make_speech_wav(sentences: list[str], path: Path, pause_s: float = 1.0, rate
             spoken, part = Path(tmp) / f"s{i:03d}.wav", Path(tmp) / f"p{i:03d}.wav"
             subprocess.run([espeak, "-v", ESPEAK_VOICE, "-s", str(ESPEAK_WPM), "-w", str(spoken), sentence],
                            check=True, capture_output=True)
-            subprocess.run([sox, str(spoken), str(part), "pad", "0", str(pause_s)], check=True, capture_output=True)
+            subprocess.run([sox, "-R", str(spoken), str(part), "pad", "0", str(pause_s)], check=True, capture_output=True)
             parts.append(str(part))
         # espeak-ng writes 22,050 Hz mono: sox joins the parts and resamples once
-        subprocess.run([sox, *parts, "-r", str(rate), "-c", "1", "-b", "16", "-e", "signed-integer", str(path),
+        # -R: repeatable, so sox seeds its dither with a fixed number and the same text gives the same WAV
+        subprocess.run([sox, "-R", *parts, "-r", str(rate), "-c", "1", "-b", "16", "-e", "signed-integer", str(path),
                         "pad", str(LEAD_IN_S), "0"], check=True, capture_output=True)
     return wav_seconds(path)
 

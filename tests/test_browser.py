@@ -39,8 +39,10 @@ TIMESLICES = (1000, 5000, 15000)
 RELOAD_TIMESLICE = 5000
 RELOAD_AFTER_S = 10
 # The bar is the same model on the whole WAV (tiny.en mishears some espeak words wherever the audio is cut):
-# each page's live transcript must reach that recall less a few points, and never below the floor.
-RECALL_MARGIN = 0.08
+# each page's live transcript must reach that recall less a few points, and never below the floor. The
+# 5 s pages measured 0.71-0.79 against a whole-file 0.81 on a quiet machine (2026-12-01, also on the code
+# before that day's ingest changes), so the margin is that widest gap, 0.10, plus a point.
+RECALL_MARGIN = 0.11
 MIN_RECALL = 0.7
 EBML_MAGIC = "1a 45 df a3"
 DRIVER_TIMEOUT_S = 240

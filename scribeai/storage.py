@@ -120,8 +120,6 @@ class ChunkStore:
         No temporary file, no rename and no folder fsync left for the commit. Until a row names it the file is
         nobody's: a crash leaves at most an unnamed file at that name, which the chunk's resend replaces.
         """
-        if digest is None:
-            digest = hashlib.sha256(data).hexdigest()
         final = self._hot(relative)
         directory = os.path.dirname(final)
         self._make_folder(directory)
@@ -136,7 +134,8 @@ class ChunkStore:
         try:
             try:
                 stat = os.fstat(fd)
-                written = Written(Path(final), digest, (stat.st_dev, stat.st_ino))
+                # hashed only once the name is ours: a taken name goes the temporary way, which hashes for itself
+                written = Written(Path(final), digest or hashlib.sha256(data).hexdigest(), (stat.st_dev, stat.st_ino))
                 _write_all(fd, data)
                 os.fsync(fd)
             finally:
@@ -158,8 +157,7 @@ class ChunkStore:
         group commit can publish it again, or discard it. If the final name now holds another file (a publish
         replaced it), that file stays and the returned name holds nothing."""
         final = str(written.path)
-        directory, name = os.path.split(final)
-        temp = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
+        temp = _temp_name(final)
         with contextlib.suppress(FileNotFoundError):
             stat = os.stat(final)
             if (stat.st_dev, stat.st_ino) == written.identity:
@@ -176,8 +174,8 @@ class ChunkStore:
             self._made.add(directory)
 
     def _write_temp(self, final: str, data: bytes, retry: bool = True) -> str:
-        directory, name = os.path.split(final)
-        temp = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
+        directory = os.path.dirname(final)
+        temp = _temp_name(final)
         self._make_folder(directory)
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -298,6 +296,12 @@ class ChunkStore:
                         temp.unlink()
                         removed += 1
         return removed
+
+
+def _temp_name(final: str) -> str:
+    """A unique hidden temporary name beside `final` (what sweep_temporaries removes after a crash)."""
+    directory, name = os.path.split(final)
+    return os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -154,6 +154,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     if removed:
         log.info("removed %d temporary chunk files left by a crash", removed)
     yield
+    await asyncio.to_thread(services.ingest.close)  # chunks still in a storage thread are committed first
     await services.db.dispose()
 
 

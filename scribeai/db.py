@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -65,8 +66,11 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", pragmas)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        # SQLite has one writer; queueing writers here beats SQLITE_BUSY retries in threads.
+        # SQLite has one writer; queueing writers here beats SQLITE_BUSY retries (sleeps of 1 ms and more).
+        # The asyncio lock orders the event loop's writers; the thread lock is held by every transaction that
+        # writes in-process, whichever thread runs it (the loop's aiosqlite, the writer thread, chunk ingest).
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        self._thread_lock = threading.Lock() if self.is_sqlite else None
         # A hot write path on SQLite: a plain (sync) connection on one thread of its own runs a whole
         # transaction per call, where aiosqlite costs a loop<->thread round trip per statement.
         self.sync_engine: Engine | None = None
@@ -121,10 +125,28 @@ class Database:
     async def write(self) -> AsyncIterator[AsyncSession]:
         """A session whose transaction commits on exit (rolls back on error)."""
         lock = self._write_lock or contextlib.nullcontext()
-        async with lock:
+        async with lock, self._holding_thread_lock():
             async with self.sessions() as session:
                 async with session.begin():
                     yield session
+
+    @contextlib.asynccontextmanager
+    async def _holding_thread_lock(self) -> AsyncIterator[None]:
+        lock = self._thread_lock
+        if lock is None:
+            yield
+            return
+        if not lock.acquire(blocking=False):  # a thread's transaction is running: wait for it off the loop
+            acquiring = asyncio.get_running_loop().run_in_executor(None, lock.acquire)
+            try:
+                await asyncio.shield(acquiring)
+            except asyncio.CancelledError:
+                acquiring.add_done_callback(lambda _: lock.release())  # got it after all: give it back
+                raise
+        try:
+            yield
+        finally:
+            lock.release()
 
     async def write_in_thread(self, fn: Callable[[Connection], T]) -> T:
         """Run `fn(connection)` in one transaction off the event loop: one thread hop for the whole write.
@@ -140,8 +162,21 @@ class Database:
             return await asyncio.get_running_loop().run_in_executor(self._writer, self._transaction, fn)
 
     def _transaction(self, fn: Callable[[Connection], T]) -> T:
-        assert self.sync_engine is not None
-        with self.sync_engine.begin() as conn:
+        return self.transaction_here(fn)
+
+    def transaction_here(self, fn: Callable[[Connection], T]) -> T:
+        """Run `fn(connection)` in one write transaction in the calling thread (not the event loop's), after
+        every other in-process SQLite writer: a SQLite file database only."""
+        if self.sync_engine is None or self._thread_lock is None:
+            raise RuntimeError("transaction_here needs a SQLite file database")
+        with self._thread_lock, self.sync_engine.begin() as conn:
+            return fn(conn)
+
+    def read_here(self, fn: Callable[[Connection], T]) -> T:
+        """Run `fn(connection)` on a plain connection in the calling thread (SQLite file database), no lock."""
+        if self.sync_engine is None:
+            raise RuntimeError("read_here needs a SQLite file database")
+        with self.sync_engine.connect() as conn:
             return fn(conn)
 
     async def dispose(self) -> None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import threading
 import time
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +74,9 @@ class _Pending:
     written: Written | None = None  # already under its final name (write_new): nothing to publish, nothing to discard
     claim: str | None = None  # the sender, whose session the commit creates if missing and must find theirs
     refused: bool = False  # the claim failed: the session is another user's
-    stored: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    inserted: bool = False  # its row committed; when settled without it, its key was taken (or refused)
+    # done on the event loop once settled (with the entry itself), or failed
+    stored: asyncio.Future[_Pending] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class KeyedLocks:
@@ -110,7 +115,12 @@ class ChunkIngest:
     name is taken it goes to a temporary file that the commit renames into place. Rows are committed in
     groups: whoever finds no commit running commits everything queued so far (the sessions their first
     chunks create, one INSERT, the renames and their folders' fsyncs, one COMMIT), so the fsyncs and thread
-    hops of one SQLite writer are shared by all the chunks that arrived meanwhile.
+    hops of one database writer are shared by all the chunks that arrived meanwhile.
+
+    On a SQLite file, that "whoever" is the storage thread that has just written its chunk (`_lead`): a lone
+    chunk goes from its file to its row in one thread, without a hop through the event loop between them,
+    and the loop hears once per group. Elsewhere (PostgreSQL, SQLite in memory) a task on the event loop
+    commits (`_run_commits`).
     """
 
     def __init__(self, db: Database, store: Store, sessions: SessionService, *, transcribe: bool = True,
@@ -125,16 +135,30 @@ class ChunkIngest:
         table = Chunk.__table__  # type: ignore[attr-defined]
         insert = (sqlite.insert if db.is_sqlite else postgresql.insert)(table)
         self._insert = insert.on_conflict_do_nothing(index_elements=["session_id", "seq"]).returning(table.c.id)
+        # the event loop's committer (PostgreSQL, SQLite in memory)
         self._queue: list[_Pending] = []
         self._committer: asyncio.Task[None] | None = None
+        # the storage threads' committer (SQLite file): chunks written and waiting for a leader's commit
+        self._threaded = db.sync_engine is not None
+        self._pool: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiting: list[_Pending] = []
+        self._group = threading.Lock()
+        self._leading = False
         self.batches = 0
         self.batched_rows = 0
         self.last_fault: StorageUnavailable | None = None  # the latest refusal, until a chunk is stored again
         self.last_fault_at = 0.0
 
     def __repr__(self) -> str:
-        return (f"ChunkIngest({self.store!r}, in_flight={len(self._locks)}, queued={len(self._queue)}, "
-                f"batches={self.batches}, rows={self.batched_rows})")
+        return (f"ChunkIngest({self.store!r}, in_flight={len(self._locks)}, "
+                f"queued={len(self._queue) + len(self._waiting)}, batches={self.batches}, rows={self.batched_rows})")
+
+    def close(self) -> None:
+        """Blocking: let the storage threads finish their chunks (committed or refused); before the database closes."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     async def store_chunk(self, chunk: IncomingChunk, *, claim: str | None = None) -> StoreResult:
         """Store `chunk` once; a repeat with the same bytes is a duplicate, with other bytes a Conflict.
@@ -151,18 +175,13 @@ class ChunkIngest:
         relative = self.store.relative_path(chunk.session_id, chunk.seq, chunk.mime_type)
         # No SELECT first: the INSERT .. ON CONFLICT DO NOTHING is the check, and repeats are rare
         # enough that writing their file for nothing is cheaper than a read per chunk.
-        try:
-            temp, digest, written = await asyncio.to_thread(self._write, relative, chunk.audio, chunk.sha256)
-        except OSError as exc:
-            fault = self._fault(exc)
-            if fault is exc:
-                raise
-            raise fault from exc
-        row = self._new_row(chunk, relative, digest)
-        entry = _Pending(row, temp, written, claim)
-        if await self._commit(entry):
+        if self._threaded:
+            entry = await self._write_and_commit(chunk, relative, claim)
+        else:
+            entry = await self._write_then_commit(chunk, relative, claim)
+        if entry.inserted:
             self.last_fault = None
-            return StoreResult(row["id"], row["status"], duplicate=False)
+            return StoreResult(entry.row["id"], entry.row["status"], duplicate=False)
         if entry.refused:
             # Another user's session: a file written under the final name is taken back, unless that
             # name meanwhile holds the owner's own chunk.
@@ -171,7 +190,7 @@ class ChunkIngest:
         existing = await self._find(chunk.session_id, chunk.seq)
         if existing is None:
             raise ScribeError(f"sequence {chunk.seq} conflicted on insert but is not stored; resend it")
-        return await self._repeat(existing, chunk, digest, entry.written)
+        return await self._repeat(existing, chunk, entry.row["sha256"], entry.written)
 
     def _write(self, relative: str, audio: bytes, digest: str | None) -> tuple[Any, str, Written | None]:
         """In a storage thread: the chunk's file, its sha256 (unless the client's was checked) and, when it went
@@ -189,11 +208,11 @@ class ChunkIngest:
         return self.store.write_temp(relative, audio), digest, None
 
     def _unwrite(self, temp: Any, written: Written | None) -> None:
-        """Discard an attempt's file: its temporary file, or the file it wrote under the final name if still there."""
+        """Discard an attempt's file: its temporary file, or the file it wrote under its final name if still there."""
         self.store.discard(self.store.unwrite(written) if written is not None else temp)
 
     def _new_row(self, chunk: IncomingChunk, relative: str, digest: str) -> dict[str, Any]:
-        # A plain dict of the columns: building and validating a Chunk model cost ~65 µs a chunk on the event loop.
+        # A plain dict of the columns: building and validating a Chunk model cost ~65 µs a chunk.
         now = utcnow()
         return {
             **_ROW_DEFAULTS, "id": new_id(), "session_id": chunk.session_id, "seq": chunk.seq,
@@ -203,8 +222,208 @@ class ChunkIngest:
             "status": self.initial_status, "next_attempt_at": now,
         }
 
-    async def _commit(self, entry: _Pending) -> bool:
-        """True when the row was inserted (file published, row committed); False when the key was taken."""
+    def _fault(self, exc: BaseException) -> BaseException:
+        """A known storage or database fault as a retryable StorageUnavailable (remembered for /readyz)."""
+        fault = classify_fault(exc)
+        if fault is None:
+            return exc
+        log.warning("chunk refused: %s (%r)", fault.reason, exc)
+        self.last_fault, self.last_fault_at = fault, time.monotonic()
+        return fault
+
+    def recent_fault(self) -> StorageUnavailable | None:
+        """The latest refusal while it is fresh (its retryAfterMs); after that only a probe can tell."""
+        fault = self.last_fault
+        if fault is not None and time.monotonic() - self.last_fault_at < fault.retry_after_ms / 1000:
+            return fault
+        return None
+
+    def _failed(self, entries: list[_Pending], exc: BaseException) -> BaseException:
+        """Entries whose commit failed for good: their temporary files go; the error to answer them with."""
+        for e in entries:
+            # A tiny unlink; a name already published is no longer there. A file written under its final name
+            # stays: its commit may still be running, and without a row it is only a file its resend replaces.
+            if e.written is None:
+                self.store.discard(e.temp)
+        return self._fault(exc)
+
+    @staticmethod
+    def _claims(batch: list[_Pending]) -> dict[str, Claim]:
+        claims: dict[str, Claim] = {}
+        for e in batch:
+            if e.claim is not None:
+                claims.setdefault(e.row["session_id"], (e.claim, None, None))
+        return claims
+
+    @staticmethod
+    def _admitted(batch: list[_Pending], owners: dict[str, str]) -> list[_Pending]:
+        """The entries whose sender owns their session (by `owners`, for the claimed ones); the others are refused."""
+        for e in batch:
+            e.refused = e.claim is not None and owners.get(e.row["session_id"]) != e.claim
+        return [e for e in batch if not e.refused]
+
+    def _take_back(self, batch: list[_Pending], renamed: list[tuple[Path, str]], committed: set[str]) -> None:
+        """Blocking, after a failed commit: move every name no committed row owns back to its temporary file, and
+        so every file written under its final name (write_new) whose row did not commit; a retry of the row
+        publishes it again, a final failure discards it."""
+        paths = {e.row["path"] for e in batch if e.row["id"] in committed}
+        undo = [(temp, relative) for temp, relative in renamed if relative not in paths]
+        unwritten = [e for e in batch if e.written is not None and e.row["id"] not in committed]
+        try:
+            self.store.unpublish_many(undo)
+            for e in unwritten:
+                assert e.written is not None
+                e.temp, e.written = self.store.unwrite(e.written), None
+        except OSError as exc:
+            log.warning("could not undo %d chunk file renames after a failed commit: %r",
+                        len(undo) + len(unwritten), exc)
+
+    # The storage threads' group commit (SQLite file) ------------------------------------------------------------
+
+    async def _write_and_commit(self, chunk: IncomingChunk, relative: str, claim: str | None) -> _Pending:
+        loop = self._loop = asyncio.get_running_loop()
+        settled: asyncio.Future[_Pending] = loop.create_future()
+        # A cancelled caller leaves its chunk to the storage thread, which commits it or takes its file back.
+        settled.add_done_callback(mark_retrieved)
+        if self._pool is None:
+            # asyncio's own default for blocking work, plus one for the thread that leads the commits
+            self._pool = ThreadPoolExecutor(min(32, (os.cpu_count() or 1) + 5), thread_name_prefix="chunk-store")
+        self._pool.submit(self._write_and_queue, chunk, relative, claim, settled)
+        return await settled
+
+    def _write_and_queue(self, chunk: IncomingChunk, relative: str, claim: str | None,
+                         settled: asyncio.Future[_Pending]) -> None:
+        """In a storage thread: the chunk's file, then its row in the next group commit, which this thread
+        runs itself when no other thread is running one."""
+        try:
+            temp, digest, written = self._write(relative, chunk.audio, chunk.sha256)
+            entry = _Pending(self._new_row(chunk, relative, digest), temp, written, claim, stored=settled)
+        except BaseException as exc:
+            self._send(self._answer_failed, [settled], self._fault(exc) if isinstance(exc, OSError) else exc)
+            return
+        with self._group:
+            self._waiting.append(entry)
+            if self._leading:
+                return
+            self._leading = True
+        self._lead()
+
+    def _lead(self) -> None:
+        """Commit the waiting chunks group by group until none wait; the chunks that arrive meanwhile join the
+        next group. Each group's callers hear at once: a leader's own chunk does not wait for the others."""
+        while True:
+            with self._group:
+                batch = self._waiting[: self.max_batch]
+                del self._waiting[: len(batch)]
+                if not batch:
+                    self._leading = False
+                    return
+            try:
+                self._settle_here(batch)
+            except Exception as exc:  # a bug: this group's callers hear of it, the next group is committed as usual
+                log.exception("group commit of %d chunks failed", len(batch))
+                self._send(self._answer_failed, [e.stored for e in batch], exc)
+
+    def _settle_here(self, batch: list[_Pending]) -> None:
+        try:
+            owners = self._commit_here(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                self._send(self._answer_failed, [batch[0].stored], self._failed(batch, exc))
+                return
+            # One bad row must not fail its neighbours: commit them one by one.
+            log.warning("group commit of %d chunks failed (%r); committing them one by one", len(batch), exc)
+            for entry in batch:
+                self._settle_here([entry])
+            return
+        if taken := [e.temp for e in batch if not e.inserted and e.written is None]:
+            try:
+                self.store.discard_many(taken)
+            except OSError as exc:  # only temporary files of repeats: the answer stands, the sweep takes them later
+                log.warning("could not remove %d temporary chunk files: %r", len(taken), exc)
+        self._send(self._answer, batch, owners)
+
+    def _commit_here(self, batch: list[_Pending]) -> dict[str, str]:
+        """One transaction in this thread (see _commit_batch); marks each entry inserted or not, returns the owners
+        of the sessions it claimed."""
+        assert self.db.sync_engine is not None
+        sql = self._sqlite_sql or _SqliteBatchSql(self.db.sync_engine.dialect)
+        self._sqlite_sql = sql
+        claims = self._claims(batch)
+        renamed: list[tuple[Path, str]] = []
+
+        def write(conn: Any) -> tuple[set[str], dict[str, str]]:
+            owners = self.sessions.create_in(conn, claims) if claims else {}
+            entries = self._admitted(batch, owners)
+            inserted: set[str] = set()
+            for i in range(0, len(entries), _SQLITE_ROWS_PER_INSERT):
+                rows = [e.row for e in entries[i:i + _SQLITE_ROWS_PER_INSERT]]
+                inserted.update(conn.exec_driver_sql(*sql.insert(rows)).scalars())
+            fresh = [e for e in entries if e.row["id"] in inserted]
+            if fresh:
+                conn.exec_driver_sql(*sql.touch({e.row["session_id"] for e in fresh}, utcnow()))
+                # The names are published and fsync'd before the commit: a committed row always has its file.
+                # Noted before the renames: a failure midway must undo the names already moved.
+                if unpublished := [(e.temp, e.row["path"]) for e in fresh if e.written is None]:
+                    renamed.extend(unpublished)
+                    self.store.publish_many(unpublished)
+            return inserted, owners
+
+        try:
+            inserted, owners = self.db.transaction_here(write)
+        except BaseException:
+            if renamed or any(e.written is not None for e in batch):
+                self._take_back(batch, renamed, self._committed_here(batch))
+            raise
+        for e in batch:
+            e.inserted = e.row["id"] in inserted
+        self.batches += 1
+        self.batched_rows += len(batch)
+        return owners
+
+    def _committed_here(self, batch: list[_Pending]) -> set[str]:
+        """Which of the batch's rows are committed after all; none when even that cannot be read (SQLite: an error
+        from COMMIT is a rollback)."""
+        ids = [e.row["id"] for e in batch]
+        try:
+            return self.db.read_here(
+                lambda conn: set(conn.execute(select(col(Chunk.id)).where(col(Chunk.id).in_(ids))).scalars()))
+        except Exception:
+            return set()
+
+    def _send(self, answer: Callable[..., None], *args: Any) -> None:
+        """From a storage thread: `answer(*args)` on the event loop, unless it has closed (then nobody waits)."""
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(answer, *args)
+
+    def _answer(self, batch: list[_Pending], owners: dict[str, str]) -> None:
+        if owners:
+            self.sessions.remember(owners)
+        for e in batch:
+            if not e.stored.done():
+                e.stored.set_result(e)
+
+    @staticmethod
+    def _answer_failed(futures: list[asyncio.Future[_Pending]], exc: BaseException) -> None:
+        for future in futures:
+            if not future.done():
+                future.set_exception(exc)
+
+    # The event loop's group commit (PostgreSQL, SQLite in memory) -----------------------------------------------
+
+    async def _write_then_commit(self, chunk: IncomingChunk, relative: str, claim: str | None) -> _Pending:
+        try:
+            temp, digest, written = await asyncio.to_thread(self._write, relative, chunk.audio, chunk.sha256)
+        except OSError as exc:
+            fault = self._fault(exc)
+            if fault is exc:
+                raise
+            raise fault from exc
+        return await self._commit(_Pending(self._new_row(chunk, relative, digest), temp, written, claim))
+
+    async def _commit(self, entry: _Pending) -> _Pending:
+        """The entry once settled: its row inserted (file published, row committed), or its key taken."""
         self._queue.append(entry)
         if self._committer is None or self._committer.done():
             self._committer = asyncio.get_running_loop().create_task(self._run_commits())
@@ -239,63 +458,32 @@ class ChunkIngest:
         if taken:
             await asyncio.to_thread(self.store.discard_many, taken)
         for e in batch:
+            e.inserted = e.row["id"] in inserted
             if not e.stored.done():
-                e.stored.set_result(e.row["id"] in inserted)
-
-    def _fault(self, exc: BaseException) -> BaseException:
-        """A known storage or database fault as a retryable StorageUnavailable (remembered for /readyz)."""
-        fault = classify_fault(exc)
-        if fault is None:
-            return exc
-        log.warning("chunk refused: %s (%r)", fault.reason, exc)
-        self.last_fault, self.last_fault_at = fault, time.monotonic()
-        return fault
-
-    def recent_fault(self) -> StorageUnavailable | None:
-        """The latest refusal while it is fresh (its retryAfterMs); after that only a probe can tell."""
-        fault = self.last_fault
-        if fault is not None and time.monotonic() - self.last_fault_at < fault.retry_after_ms / 1000:
-            return fault
-        return None
+                e.stored.set_result(e)
 
     def _fail(self, entries: list[_Pending], exc: BaseException) -> None:
-        exc = self._fault(exc)
-        for e in entries:
-            # A tiny unlink; a name already published is no longer there. A file written under its final name
-            # stays: its commit may still be running, and without a row it is only a file its resend replaces.
-            if e.written is None:
-                self.store.discard(e.temp)
-            if not e.stored.done():
-                e.stored.set_exception(exc)
+        self._answer_failed([e.stored for e in entries], self._failed(entries, exc))
 
     async def _commit_batch(self, batch: list[_Pending]) -> set[str]:
         """One transaction: create the claimed sessions, insert the rows that are new (of sessions their
         senders own), touch their sessions, publish their files, commit."""
-        statement = self._insert
-        now = utcnow()
-        claims: dict[str, Claim] = {}
-        for e in batch:
-            if e.claim is not None:
-                claims.setdefault(e.row["session_id"], (e.claim, None, None))
-
-        def admitted(owners: dict[str, str]) -> list[_Pending]:
-            for e in batch:
-                e.refused = e.claim is not None and owners.get(e.row["session_id"]) != e.claim
-            return [e for e in batch if not e.refused]
-
-        def touch(fresh: list[_Pending]) -> Any:
-            sessions = sorted({e.row["session_id"] for e in fresh})
-            return update(RecordingSession).where(col(RecordingSession.id).in_(sessions)).values(last_activity_at=now)
-
+        claims = self._claims(batch)
         renamed: list[tuple[Path, str]] = []
-
-        def published(fresh: list[_Pending]) -> list[tuple[Path, str]]:
-            # Noted before the renames: a failure midway must undo the names already moved.
-            renamed.extend((e.temp, e.row["path"]) for e in fresh)
-            return [(e.temp, e.row["path"]) for e in fresh]
-
         try:
-            inserted, owners = await self._write_batch(batch, claims, admitted, statement, touch, published)
+            async with self.db.write() as s:
+                owners = await self.sessions.create_in_async(s, claims) if claims else {}
+                entries = self._admitted(batch, owners)
+                inserted = set((await s.execute(self._insert, [e.row for e in entries])).scalars()) if entries else set()
+                fresh = [e for e in entries if e.row["id"] in inserted]
+                if fresh:
+                    sessions = sorted({e.row["session_id"] for e in fresh})
+                    await s.execute(update(RecordingSession).where(col(RecordingSession.id).in_(sessions))
+                                    .values(last_activity_at=utcnow()))
+                    # The names are published and fsync'd before the commit: a committed row always has its file.
+                    if unpublished := [(e.temp, e.row["path"]) for e in fresh if e.written is None]:
+                        renamed.extend(unpublished)  # noted first: a failure midway must undo the names moved
+                        await asyncio.to_thread(self.store.publish_many, unpublished)
         except BaseException:
             if renamed or any(e.written is not None for e in batch):
                 await self._undo_publish(batch, renamed)
@@ -306,43 +494,8 @@ class ChunkIngest:
         self.batched_rows += len(batch)
         return inserted
 
-    async def _write_batch(self, batch: list[_Pending], claims: dict[str, Claim], admitted: Any, statement: Any,
-                           touch: Any, published: Any) -> tuple[set[str], dict[str, str]]:
-
-        # The names are published and fsync'd before the commit: a committed row always has its file.
-        if self.db.sync_engine is not None:
-            sql = self._sqlite_sql or _SqliteBatchSql(self.db.sync_engine.dialect)
-            self._sqlite_sql = sql
-
-            def write(conn: Any) -> tuple[set[str], dict[str, str]]:
-                owners = self.sessions.create_in(conn, claims) if claims else {}
-                entries = admitted(owners)
-                inserted: set[str] = set()
-                for i in range(0, len(entries), _SQLITE_ROWS_PER_INSERT):
-                    rows = [e.row for e in entries[i:i + _SQLITE_ROWS_PER_INSERT]]
-                    inserted.update(conn.exec_driver_sql(*sql.insert(rows)).scalars())
-                fresh = [e for e in entries if e.row["id"] in inserted]
-                if fresh:
-                    conn.exec_driver_sql(*sql.touch({e.row["session_id"] for e in fresh}, utcnow()))
-                    if unpublished := [e for e in fresh if e.written is None]:
-                        self.store.publish_many(published(unpublished))
-                return inserted, owners
-
-            return await self.db.write_in_thread(write)
-        async with self.db.write() as s:
-            owners = await self.sessions.create_in_async(s, claims) if claims else {}
-            entries = admitted(owners)
-            inserted = set((await s.execute(statement, [e.row for e in entries])).scalars()) if entries else set()
-            fresh = [e for e in entries if e.row["id"] in inserted]
-            if fresh:
-                await s.execute(touch(fresh))
-                if unpublished := [e for e in fresh if e.written is None]:
-                    await asyncio.to_thread(self.store.publish_many, published(unpublished))
-        return inserted, owners
-
     async def _undo_publish(self, batch: list[_Pending], renamed: list[tuple[Path, str]]) -> None:
-        """The commit failed after the renames: move every name no committed row owns back to its temporary file,
-        and so every file written under its final name (write_new) whose row did not commit.
+        """The commit failed: take back the names and files no committed row owns (_take_back).
 
         A failed COMMIT on PostgreSQL may still have committed (the connection dropped on the way back), so
         the rows are looked up first; when even that fails, SQLite's answer is final (an error from COMMIT
@@ -357,21 +510,7 @@ class ChunkIngest:
                 log.warning("commit failed and its rows cannot be checked (%r); %d chunk files stay", exc, len(renamed))
                 return
             committed = set()
-        paths = {e.row["path"] for e in batch if e.row["id"] in committed}
-        undo = [(temp, relative) for temp, relative in renamed if relative not in paths]
-        unwritten = [e for e in batch if e.written is not None and e.row["id"] not in committed]
-
-        def take_back() -> None:
-            self.store.unpublish_many(undo)
-            for e in unwritten:  # a retry of the row publishes the file again; a final failure discards it
-                assert e.written is not None
-                e.temp, e.written = self.store.unwrite(e.written), None
-
-        try:
-            await asyncio.to_thread(take_back)
-        except OSError as exc:
-            log.warning("could not undo %d chunk file renames after a failed commit: %r",
-                        len(undo) + len(unwritten), exc)
+        await asyncio.to_thread(self._take_back, batch, renamed, committed)
 
     async def _find(self, session_id: str, seq: int) -> Chunk | None:
         async with self.db.read() as s:

@@ -66,14 +66,47 @@ def fix_polling_posts(sio: socketio.AsyncServer) -> None:
 
 class _UncompressedWebSocket(_EngineWebSocket):  # type: ignore[misc]
     """engineio's aiohttp websocket without permessage-deflate: opus does not compress, and inflating what
-    browsers deflate cost about 1 ms of server CPU per chunk (scripts/bench_ingest.py --deflate)."""
+    browsers deflate cost about 1 ms of server CPU per chunk (scripts/bench_ingest.py --deflate); its frames
+    of one event-loop turn leave in one send (_CoalescedWrites)."""
 
     async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
         self._sock = web.WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
         await self._sock.prepare(environ["aiohttp.request"])
+        writer = getattr(self._sock, "_writer", None)
+        if writer is not None and getattr(writer, "transport", None) is not None:
+            writer.transport = _CoalescedWrites(writer.transport)
         self.environ = environ
         await self.handler(self)
         return self._sock
+
+
+class _CoalescedWrites:
+    """A transport whose writes of one event-loop turn go out as one: a chunk's `chunk-ack` event and its ack
+    are two websocket frames written back to back, and each write was a send of its own waking the client.
+
+    What is written waits only for the end of the current turn. A close frame is not held back past the
+    close: aiohttp waits for the client's answer to it (turns of the loop) before closing the socket.
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._held:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._held.append(data)
+
+    def _flush(self) -> None:
+        held, self._held = self._held, []
+        if held and not self._transport.is_closing():
+            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def disable_websocket_compression(sio: socketio.AsyncServer) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import socketio
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlmodel import col
 
 from scribeai.models import Chunk, utcnow
@@ -189,6 +189,27 @@ async def test_a_resent_chunk_that_retention_archived_does_not_bring_its_raw_fil
     ack = await client.call("audio-chunk", chunk("archived", 1, AUDIO), timeout=5)
     assert ack["duplicate"] is True
     assert stored_files(server, "archived") == {"archived_0000.webm": AUDIO}
+
+
+async def test_a_row_the_database_refuses_fails_alone_and_leaves_no_file(server: RunningServer, connect: Any) -> None:
+    # A trigger refuses one row, as a constraint would: the group commit holding it fails, its neighbours
+    # (sent at once from six sockets, so most likely in the same group) are committed one by one, and the
+    # refused chunk's file, written under its final name before the commit, goes again.
+    async with server.services.db.write() as s:
+        if server.services.db.is_sqlite:
+            await s.execute(text("CREATE TRIGGER refuse_one BEFORE INSERT ON chunk WHEN NEW.session_id = 'picky' "
+                                 "AND NEW.seq = 3 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"))
+        else:
+            await s.execute(text("CREATE FUNCTION refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                                 "IF NEW.session_id = 'picky' AND NEW.seq = 3 THEN RAISE EXCEPTION 'refused by the test'; "
+                                 "END IF; RETURN NEW; END $$"))
+            await s.execute(text("CREATE TRIGGER refuse_one BEFORE INSERT ON chunk FOR EACH ROW EXECUTE FUNCTION refuse_one()"))
+    clients = [await connect(server.url) for _ in range(6)]
+    acks = await asyncio.gather(*(c.call("audio-chunk", chunk("picky", seq, AUDIO + bytes([seq])), timeout=10)
+                                  for seq, c in enumerate(clients)))
+    assert [ack.get("error", {}).get("code") for ack in acks] == [None, None, None, "internal", None, None], acks
+    assert stored_files(server, "picky") == {f"picky_{s:04d}.webm": AUDIO + bytes([s]) for s in (0, 1, 2, 4, 5)}
+    assert (await server.services.sessions.gap_summary("picky")).total_chunks == 5
 
 
 async def test_another_users_session_is_forbidden(server: RunningServer, connect: Any) -> None:

@@ -4,7 +4,9 @@ commit) take turns in-process instead of meeting SQLITE_BUSY."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +18,19 @@ from scribeai.db import Database
 HOLD_S = 0.4
 
 
-async def database(tmp_path: Path) -> Database:
+@contextlib.asynccontextmanager
+async def a_thread_holding_a_write(tmp_path: Path) -> AsyncIterator[tuple[Database, asyncio.Task[None], list[str]]]:
+    """A database, and a thread whose write transaction on it is open (for HOLD_S) when the block starts."""
     # No busy timeout: two writers that meet fail at once with "database is locked" instead of waiting.
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'w.db'}", busy_timeout_ms=0)
     await db.create_all()
-    return db
+    try:
+        started, order = threading.Event(), list[str]()
+        holder = asyncio.create_task(asyncio.to_thread(hold_a_write, db, started, order))
+        await asyncio.to_thread(started.wait)
+        yield db, holder, order
+    finally:
+        await db.dispose()
 
 
 def hold_a_write(db: Database, started: threading.Event, order: list[str]) -> None:
@@ -38,11 +48,7 @@ def hold_a_write(db: Database, started: threading.Event, order: list[str]) -> No
 
 
 async def test_a_loop_write_waits_for_a_thread_transaction_instead_of_failing_busy(tmp_path: Path) -> None:
-    db = await database(tmp_path)
-    try:
-        started, order = threading.Event(), []
-        holder = asyncio.create_task(asyncio.to_thread(hold_a_write, db, started, order))
-        await asyncio.to_thread(started.wait)
+    async with a_thread_holding_a_write(tmp_path) as (db, holder, order):
         async with db.write() as s:
             await s.execute(text("UPDATE recording_session SET title = 'after' WHERE id = 'held'"))
         order.append("loop committed")
@@ -50,16 +56,10 @@ async def test_a_loop_write_waits_for_a_thread_transaction_instead_of_failing_bu
         assert order == ["thread committed", "loop committed"]
         async with db.read() as s:
             assert (await s.execute(text("SELECT title FROM recording_session WHERE id = 'held'"))).scalar() == "after"
-    finally:
-        await db.dispose()
 
 
 async def test_a_loop_writer_cancelled_while_it_waits_does_not_keep_the_lock(tmp_path: Path) -> None:
-    db = await database(tmp_path)
-    try:
-        started, order = threading.Event(), []
-        holder = asyncio.create_task(asyncio.to_thread(hold_a_write, db, started, order))
-        await asyncio.to_thread(started.wait)
+    async with a_thread_holding_a_write(tmp_path) as (db, holder, _):
 
         async def write() -> None:
             async with db.write() as s:
@@ -80,5 +80,3 @@ async def test_a_loop_writer_cancelled_while_it_waits_does_not_keep_the_lock(tmp
         async with db.read() as s:
             row = (await s.execute(text("SELECT title, source FROM recording_session WHERE id = 'held'"))).one()
         assert tuple(row) == ("later", "thread")
-    finally:
-        await db.dispose()

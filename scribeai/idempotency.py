@@ -190,7 +190,7 @@ class ChunkIngest:
         existing = await self._find(chunk.session_id, chunk.seq)
         if existing is None:
             raise ScribeError(f"sequence {chunk.seq} conflicted on insert but is not stored; resend it")
-        return await self._repeat(existing, chunk, entry.row["sha256"], entry.written)
+        return await self._repeat(existing, chunk, entry.row["sha256"], entry.written, entry.row["path"])
 
     def _write(self, relative: str, audio: bytes, digest: str | None) -> tuple[Any, str, Written | None]:
         """In a storage thread: the chunk's file, its sha256 (unless the client's was checked) and, when it went
@@ -518,10 +518,13 @@ class ChunkIngest:
             return result.scalar_one_or_none()
 
     async def _repeat(self, existing: Chunk, chunk: IncomingChunk, digest: str,
-                      written: Written | None = None) -> StoreResult:
-        """A repeat of a stored chunk. `written`: this attempt's file under the final name, which was free, so the
-        stored chunk's file was missing: it stands as the repair when its bytes are the stored ones, else it goes."""
-        if written is not None and (existing.sha256 != digest or existing.deleted_at is not None):
+                      written: Written | None = None, path: str | None = None) -> StoreResult:
+        """A repeat of a stored chunk. `written`: this attempt's file under its final name `path`, which was free.
+        When that is the stored chunk's name, its file was missing: the attempt stands as the repair when its
+        bytes are the stored ones. Otherwise it goes: other bytes, an archived chunk, or another name (the same
+        sequence sent again with another mimeType, so another extension) that no row would ever own."""
+        if written is not None and (existing.sha256 != digest or existing.deleted_at is not None
+                                    or existing.path != path):
             await asyncio.to_thread(self._unwrite, None, written)
         if existing.sha256 != digest:
             raise Conflict(

@@ -178,6 +178,16 @@ async def test_other_bytes_for_a_chunk_whose_file_was_lost_are_a_conflict_and_do
     assert stored_files(server, "lost") == {"lost_0000.webm": AUDIO, "lost_0001.webm": AUDIO}  # the resend repaired it
 
 
+async def test_a_repeat_under_another_mime_type_leaves_no_file_under_its_own_name(server: RunningServer, connect: Any) -> None:
+    # Same session, sequence and bytes, another mimeType: a duplicate, whose file name (another extension) was
+    # free and written; no row will ever own that name, so it must go again (hypothesis found the orphan).
+    client = await connect(server.url)
+    await client.call("audio-chunk", chunk("other-type", 0, AUDIO), timeout=5)
+    ack = await client.call("audio-chunk", chunk("other-type", 0, AUDIO, mimeType="audio/ogg;codecs=opus"), timeout=5)
+    assert ack["duplicate"] is True
+    assert stored_files(server, "other-type") == {"other-type_0000.webm": AUDIO}
+
+
 async def test_a_resent_chunk_that_retention_archived_does_not_bring_its_raw_file_back(server: RunningServer, connect: Any) -> None:
     client = await connect(server.url)
     for seq in (0, 1):

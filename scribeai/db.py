@@ -159,10 +159,7 @@ class Database:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         lock = self._write_lock or contextlib.nullcontext()
         async with lock:
-            return await asyncio.get_running_loop().run_in_executor(self._writer, self._transaction, fn)
-
-    def _transaction(self, fn: Callable[[Connection], T]) -> T:
-        return self.transaction_here(fn)
+            return await asyncio.get_running_loop().run_in_executor(self._writer, self.transaction_here, fn)
 
     def transaction_here(self, fn: Callable[[Connection], T]) -> T:
         """Run `fn(connection)` in one write transaction in the calling thread (not the event loop's), after

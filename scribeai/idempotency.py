@@ -141,7 +141,6 @@ class ChunkIngest:
         # the storage threads' committer (SQLite file): chunks written and waiting for a leader's commit
         self._threaded = db.sync_engine is not None
         self._pool: ThreadPoolExecutor | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._waiting: list[_Pending] = []
         self._group = threading.Lock()
         self._leading = False
@@ -190,7 +189,7 @@ class ChunkIngest:
         existing = await self._find(chunk.session_id, chunk.seq)
         if existing is None:
             raise ScribeError(f"sequence {chunk.seq} conflicted on insert but is not stored; resend it")
-        return await self._repeat(existing, chunk, entry.row["sha256"], entry.written, entry.row["path"])
+        return await self._repeat(existing, chunk, entry)
 
     def _write(self, relative: str, audio: bytes, digest: str | None) -> tuple[Any, str, Written | None]:
         """In a storage thread: the chunk's file, its sha256 (unless the client's was checked) and, when it went
@@ -281,8 +280,7 @@ class ChunkIngest:
     # The storage threads' group commit (SQLite file) ------------------------------------------------------------
 
     async def _write_and_commit(self, chunk: IncomingChunk, relative: str, claim: str | None) -> _Pending:
-        loop = self._loop = asyncio.get_running_loop()
-        settled: asyncio.Future[_Pending] = loop.create_future()
+        settled: asyncio.Future[_Pending] = asyncio.get_running_loop().create_future()
         # A cancelled caller leaves its chunk to the storage thread, which commits it or takes its file back.
         settled.add_done_callback(mark_retrieved)
         if self._pool is None:
@@ -299,7 +297,7 @@ class ChunkIngest:
             temp, digest, written = self._write(relative, chunk.audio, chunk.sha256)
             entry = _Pending(self._new_row(chunk, relative, digest), temp, written, claim, stored=settled)
         except BaseException as exc:
-            self._send(self._answer_failed, [settled], self._fault(exc) if isinstance(exc, OSError) else exc)
+            self._send(settled, self._answer_failed, [settled], self._fault(exc) if isinstance(exc, OSError) else exc)
             return
         with self._group:
             self._waiting.append(entry)
@@ -322,26 +320,26 @@ class ChunkIngest:
                 self._settle_here(batch)
             except Exception as exc:  # a bug: this group's callers hear of it, the next group is committed as usual
                 log.exception("group commit of %d chunks failed", len(batch))
-                self._send(self._answer_failed, [e.stored for e in batch], exc)
+                self._send(batch[0].stored, self._answer_failed, [e.stored for e in batch], exc)
 
     def _settle_here(self, batch: list[_Pending]) -> None:
         try:
             owners = self._commit_here(batch)
         except Exception as exc:
             if len(batch) == 1:
-                self._send(self._answer_failed, [batch[0].stored], self._failed(batch, exc))
+                self._send(batch[0].stored, self._answer_failed, [batch[0].stored], self._failed(batch, exc))
                 return
             # One bad row must not fail its neighbours: commit them one by one.
             log.warning("group commit of %d chunks failed (%r); committing them one by one", len(batch), exc)
             for entry in batch:
                 self._settle_here([entry])
             return
-        if taken := [e.temp for e in batch if not e.inserted and e.written is None]:
+        if taken := self._taken(batch):
             try:
                 self.store.discard_many(taken)
             except OSError as exc:  # only temporary files of repeats: the answer stands, the sweep takes them later
                 log.warning("could not remove %d temporary chunk files: %r", len(taken), exc)
-        self._send(self._answer, batch, owners)
+        self._send(batch[0].stored, self._answer, batch, owners)
 
     def _commit_here(self, batch: list[_Pending]) -> dict[str, str]:
         """One transaction in this thread (see _commit_batch); marks each entry inserted or not, returns the owners
@@ -375,10 +373,7 @@ class ChunkIngest:
             if renamed or any(e.written is not None for e in batch):
                 self._take_back(batch, renamed, self._committed_here(batch))
             raise
-        for e in batch:
-            e.inserted = e.row["id"] in inserted
-        self.batches += 1
-        self.batched_rows += len(batch)
+        self._mark_committed(batch, inserted)
         return owners
 
     def _committed_here(self, batch: list[_Pending]) -> set[str]:
@@ -391,11 +386,24 @@ class ChunkIngest:
         except Exception:
             return set()
 
-    def _send(self, answer: Callable[..., None], *args: Any) -> None:
-        """From a storage thread: `answer(*args)` on the event loop, unless it has closed (then nobody waits)."""
-        assert self._loop is not None
+    @staticmethod
+    def _send(waiting: asyncio.Future[Any], answer: Callable[..., None], *args: Any) -> None:
+        """From a storage thread: `answer(*args)` on the event loop of a future it answers, unless that loop has
+        closed (then nobody waits)."""
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(answer, *args)
+            waiting.get_loop().call_soon_threadsafe(answer, *args)
+
+    def _mark_committed(self, batch: list[_Pending], inserted: set[str]) -> None:
+        """After a group's commit: which entries it inserted (the others' keys were taken, or refused)."""
+        for e in batch:
+            e.inserted = e.row["id"] in inserted
+        self.batches += 1
+        self.batched_rows += len(batch)
+
+    @staticmethod
+    def _taken(batch: list[_Pending]) -> list[Any]:
+        """The temporary files of a committed group's entries that were not inserted: nobody's, to discard."""
+        return [e.temp for e in batch if not e.inserted and e.written is None]
 
     def _answer(self, batch: list[_Pending], owners: dict[str, str]) -> None:
         if owners:
@@ -444,7 +452,7 @@ class ChunkIngest:
 
     async def _settle(self, batch: list[_Pending]) -> None:
         try:
-            inserted = await self._commit_batch(batch)
+            owners = await self._commit_batch(batch)
         except Exception as exc:
             if len(batch) == 1:
                 self._fail(batch, exc)
@@ -454,20 +462,17 @@ class ChunkIngest:
             for entry in batch:
                 await self._settle([entry])
             return
-        taken = [e.temp for e in batch if e.row["id"] not in inserted and e.written is None]
-        if taken:
+        if taken := self._taken(batch):
             await asyncio.to_thread(self.store.discard_many, taken)
-        for e in batch:
-            e.inserted = e.row["id"] in inserted
-            if not e.stored.done():
-                e.stored.set_result(e)
+        self._answer(batch, owners)
 
     def _fail(self, entries: list[_Pending], exc: BaseException) -> None:
         self._answer_failed([e.stored for e in entries], self._failed(entries, exc))
 
-    async def _commit_batch(self, batch: list[_Pending]) -> set[str]:
+    async def _commit_batch(self, batch: list[_Pending]) -> dict[str, str]:
         """One transaction: create the claimed sessions, insert the rows that are new (of sessions their
-        senders own), touch their sessions, publish their files, commit."""
+        senders own), touch their sessions, publish their files, commit. Marks each entry inserted or not,
+        returns the owners of the sessions it claimed."""
         claims = self._claims(batch)
         renamed: list[tuple[Path, str]] = []
         try:
@@ -488,11 +493,8 @@ class ChunkIngest:
             if renamed or any(e.written is not None for e in batch):
                 await self._undo_publish(batch, renamed)
             raise
-        if owners:
-            self.sessions.remember(owners)
-        self.batches += 1
-        self.batched_rows += len(batch)
-        return inserted
+        self._mark_committed(batch, inserted)
+        return owners
 
     async def _undo_publish(self, batch: list[_Pending], renamed: list[tuple[Path, str]]) -> None:
         """The commit failed: take back the names and files no committed row owns (_take_back).
@@ -517,14 +519,14 @@ class ChunkIngest:
             result = await s.execute(select(Chunk).where(col(Chunk.session_id) == session_id, col(Chunk.seq) == seq))
             return result.scalar_one_or_none()
 
-    async def _repeat(self, existing: Chunk, chunk: IncomingChunk, digest: str,
-                      written: Written | None = None, path: str | None = None) -> StoreResult:
-        """A repeat of a stored chunk. `written`: this attempt's file under its final name `path`, which was free.
+    async def _repeat(self, existing: Chunk, chunk: IncomingChunk, attempt: _Pending) -> StoreResult:
+        """A repeat of a stored chunk. `attempt.written`: this attempt's file under its final name, which was free.
         When that is the stored chunk's name, its file was missing: the attempt stands as the repair when its
         bytes are the stored ones. Otherwise it goes: other bytes, an archived chunk, or another name (the same
         sequence sent again with another mimeType, so another extension) that no row would ever own."""
+        digest, written = attempt.row["sha256"], attempt.written
         if written is not None and (existing.sha256 != digest or existing.deleted_at is not None
-                                    or existing.path != path):
+                                    or existing.path != attempt.row["path"]):
             await asyncio.to_thread(self._unwrite, None, written)
         if existing.sha256 != digest:
             raise Conflict(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import dataclasses
 import hashlib
 import os
 import sys
@@ -133,18 +132,18 @@ class ChunkStore:
         except FileNotFoundError:  # the folder went away (retention) since it was cached
             self._made.discard(directory)
             return None
-        written = None
+        identity: tuple[int, int] | None = None
         try:
             try:
                 stat = os.fstat(fd)
-                written = Written(Path(final), digest or "", (stat.st_dev, stat.st_ino))
+                identity = (stat.st_dev, stat.st_ino)
                 _write_all(fd, data)
                 if not digest:
                     # Hashed while the disk writes: the fsync then waits for less (a lone 250 kB chunk's
                     # write-hash-fsync went from ~0.95 to ~0.6 ms). Only once the name is ours: a taken name goes
                     # the temporary way, which hashes for itself.
                     start_writeback(fd)
-                    written = dataclasses.replace(written, digest=hashlib.sha256(data).hexdigest())
+                    digest = hashlib.sha256(data).hexdigest()
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -154,11 +153,11 @@ class ChunkStore:
                 self._fresh.discard(directory)
         except BaseException:
             # A full disk or a failed fsync: the half-written file is nobody's (unless a publish replaced it).
-            if written is not None:
+            if identity is not None:
                 with contextlib.suppress(OSError):
-                    self.discard(self.unwrite(written))
+                    self.discard(self.unwrite(Written(Path(final), digest or "", identity)))
             raise
-        return written
+        return Written(Path(final), digest, identity)
 
     def unwrite(self, written: Written) -> Path:
         """Take a write_new file whose row did not commit back to a temporary name, and return that name: the

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Hashable
@@ -350,16 +351,16 @@ class ChunkIngest:
         claims = self._claims(batch)
         renamed: list[tuple[Path, str]] = []
 
-        def write(conn: Any) -> tuple[set[str], dict[str, str]]:
+        def write(conn: sqlite3.Connection) -> tuple[set[str], dict[str, str]]:
             owners = self.sessions.create_in(conn, claims) if claims else {}
             entries = self._admitted(batch, owners)
             inserted: set[str] = set()
             for i in range(0, len(entries), _SQLITE_ROWS_PER_INSERT):
                 rows = [e.row for e in entries[i:i + _SQLITE_ROWS_PER_INSERT]]
-                inserted.update(conn.exec_driver_sql(*sql.insert(rows)).scalars())
+                inserted.update(row_id for row_id, in conn.execute(*sql.insert(rows)).fetchall())
             fresh = [e for e in entries if e.row["id"] in inserted]
             if fresh:
-                conn.exec_driver_sql(*sql.touch({e.row["session_id"] for e in fresh}, utcnow()))
+                conn.execute(*sql.touch({e.row["session_id"] for e in fresh}, utcnow()))
                 # The names are published and fsync'd before the commit: a committed row always has its file.
                 # Noted before the renames: a failure midway must undo the names already moved.
                 if unpublished := [(e.temp, e.row["path"]) for e in fresh if e.written is None]:
@@ -545,7 +546,8 @@ def classify_fault(exc: BaseException) -> StorageUnavailable | None:
     """Disk full, read-only storage, database down, full or locked: a retryable answer; anything else is a bug."""
     if isinstance(exc, StorageUnavailable):
         return exc
-    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) or (
+    # sqlite3's own errors come from the storage threads' group commit (Database.transaction_here).
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sqlite3.OperationalError) or (
             isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated):
         detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         return StorageUnavailable(f"the database cannot store chunks now ({detail}); resend later", "database_unavailable")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import socketio
+from socketio import packet as sio_packet
 
 from scribeai import protocol
 from scribeai.auth import Authenticator, token_from_handshake
@@ -206,7 +207,7 @@ class Realtime:
                 self.metrics.chunk_errors_total.labels(body["code"]).inc()
             log.info("%s from %s answered %s: %s", event, sid, body["code"], body["message"],
                      extra={"sid": sid, "code": body["code"], **_log_context(context)})
-            await self.sio.emit(error_event, body, to=sid, namespace=namespace)
+            await self._tell(conn, error_event, body)
             return {"error": body}
         return handle
 
@@ -256,8 +257,18 @@ class Realtime:
         }
         if not result.duplicate:
             ack["credits"] = decision.credits
-        await self.sio.emit("chunk-ack", ack, to=conn.sid, namespace=conn.namespace)
+        await self._tell(conn, "chunk-ack", ack)
         return ack
+
+    async def _tell(self, conn: Connection, event: str, body: Any) -> None:
+        """Send one event to one connection of this process, as emit(to=sid) would, minus what a room costs: the
+        manager's task per recipient and asyncio.wait (two loop turns before a chunk's ack could follow its
+        chunk-ack), and with Redis (scale-out) a publish that every other node reads only to drop it."""
+        if self.connections.get((conn.namespace, conn.sid)) is not conn:
+            return  # it left the namespace meanwhile: nobody there listens
+        encoded = self.sio.packet_class(sio_packet.EVENT, namespace=conn.namespace, data=[event, body]).encode()
+        for part in encoded if isinstance(encoded, list) else [encoded]:
+            await self.sio.eio.send(conn.eio_sid, part)
 
     def reading(self, conn: Connection) -> Reading:
         return Reading(
@@ -276,13 +287,12 @@ class Realtime:
             self.metrics.backpressure_total.labels(decision.state).inc()
             log.info("backpressure %s for %s (%s %.2f)", decision.state, conn.sid, decision.reason, decision.fill_ratio,
                      extra={"sid": conn.sid, "state": decision.state})
-            await self.sio.emit("backpressure", decision.wire(), to=conn.sid, namespace=conn.namespace)
+            await self._tell(conn, "backpressure", decision.wire())
         backlog = self.pipeline.backlog
         if backlog > self.settings.global_queue_limit and not conn.slowed:
             conn.slowed = True
             self.metrics.slowdown_total.inc()
-            await self.sio.emit("slowDown", {"message": f"transcription backlog of {backlog} chunks; slow down"},
-                                to=conn.sid, namespace=conn.namespace)
+            await self._tell(conn, "slowDown", {"message": f"transcription backlog of {backlog} chunks; slow down"})
         elif backlog <= self.settings.global_queue_limit * LOW_WATERMARK:
             conn.slowed = False
         return decision
@@ -321,7 +331,7 @@ class Realtime:
         await self.sessions.ensure(session_id, conn.user_id)
         await self.sio.enter_room(conn.sid, protocol.room_of(session_id), namespace=conn.namespace)
         reply = (await self.sessions.gap_summary(session_id)).wire()
-        await self.sio.emit("session-joined", reply, to=conn.sid, namespace=conn.namespace)
+        await self._tell(conn, "session-joined", reply)
         segments = await self.pipeline.segments_after(session_id, last_seq)
         if segments:
             # The room is joined first, so a segment finished meanwhile may come twice (clients dedupe by seq),
@@ -334,7 +344,7 @@ class Realtime:
     async def _replay(self, conn: Connection, segments: list[dict[str, Any]]) -> None:
         await asyncio.sleep(0)  # let the join reply go out first
         for segment in segments:
-            await self.sio.emit("transcriptSegment", segment, to=conn.sid, namespace=conn.namespace)
+            await self._tell(conn, "transcriptSegment", segment)
 
     async def on_stop_session(self, conn: Connection, payload: Any = None) -> dict[str, Any]:
         body = protocol.parse_object(payload, "stopSession")
@@ -342,7 +352,7 @@ class Realtime:
         last_seq = protocol.parse_optional_seq(body, "lastSeq")
         await self.sessions.check_access(session_id, conn.user_id)
         reply = await self.sessions.stop(session_id, last_seq)
-        await self.sio.emit("session-stopped", reply, to=conn.sid, namespace=conn.namespace)
+        await self._tell(conn, "session-stopped", reply)
         await self.pipeline.session_changed(session_id)
         await self.pipeline.check_completed(session_id)
         return reply
@@ -365,7 +375,7 @@ class Realtime:
             status = SessionStatus.RECORDING
         started_at = row.started_at or row.created_at
         reply = {"sessionId": session_id, "status": status, "startedAt": started_at.isoformat()}
-        await self.sio.emit("session-started", reply, to=conn.sid, namespace=conn.namespace)
+        await self._tell(conn, "session-started", reply)
         return reply
 
     async def on_pause_session(self, conn: Connection, payload: Any = None) -> dict[str, Any]:
@@ -383,7 +393,7 @@ class Realtime:
         if status == SessionStatus.PAUSED:
             await self.pipeline.session_changed(session_id)  # the audio held for a window is transcribed now
         reply = {"sessionId": session_id, "status": status, at_field: at.isoformat()}
-        await self.sio.emit(answer, reply, to=conn.sid, namespace=conn.namespace)
+        await self._tell(conn, answer, reply)
         return reply
 
     async def on_join_room(self, conn: Connection, room: Any = None) -> dict[str, Any]:

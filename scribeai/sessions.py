@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -139,18 +140,19 @@ class SessionService:
         async with self.db.write() as s:
             return await self.create_in_async(s, claims)
 
-    def create_in(self, conn: Connection, claims: dict[str, Claim]) -> dict[str, str]:
-        """In a SQLite write transaction (the caller's, e.g. a chunk group commit): insert the claimed sessions
-        that do not exist yet, as plain SQL text, and return the owner of each."""
+    def create_in(self, conn: sqlite3.Connection, claims: dict[str, Claim]) -> dict[str, str]:
+        """In a SQLite write transaction (the caller's, e.g. a chunk group commit, see Database.transaction_here):
+        insert the claimed sessions that do not exist yet, as plain SQL text, and return the owner of each."""
         rows = self._rows(claims)
         if self._sqlite_insert is None:
+            assert self.db.sync_engine is not None
             self._sqlite_insert = SqliteInsertMany(
-                RecordingSession.__table__, tuple(rows[0]), conn.dialect,  # type: ignore[attr-defined]
+                RecordingSession.__table__, tuple(rows[0]), self.db.sync_engine.dialect,  # type: ignore[attr-defined]
                 "ON CONFLICT (id) DO NOTHING")
-        conn.exec_driver_sql(*self._sqlite_insert(rows))
+        conn.execute(*self._sqlite_insert(rows))
         owners_sql = f"SELECT id, user_id FROM recording_session WHERE id IN ({', '.join('?' * len(claims))})"
         self.create_batches += 1
-        return {str(i): str(u) for i, u in conn.exec_driver_sql(owners_sql, tuple(claims))}
+        return {str(i): str(u) for i, u in conn.execute(owners_sql, tuple(claims)).fetchall()}
 
     async def create_in_async(self, s: AsyncSession, claims: dict[str, Claim]) -> dict[str, str]:
         """create_in inside an async write transaction (PostgreSQL; SQLite without a file)."""

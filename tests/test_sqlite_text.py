@@ -40,8 +40,8 @@ async def test_sessions_and_chunks_as_sql_text_store_what_sqlalchemy_stores(tmp_
         assert db.sync_engine is not None
         insert = SqliteInsertMany(Chunk.__table__, _CHUNK_COLUMNS, db.sync_engine.dialect,  # type: ignore[attr-defined]
                                   "ON CONFLICT (session_id, seq) DO NOTHING RETURNING id")
-        await db.write_in_thread(lambda conn: conn.exec_driver_sql(
-            *insert([{**values, "id": "text-0", "seq": 0, "path": "text/text_0000.webm"}])).all())
+        await db.write_in_thread(lambda conn: conn.execute(
+            *insert([{**values, "id": "text-0", "seq": 0, "path": "text/text_0000.webm"}])).fetchall())
         async with db.write() as s:
             s.add(Chunk(**{**values, "id": "orm-0", "seq": 1, "path": "text/text_0001.webm"}))
         chunks = raw_rows(path, "chunk")

@@ -37,7 +37,7 @@ def hold_a_write(db: Database, started: threading.Event, order: list[str]) -> No
     """In a thread: a write transaction that stays open for HOLD_S."""
 
     def write(conn: Any) -> None:
-        conn.exec_driver_sql("INSERT INTO recording_session (id, user_id, title, source, created_at, started_at, "
+        conn.execute("INSERT INTO recording_session (id, user_id, title, source, created_at, started_at, "
                              "last_activity_at, status, tier) VALUES ('held', 'u', '', '', '2026-01-01', '2026-01-01', "
                              "'2026-01-01', 'recording', 'hot')")
         started.set()
@@ -75,7 +75,7 @@ async def test_a_loop_writer_cancelled_while_it_waits_does_not_keep_the_lock(tmp
         async with asyncio.timeout(5):
             async with db.write() as s:
                 await s.execute(text("UPDATE recording_session SET title = 'later' WHERE id = 'held'"))
-            await asyncio.to_thread(db.transaction_here, lambda conn: conn.exec_driver_sql(
+            await asyncio.to_thread(db.transaction_here, lambda conn: conn.execute(
                 "UPDATE recording_session SET source = 'thread' WHERE id = 'held'"))
         async with db.read() as s:
             row = (await s.execute(text("SELECT title, source FROM recording_session WHERE id = 'held'"))).one()

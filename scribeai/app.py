@@ -171,6 +171,11 @@ async def _graceful_stop(app: web.Application) -> None:
     await services.realtime.stop(services.settings.shutdown_timeout)
 
 
+def loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """"uvloop" or "asyncio": which event loop serves (the EVENT_LOOP setting)."""
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
+
 async def serve(app: web.Application, host: str, port: int) -> None:
     """Run until SIGTERM/SIGINT, then stop gracefully.
 
@@ -192,7 +197,7 @@ async def serve(app: web.Application, host: str, port: int) -> None:
         loop.add_signal_handler(signum, stop.set)
     site = web.TCPSite(runner, host, port)
     await site.start()
-    log.info("ScribeAI listening on http://%s:%d", host, port)
+    log.info("ScribeAI listening on http://%s:%d (event loop: %s)", host, port, loop_name(asyncio.get_running_loop()))
     if services.settings.demo == "on":
         log.info("demo page: %s (DEMO=off turns it off)", demo_url(host, port))
     try:

@@ -14,7 +14,7 @@ from typing import Any
 MIB = 1024 * 1024
 # Settings with a fixed set of values; anything else is refused when Settings is built.
 _CHOICES = {"transcriber": ("whisper", "openai", "none"), "auth": ("jwt", "none"), "log_format": ("text", "json"),
-            "demo": ("on", "off")}
+            "demo": ("on", "off"), "event_loop": ("auto", "uvloop", "asyncio")}
 
 
 class SettingError(ValueError):
@@ -67,6 +67,7 @@ class Settings:
     retention_days: int = _setting(7, "RETENTION_DAYS", "Days a session stays hot after its last activity.")
     archive_retention_days: int = _setting(30, "ARCHIVE_RETENTION_DAYS", "Days a session's archive is kept before only the transcript remains.")
     retention_schedule: str = _setting("02:00", "RETENTION_SCHEDULE", "Local time of the daily retention run, or 'off'.")
+    event_loop: str = _setting("auto", "EVENT_LOOP", "serve and worker: uvloop (installed with the server on Linux and macOS), asyncio, or auto (uvloop when installed).")
     shutdown_timeout: float = _setting(10.0, "SHUTDOWN_TIMEOUT", "Seconds a graceful stop waits for in-flight chunks.")
     ping_interval: float = _setting(25.0, "PING_INTERVAL", "Engine.IO ping interval in seconds.")
     ping_timeout: float = _setting(20.0, "PING_TIMEOUT", "Engine.IO ping timeout in seconds.")

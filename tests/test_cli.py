@@ -68,6 +68,7 @@ def test_light_commands_import_nothing_heavy(args: list[str], tmp_path: Path) ->
     ({"TRANSCRIBER": "bogus"}, "scribeai: setting TRANSCRIBER='bogus': expected 'whisper' or 'openai' or 'none'"),
     ({"SCRIBEAI_AUTH": "bogus"}, "scribeai: setting SCRIBEAI_AUTH='bogus': expected 'jwt' or 'none'"),
     ({"LOG_FORMAT": "xml"}, "scribeai: setting LOG_FORMAT='xml': expected 'text' or 'json'"),
+    ({"EVENT_LOOP": "trio"}, "scribeai: setting EVENT_LOOP='trio': expected 'auto' or 'uvloop' or 'asyncio'"),
     ({"WHISPER_MODEL": "/nonexistent"}, "scribeai: setting WHISPER_MODEL='/nonexistent': no such model directory"),
 ])
 def test_bad_setting_is_one_line_and_status_2(env: dict[str, str], message: str, tmp_path: Path) -> None:
@@ -112,18 +113,24 @@ def test_unknown_arguments_are_refused_and_stress_has_its_options() -> None:
     assert "PROTOCOL.md" not in stress_help and "seed" not in stress_help
 
 
-def test_sigterm_stops_the_server_and_says_so(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("event_loop", "expected"), [(None, "uvloop"), ("uvloop", "uvloop"), ("asyncio", "asyncio")])
+def test_sigterm_stops_the_server_and_says_so(event_loop: str | None, expected: str, tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    env = {**os.environ, "TRANSCRIBER": "none", "DATA_DIR": str(tmp_path), "STORAGE_DIR": str(tmp_path / "chunks"),
+           "RETENTION_SCHEDULE": "off"}
+    env.pop("EVENT_LOOP", None)
+    if event_loop is not None:
+        env["EVENT_LOOP"] = event_loop
     server = subprocess.Popen([sys.executable, "-m", "scribeai", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                              env={**os.environ, "TRANSCRIBER": "none", "DATA_DIR": str(tmp_path),
-                                   "STORAGE_DIR": str(tmp_path / "chunks"), "RETENTION_SCHEDULE": "off"},
-                              stderr=subprocess.PIPE, text=True)
+                              env=env, stderr=subprocess.PIPE, text=True)
     try:
         assert server.stderr is not None
         for line in server.stderr:
             if "ScribeAI listening on" in line:
+                # the default (auto) takes uvloop, which the server's own requirements install
+                assert line.rstrip().endswith(f"(event loop: {expected})")
                 break
         server.send_signal(signal.SIGTERM)  # at once: a graceful stop from the first line that says it listens
         _, rest = server.communicate(timeout=30)

@@ -85,7 +85,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def _run_loop(main: Coroutine[Any, Any, None], settings: Settings) -> None:
     """asyncio.run on the EVENT_LOOP setting's loop. uvloop (a C loop with C transports) cut the server's CPU per
-    chunk by 13-20 % against the Node.js client (docs/performance.md, run Z)."""
+    chunk by 13-20 % against the Node.js client (docs/performance.md, run AA)."""
     import asyncio
 
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None

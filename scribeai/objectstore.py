@@ -154,13 +154,29 @@ class ObjectChunkStore:
             pass
 
     def delete_many(self, relatives: list[str]) -> int:
-        """Delete objects (missing ones are fine); how many were there."""
-        removed = 0
-        for relative in relatives:
-            if self.size_of(relative) is not None:
-                self.delete(relative)
-                removed += 1
-        return removed
+        """Delete objects (missing ones are fine); how many were there.
+
+        One LIST per session folder tells which of them exist and one DeleteObjects request per 1000 removes
+        them, where a HEAD and a DELETE per chunk cost a session of 240 chunks 480 requests.
+        """
+        import obstore
+
+        wanted = set(relatives)
+        present = [relative for relative in wanted if "/" not in relative and self.size_of(relative) is not None]
+        for folder in sorted({relative.rpartition("/")[0] for relative in wanted if "/" in relative}):
+            present += [key for key in self._keys_under(folder) if key in wanted]
+        if present:
+            self._call("delete chunks", lambda: obstore.delete(self._store, present))
+        return len(present)
+
+    def _keys_under(self, folder: str) -> list[str]:
+        """Every key under `folder/` (a session's chunks)."""
+        import obstore
+
+        def keys() -> list[str]:
+            return [meta["path"] for batch in obstore.list(self._store, prefix=folder, chunk_size=1000) for meta in batch]
+
+        return self._call("list chunks", keys)
 
     def download(self, relative: str, path: Path) -> None:
         """Stream an object into a new local file (FileNotFoundError when there is no such object)."""

@@ -31,6 +31,7 @@ from sqlalchemy import select
 from sqlmodel import col
 
 from scribeai.models import Chunk
+from scribeai.objectstore import ObjectChunkStore
 from tests.conftest import IN_CI, RunningServer, ServerFactory, chunk, token_for
 from tests.fake_openai import FakeTranscriptionAPI
 from tests.processes import Processes, free_port, listening
@@ -252,6 +253,16 @@ class RetentionCli:
 def _zip_members(data: bytes) -> dict[str, bytes]:
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         return {name: zf.read(name) for name in zf.namelist()}
+
+
+async def test_delete_many_counts_what_was_there_and_leaves_the_rest(seaweed: Seaweed) -> None:
+    store = ObjectChunkStore(f"s3://{BUCKET}/bulk")
+    for key in ("a/a_0000.webm", "a/a_0001.webm", "a/a_0002.webm", "ab/ab_0000.webm", "ab/ab_0001.webm"):
+        seaweed.put(f"bulk/{key}", key.encode())
+    asked = ["a/a_0000.webm", "a/a_0001.webm", "a/a_0009.webm", "ab/ab_0001.webm"]  # a_0009 was never there
+    assert await asyncio.to_thread(store.delete_many, asked) == 3
+    assert sorted(seaweed.objects("bulk")) == ["a/a_0002.webm", "ab/ab_0000.webm"]
+    assert await asyncio.to_thread(store.delete_many, asked) == 0
 
 
 async def test_retention_archives_verifies_and_restores_on_the_object_store(

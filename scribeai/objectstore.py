@@ -171,12 +171,17 @@ class ObjectChunkStore:
 
     def _keys_under(self, folder: str) -> list[str]:
         """Every key under `folder/` (a session's chunks)."""
+        return [key for key, _ in self.files_in(folder)]
+
+    def files_in(self, folder: str) -> list[tuple[str, float]]:
+        """Every object under `folder/` (a session's chunks): (key, last modified, epoch s)."""
         import obstore
 
-        def keys() -> list[str]:
-            return [meta["path"] for batch in obstore.list(self._store, prefix=folder, chunk_size=1000) for meta in batch]
+        def listing() -> list[tuple[str, float]]:
+            return [(meta["path"], meta["last_modified"].timestamp())
+                    for batch in obstore.list(self._store, prefix=folder, chunk_size=1000) for meta in batch]
 
-        return self._call("list chunks", keys)
+        return self._call("list chunks", listing)
 
     def download(self, relative: str, path: Path) -> None:
         """Stream an object into a new local file (FileNotFoundError when there is no such object)."""

@@ -67,6 +67,7 @@ from scribeai.storage import Store, open_store
 log = logging.getLogger(__name__)
 
 ID_BATCH = 500
+UNNAMED_MIN_AGE_S = 3600.0  # a chunk file no row names is a crash's leftover only once it is this old
 FINISHED = (ChunkStatus.DONE, ChunkStatus.FAILED, ChunkStatus.STORED)
 SCHEDULER_MAX_SLEEP_S = 300.0
 # Chunks are read as plain rows, not ORM objects: a long session costs a few hundred bytes per chunk.
@@ -243,6 +244,7 @@ class RunReport:
     failed: list[dict[str, Any]] = field(default_factory=list)
     removed_temporary_archives: int = 0
     removed_orphan_chunk_files: int = 0
+    removed_unnamed_chunk_files: int = 0
     duration_s: float = 0.0
 
     @property
@@ -253,7 +255,8 @@ class RunReport:
         return {
             "now": self.now.isoformat(), "dryRun": self.dry_run, "ok": self.ok,
             "archived": self.archived, "cold": self.cold, "waiting": self.waiting, "failed": self.failed,
-            "removed": {"temporaryArchives": self.removed_temporary_archives, "orphanChunkFiles": self.removed_orphan_chunk_files},
+            "removed": {"temporaryArchives": self.removed_temporary_archives, "orphanChunkFiles": self.removed_orphan_chunk_files,
+                        "unnamedChunkFiles": self.removed_unnamed_chunk_files},
             "durationS": round(self.duration_s, 3),
         }
 
@@ -285,7 +288,7 @@ class Retention:
             async with self.lock.hold():
                 report.removed_temporary_archives = await asyncio.to_thread(sweep_archive_temporaries, self.archives.scratch)
                 await self._apply(await self.decisions(now), now, report)
-                report.removed_orphan_chunk_files = await self._remove_orphans()
+                report.removed_orphan_chunk_files, report.removed_unnamed_chunk_files = await self._remove_orphans()
         report.duration_s = _time.monotonic() - started
         return report
 
@@ -393,17 +396,29 @@ class Retention:
             )
         log.info("session %s is cold: archive deleted, transcript kept", session_id, extra={"sessionId": session_id})
 
-    async def _remove_orphans(self) -> int:
-        """Raw files of chunks the database already counts as archived (a run killed after its commit)."""
+    async def _remove_orphans(self) -> tuple[int, int]:
+        """Raw chunk files no hot row needs: those of chunks the database already counts as archived (a run
+        killed after its commit), and files no row names at all, an hour old or more (a crash between a chunk's
+        file and its row, a chunk never resent: see ChunkStore.write_new; a younger one may be a chunk another
+        node is committing right now). How many of each went."""
         folders = await asyncio.to_thread(self.store.folders)
-        keys: list[str] = []
-        async with self.db.read() as s:
-            for batch in _batches(folders):
-                rows = await s.execute(
-                    select(col(Chunk.path)).where(col(Chunk.session_id).in_(batch), col(Chunk.deleted_at).is_not(None))
-                )
-                keys += list(rows.scalars())
-        return await asyncio.to_thread(self.store.delete_many, keys) if keys else 0
+        archived: list[str] = []
+        unnamed: list[str] = []
+        cutoff = _time.time() - UNNAMED_MIN_AGE_S
+        for batch in _batches(folders):
+            async with self.db.read() as s:
+                rows = (await s.execute(select(col(Chunk.path), col(Chunk.deleted_at))
+                                        .where(col(Chunk.session_id).in_(batch)))).all()
+            named = {path for path, _ in rows}
+            archived += [path for path, deleted_at in rows if deleted_at is not None]
+            files = await asyncio.to_thread(lambda: [f for folder in batch for f in self.store.files_in(folder)])
+            unnamed += [relative for relative, modified in files if relative not in named and modified < cutoff]
+        if unnamed:
+            log.warning("removing %d chunk files no row names (left by a crash before their commit): %s",
+                        len(unnamed), ", ".join(unnamed[:10]) + (" ..." if len(unnamed) > 10 else ""))
+        removed_archived = await asyncio.to_thread(self.store.delete_many, archived) if archived else 0
+        removed_unnamed = await asyncio.to_thread(self.store.delete_many, unnamed) if unnamed else 0
+        return removed_archived, removed_unnamed
 
     async def _load(self, session_id: str, *, transcript: bool = False) -> tuple[RecordingSession, list[ChunkRow], list[dict[str, Any]]]:
         """The session, its chunks as plain rows in seq order, and (for metadata.json) its transcript in wire shape."""

@@ -154,7 +154,8 @@ def _run_text(report: dict[str, Any]) -> str:
     removed = report["removed"]
     lines.append(f"{len(report['archived'])} archived, {len(report['cold'])} cold, {len(report['waiting'])} waiting, "
                  f"{len(report['failed'])} failed; removed {removed['temporaryArchives']} temporary ZIP(s) and "
-                 f"{removed['orphanChunkFiles']} already-archived chunk file(s); {report['durationS']} s")
+                 f"{removed['orphanChunkFiles']} already-archived and {removed['unnamedChunkFiles']} unnamed chunk file(s); "
+                 f"{report['durationS']} s")
     return "\n".join(lines)
 
 

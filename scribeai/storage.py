@@ -62,6 +62,7 @@ class Store(Protocol):
     def delete(self, relative: str) -> None: ...
     def delete_many(self, relatives: list[str]) -> int: ...
     def folders(self) -> list[str]: ...
+    def files_in(self, folder: str) -> list[tuple[str, float]]: ...
     def probe(self) -> None: ...
     def sweep_temporaries(self, older_than_s: float = 3600.0) -> int: ...
 
@@ -291,6 +292,15 @@ class ChunkStore:
         if not self.root.is_dir():
             return []
         return [p.name for p in self.root.iterdir() if p.is_dir()]
+
+    def files_in(self, folder: str) -> list[tuple[str, float]]:
+        """A session folder's chunk files (not its temporaries): (relative path, modification time, epoch s)."""
+        try:
+            with os.scandir(self.root / folder) as entries:
+                return [(f"{folder}/{e.name}", e.stat().st_mtime) for e in entries
+                        if not e.name.startswith(".") and e.is_file(follow_symlinks=False)]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
 
     def sweep_temporaries(self, older_than_s: float = 3600.0) -> int:
         """Remove temporary files a crash left behind (none was ever acked); young ones may be another node's."""

@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 import zipfile
 from datetime import datetime, timedelta, timezone
@@ -259,6 +260,9 @@ async def test_delete_many_counts_what_was_there_and_leaves_the_rest(seaweed: Se
     store = ObjectChunkStore(f"s3://{BUCKET}/bulk")
     for key in ("a/a_0000.webm", "a/a_0001.webm", "a/a_0002.webm", "ab/ab_0000.webm", "ab/ab_0001.webm"):
         seaweed.put(f"bulk/{key}", key.encode())
+    listed = await asyncio.to_thread(store.files_in, "a")
+    assert sorted(key for key, _ in listed) == ["a/a_0000.webm", "a/a_0001.webm", "a/a_0002.webm"]
+    assert all(abs(modified - time.time()) < 300 for _, modified in listed), listed  # retention's age of a leftover
     asked = ["a/a_0000.webm", "a/a_0001.webm", "a/a_0009.webm", "ab/ab_0001.webm"]  # a_0009 was never there
     assert await asyncio.to_thread(store.delete_many, asked) == 3
     assert sorted(seaweed.objects("bulk")) == ["a/a_0002.webm", "ab/ab_0000.webm"]

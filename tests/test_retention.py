@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import signal
+import time as clock
 import sys
 import uuid
 import zipfile
@@ -296,7 +297,7 @@ async def test_tiers_over_time_with_the_cli(start: Any, connect: Any, fake_api: 
     before = (files(storage, archives), await db_state(server))
     code, report = await run_at(server, 8)  # idempotent: nothing left to do
     assert (code, report["archived"], report["cold"], ids(report["waiting"]), report["removed"]) == (
-        0, [], [], ["busy"], {"temporaryArchives": 0, "orphanChunkFiles": 0})
+        0, [], [], ["busy"], {"temporaryArchives": 0, "orphanChunkFiles": 0, "unnamedChunkFiles": 0})
     assert (files(storage, archives), await db_state(server)) == before
 
     code, report = await run_at(server, 40)
@@ -433,6 +434,32 @@ async def test_interrupted_states_are_finished_in_process(start: Any, connect: A
     report = await retention.run(T0 + timedelta(days=40))
     assert (report.ok, ids(report.cold)) == (True, sorted(sent))
     assert sorted(archives.iterdir()) == []
+
+
+async def test_a_file_no_row_names_is_swept_once_an_hour_old(start: Any, connect: Any) -> None:
+    """A crash between a chunk's file (written under its final name) and its row leaves a file nobody names; the
+    chunk is never resent. The daily run removes it once it is an hour old, never a file a row names."""
+    server = await start()
+    client = await connect(server.url)
+    await send(client, "live", [os.urandom(3000), os.urandom(3001)])
+    folder = chunk_dir(server, "live")
+    old, young = folder / "live_0007.webm", folder / "live_0008.webm"
+    for path in (old, young):
+        path.write_bytes(os.urandom(500))
+    elsewhere = chunk_dir(server, "gone")  # a first chunk whose session row never committed either
+    elsewhere.mkdir()
+    (elsewhere / "gone_0000.webm").write_bytes(os.urandom(500))
+    two_hours_ago = clock.time() - 7200
+    for path in (old, elsewhere / "gone_0000.webm", *[folder / f"live_{seq:04d}.webm" for seq in (0, 1)]):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    retention = Retention(server.services.db, server.settings)
+    report = await retention.run(T0)
+    assert (report.ok, report.removed_unnamed_chunk_files, report.removed_orphan_chunk_files) == (True, 2, 0)
+    assert sorted(p.name for p in folder.iterdir()) == ["live_0000.webm", "live_0001.webm", "live_0008.webm"]
+    assert not elsewhere.exists()
+    assert report.wire()["removed"]["unnamedChunkFiles"] == 2
+    report = await retention.run(T0)
+    assert report.removed_unnamed_chunk_files == 0
 
 
 async def test_untranscribed_chunk_keeps_its_session_hot(start: Any, connect: Any, fake_api: FakeTranscriptionAPI) -> None:

@@ -39,10 +39,11 @@ TIMESLICES = (1000, 5000, 15000)
 RELOAD_TIMESLICE = 5000
 RELOAD_AFTER_S = 10
 # The bar is the same model on the whole WAV (tiny.en mishears some espeak words wherever the audio is cut):
-# each page's live transcript must reach that recall less a few points, and never below the floor. The
-# 5 s pages measured 0.71-0.79 against a whole-file 0.81 on a quiet machine (2026-12-01, also on the code
-# before that day's ingest changes), so the margin is that widest gap, 0.10, plus a point.
-RECALL_MARGIN = 0.11
+# each page's live transcript must reach that recall less 3 points (the stream-transcription goal), and never
+# go below the floor. With the server's own IDLE_FLUSH_S (40 s) every page measured 0.86-0.89 against a
+# whole-file 0.81 (2026-12-01, two runs). The suite's 1 s idle flush had cut a window at the end of every 5 s
+# and 15 s blob, mid-word: 0.71-0.79 and repeated words at the cuts ("for them for them"), a harness artifact.
+RECALL_MARGIN = 0.03
 MIN_RECALL = 0.7
 EBML_MAGIC = "1a 45 df a3"
 DRIVER_TIMEOUT_S = 240
@@ -151,7 +152,8 @@ async def test_chromium_recorders(start_server: ServerFactory, tmp_path: Path) -
     started = time.monotonic()
     wav = tmp_path / "speech.wav"
     seconds = math.ceil(make_speech_wav(SENTENCES, wav))  # the fake mic loops the WAV: record about one pass
-    server = await start_server(transcriber="whisper", max_concurrency=2)
+    # the server's default idle flush: a recorder's next blob comes 15 s later, and its held audio must wait for it
+    server = await start_server(transcriber="whisper", max_concurrency=2, idle_flush_s=40.0)
     out = tmp_path / "browser"
     print(f"browser artifacts (screenshots, page states): {out}")
     result = await _run_driver(server, wav, seconds, out)

@@ -50,7 +50,7 @@ USER = "demo-user"
 RECORD_S = 60
 SHORT_S = 30
 # tiny.en on this espeak voice, cut into live windows: test_browser.py's bar is the whole-file recall less
-# 8 points (about 0.75-0.8 here); the page shows the same transcript, so a fixed floor just under it
+# 3 points (about 0.78 there); the record page measured 0.94 here (2026-12-01), a fixed floor well under it
 MIN_RECALL = 0.7
 KILL_AFTER_CHUNKS = 3
 DOWN_S = 4.0
@@ -257,7 +257,8 @@ async def test_demo_page_in_chromium(start_server: ServerFactory, tmp_path: Path
     started = time.monotonic()
     wav = tmp_path / "speech.wav"
     make_speech_wav(SENTENCES, wav)
-    main = await start_server(transcriber="whisper", max_concurrency=2)
+    # the server's default idle flush (the suite's 1 s cut a window at the end of every blob, mid-word)
+    main = await start_server(transcriber="whisper", max_concurrency=2, idle_flush_s=40.0)
     api = FakeTranscriptionAPI(delay_s=SLOW_API_DELAY_S)
     overload = await start_server(transcriber="openai", openai_base_url=await api.start(), openai_api_key="test-key",
                                   max_concurrency=1, max_queue_size=1, storage_dir=tmp_path / "slow-chunks",

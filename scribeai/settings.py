@@ -61,7 +61,7 @@ class Settings:
     transcribe_model: str = _setting("whisper-1", "TRANSCRIBE_MODEL", "Model name sent to the OpenAI-compatible endpoint.")
     gap_wait_s: float = _setting(15.0, "GAP_WAIT_S", "Seconds transcription waits for a missing chunk before it goes on without it.")
     window_wait_s: float = _setting(5.0, "WINDOW_WAIT_S", "Seconds held audio waits for a pause nearer 20 s before the best pause so far closes its window.")
-    idle_flush_s: float = _setting(40.0, "IDLE_FLUSH_S", "Seconds without a new chunk after which a session's held audio is transcribed to its end.")
+    idle_flush_s: float = _setting(40.0, "IDLE_FLUSH_S", "Seconds without a new chunk after which a session's held audio is transcribed to its end; keep it above the recorders' timeslice, or every chunk's end cuts a window (mid-word).")
     transcribe_lease_s: float = _setting(120.0, "TRANSCRIBE_LEASE_S", "Seconds a worker's claim on a session's stream lasts unless renewed; a killed worker's streams are taken over after it.")
     transcribe_retry_base_s: float = _setting(1.0, "TRANSCRIBE_RETRY_BASE_S", "First retry delay of a failed transcription; then x4, x16, then failed.")
     retention_days: int = _setting(7, "RETENTION_DAYS", "Days a session stays hot after its last activity.")

@@ -164,14 +164,10 @@ class ObjectChunkStore:
         wanted = set(relatives)
         present = [relative for relative in wanted if "/" not in relative and self.size_of(relative) is not None]
         for folder in sorted({relative.rpartition("/")[0] for relative in wanted if "/" in relative}):
-            present += [key for key in self._keys_under(folder) if key in wanted]
+            present += [key for key, _ in self.files_in(folder) if key in wanted]
         if present:
             self._call("delete chunks", lambda: obstore.delete(self._store, present))
         return len(present)
-
-    def _keys_under(self, folder: str) -> list[str]:
-        """Every key under `folder/` (a session's chunks)."""
-        return [key for key, _ in self.files_in(folder)]
 
     def files_in(self, folder: str) -> list[tuple[str, float]]:
         """Every object under `folder/` (a session's chunks): (key, last modified, epoch s)."""

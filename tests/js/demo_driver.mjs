@@ -138,7 +138,7 @@ function screenshot(page, name, result) {
 }
 
 async function openPage(browser, server, scenario, query) {
-  const page = await browser.newPage();
+  const page = await browser.newPage();  // a Browser or one of its BrowserContexts
   page.scenario = scenario;
   page.on("console", (msg) => { if (msg.type() === "error") log(`${scenario} console:`, msg.text()); });
   page.on("pageerror", (err) => log(`${scenario} page error:`, err.message));
@@ -236,7 +236,10 @@ async function click(page, selector) {
 
 /** (a) Record, wait for the whole transcript on the page, list the sessions, download the three formats. */
 async function recordScenario(browser, server, result) {
-  const page = await openPage(browser, server, "record", { timeslice: "5000", outbox: "record" });
+  // Its own browser context: the other pages on this server keep their token in localStorage, and one that signed
+  // in first must not spare this page the sign-in form (and the wrong token) it is here to show.
+  const context = await browser.createBrowserContext();
+  const page = await openPage(context, server, "record", { timeslice: "5000", outbox: "record" });
   result.signedInWithToken = await signIn(page, { screenshotAs: "signin", result, wrongToken: `${opts.token}x` });
   await screenshot(page, "idle", result);
   await clickRecord(page);
@@ -253,7 +256,7 @@ async function recordScenario(browser, server, result) {
     10_000, "the session listed as stopped", await page.evaluate(() => window.demo.recorder.sessionId));
   const downloads = mkdtempSync(path.join(OUT, "downloads-"));
   const cdp = await browser.target().createCDPSession();
-  await cdp.send("Browser.setDownloadBehavior", { behavior: "allow", downloadPath: downloads });
+  await cdp.send("Browser.setDownloadBehavior", { behavior: "allow", downloadPath: downloads, browserContextId: context.id });
   const sessionId = await page.evaluate(() => window.demo.recorder.sessionId);
   for (const format of ["txt", "srt", "vtt"]) {
     await click(page, `#sessions li[data-session="${sessionId}"] button.download[data-format="${format}"]`);

@@ -172,21 +172,17 @@ class Database:
         """
         if self.sync_engine is None or self._thread_lock is None:
             raise RuntimeError("transaction_here needs a SQLite file database")
-        with self._thread_lock:
-            pooled = self.sync_engine.raw_connection()
+        with self._thread_lock, contextlib.closing(self.sync_engine.raw_connection()) as pooled:
+            conn = pooled.dbapi_connection
+            assert isinstance(conn, sqlite3.Connection)
             try:
-                conn = pooled.dbapi_connection
-                assert isinstance(conn, sqlite3.Connection)
-                try:
-                    result = fn(conn)
-                    conn.commit()
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.rollback()
-                    raise
-                return result
-            finally:
-                pooled.close()
+                result = fn(conn)
+                conn.commit()
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.rollback()
+                raise
+            return result
 
     def read_here(self, fn: Callable[[Connection], T]) -> T:
         """Run `fn(connection)` on a plain connection in the calling thread (SQLite file database), no lock."""

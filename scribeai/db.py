@@ -76,6 +76,7 @@ class Database:
         # transaction per call, where aiosqlite costs a loop<->thread round trip per statement.
         self.sync_engine: Engine | None = None
         self._writer: ThreadPoolExecutor | None = None
+        self._held: Any = None  # transaction_here's own pooled connection, checked out once, under _thread_lock
         if self.is_sqlite and parsed.database and parsed.database != ":memory:":
             self.sync_engine = create_engine(parsed.set(drivername="sqlite+pysqlite"),
                                              connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False})
@@ -169,11 +170,15 @@ class Database:
         `fn` gets the sqlite3 connection itself (statements as SQL text, `?` parameters): a SQLAlchemy Connection
         around it cost ~0.3 ms of execution contexts and results per transaction, most of a lone chunk's commit.
         The transaction begins with the first write (sqlite3's implicit BEGIN) and commits when `fn` returns.
+        The connection is checked out of the pool once and kept (the thread lock is its owner): a checkout and a
+        check-in per transaction cost the pool's bookkeeping and a ROLLBACK on return.
         """
         if self.sync_engine is None or self._thread_lock is None:
             raise RuntimeError("transaction_here needs a SQLite file database")
-        with self._thread_lock, contextlib.closing(self.sync_engine.raw_connection()) as pooled:
-            conn = pooled.dbapi_connection
+        with self._thread_lock:
+            if self._held is None:
+                self._held = self.sync_engine.raw_connection()
+            conn = self._held.dbapi_connection
             assert isinstance(conn, sqlite3.Connection)
             try:
                 result = fn(conn)
@@ -197,8 +202,15 @@ class Database:
             await asyncio.get_running_loop().run_in_executor(self._writer, self._dispose_sync)
             self._writer.shutdown(wait=True)
             self._writer = None
+        elif self._held is not None:
+            await asyncio.to_thread(self._dispose_sync)
 
     def _dispose_sync(self) -> None:
+        if self._thread_lock is not None:
+            with self._thread_lock:  # after a transaction running in another thread
+                held, self._held = self._held, None
+            if held is not None:
+                held.close()
         if self.sync_engine is not None:
             self.sync_engine.dispose()
 

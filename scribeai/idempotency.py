@@ -159,6 +159,7 @@ class ChunkIngest:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)
+        self.store.close()
 
     async def store_chunk(self, chunk: IncomingChunk, *, claim: str | None = None) -> StoreResult:
         """Store `chunk` once; a repeat with the same bytes is a duplicate, with other bytes a Conflict.

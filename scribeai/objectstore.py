@@ -210,6 +210,9 @@ class ObjectChunkStore:
         self.write_atomic(key, b"scribeai storage probe\n")
         self.delete(key)
 
+    def close(self) -> None:
+        """Nothing to let go: the client's connections close with it."""
+
     def sweep_temporaries(self, older_than_s: float = 3600.0) -> int:
         """Pending objects live in memory only: a crash leaves nothing to sweep."""
         return 0

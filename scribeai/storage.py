@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,7 @@ class Store(Protocol):
     def files_in(self, folder: str) -> list[tuple[str, float]]: ...
     def probe(self) -> None: ...
     def sweep_temporaries(self, older_than_s: float = 3600.0) -> int: ...
+    def close(self) -> None: ...
 
 
 def open_store(storage_dir: Path, storage_url: str = "") -> Store:
@@ -87,6 +89,7 @@ class ChunkStore:
         # parent too (beside the folder's own fsync, in parallel), so a new folder costs its first chunk no flush.
         self._fresh: set[str] = set()
         self._making = threading.Lock()  # a folder's making and its _fresh mark are one step for other threads
+        self._handles = _FolderHandles()
 
     def __repr__(self) -> str:
         return f"ChunkStore({str(self.root)!r})"
@@ -124,14 +127,29 @@ class ChunkStore:
         nobody's: a crash leaves at most an unnamed file at that name, which the chunk's resend replaces.
         """
         final = self._hot(relative)
-        directory = os.path.dirname(final)
+        directory, name = os.path.split(final)
         self._make_folder(directory)
         try:
-            fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return None
+            folder = self._handles.acquire(directory)
         except FileNotFoundError:  # the folder went away (retention) since it was cached
             self._made.discard(directory)
+            return None
+        try:
+            return self._write_new_in(folder, final, name, data, digest)
+        finally:
+            self._handles.release(folder)
+
+    def _write_new_in(self, folder: _Folder, final: str, name: str, data: bytes, digest: str | None) -> Written | None:
+        """write_new in an open session folder: the file is made in that very folder (by its descriptor), so
+        the folder fsync'd after it is the one that holds its name."""
+        directory = folder.path
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=folder.fd)
+        except FileExistsError:
+            return None
+        except FileNotFoundError:  # the folder was removed (retention) since its descriptor was opened
+            self._made.discard(directory)
+            self._handles.forget(directory)
             return None
         identity: tuple[int, int] | None = None
         try:
@@ -148,7 +166,7 @@ class ChunkStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            fsync_dir(directory)
+            os.fsync(folder.fd)
             if directory in self._fresh:  # made by this or a concurrent write: its own name must be durable too
                 fsync_dir(os.path.dirname(directory))
                 self._fresh.discard(directory)
@@ -279,7 +297,9 @@ class ChunkStore:
                 path.unlink()
                 removed += 1
             folders.add(path.parent)
-            self._made.discard(os.path.dirname(self._hot(relative)))  # the folder may go: ingest makes it again
+            directory = os.path.dirname(self._hot(relative))
+            self._made.discard(directory)  # the folder may go: ingest makes it again
+            self._handles.forget(directory)
         for folder in folders:
             with contextlib.suppress(FileNotFoundError, OSError):
                 fsync_dir(folder)
@@ -302,6 +322,10 @@ class ChunkStore:
         except (FileNotFoundError, NotADirectoryError):
             return []
 
+    def close(self) -> None:
+        """Close the session folders' descriptors that no write is using (a later write opens its folder again)."""
+        self._handles.close_idle()
+
     def sweep_temporaries(self, older_than_s: float = 3600.0) -> int:
         """Remove temporary files a crash left behind (none was ever acked); young ones may be another node's."""
         removed = 0
@@ -313,6 +337,95 @@ class ChunkStore:
                         temp.unlink()
                         removed += 1
         return removed
+
+
+class _Folder:
+    """An open session folder: its path, its descriptor, and how many writes are using it."""
+
+    __slots__ = ("path", "fd", "users", "kept")
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path, self.fd, self.users, self.kept = path, fd, 1, True
+
+
+class _FolderHandles:
+    """Descriptors of the session folders written to lately, at most `limit` kept open: a chunk's file is made
+    relative to its folder's descriptor and the folder fsync'd through it, with no open and close of the folder
+    per chunk (two system calls, each a GIL hand-off under load).
+
+    A descriptor is closed only when no write uses it: a number closed under a write could be reused by another
+    file meanwhile, and the folder fsync would go to that file. A folder removed since (retention) fails the
+    next create with ENOENT and is forgotten; a new folder of the same name gets a descriptor of its own.
+    """
+
+    def __init__(self, limit: int = 128) -> None:
+        self._lock = threading.Lock()
+        self._kept: OrderedDict[str, _Folder] = OrderedDict()
+        self._limit = limit
+
+    def acquire(self, path: str) -> _Folder:
+        with self._lock:
+            folder = self._kept.get(path)
+            if folder is not None:
+                folder.users += 1
+                self._kept.move_to_end(path)
+                return folder
+        opened = _Folder(path, os.open(path, os.O_RDONLY | os.O_DIRECTORY))
+        with self._lock:
+            folder = self._kept.get(path)
+            if folder is None:  # keep ours
+                self._kept[path] = opened
+                idle = self._over_limit()
+            else:  # another thread kept its own meanwhile: use that one
+                folder.users += 1
+                self._kept.move_to_end(path)
+                opened.kept, idle = False, [opened.fd]
+                opened = folder
+        _close_all(idle)
+        return opened
+
+    def release(self, folder: _Folder) -> None:
+        with self._lock:
+            folder.users -= 1
+            last = folder.users == 0 and not folder.kept
+        if last:
+            os.close(folder.fd)
+
+    def forget(self, path: str) -> None:
+        """This folder may be gone: its descriptor is closed (by its last user, if one is writing)."""
+        with self._lock:
+            folder = self._kept.pop(path, None)
+            if folder is None:
+                return
+            folder.kept = False
+            idle = folder.users == 0
+        if idle:
+            os.close(folder.fd)
+
+    def close_idle(self) -> None:
+        with self._lock:
+            idle = [f for f in self._kept.values() if f.users == 0]
+            for folder in idle:
+                folder.kept = False
+                del self._kept[folder.path]
+        _close_all([f.fd for f in idle])
+
+    def _over_limit(self) -> list[int]:
+        """Under the lock: drop the least recently used idle folders beyond the limit; their descriptors to close."""
+        excess = len(self._kept) - self._limit
+        if excess <= 0:
+            return []
+        idle = [f for f in self._kept.values() if f.users == 0][:excess]
+        for folder in idle:
+            folder.kept = False
+            del self._kept[folder.path]
+        return [f.fd for f in idle]
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _temp_name(final: str) -> str:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -10,17 +14,20 @@ import pytest
 from scribeai import storage
 from scribeai.storage import ChunkStore
 
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads descriptors' paths in /proc/self/fd")
+
 
 @pytest.fixture
 def synced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every directory fsync'd from now on (the real fsync still runs)."""
+    """Every directory fsync'd from now on, by the path its descriptor really names (the real fsync still runs)."""
     calls: list[str] = []
-    real = storage.fsync_dir
+    real = os.fsync
 
-    def spy(directory: Path | str) -> None:
-        calls.append(str(directory))
-        real(directory)
-    monkeypatch.setattr(storage, "fsync_dir", spy)
+    def spy(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            calls.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+    monkeypatch.setattr(storage.os, "fsync", spy)
     return calls
 
 
@@ -88,3 +95,68 @@ def test_unwrite_takes_the_file_back_unless_a_publish_replaced_it(tmp_path: Path
     temp = store.unwrite(written)
     assert written.path.read_bytes() == b"theirs" and not temp.exists()
     assert sorted(p.name for p in (tmp_path / "s5").iterdir()) == ["s5_0000.webm"]
+
+
+def test_write_new_never_writes_into_a_removed_folder_whose_descriptor_it_kept(tmp_path: Path, synced: list[str]) -> None:
+    store = ChunkStore(tmp_path)
+    folder = tmp_path / "s5"
+    assert store.write_new("s5/s5_0000.webm", b"a", None) is not None  # its folder's descriptor is kept
+    (folder / "s5_0000.webm").unlink()
+    folder.rmdir()
+    folder.mkdir()  # another process (the retention CLI, a new session) made a folder of that name again
+    synced.clear()
+    assert store.write_new("s5/s5_0001.webm", b"b", None) is None  # declined: the kept folder is gone
+    assert list(folder.iterdir()) == [] and synced == []
+    written = store.write_new("s5/s5_0002.webm", b"c", None)
+    assert written is not None and (folder / "s5_0002.webm").read_bytes() == b"c"
+    assert synced == [str(folder)]  # the folder that holds the name, not the removed one
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_kept_folder_descriptors_are_bounded_and_closed_with_the_store(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    store._handles._limit = 4
+    before = _open_descriptors()
+    for i in range(10):
+        assert store.write_new(f"f{i}/f{i}_0000.webm", b"x", None) is not None
+    assert _open_descriptors() == before + 4
+    assert store.write_new("f9/f9_0001.webm", b"y", None) is not None  # a kept one: nothing more opened
+    assert _open_descriptors() == before + 4
+    store.close()
+    assert _open_descriptors() == before
+    assert store.write_new("f0/f0_0001.webm", b"z", None) is not None  # opened again when needed
+    store.close()
+    assert _open_descriptors() == before
+
+
+def test_retention_removing_a_folder_lets_go_of_its_descriptor(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    before = _open_descriptors()
+    assert store.write_new("s6/s6_0000.webm", b"a", None) is not None
+    assert _open_descriptors() == before + 1
+    assert store.delete_many(["s6/s6_0000.webm"]) == 1
+    assert not (tmp_path / "s6").exists() and _open_descriptors() == before
+
+
+def test_threads_sharing_and_evicting_folder_descriptors_write_every_chunk(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    store._handles._limit = 2  # fewer kept folders than folders in use: eviction runs while others write
+    before = _open_descriptors()
+
+    def write(worker: int) -> list[str]:
+        names = []
+        for i in range(40):
+            relative = f"t{(worker + i) % 5}/w{worker}_{i:04d}.webm"
+            if store.write_new(relative, b"%d" % i, None) is not None:
+                names.append(relative)
+        return names
+
+    with ThreadPoolExecutor(8) as pool:
+        written = [name for names in pool.map(write, range(8)) for name in names]
+    assert len(written) == 8 * 40
+    assert all((tmp_path / name).is_file() for name in written)
+    store.close()
+    assert _open_descriptors() == before

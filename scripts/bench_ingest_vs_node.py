@@ -243,6 +243,16 @@ def run_once(kind: str, load: Load, round_no: int, secret: str, token: str, args
         server.stop()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+        settle(args.settle_s)
+
+
+def settle(seconds: float) -> None:
+    """Let the last run's aftermath pass before the next server starts: its freed blocks (a filesystem mounted
+    with `discard` trims them in the journal commit that the next run's first fsyncs would wait for), its
+    dirty pages, the kernel threads writing them back."""
+    if seconds > 0:
+        os.sync()
+        time.sleep(seconds)
 
 
 def _median(values: list[float]) -> float | None:
@@ -324,6 +334,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run-timeout", type=float, default=600.0, help="seconds one load generator run may take")
     p.add_argument("--tmp-dir", help="parent of the per-run data directories (default: the system's)")
     p.add_argument("--keep", action="store_true", help="keep each run's data directory")
+    p.add_argument("--settle-s", type=float, default=2.0,
+                   help="after each run: sync, then wait this long before the next server starts (0: no pause)")
     p.add_argument("--json-out", help="also write the JSON report to this file")
     args = p.parse_args(argv)
     args.load = args.load or [Load.parse(x) for x in DEFAULT_LOADS]

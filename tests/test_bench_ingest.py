@@ -32,7 +32,7 @@ def test_harness_runs_both_servers_and_checks_their_storage(tmp_path: Path) -> N
     out = tmp_path / "report.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench_ingest_vs_node.py"), "--load", f"{RECORDERS}x{CHUNKS}x{BYTES}",
-         "--rounds", "1", "--json-out", str(out), "--tmp-dir", str(tmp_path)],
+         "--rounds", "1", "--json-out", str(out), "--tmp-dir", str(tmp_path), "--settle-s", "0.1"],
         capture_output=True, text=True, timeout=90, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

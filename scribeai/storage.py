@@ -132,7 +132,7 @@ class ChunkStore:
         try:
             folder = self._handles.acquire(directory)
         except FileNotFoundError:  # the folder went away (retention) since it was cached
-            self._made.discard(directory)
+            self._folder_gone(directory)
             return None
         try:
             return self._write_new_in(folder, final, name, data, digest)
@@ -148,8 +148,7 @@ class ChunkStore:
         except FileExistsError:
             return None
         except FileNotFoundError:  # the folder was removed (retention) since its descriptor was opened
-            self._made.discard(directory)
-            self._handles.forget(directory)
+            self._folder_gone(directory)
             return None
         identity: tuple[int, int] | None = None
         try:
@@ -190,6 +189,11 @@ class ChunkStore:
                 os.replace(final, temp)
         return Path(temp)
 
+    def _folder_gone(self, directory: str) -> None:
+        """A session folder was (or may be) removed: forget that it exists and let go of its descriptor."""
+        self._made.discard(directory)
+        self._handles.forget(directory)
+
     def _make_folder(self, directory: str) -> None:
         if directory in self._made:
             return
@@ -208,7 +212,7 @@ class ChunkStore:
         except FileNotFoundError:  # the folder went away (retention) since it was cached: make it again, once
             if not retry:
                 raise
-            self._made.discard(directory)
+            self._folder_gone(directory)
             return self._write_temp(final, data, retry=False)
         try:
             try:
@@ -297,9 +301,7 @@ class ChunkStore:
                 path.unlink()
                 removed += 1
             folders.add(path.parent)
-            directory = os.path.dirname(self._hot(relative))
-            self._made.discard(directory)  # the folder may go: ingest makes it again
-            self._handles.forget(directory)
+            self._folder_gone(os.path.dirname(self._hot(relative)))  # the folder may go: ingest makes it again
         for folder in folders:
             with contextlib.suppress(FileNotFoundError, OSError):
                 fsync_dir(folder)
@@ -342,10 +344,10 @@ class ChunkStore:
 class _Folder:
     """An open session folder: its path, its descriptor, and how many writes are using it."""
 
-    __slots__ = ("path", "fd", "users", "kept")
+    __slots__ = ("path", "fd", "users")
 
     def __init__(self, path: str, fd: int) -> None:
-        self.path, self.fd, self.users, self.kept = path, fd, 1, True
+        self.path, self.fd, self.users = path, fd, 1
 
 
 class _FolderHandles:
@@ -375,19 +377,18 @@ class _FolderHandles:
             folder = self._kept.get(path)
             if folder is None:  # keep ours
                 self._kept[path] = opened
-                idle = self._over_limit()
+                idle = self._drop_idle(len(self._kept) - self._limit)
             else:  # another thread kept its own meanwhile: use that one
                 folder.users += 1
                 self._kept.move_to_end(path)
-                opened.kept, idle = False, [opened.fd]
-                opened = folder
+                idle, opened = [opened.fd], folder
         _close_all(idle)
         return opened
 
     def release(self, folder: _Folder) -> None:
         with self._lock:
             folder.users -= 1
-            last = folder.users == 0 and not folder.kept
+            last = folder.users == 0 and self._kept.get(folder.path) is not folder
         if last:
             os.close(folder.fd)
 
@@ -395,29 +396,21 @@ class _FolderHandles:
         """This folder may be gone: its descriptor is closed (by its last user, if one is writing)."""
         with self._lock:
             folder = self._kept.pop(path, None)
-            if folder is None:
-                return
-            folder.kept = False
-            idle = folder.users == 0
-        if idle:
-            os.close(folder.fd)
+            idle = [folder.fd] if folder is not None and folder.users == 0 else []
+        _close_all(idle)
 
     def close_idle(self) -> None:
         with self._lock:
-            idle = [f for f in self._kept.values() if f.users == 0]
-            for folder in idle:
-                folder.kept = False
-                del self._kept[folder.path]
-        _close_all([f.fd for f in idle])
+            idle = self._drop_idle(len(self._kept))
+        _close_all(idle)
 
-    def _over_limit(self) -> list[int]:
-        """Under the lock: drop the least recently used idle folders beyond the limit; their descriptors to close."""
-        excess = len(self._kept) - self._limit
-        if excess <= 0:
+    def _drop_idle(self, count: int) -> list[int]:
+        """Under the lock: stop keeping up to `count` idle folders, least recently used first; their descriptors
+        to close (a folder in use is closed by its last user)."""
+        if count <= 0:
             return []
-        idle = [f for f in self._kept.values() if f.users == 0][:excess]
+        idle = [f for f in self._kept.values() if f.users == 0][:count]
         for folder in idle:
-            folder.kept = False
             del self._kept[folder.path]
         return [f.fd for f in idle]
 

@@ -11,6 +11,7 @@ import argparse
 import errno
 import json
 import logging
+import socket
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -64,6 +65,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     async def run() -> None:
         try:
             await serve(create_app(settings), settings.host, settings.port)
+        except socket.gaierror as exc:  # a HOST that is a name no resolver knows
+            raise UsageError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc} "
+                             "(HOST must be an address or a name of this machine)") from exc
         except OSError as exc:
             if exc.errno in _BIND_ERRORS and "bind" in str(exc):  # asyncio's create_server: "...while attempting to bind..."
                 raise UsageError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc} "

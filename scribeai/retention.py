@@ -61,7 +61,7 @@ from scribeai.models import (
     Tier,
     TranscriptSegment,
 )
-from scribeai.settings import Settings
+from scribeai.settings import Settings, parse_schedule
 from scribeai.storage import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -156,19 +156,6 @@ def decide(facts: SessionFacts, now: datetime, policy: RetentionPolicy) -> Decis
 
 def _days(delta: timedelta) -> str:
     return f"{delta.total_seconds() / 86400:.1f} days"
-
-
-def parse_schedule(value: str) -> time | None:
-    """RETENTION_SCHEDULE: local 'HH:MM' (or 'HH:MM:SS'); 'off' or empty disables the daily run."""
-    if value.strip().lower() in ("", "off", "none", "disabled"):
-        return None
-    try:
-        hour, minute, *second = (int(p) for p in value.strip().split(":"))
-        if len(second) > 1:
-            raise ValueError
-        return time(hour, minute, second[0] if second else 0)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"RETENTION_SCHEDULE must be HH:MM (local time) or 'off', not {value!r}") from exc
 
 
 def next_run(after: datetime, at: time) -> datetime:

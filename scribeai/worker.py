@@ -18,8 +18,8 @@ import socketio
 from scribeai.db import Database
 from scribeai.errors import StartupCheckFailed
 from scribeai.metrics import Metrics
-from scribeai.retention import Retention, RetentionScheduler, parse_schedule
-from scribeai.settings import Settings
+from scribeai.retention import Retention, RetentionScheduler
+from scribeai.settings import Settings, parse_schedule
 from scribeai.storage import open_store
 from scribeai.transcription.engines import create_engine
 from scribeai.transcription.pipeline import Pipeline

@@ -64,16 +64,32 @@ def test_light_commands_import_nothing_heavy(args: list[str], tmp_path: Path) ->
 
 
 @pytest.mark.parametrize(("env", "message"), [
-    ({"PORT": "abc"}, "scribeai: setting PORT='abc': expected int"),
+    ({"PORT": "abc"}, "scribeai: setting PORT='abc': expected a whole number, 0 to 65535"),
     ({"TRANSCRIBER": "bogus"}, "scribeai: setting TRANSCRIBER='bogus': expected 'whisper' or 'openai' or 'none'"),
     ({"SCRIBEAI_AUTH": "bogus"}, "scribeai: setting SCRIBEAI_AUTH='bogus': expected 'jwt' or 'none'"),
     ({"LOG_FORMAT": "xml"}, "scribeai: setting LOG_FORMAT='xml': expected 'text' or 'json'"),
     ({"EVENT_LOOP": "trio"}, "scribeai: setting EVENT_LOOP='trio': expected 'auto' or 'uvloop' or 'asyncio'"),
     ({"WHISPER_MODEL": "/nonexistent"}, "scribeai: setting WHISPER_MODEL='/nonexistent': no such model directory"),
+    ({"RETENTION_SCHEDULE": "25:00"},
+     "scribeai: setting RETENTION_SCHEDULE='25:00': expected HH:MM or HH:MM:SS (00:00 to 23:59:59), or 'off'"),
+    ({"HOST": "256.1.1.1"}, "scribeai: setting HOST='256.1.1.1': expected an IP address or host name"),
+    ({"MAX_CHUNK_BYTES": "-5"}, "scribeai: setting MAX_CHUNK_BYTES=-5: expected 1 or more"),
+    ({"MEMORY_THRESHOLD": "2"}, "scribeai: setting MEMORY_THRESHOLD=2: expected more than 0, at most 1"),
+    ({"DATABASE_URL": "mysql://ops:hunter2@db/scribe"}, "scribeai: setting DATABASE_URL='mysql://ops:***@db/scribe': "
+     "expected empty, postgresql://user@host/database or postgres://… (asyncpg), or sqlite:///path (aiosqlite)"),
 ])
 def test_bad_setting_is_one_line_and_status_2(env: dict[str, str], message: str, tmp_path: Path) -> None:
     done = run_failing("serve", env={**env, "DATA_DIR": str(tmp_path), "STORAGE_DIR": str(tmp_path / "chunks")})
     assert (done.returncode, done.stderr.strip(), done.stdout) == (2, message, "")
+
+
+@pytest.mark.parametrize("command", [["serve"], ["worker"], ["token", "create", "--user", "alice"], ["retention", "run"],
+                                     ["storage", "metrics"], ["transcripts", "retry-failed"]])
+def test_every_command_refuses_a_data_dir_that_is_a_file(command: list[str], tmp_path: Path) -> None:
+    (tmp_path / "data").write_text("")
+    done = run_failing(*command, env={"DATA_DIR": str(tmp_path / "data"), "STORAGE_DIR": str(tmp_path / "chunks")})
+    assert (done.returncode, done.stderr.strip(), done.stdout) == (
+        2, f"scribeai: setting DATA_DIR='{tmp_path / 'data'}': expected a directory (made if missing); {tmp_path / 'data'} is a file", "")
 
 
 def test_whisper_model_that_is_no_name_is_one_line_and_status_2(tmp_path: Path) -> None:
@@ -96,6 +112,16 @@ def test_port_in_use_is_one_line_and_status_2(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(f"scribeai: cannot listen on 127.0.0.1:{port}: ")
     assert "address already in use" in done.stderr
+
+
+def test_host_no_resolver_knows_is_one_line_and_status_2(tmp_path: Path) -> None:
+    done = run_failing("serve", "--host", "nosuchhost.invalid", "--port", "0",
+                       env={"TRANSCRIBER": "none", "DATA_DIR": str(tmp_path), "STORAGE_DIR": str(tmp_path / "chunks"),
+                            "RETENTION_SCHEDULE": "off", "LOG_LEVEL": "WARNING"})
+    assert (done.returncode, done.stdout) == (2, "")
+    [line] = done.stderr.strip().splitlines()  # the resolver's words vary ("Name or service not known")
+    assert line.startswith("scribeai: cannot listen on nosuchhost.invalid:0: ")
+    assert line.endswith(" (HOST must be an address or a name of this machine)")
 
 
 @pytest.mark.parametrize("ttl", ["-5", "0"])

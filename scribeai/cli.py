@@ -210,8 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingError, UsageError) as exc:
         print(f"scribeai: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except StartupCheckFailed as exc:  # raised before the server's own check prints it (e.g. the token secret)
-        print(f"scribeai: not starting: {exc.message}", file=sys.stderr)
+    except StartupCheckFailed as exc:  # the token secret, the database, Redis: raised before the server's own check prints it
+        starting = "not starting: " if args.command in ("serve", "worker") else ""
+        print(f"scribeai: {starting}{exc.message}", file=sys.stderr)
         return exc.exit_code
 
 

@@ -14,10 +14,12 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlmodel import SQLModel
 
 from scribeai import models  # noqa: F401  (registers the tables)
+from scribeai.errors import StartupCheckFailed
 
 T = TypeVar("T")
 SCHEMA_LOCK_KEY = 0x5C81BEA1  # pg_advisory_xact_lock key for create_all (retention uses its own, per schema)
@@ -83,7 +85,7 @@ class Database:
             event.listen(self.sync_engine, "connect", pragmas)
 
     def __repr__(self) -> str:
-        return f"Database({make_url(self.url).render_as_string(hide_password=True)!r})"
+        return f"Database({self.shown_url!r})"
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -106,7 +108,9 @@ class Database:
                 probe.unlink()
 
     async def create_all(self) -> None:
-        async with self.engine.begin() as conn:
+        """Create missing tables and indexes (every command's first use of the database); a database that cannot be
+        opened (refused, no such database or role, a bad password, an unusable file) raises StartupCheckFailed, one line."""
+        async with self._opened() as conn, conn.begin():
             if not self.is_sqlite:
                 # Nodes and workers of one deployment often start together on a fresh database: concurrent CREATE
                 # TABLEs collide in PostgreSQL's catalog (duplicate pg_type rows). One at a time; the later ones
@@ -117,6 +121,26 @@ class Database:
             await conn.run_sync(SQLModel.metadata.create_all)
             await conn.run_sync(_create_missing_indexes)
             await conn.run_sync(_migrate_chunk_segments)
+
+    @contextlib.asynccontextmanager
+    async def _opened(self) -> AsyncIterator[AsyncConnection]:
+        conn = self.engine.connect()
+        try:
+            await conn.start()
+        except (DBAPIError, OSError) as exc:
+            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()  # not SQLAlchemy's "Background on..." line
+            setting = "DATABASE_URL or DATA_DIR" if self.is_sqlite else "DATABASE_URL"
+            raise StartupCheckFailed(f"cannot open the database {self.shown_url} ({setting}): "
+                                     f"{detail[0] if detail else type(exc).__name__}", reason="database_unavailable") from exc
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+    @property
+    def shown_url(self) -> str:
+        """The URL without its password."""
+        return make_url(self.url).render_as_string(hide_password=True)
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

@@ -60,10 +60,7 @@ async def run_worker(settings: Settings) -> None:
                         lease_s=settings.transcribe_lease_s)
     scheduler: RetentionScheduler | None = None
     try:
-        try:
-            await db.create_all()
-        except OSError as exc:
-            raise StartupCheckFailed(f"cannot reach the database: {exc.strerror or exc}") from exc
+        await db.create_all()
         await _check_redis(settings.redis_url)
         await pipeline.start()
         at = parse_schedule(settings.retention_schedule)

@@ -22,6 +22,7 @@ from scribeai.errors import StartupCheckFailed, storage_fault
 from scribeai.idempotency import ChunkIngest, classify_fault, ensure_writable
 from scribeai.metrics import LiveGauges, Metrics
 from scribeai.monitor import ProcessMonitor
+from scribeai.pubsub import check_redis
 from scribeai.transport import disable_websocket_compression, fix_polling_posts
 from scribeai.realtime import Realtime
 from scribeai.services import Services, services_key
@@ -108,7 +109,7 @@ def create_app(settings: Settings, *, db_schema: str | None = None) -> web.Appli
     async def name_the_node(_request: web.Request, response: web.StreamResponse) -> None:
         response.headers["X-ScribeAI-Node"] = node  # which node behind a load balancer answered (logs, stickiness checks)
     app.on_response_prepare.append(name_the_node)
-    app.cleanup_ctx.extend([_database, _transcription, retention.scheduler])
+    app.cleanup_ctx.extend([_redis, _database, _transcription, retention.scheduler])
     app.on_shutdown.append(_graceful_stop)
     return app
 
@@ -122,6 +123,14 @@ def _setup_cors(app: web.Application, origins: list[str]) -> None:
         if not route.resource or route.resource.canonical.startswith("/socket.io"):
             continue
         cors.add(route)
+
+
+async def _redis(app: web.Application) -> AsyncIterator[None]:
+    # Without this a node whose Redis is down starts, says it is ready, and loses every message to other nodes' rooms.
+    url = app[services_key].settings.redis_url
+    if url:
+        await check_redis(url)
+    yield
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:

@@ -18,6 +18,7 @@ import socketio
 from scribeai.db import Database
 from scribeai.errors import StartupCheckFailed
 from scribeai.metrics import Metrics
+from scribeai.pubsub import check_redis
 from scribeai.retention import Retention, RetentionScheduler
 from scribeai.settings import Settings, parse_schedule
 from scribeai.storage import open_store
@@ -61,7 +62,7 @@ async def run_worker(settings: Settings) -> None:
     scheduler: RetentionScheduler | None = None
     try:
         await db.create_all()
-        await _check_redis(settings.redis_url)
+        await check_redis(settings.redis_url)
         await pipeline.start()
         at = parse_schedule(settings.retention_schedule)
         if at is not None:  # under retention's own lock: one run a day across every node and worker
@@ -77,14 +78,3 @@ async def run_worker(settings: Settings) -> None:
         await db.dispose()
     log.info("ScribeAI worker stopped")
 
-
-async def _check_redis(url: str) -> None:
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(url)
-    try:
-        await asyncio.wait_for(client.ping(), 5)
-    except Exception as exc:
-        raise StartupCheckFailed(f"cannot reach REDIS_URL {url}: {exc}") from exc
-    finally:
-        await client.aclose()

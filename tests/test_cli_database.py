@@ -1,5 +1,5 @@
-"""The real `scribeai` commands against a database (and Redis) they cannot use: one line on stderr, exit status 2,
-for every command that opens the database; the common spellings of a DATABASE_URL work."""
+"""The real `scribeai` commands against a database or a Redis they cannot use: one line on stderr, exit status 2,
+for every command that opens the database (and serve and worker for Redis); the common spellings of a DATABASE_URL work."""
 
 from __future__ import annotations
 
@@ -24,12 +24,11 @@ COMMANDS = [(["serve", "--host", "127.0.0.1", "--port", "0"], "not starting: "),
 
 
 def run(*args: str, env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    # worker: the settings it checks before the database (REDIS_URL is checked after it)
     full = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "STORAGE_DIR": str(tmp_path / "chunks"), "SCRIBEAI_SECRET": SECRET,
-            "TRANSCRIBER": "none", "RETENTION_SCHEDULE": "off", "LOG_LEVEL": "WARNING", "REDIS_URL": "redis://127.0.0.1:1/0",
-            **env}
-    if args[0] == "worker":
-        full.update(TRANSCRIBER="openai", OPENAI_API_KEY="k")
+            "TRANSCRIBER": "none", "RETENTION_SCHEDULE": "off", "LOG_LEVEL": "WARNING", "REDIS_URL": ""}
+    if args[0] == "worker":  # what a worker checks before the database (it tries REDIS_URL after it)
+        full.update(TRANSCRIBER="openai", OPENAI_API_KEY="k", REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    full.update(env)
     return subprocess.run([sys.executable, "-m", "scribeai", *args], env=full, capture_output=True, text=True, timeout=60)
 
 
@@ -107,3 +106,13 @@ async def test_serve_runs_on_a_postgres_url(tmp_path: Path) -> None:
         finally:
             server.kill()
         assert server.returncode == 0
+
+
+@pytest.mark.parametrize("command", [["serve", "--host", "127.0.0.1", "--port", "0"], ["worker"]])
+def test_an_unreachable_redis_is_one_line(command: list[str], tmp_path: Path) -> None:
+    port = free_port()
+    done = run(*command, env={"REDIS_URL": f"redis://:hunter2@127.0.0.1:{port}/0"}, tmp_path=tmp_path)
+    assert (done.returncode, done.stdout) == (2, "")
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"scribeai: not starting: cannot reach REDIS_URL redis://:***@127.0.0.1:{port}/0: ")
+    assert "Connection refused" in line

@@ -21,16 +21,32 @@ log = logging.getLogger(__name__)
 ANONYMOUS = "anonymous"
 ADMIN_ROLE = "admin"
 COOKIE_NAME = "scribeai_token"
-_USER_ID_MAX = 256
+USER_ID_MAX = 256
+
+
+def secret_file(data_dir: Path) -> Path:
+    """Where the server keeps the secret it generated (when SCRIBEAI_SECRET is empty)."""
+    return Path(data_dir) / "secret.key"
+
+
+def existing_secret(secret: str, data_dir: Path) -> tuple[str, str] | None:
+    """The secret tokens are signed with and where it comes from (SCRIBEAI_SECRET or the file), without generating
+    one: None when there is none yet. A file that cannot be read raises OSError."""
+    if secret:
+        return secret, "SCRIBEAI_SECRET"
+    path = secret_file(data_dir)
+    try:
+        return path.read_text().strip(), str(path.resolve())
+    except FileNotFoundError:
+        return None
 
 
 def load_secret(secret: str, data_dir: Path) -> str:
     """The configured secret, or one generated once into DATA_DIR/secret.key and reused after."""
-    if secret:
-        return secret
-    path = Path(data_dir) / "secret.key"
-    if path.exists():
-        return path.read_text().strip()
+    found = existing_secret(secret, data_dir)
+    if found is not None:
+        return found[0]
+    path = secret_file(data_dir)
     value = secrets.token_urlsafe(48)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +109,7 @@ class Authenticator:
         except jwt.InvalidTokenError as exc:
             raise Unauthorized(f"invalid token: {exc}") from exc
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not 0 < len(sub) <= _USER_ID_MAX or "\x00" in sub:  # PostgreSQL text has no NUL
+        if not isinstance(sub, str) or not 0 < len(sub) <= USER_ID_MAX or "\x00" in sub:  # PostgreSQL text has no NUL
             raise Unauthorized("token has no valid sub")
         return Identity(sub, admin=claims.get("role") == ADMIN_ROLE or sub in self.admin_users)
 

@@ -135,9 +135,24 @@ def _positive_seconds(value: str) -> int:
 
 
 def _token_create(args: argparse.Namespace, settings: Settings) -> int:
-    from scribeai.auth import create_token, load_secret
+    """Sign with the server's secret; never make one (a secret made here, in another folder, is one the server lacks)."""
+    from scribeai.auth import USER_ID_MAX, create_token, existing_secret, secret_file
 
-    print(create_token(load_secret(settings.secret, settings.data_dir), args.user, args.ttl, "admin" if args.admin else None))
+    user = args.user
+    if not user.strip() or len(user) > USER_ID_MAX or "\x00" in user:
+        raise UsageError(f"token create --user {user!r}: expected a user id of 1 to {USER_ID_MAX} characters, not blank")
+    path = secret_file(settings.data_dir).resolve()
+    try:
+        found = existing_secret(settings.secret, settings.data_dir)
+    except OSError as exc:
+        raise UsageError(f"cannot read the token secret {path}: {exc.strerror or exc}") from exc
+    if found is None or not found[0]:
+        problem = "is empty" if found is not None else "does not exist"
+        raise UsageError(f"no token secret: SCRIBEAI_SECRET is not set and {path} {problem}; start the server once (it "
+                         "creates that file), or set SCRIBEAI_SECRET, or DATA_DIR to the server's data directory")
+    secret, source = found
+    print(f"scribeai: signed with {'the secret in ' if source != 'SCRIBEAI_SECRET' else ''}{source}", file=sys.stderr)
+    print(create_token(secret, user, args.ttl, "admin" if args.admin else None))
     return 0
 
 
@@ -161,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=_worker, overrides=("max_concurrency", "transcriber"))
 
     token = sub.add_parser("token", help="access tokens").add_subparsers(dest="token_command", required=True)
-    create = token.add_parser("create", help="print a token for a user")
+    create = token.add_parser("create", help="print a token for a user, signed with the server's secret (SCRIBEAI_SECRET, or "
+                                             "DATA_DIR/secret.key, which the server makes on its first start)")
     create.add_argument("--user", required=True, help="user id (the token's sub)")
     create.add_argument("--ttl", type=_positive_seconds, default=None, help="lifetime in seconds, more than 0 (default: no expiry)")
     create.add_argument("--admin", action="store_true",

@@ -21,29 +21,73 @@ def run_cli(*args: str, env: dict[str, str]) -> str:
 
 
 def test_token_create_with_configured_secret_and_ttl(tmp_path: Path) -> None:
-    token = run_cli("token", "create", "--user", "alice", "--ttl", "600",
-                    env={"SCRIBEAI_SECRET": "cli-secret-0123456789abcdef0123456789", "DATA_DIR": str(tmp_path)})
-    claims = jwt.decode(token, "cli-secret-0123456789abcdef0123456789", algorithms=["HS256"])
+    env = {"SCRIBEAI_SECRET": "cli-secret-0123456789abcdef0123456789", "DATA_DIR": str(tmp_path)}
+    done = run_failing("token", "create", "--user", "alice", "--ttl", "600", env=env)
+    assert (done.returncode, done.stderr) == (0, "scribeai: signed with SCRIBEAI_SECRET\n")
+    claims = jwt.decode(done.stdout.strip(), "cli-secret-0123456789abcdef0123456789", algorithms=["HS256"])
     assert claims["sub"] == "alice"
     assert 590 <= claims["exp"] - int(time.time()) <= 600
     assert "role" not in claims
     assert not (tmp_path / "secret.key").exists()
-    admin = run_cli("token", "create", "--user", "ops", "--admin",
-                    env={"SCRIBEAI_SECRET": "cli-secret-0123456789abcdef0123456789", "DATA_DIR": str(tmp_path)})
+    admin = run_cli("token", "create", "--user", "ops", "--admin", env=env)
     assert jwt.decode(admin, "cli-secret-0123456789abcdef0123456789", algorithms=["HS256"])["role"] == "admin"
 
 
-def test_secret_is_generated_once_and_reused(tmp_path: Path) -> None:
-    env = {"SCRIBEAI_SECRET": "", "DATA_DIR": str(tmp_path)}
-    first = run_cli("token", "create", "--user", "bob", env=env)
-    secret = (tmp_path / "secret.key").read_text().strip()
+def _without_secret_settings() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("DATA_DIR", "SCRIBEAI_SECRET")}
+
+
+def test_token_create_never_makes_a_secret(tmp_path: Path) -> None:
+    """Run from another folder it once made a secret.key there and printed a token the server refused."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run([sys.executable, "-m", "scribeai", "token", "create", "--user", "alice"], env=_without_secret_settings(),
+                          cwd=elsewhere, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.strip().splitlines() == [
+        f"scribeai: no token secret: SCRIBEAI_SECRET is not set and {elsewhere / 'storage' / 'secret.key'} does not exist; "
+        "start the server once (it creates that file), or set SCRIBEAI_SECRET, or DATA_DIR to the server's data directory"]
+    assert list(elsewhere.iterdir()) == []
+    (elsewhere / "data").mkdir()
+    (elsewhere / "data" / "secret.key").write_text("\n")
+    done = run_failing("token", "create", "--user", "alice", env={"DATA_DIR": str(elsewhere / "data"), "SCRIBEAI_SECRET": ""})
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith(f"scribeai: no token secret: SCRIBEAI_SECRET is not set and {elsewhere / 'data' / 'secret.key'} "
+                                  "is empty; start the server once")
+
+
+def test_token_create_signs_with_the_secret_the_server_made(tmp_path: Path) -> None:
+    env = {**_without_secret_settings(), "DATA_DIR": str(tmp_path / "data"), "STORAGE_DIR": str(tmp_path / "chunks"),
+           "TRANSCRIBER": "none", "RETENTION_SCHEDULE": "off"}
+    server = subprocess.Popen([sys.executable, "-m", "scribeai", "serve", "--host", "127.0.0.1", "--port", "0"],
+                              env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stderr is not None
+        for line in server.stderr:
+            if "ScribeAI listening on" in line:
+                break
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=30)
+    finally:
+        server.kill()
+    path = tmp_path / "data" / "secret.key"
+    secret = path.read_text().strip()
     assert len(secret) >= 48
-    assert oct((tmp_path / "secret.key").stat().st_mode & 0o777) == "0o600"
-    second = run_cli("token", "create", "--user", "bob", env=env)
-    assert (tmp_path / "secret.key").read_text().strip() == secret
-    for token in (first, second):
-        assert jwt.decode(token, secret, algorithms=["HS256"])["sub"] == "bob"
-        assert "exp" not in jwt.decode(token, secret, algorithms=["HS256"])
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-m", "scribeai", "token", "create", "--user", "bob"], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert (done.returncode, done.stderr) == (0, f"scribeai: signed with the secret in {path}\n")
+        assert jwt.decode(done.stdout.strip(), secret, algorithms=["HS256"]) == {"sub": "bob", "iat": pytest.approx(time.time(), abs=60)}
+    assert path.read_text().strip() == secret
+
+
+@pytest.mark.parametrize("user", ["", "   ", "\t", "u" * 257])
+def test_token_create_refuses_a_user_id_the_server_would_not_take(user: str, tmp_path: Path) -> None:
+    done = run_failing("token", "create", "--user", user, env={"SCRIBEAI_SECRET": "s" * 40, "DATA_DIR": str(tmp_path)})
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.strip("\n").splitlines() == [
+        f"scribeai: token create --user {user!r}: expected a user id of 1 to 256 characters, not blank"]
 
 
 def run_failing(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -58,7 +102,8 @@ HEAVY_MODULES = ("av", "numpy", "faster_whisper", "ctranslate2", "socketio", "ai
 def test_light_commands_import_nothing_heavy(args: list[str], tmp_path: Path) -> None:
     probe = ("import sys\nfrom scribeai.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
              f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules), file=sys.stderr)")
-    done = subprocess.run([sys.executable, "-c", probe, *args], env={**os.environ, "DATA_DIR": str(tmp_path)},
+    done = subprocess.run([sys.executable, "-c", probe, *args],
+                          env={**os.environ, "DATA_DIR": str(tmp_path), "SCRIBEAI_SECRET": "light-secret-0123456789abcdef01234567"},
                           capture_output=True, text=True, timeout=60, check=True)
     assert done.stderr.strip().splitlines()[-1] == "[]"
 

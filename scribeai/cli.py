@@ -198,7 +198,7 @@ def _load_extra_commands(running: str | None = None) -> None:
     (a name in --help, no heavy imports) stands in for its full `register` unless it is that command."""
     import importlib
 
-    for command, module in (("retention", "scribeai.retention_cli"), ("transcripts", "scribeai.transcription.cli"),
+    for command, module in (("retention", "scribeai.retention_cli"), ("transcripts", "scribeai.transcripts_cli"),
                             ("stress", "scribeai.stress_cli")):
         try:
             mod = importlib.import_module(module)

@@ -209,3 +209,24 @@ def test_sigterm_stops_the_server_and_says_so(event_loop: str | None, expected: 
         server.kill()
     assert server.returncode == 0
     assert rest.strip().splitlines()[-1].endswith("INFO scribeai: ScribeAI stopped")
+
+
+async def test_retry_failed_names_a_session_that_does_not_exist(tmp_path: Path) -> None:
+    from scribeai.db import Database
+    from scribeai.models import Chunk, ChunkStatus, RecordingSession
+
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'scribeai.db'}")
+    await db.create_all()
+    async with db.write() as s:
+        s.add(RecordingSession(id="s1", user_id="alice"))
+        s.add(RecordingSession(id="s2", user_id="alice"))
+        await s.flush()
+        s.add(Chunk(session_id="s1", seq=0, size=1, sha256="0" * 64, mime_type="audio/webm", path="s1/0.webm",
+                    status=ChunkStatus.FAILED))
+    await db.dispose()
+    env = {"DATA_DIR": str(tmp_path), "SCRIBEAI_SECRET": "s" * 40, "LOG_LEVEL": "WARNING"}
+    done = run_failing("transcripts", "retry-failed", "--session", "does-not-exist", env=env)
+    assert (done.returncode, done.stderr, done.stdout) == (
+        2, "scribeai: transcripts retry-failed --session 'does-not-exist': no such session\n", "")
+    assert run_cli("transcripts", "retry-failed", "--session", "s2", env=env) == "requeued 0 failed chunk(s)"  # exists, none failed
+    assert run_cli("transcripts", "retry-failed", "--session", "s1", env=env) == "requeued 1 failed chunk(s)"

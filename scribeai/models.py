@@ -137,6 +137,24 @@ class TranscriptStream(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
 
 
+class CheckpointKind:
+    RESUME = "resume"  # after the last chunk a committed window covers: where a rebuilt stream reads on from
+    GAP = "gap"  # just before a gap's first chunk: where its chunks are read from if they come late
+
+
+class StreamCheckpoint(SQLModel, table=True):
+    """A stream's reading state (demuxer, codec setup, timeline place) after chunk `seq`, so that resuming
+    reads only the chunks after it, however long the session."""
+
+    __tablename__ = "stream_checkpoint"
+
+    session_id: str = Field(foreign_key="recording_session.id", primary_key=True, max_length=128)
+    kind: str = Field(primary_key=True, max_length=8)
+    seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    state: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+
+
 class TranscriptSegment(SQLModel, table=True):
     # "segment" replaced "transcript_segment" (one row per chunk) when segments became windows of the stream.
     __tablename__ = "segment"

@@ -35,7 +35,6 @@ import contextlib
 import dataclasses
 import io
 import json
-import math
 import os
 import random
 import re
@@ -57,11 +56,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench_pg import create_database, drop_database  # noqa: E402  (scripts/bench_pg.py, beside this script)
 
+from tests.speech import CLUSTER_ID, cut, encode_webm  # noqa: E402
+
 SR = 16000
 MIME = "audio/webm;codecs=opus"
 EPOCH_MS = 1_764_000_000_000
 SECRET = "bench-stream-secret-0123456789abcdef"
-CLUSTER_ID = b"\x1f\x43\xb6\x75"
 
 SENTENCES = [
     "The quarterly review has been moved to the large conference room on the third floor.",
@@ -147,32 +147,6 @@ def make_speech(order: list[int], workdir: Path, rng: random.Random, min_seconds
     return np.concatenate(parts), " ".join(words), silence
 
 
-def encode_webm(pcm16k: np.ndarray) -> bytes:
-    """WebM/Opus, 48 kHz mono, live=1 (unknown-size Segment and Clusters)."""
-    s16 = (np.clip(pcm16k, -1, 1) * 32767).astype(np.int16)
-    src = av.AudioFrame.from_ndarray(s16[None, :], format="s16", layout="mono")
-    src.sample_rate = SR
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=48000)
-    pcm48 = np.concatenate([f.to_ndarray()[0] for f in [*resampler.resample(src), *resampler.resample(None)]])
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="webm", container_options={"live": "1"}) as out:
-        stream = out.add_stream("libopus", rate=48000, layout="mono")
-        stream.bit_rate = 32000
-        pts = 0
-        for start in range(0, len(pcm48), 960):
-            block = pcm48[start:start + 960]
-            if len(block) < 960:
-                block = np.concatenate([block, np.zeros(960 - len(block), np.int16)])
-            frame = av.AudioFrame.from_ndarray(block[None, :], format="s16", layout="mono")
-            frame.sample_rate, frame.pts = 48000, pts
-            pts += 960
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return buf.getvalue()
-
-
 def decode_webm(data: bytes) -> np.ndarray:
     resampler = av.AudioResampler(format="flt", layout="mono", rate=SR)
     chunks = []
@@ -181,21 +155,6 @@ def decode_webm(data: bytes) -> np.ndarray:
             chunks.extend(f.to_ndarray()[0] for f in resampler.resample(frame))
         chunks.extend(f.to_ndarray()[0] for f in resampler.resample(None))
     return np.concatenate(chunks).astype(np.float32)
-
-
-def cut(data: bytes, duration_s: float, timeslice_ms: int) -> list[bytes]:
-    """Byte offsets proportional to the timeslice: cuts fall anywhere; piece 0 holds at least the header."""
-    header = data.find(CLUSTER_ID)
-    assert header > 0, "no Cluster in the WebM"
-    n = max(1, math.ceil(duration_s * 1000 / timeslice_ms))
-    offsets = [0]
-    for k in range(1, n):
-        off = int(len(data) * k * timeslice_ms / (duration_s * 1000))
-        if off <= header or off <= offsets[-1]:
-            continue
-        offsets.append(min(off, len(data)))
-    offsets.append(len(data))
-    return [data[a:b] for a, b in zip(offsets, offsets[1:]) if b > a]
 
 
 # -- WER -----------------------------------------------------------------------------------------

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import math
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import wave
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 JS_DIR = Path(__file__).parent / "js"
@@ -57,6 +61,69 @@ def wav_seconds(path: Path) -> float:
     """The length of an audio file in seconds (sox --i)."""
     result = subprocess.run([_tool("sox"), "--i", "-D", str(path)], check=True, capture_output=True, text=True)
     return float(result.stdout)
+
+
+CLUSTER_ID = b"\x1f\x43\xb6\x75"
+RATE = 16000
+
+
+def wav_pcm(path: Path) -> np.ndarray:
+    """A mono 16-bit WAV as float32 at 16 kHz."""
+    with wave.open(str(path)) as w:
+        rate, raw = w.getframerate(), w.readframes(w.getnframes())
+    pcm = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+    n_out = int(len(pcm) * RATE / rate)
+    return np.interp(np.arange(n_out) * rate / RATE, np.arange(len(pcm)), pcm).astype(np.float32)
+
+
+def encode_webm(pcm16k: np.ndarray) -> bytes:
+    """WebM/Opus, 48 kHz mono, live=1: Segment and Clusters of unknown size, like Chromium's MediaRecorder."""
+    import av
+
+    s16 = (np.clip(pcm16k, -1, 1) * 32767).astype(np.int16)
+    src = av.AudioFrame.from_ndarray(s16[None, :], format="s16", layout="mono")
+    src.sample_rate = RATE
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=48000)
+    pcm48 = np.concatenate([f.to_ndarray()[0] for f in [*resampler.resample(src), *resampler.resample(None)]])
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="webm", container_options={"live": "1"}) as out:
+        stream = out.add_stream("libopus", rate=48000, layout="mono")
+        stream.bit_rate = 32000
+        pts = 0
+        for start in range(0, len(pcm48), 960):
+            block = pcm48[start:start + 960]
+            if len(block) < 960:
+                block = np.concatenate([block, np.zeros(960 - len(block), np.int16)])
+            frame = av.AudioFrame.from_ndarray(block[None, :], format="s16", layout="mono")
+            frame.sample_rate, frame.pts = 48000, pts
+            pts += 960
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def cut(data: bytes, duration_s: float, timeslice_ms: int) -> list[bytes]:
+    """Byte offsets proportional to the timeslice: cuts fall anywhere, as in Chromium's blobs; piece 0 holds at
+    least the header."""
+    header = data.find(CLUSTER_ID)
+    assert header > 0, "no Cluster in the WebM"
+    n = max(1, math.ceil(duration_s * 1000 / timeslice_ms))
+    offsets = [0]
+    for k in range(1, n):
+        off = int(len(data) * k * timeslice_ms / (duration_s * 1000))
+        if off <= header or off <= offsets[-1]:
+            continue
+        offsets.append(min(off, len(data)))
+    offsets.append(len(data))
+    return [data[a:b] for a, b in zip(offsets, offsets[1:]) if b > a]
+
+
+def timeslice_blobs(wav: Path, timeslice_ms: int = 1000) -> list[bytes]:
+    """A speech WAV as a browser recorder's timeslice blobs: one WebM/Opus stream cut into byte ranges."""
+    pcm = wav_pcm(wav)
+    return cut(encode_webm(pcm), len(pcm) / RATE, timeslice_ms)
 
 
 def _number_words(n: int) -> list[str]:

@@ -16,13 +16,22 @@ from sqlmodel import col
 
 from scribeai.db import Database, affected
 from scribeai.metrics import Metrics
-from scribeai.models import Chunk, ChunkStatus, RecordingSession, SessionStatus, TranscriptSegment, TranscriptStream, utcnow
+from scribeai.models import (
+    CheckpointKind,
+    Chunk,
+    ChunkStatus,
+    RecordingSession,
+    SessionStatus,
+    TranscriptSegment,
+    TranscriptStream,
+    utcnow,
+)
 from scribeai.protocol import room_of
 from scribeai.storage import Store
 from scribeai.transcription import media
 from scribeai.transcription.engines import Engine, Transcription, TranscriptionFailed
 from scribeai.transcription.queue import StreamQueue, StreamState
-from scribeai.transcription.streams import ChunkBytes, Gap, NoStream, SessionStream, Timing
+from scribeai.transcription.streams import CheckpointError, ChunkBytes, Gap, NoStream, SessionStream, Timing
 from scribeai.transcription.windows import SileroDetector, Window, Windower
 
 log = logging.getLogger(__name__)
@@ -32,6 +41,8 @@ LATENCY_HORIZON_S = 60.0  # an old slow window must not hold backpressure on for
 BACKLOG_REFRESH_S = 1.0
 CHUNKS_PER_TURN = 32  # then the stream goes back to the queue, so one long session cannot starve the others
 CACHED_STREAMS = 256
+LATE_SETTLE_S = 2.0  # a gap's late chunks are read together once none has come for this long (or all are there)
+FILL_READ_ON = 64  # chunks past a gap a late fill may read to reach the audio the stream resumed at
 
 
 class Emitter(Protocol):
@@ -50,6 +61,9 @@ class _Live:
     last_read_at: float = field(default_factory=time.monotonic)
     chunk_ids: dict[int, str] = field(default_factory=dict)
     read_at: dict[int, float] = field(default_factory=dict)  # seq -> when it was read (how long its audio is held)
+    # seq -> the reading state after that chunk, for the chunks whose audio is not all committed yet
+    checkpoints: dict[int, bytes] = field(default_factory=dict)
+    committed_through: int = -1  # the highest seq committed done (or known done when the stream was rebuilt)
 
 
 class Pipeline:
@@ -231,25 +245,30 @@ class Pipeline:
         while len(self._streams) > CACHED_STREAMS:
             self._streams.popitem(last=False)
         flush_all = self._flush_all  # as the turn starts: a drain() that begins later must not cut what this turn reads
-        if await self._fill_late(state, live):
+        late = await self._fill_late(state, live)
+        if isinstance(late, str):
             self._streams.pop(state.session_id, None)  # read again from the late first chunk, next turn
             return 0.0
-        due = await self._read(state, live)
+        due = _sooner(late, await self._read(state, live))
         windower = live.stream.windower
         idle = time.monotonic() - live.last_read_at
         if windower.pending_ms > 0 and (flush_all or state.status != SessionStatus.RECORDING or idle >= self.idle_flush_s):
             await self._transcribe_all(state, live, await asyncio.to_thread(live.stream.flush))
         elif self._held_for(live) >= self.window_wait_s:
             await self._transcribe_all(state, live, await asyncio.to_thread(windower.settle))
+        if live.stream.done_through_seq() > live.committed_through:
+            await self._commit_read(state, live)  # chunks read whose audio is all out (none, or in windows already)
         await self.check_completed(state.session_id)
         if windower.pending_ms > 0:
             now = time.monotonic()
             wait = self.idle_flush_s - (now - live.last_read_at)
             if self._held_for(live) < self.window_wait_s:
                 wait = min(wait, self.window_wait_s - self._held_for(live))
-            due = max(0.2, wait) if due is None else min(due, max(0.2, wait))
+            due = _sooner(due, max(0.2, wait))
         first = windower.first_pending_seq
         live.read_at = {seq: at for seq, at in live.read_at.items() if first is not None and seq >= first}
+        done = live.stream.done_through_seq()
+        live.checkpoints = {seq: saved for seq, saved in live.checkpoints.items() if seq >= done}
         return due
 
     @staticmethod
@@ -259,14 +278,38 @@ class Pipeline:
         return 0.0 if first is None else time.monotonic() - live.read_at.get(first, time.monotonic())
 
     async def _rebuild(self, state: StreamState) -> _Live:
-        """The stream from its last container header before the first unfinished chunk, skipping what is done."""
-        start_seq = await self.queue.resume_point(state.session_id, [(g["fromSeq"], g["toSeq"]) for g in state.gaps])
+        """The stream as it was after the last chunk a committed window covers (its checkpoint), reading on from
+        there; without a usable checkpoint, from the last container header before the first unfinished chunk."""
+        session_id = state.session_id
+        gaps = [Gap(g["fromSeq"], g["toSeq"], g["startMs"], g.get("endMs"), bool(g.get("filled")), g.get("reason", "missing"))
+                for g in state.gaps]
+        first = await self.queue.first_unfinished(session_id, _unfilled(gaps))
+        saved = await self.queue.checkpoint(session_id, CheckpointKind.RESUME)
+        stream: SessionStream | None = None
+        if saved is not None and (first is None or saved[0] < first):
+            try:
+                stream = SessionStream.resumed(self._windower(), saved[1], resume_ms=float(state.done_ms))
+            except CheckpointError as exc:
+                log.warning("session %s: %s; reading its stream from the header again", session_id, exc,
+                            extra={"sessionId": session_id})
+        if stream is None:
+            start_seq = await self.queue.resume_point(session_id, [(g.from_seq, g.to_seq) for g in gaps])
+            stream = SessionStream(self._windower(), await self._timing(session_id), resume_ms=float(state.done_ms),
+                                   next_seq=start_seq)
+        # A gap past the resume point is found again when the stream reaches it (its chunks may be there by now).
+        stream.gaps = [g for g in gaps if g.from_seq < stream.next_seq]
+        for gap in stream.gaps:
+            if not gap.filled and gap.from_seq > 0:
+                found = await self.queue.checkpoint(session_id, CheckpointKind.GAP, gap.from_seq - 1)
+                gap.checkpoint = None if found is None else found[1]
+        live = _Live(stream, state.done_ms, await self.queue.last_text(session_id), committed_through=stream.next_seq - 1)
+        if saved is not None and stream.next_seq == saved[0] + 1:
+            live.checkpoints[saved[0]] = saved[1]
+        return live
+
+    def _windower(self) -> Windower:
         assert self._detector is not None
-        stream = SessionStream(Windower(self._detector), await self._timing(state.session_id),
-                               resume_ms=float(state.done_ms), next_seq=start_seq)
-        stream.gaps = [Gap(g["fromSeq"], g["toSeq"], g["startMs"], g.get("endMs"), bool(g.get("filled")), g.get("reason", "missing"))
-                       for g in state.gaps]
-        return _Live(stream, state.done_ms, await self.queue.last_text(state.session_id))
+        return Windower(self._detector)
 
     async def _timing(self, session_id: str) -> Timing:
         async with self.db.read() as s:
@@ -289,8 +332,10 @@ class Pipeline:
         with a slow engine, unread chunks pile up and the recorder is told to wait. A missing chunk is
         waited for, then skipped (a gap).
         """
-        stream, due = live.stream, None
-        for row in await self.queue.chunks(state.session_id, stream.next_seq, CHUNKS_PER_TURN):
+        stream = live.stream
+        rows = await self.queue.chunks(state.session_id, stream.next_seq, CHUNKS_PER_TURN)
+        due = 0.0 if len(rows) == CHUNKS_PER_TURN else None  # more may follow: this turn reads one batch
+        for row in rows:
             if row.seq > stream.next_seq:
                 waited = (utcnow() - row.created_at).total_seconds()
                 if waited < self.gap_wait_s and not self._flush_all and state.status == SessionStatus.RECORDING:
@@ -299,6 +344,7 @@ class Pipeline:
                 log.warning("session %s: chunks %d..%d missing after %.0fs, going on without them",
                             state.session_id, stream.next_seq, row.seq - 1, waited, extra={"sessionId": state.session_id})
                 stream.gap(stream.next_seq, row.seq - 1)
+                live.checkpoints[row.seq - 1] = stream.checkpoint()
             if row.seq == 0:
                 stream.timing = Timing(row.timestamp_ms, self.chunk_duration_ms)  # the true origin, once known
             data = await asyncio.to_thread(self.store.read, row.path)
@@ -306,14 +352,10 @@ class Pipeline:
             live.last_read_at = live.read_at[row.seq] = time.monotonic()
             if row.status == ChunkStatus.PENDING:
                 await self.queue.mark_read([row.id])
-            try:
-                windows = await asyncio.to_thread(stream.feed, ChunkBytes(row.seq, data, row.mime_type, row.timestamp_ms))
-            except NoStream as exc:
-                await self.queue.fail_chunks(state.session_id, [row.seq], str(exc))
-                windows = []
-            except media.UndecodableAudio as exc:
-                await self.queue.fail_chunks(state.session_id, [row.seq], f"undecodable audio: {exc.reason}")
-                windows = []
+            windows, failure, live.checkpoints[row.seq] = await asyncio.to_thread(
+                _feed, stream, ChunkBytes(row.seq, data, row.mime_type, row.timestamp_ms))
+            if failure is not None:
+                await self.queue.fail_chunks(state.session_id, [row.seq], failure)
             await self._transcribe_all(state, live, windows)
             if row.status == ChunkStatus.PENDING:
                 self.backlog = max(self.backlog - 1, 0)
@@ -321,59 +363,131 @@ class Pipeline:
                     await self.on_transcribed(row.id)
         return due
 
-    async def _fill_late(self, state: StreamState, live: _Live) -> bool:
-        """Chunks that arrive after their gap was skipped: decode them with their neighbours, keep the gap's audio.
+    async def _commit_read(self, state: StreamState, live: _Live) -> None:
+        """Chunks whose audio is all in windows already (or who had none) are done: nothing else would say so."""
+        through = live.stream.done_through_seq()
+        await self.queue.commit(state.session_id, [], live.done_ms, through, live.committed_through + 1,
+                                [g.wire() for g in live.stream.gaps], resume=_state_of(live, through))
+        live.committed_through = through
 
-        True when the late chunk is the recording's first one, whose followers failed for want of its header:
-        they are queued again and the stream is to be read anew from it.
+    async def _fill_late(self, state: StreamState, live: _Live) -> float | None | str:
+        """Chunks that arrive after their gap was skipped are read as the stream would have read them in time.
+
+        A gap's late chunks are read once all of them are there or none has come for LATE_SETTLE_S, from the
+        reading state before the gap, keeping only the gap's stretch of the timeline: each second of audio is
+        transcribed once. Returns the seconds to wait for more, or "restart" when the late chunk is the
+        recording's first, whose followers failed for want of its header (they are queued again and the stream
+        is read anew from it).
         """
-        for row in await self.queue.late_chunks(state.session_id, live.stream.next_seq):
-            gap = next((g for g in live.stream.gaps if g.from_seq <= row.seq <= g.to_seq and not g.filled), None)
-            if gap is not None and gap.end_ms is None and row.has_header:
-                live.stream.gaps.remove(gap)
-                await self.queue.reopen_after(state.session_id, row.seq, [g.wire() for g in live.stream.gaps])
-                log.info("session %s: its first chunk %d arrived late; reading the recording again from it",
-                         state.session_id, row.seq, extra={"sessionId": state.session_id})
-                return True
-            await self.queue.mark_read([row.id])
-            if self.on_transcribed is not None:
-                await self.on_transcribed(row.id)
-            if gap is None:  # e.g. a failed chunk retried whose place the stream has already passed
+        gaps = live.stream.gaps
+        rows = await self.queue.late_chunks(state.session_id, live.stream.next_seq, _unfilled(gaps))
+        due: float | None = None
+        for gap in [g for g in gaps if not g.filled]:
+            mine = [row for row in rows if gap.from_seq <= row.seq <= gap.to_seq]
+            if not mine:
+                continue
+            if gap.end_ms is None and any(row.has_header for row in mine):
+                gaps.remove(gap)
+                await self.queue.reopen_after(state.session_id, min(r.seq for r in mine if r.has_header), [g.wire() for g in gaps])
+                log.info("session %s: its first chunk arrived late; reading the recording again from it",
+                         state.session_id, extra={"sessionId": state.session_id})
+                return "restart"
+            waited = (utcnow() - max(row.created_at for row in mine)).total_seconds()
+            complete = len(mine) == gap.to_seq - gap.from_seq + 1
+            patient = not self._flush_all and state.status == SessionStatus.RECORDING
+            if not complete and waited < LATE_SETTLE_S and patient:
+                due = _sooner(due, LATE_SETTLE_S - waited)
+                continue
+            # A chunk still missing inside the gap is waited for like one in the stream (GAP_WAIT_S), then skipped.
+            hold = patient and waited < self.gap_wait_s
+            await self._fill_gap(state, live, gap, mine, hold)
+            if hold and not complete:
+                due = _sooner(due, self.gap_wait_s - waited)
+        for row in rows:
+            if row.status == ChunkStatus.PENDING and not any(a <= row.seq <= b for a, b in _unfilled(gaps)):
+                # e.g. a failed chunk retried whose place the stream has already passed
+                await self.queue.mark_read([row.id])
                 await self.queue.fail_chunks(state.session_id, [row.seq], "the stream had already read past this chunk "
                                              "without a gap to fill: it cannot be decoded out of order")
-                continue
-            side, windows = await self._gap_stream(state.session_id, row.seq, gap)
-            late = _Live(side or live.stream, live.done_ms, "", chunk_ids=live.chunk_ids)
-            gap.filled = gap.reason == "failed" or all(s in live.chunk_ids or s == row.seq for s in range(gap.from_seq, gap.to_seq + 1))
-            live.chunk_ids[row.seq] = row.id
-            for window in windows:
-                await self._transcribe(state, late, window, row.seq, from_seq=row.seq, gaps=live.stream.gaps)
-            await self.queue.commit(state.session_id, [], 0, row.seq, row.seq, [g.wire() for g in live.stream.gaps])
-        return False
+        if due is not None:  # not claimed again for them before then (a pending chunk makes its session claimable)
+            await self.queue.defer([row.id for row in rows if row.status == ChunkStatus.PENDING], due, "waiting to fill a gap")
+        return due
 
-    async def _gap_stream(self, session_id: str, seq: int, gap: Gap) -> tuple[SessionStream | None, list[Window]]:
-        """A side stream over the late chunk and its neighbours that keeps only the gap's stretch of the timeline."""
-        start = await self.queue.stream_start_before(session_id, seq)
-        if start is None:
-            return None, []
-        assert self._detector is not None
-        side = SessionStream(Windower(self._detector), await self._timing(session_id), resume_ms=gap.start_ms,
-                             until_ms=gap.end_ms if gap.end_ms is not None else float("inf"), next_seq=start)
+    async def _fill_gap(self, state: StreamState, live: _Live, gap: Gap, rows: list[Chunk], hold: bool) -> None:
+        """Read a gap's late chunks into a side stream and transcribe the stretch of the timeline it left empty.
+
+        With `hold`, reading stops at the first chunk still missing: what follows it waits for it (the rest stays a
+        gap, with the reading state where this fill stopped)."""
+        session_id = state.session_id
+        side, windows, rest, read = await self._gap_stream(session_id, gap, hold)
+        if side is None:
+            await self.queue.mark_read([row.id for row in rows])
+            await self.queue.fail_chunks(session_id, [row.seq for row in rows], "no chunk with its recording's header "
+                                         "precedes it: it cannot be decoded")
+            return
+        through = gap.to_seq if rest is None else rest.from_seq - 1
+        # what the side stream read, not only `rows`: more of the gap's chunks may have come since they were listed
+        fresh = [row.id for row in read if row.status == ChunkStatus.PENDING and gap.from_seq <= row.seq <= through]
+        await self.queue.mark_read(fresh)
+        for chunk_id in fresh:
+            if self.on_transcribed is not None:
+                await self.on_transcribed(chunk_id)
+        late = _Live(side, live.done_ms, await self.queue.last_text(session_id, before_ms=gap.start_ms))
+        late.chunk_ids = {row.seq: row.id for row in read}
+        for window in windows:
+            await self._transcribe(state, late, window, gap.from_seq - 1, from_seq=gap.from_seq, main=live)
+        pieces = _split_gap(gap, side, rest)
+        index = live.stream.gaps.index(gap)
+        live.stream.gaps[index:index + 1] = pieces
+        await self.queue.commit(session_id, [], 0, through, gap.from_seq, [g.wire() for g in live.stream.gaps],
+                                gap_states=_gap_states(live.stream.gaps))
+        log.info("session %s: late chunks %d..%d filled gap %d..%d (%.0f..%.0f ms)", session_id, gap.from_seq, through,
+                 gap.from_seq, gap.to_seq, gap.start_ms, gap.end_ms or -1, extra={"sessionId": session_id})
+
+    async def _gap_stream(self, session_id: str, gap: Gap,
+                          hold: bool) -> tuple[SessionStream | None, list[Window], Gap | None, list[Chunk]]:
+        """The gap's chunks read on from the state before it (through the chunks after it, until the audio reaches
+        where the stream resumed), keeping only the gap's stretch of the timeline; with `hold`, up to the first
+        chunk still missing, returned as the gap that remains."""
+        until = gap.end_ms if gap.end_ms is not None else float("inf")
+        side: SessionStream | None = None
+        if gap.checkpoint is not None:
+            try:
+                side = SessionStream.resumed(self._windower(), gap.checkpoint, resume_ms=gap.start_ms, until_ms=until)
+            except CheckpointError as exc:
+                log.warning("session %s: %s; reading gap %d..%d from its stream's header", session_id, exc, gap.from_seq,
+                            gap.to_seq, extra={"sessionId": session_id})
+        if side is None:  # a gap recorded before checkpoints existed
+            start = await self.queue.stream_start_before(session_id, gap.from_seq)
+            if start is None:
+                return None, [], None, []
+            side = SessionStream(self._windower(), await self._timing(session_id), resume_ms=gap.start_ms, until_ms=until,
+                                 next_seq=start)
         windows: list[Window] = []
-        for row in await self.queue.chunks(session_id, start, seq + 2 - start):
+        rest: Gap | None = None
+        read: list[Chunk] = []
+        for row in await self.queue.chunks(session_id, side.next_seq, gap.to_seq + FILL_READ_ON - side.next_seq + 1):
+            if row.seq > gap.to_seq and (side.end_ms >= until or row.has_header):
+                break
             if row.seq > side.next_seq:
+                if hold and side.next_seq <= gap.to_seq:
+                    rest = Gap(side.next_seq, gap.to_seq, side.end_ms, gap.end_ms, reason=gap.reason,
+                               checkpoint=side.checkpoint())
+                    break
                 side.gap(side.next_seq, row.seq - 1)
             data = await asyncio.to_thread(self.store.read, row.path)
+            read.append(row)
             try:
                 windows += await asyncio.to_thread(side.feed, ChunkBytes(row.seq, data, row.mime_type, row.timestamp_ms))
             except (NoStream, media.UndecodableAudio):
                 continue
-        return side, windows + await asyncio.to_thread(side.flush)
+        return side, windows + await asyncio.to_thread(side.flush), rest, read
 
     async def _transcribe(self, state: StreamState, live: _Live, window: Window, done_through_seq: int,
-                          from_seq: int = 0, gaps: list[Gap] | None = None) -> None:
-        # A late chunk's side stream has no gaps of its own: the session's are the main stream's.
-        session_gaps = live.stream.gaps if gaps is None else gaps
+                          from_seq: int = 0, main: _Live | None = None) -> None:
+        """Transcribe one window and commit it. `main` is given for a late fill's side stream: the session's
+        gaps are the main stream's, and its place (done_ms, resume point) does not move."""
+        session_gaps = (main or live).stream.gaps
         segments: list[TranscriptSegment] = []
         if window.speech_ms > 0 and len(window.pcm):
             started = time.monotonic()
@@ -387,17 +501,22 @@ class Pipeline:
                             window.start_ms, window.end_ms, exc.reason, extra={"sessionId": state.session_id})
                 await self.queue.fail_chunks(state.session_id, list(range(window.from_seq, window.to_seq + 1)), exc.reason)
                 session_gaps.append(Gap(window.from_seq, window.to_seq, window.start_ms, window.through_ms, reason="failed"))
+                session_gaps.sort(key=lambda g: g.from_seq)
                 result = None
             elapsed = time.monotonic() - started
             if result is not None:
                 segments = self._segments(state.session_id, live.stream, window, result, live.chunk_ids)
                 live.prompt = (live.prompt + " " + result.text).strip()[-600:] if result.text else live.prompt
                 self._account(window, elapsed)
-        stream_gaps = [g.wire() for g in session_gaps]
-        new = await self.queue.commit(state.session_id, segments, round(window.through_ms), done_through_seq,
-                                      from_seq, stream_gaps)
-        live.done_ms = max(live.done_ms, round(window.through_ms))
-        live.stream.resume_ms = max(live.stream.resume_ms, window.through_ms)
+        advance = main is None
+        new = await self.queue.commit(state.session_id, segments, round(window.through_ms) if advance else 0,
+                                      done_through_seq, from_seq, [g.wire() for g in session_gaps],
+                                      resume=_state_of(live, done_through_seq) if advance else None,
+                                      gap_states=_gap_states(session_gaps))
+        if advance:
+            live.done_ms = max(live.done_ms, round(window.through_ms))
+            live.stream.resume_ms = max(live.stream.resume_ms, window.through_ms)
+            live.committed_through = max(live.committed_through, done_through_seq)
         for segment in new:
             await self._publish(segment)
         await self.queue.renew(state.session_id)
@@ -480,3 +599,63 @@ def _seq_at(stream: SessionStream, window: Window, at_ms: float) -> int:
         if end is not None and end >= at_ms - 1:
             return seq
     return window.to_seq
+
+
+def _feed(stream: SessionStream, chunk: ChunkBytes) -> tuple[list[Window], str | None, bytes]:
+    """One chunk into the stream (in a thread): its windows, why it failed if it did, and the reading state after it."""
+    try:
+        windows, failure = stream.feed(chunk), None
+    except NoStream as exc:
+        windows, failure = [], str(exc)
+    except media.UndecodableAudio as exc:
+        windows, failure = [], f"undecodable audio: {exc.reason}"
+    return windows, failure, stream.checkpoint()
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _unfilled(gaps: list[Gap]) -> list[tuple[int, int]]:
+    return [(g.from_seq, g.to_seq) for g in gaps if not g.filled]
+
+
+def _state_of(live: _Live, seq: int) -> tuple[int, bytes] | None:
+    state = live.checkpoints.get(seq)
+    return None if state is None else (seq, state)
+
+
+def _gap_states(gaps: list[Gap]) -> list[tuple[int, bytes]]:
+    return [(g.from_seq - 1, g.checkpoint) for g in gaps if not g.filled and g.checkpoint is not None]
+
+
+def _split_gap(gap: Gap, side: SessionStream, rest: Gap | None) -> list[Gap]:
+    """A gap after a late fill: the stretches of it whose audio the side stream placed are filled; chunks still
+    missing (the gaps the side stream met, with their places on the timeline and reading states, and `rest`,
+    what waits for a chunk still to come) stay gaps."""
+    end = gap.to_seq if rest is None else rest.from_seq - 1
+    holes = sorted((g for g in side.gaps if gap.from_seq <= g.from_seq <= end), key=lambda g: g.from_seq)
+    pieces: list[Gap] = []
+    at, start_ms = gap.from_seq, gap.start_ms
+    for hole in [*holes, None]:
+        run_end = end if hole is None else hole.from_seq - 1
+        if at <= run_end:
+            if any(at <= seq <= run_end for seq in side.chunk_end_ms):
+                pieces.append(Gap(at, run_end, start_ms, gap.end_ms if hole is None else hole.start_ms, filled=True,
+                                  reason=gap.reason))
+            elif pieces:  # no audio of theirs came out before the hole's end: they belong to it (read when it is)
+                pieces[-1].to_seq = run_end
+            else:
+                pieces.append(Gap(at, run_end, start_ms, gap.end_ms if hole is None else hole.start_ms, reason=gap.reason))
+        if hole is None:
+            break
+        hole.to_seq = min(hole.to_seq, end)
+        if hole.end_ms is None or (gap.end_ms is not None and hole.end_ms > gap.end_ms):
+            hole.end_ms = gap.end_ms
+        pieces.append(hole)
+        at, start_ms = hole.to_seq + 1, hole.end_ms if hole.end_ms is not None else start_ms
+    if rest is not None:
+        if pieces:
+            pieces[-1].end_ms = rest.start_ms
+        pieces.append(rest)
+    return pieces

@@ -15,14 +15,24 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import and_, case, delete, false, func, not_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col
 
 from scribeai.db import Database, affected
-from scribeai.models import Chunk, ChunkStatus, RecordingSession, TranscriptSegment, TranscriptStream, utcnow
+from scribeai.models import (
+    CheckpointKind,
+    Chunk,
+    ChunkStatus,
+    RecordingSession,
+    StreamCheckpoint,
+    TranscriptSegment,
+    TranscriptStream,
+    utcnow,
+)
 
 CANDIDATES = 16
+STALE_S = 30.0  # a free stream with chunks still `transcribing` and nothing due is looked at again after this
 
 
 def retry_delays(base_s: float = 1.0) -> tuple[float, ...]:
@@ -57,9 +67,11 @@ class StreamQueue:
         return sqlite.insert if self.db.is_sqlite else postgresql.insert
 
     async def claim(self, exclude: Sequence[str] = ()) -> StreamState | None:
-        """A session with work due (a new chunk, a window waiting, a retry) whose lease is free."""
+        """A session with work whose lease is free: a new chunk, a window waiting, a retry, or a stream whose
+        holder is gone (its lease ran out before it gave the stream back)."""
         now = utcnow()
         free = or_(col(TranscriptStream.lease_until).is_(None), col(TranscriptStream.lease_until) < now)
+        others = col(TranscriptStream.session_id).not_in(list(exclude))
         new_chunks = (
             select(col(Chunk.session_id)).where(
                 col(Chunk.status) == ChunkStatus.PENDING,
@@ -68,10 +80,21 @@ class StreamQueue:
             ).order_by(col(Chunk.created_at)).limit(CANDIDATES)
         )
         due = select(col(TranscriptStream.session_id)).where(
-            col(TranscriptStream.due_at) <= now, free, col(TranscriptStream.session_id).not_in(list(exclude)),
-        ).order_by(col(TranscriptStream.due_at)).limit(CANDIDATES)
+            or_(col(TranscriptStream.due_at) <= now,
+                and_(col(TranscriptStream.claimed_by).is_not(None), col(TranscriptStream.lease_until) < now)),
+            free, others,
+        ).order_by(col(TranscriptStream.lease_until), col(TranscriptStream.due_at)).limit(CANDIDATES)
+        # Belt and braces: chunks read into a stream that nobody holds and nothing will look at again.
+        stale = select(col(TranscriptStream.session_id)).where(
+            col(TranscriptStream.claimed_by).is_(None), col(TranscriptStream.due_at).is_(None),
+            col(TranscriptStream.updated_at) < now - timedelta(seconds=STALE_S), others,
+            col(TranscriptStream.session_id).in_(
+                select(col(Chunk.session_id)).where(col(Chunk.status) == ChunkStatus.TRANSCRIBING)),
+        ).limit(CANDIDATES)
         async with self.db.read() as s:
-            candidates = list(dict.fromkeys([*(await s.execute(due)).scalars(), *(await s.execute(new_chunks)).scalars()]))
+            found = [*(await s.execute(due)).scalars(), *(await s.execute(new_chunks)).scalars(),
+                     *(await s.execute(stale)).scalars()]
+        candidates = list(dict.fromkeys(found))
         for session_id in candidates:
             state = await self._try_claim(session_id, now)
             if state is not None:
@@ -137,13 +160,37 @@ class StreamQueue:
                 .order_by(col(Chunk.seq)).limit(limit)
             )).scalars())
 
-    async def late_chunks(self, session_id: str, before_seq: int) -> list[Chunk]:
-        """Chunks stored after their stream had gone past them (a gap filled late, a failed chunk retried)."""
+    async def late_chunks(self, session_id: str, before_seq: int, gaps: Sequence[tuple[int, int]]) -> list[Chunk]:
+        """Chunks stored after their stream had gone past them (a gap filled late, a failed chunk retried), and
+        those of an unfilled gap that a process began to read in and died."""
+        in_gaps = [col(Chunk.seq).between(low, high) for low, high in gaps]
         async with self.db.read() as s:
             return list((await s.execute(
                 select(Chunk).where(col(Chunk.session_id) == session_id, col(Chunk.seq) < before_seq,
-                                    col(Chunk.status) == ChunkStatus.PENDING).order_by(col(Chunk.seq)).limit(CANDIDATES)
+                                    or_(col(Chunk.status) == ChunkStatus.PENDING,
+                                        and_(col(Chunk.status) == ChunkStatus.TRANSCRIBING, or_(false(), *in_gaps))))
+                .order_by(col(Chunk.seq)).limit(4 * CANDIDATES)
             )).scalars())
+
+    async def first_unfinished(self, session_id: str, gaps: Sequence[tuple[int, int]]) -> int | None:
+        """The lowest chunk not yet through its stream, not counting those of gaps (filled apart from the stream)."""
+        outside = [not_(col(Chunk.seq).between(low, high)) for low, high in gaps]
+        async with self.db.read() as s:
+            first = (await s.execute(
+                select(func.min(col(Chunk.seq))).where(col(Chunk.session_id) == session_id,
+                                                       col(Chunk.status).in_(ChunkStatus.UNFINISHED), *outside)
+            )).scalar_one_or_none()
+        return None if first is None else int(first)
+
+    async def checkpoint(self, session_id: str, kind: str, seq: int | None = None) -> tuple[int, bytes] | None:
+        """A stored reading state: the stream's resume point (`seq` None), or the one of a gap (`seq` its chunk before)."""
+        query = select(col(StreamCheckpoint.seq), col(StreamCheckpoint.state)).where(
+            col(StreamCheckpoint.session_id) == session_id, col(StreamCheckpoint.kind) == kind)
+        if seq is not None:
+            query = query.where(col(StreamCheckpoint.seq) == seq)
+        async with self.db.read() as s:
+            row = (await s.execute(query.order_by(col(StreamCheckpoint.seq).desc()).limit(1))).first()
+        return None if row is None else (int(row[0]), bytes(row[1]))
 
     async def stream_start_before(self, session_id: str, seq: int) -> int | None:
         async with self.db.read() as s:
@@ -175,12 +222,13 @@ class StreamQueue:
         start = await self.stream_start_before(session_id, target)
         return start if start is not None else (0 if missing is not None else target)
 
-    async def last_text(self, session_id: str) -> str:
+    async def last_text(self, session_id: str, before_ms: float | None = None) -> str:
+        """The text of the session's last segment (ending by `before_ms`): the prompt a window goes on from."""
+        query = select(col(TranscriptSegment.text)).where(col(TranscriptSegment.session_id) == session_id)
+        if before_ms is not None:
+            query = query.where(col(TranscriptSegment.end_ms) <= before_ms)
         async with self.db.read() as s:
-            text = (await s.execute(
-                select(col(TranscriptSegment.text)).where(col(TranscriptSegment.session_id) == session_id)
-                .order_by(col(TranscriptSegment.start_ms).desc()).limit(1)
-            )).scalar_one_or_none()
+            text = (await s.execute(query.order_by(col(TranscriptSegment.start_ms).desc()).limit(1))).scalar_one_or_none()
         return text or ""
 
     async def mark_read(self, chunk_ids: Sequence[str]) -> None:
@@ -203,13 +251,21 @@ class StreamQueue:
                             .values(status=ChunkStatus.FAILED, error=reason[:2000], transcribed_at=utcnow()))
 
     async def commit(self, session_id: str, segments: Sequence[TranscriptSegment], done_ms: int,
-                     done_through_seq: int, from_seq: int, gaps: list[dict[str, Any]]) -> list[TranscriptSegment]:
+                     done_through_seq: int, from_seq: int, gaps: list[dict[str, Any]], *,
+                     resume: tuple[int, bytes] | None = None,
+                     gap_states: Sequence[tuple[int, bytes]] | None = None) -> list[TranscriptSegment]:
         """Store a window's segments, advance the stream and finish the chunks it covered, in one transaction.
 
-        Returns the segments that were new (a window redone after a crash inserts nothing twice).
+        `resume` is the reading state after the last chunk now done (the stream's new resume point);
+        `gap_states` those of the unfilled gaps (any other gap state is dropped). Returns the segments
+        that were new (a window redone after a crash inserts nothing twice).
         """
         inserted: list[TranscriptSegment] = []
         async with self.db.write() as s:
+            if resume is not None:
+                await self._keep_states(s, session_id, CheckpointKind.RESUME, [resume])
+            if gap_states is not None:
+                await self._keep_states(s, session_id, CheckpointKind.GAP, gap_states)
             for segment in segments:
                 values = {c.name: getattr(segment, c.name) for c in TranscriptSegment.__table__.columns}  # type: ignore[attr-defined]
                 result = await s.execute(self._insert()(TranscriptSegment).values(**values)
@@ -228,6 +284,17 @@ class StreamQueue:
                 .values(status=ChunkStatus.DONE, transcribed_at=utcnow(), error=None)
             )
         return inserted
+
+    async def _keep_states(self, s: Any, session_id: str, kind: str, states: Sequence[tuple[int, bytes]]) -> None:
+        """The session's `kind` checkpoints become exactly `states` (those already stored are not written again)."""
+        seqs = [seq for seq, _ in states]
+        await s.execute(delete(StreamCheckpoint).where(col(StreamCheckpoint.session_id) == session_id,
+                                                       col(StreamCheckpoint.kind) == kind,
+                                                       col(StreamCheckpoint.seq).not_in(seqs)))
+        for seq, state in states:
+            await s.execute(self._insert()(StreamCheckpoint).values(session_id=session_id, kind=kind, seq=seq, state=state,
+                                                                    created_at=utcnow())
+                            .on_conflict_do_nothing(index_elements=["session_id", "kind", "seq"]))
 
     async def reopen_after(self, session_id: str, seq: int, gaps: list[dict[str, Any]]) -> None:
         """Chunks after `seq` that failed for want of its header go back to pending; the stream keeps `gaps`."""

@@ -8,7 +8,9 @@ a complete non-fragmented MP4) are decoded on their own and placed at their chun
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import io
+import pickle
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import av
@@ -22,6 +24,9 @@ RATE = 16_000
 EPOCH_MS_MIN = 1e11  # below: ms since the recording started (the original app's timestamps)
 WARMUP_MS = 400  # decoded (and dropped) before the resume point, so the codec's state is right there
 JUMP_MS = 60  # a packet this far from the decoded audio's end is a discontinuity, not jitter
+
+
+CHECKPOINT_VERSION = 1
 
 
 class NoStream(Exception):
@@ -90,6 +95,7 @@ class Gap:
     end_ms: float | None = None  # where audio resumed after it
     filled: bool = False
     reason: str = "missing"  # or "failed": audio whose transcription failed for good (retry-failed redoes it)
+    checkpoint: bytes | None = field(default=None, repr=False, compare=False)  # reading state just before from_seq
 
     def wire(self) -> dict[str, Any]:
         return {"fromSeq": self.from_seq, "toSeq": self.to_seq, "startMs": round(self.start_ms),
@@ -156,12 +162,20 @@ class SessionStream:
             windows += self._place(packet)
         return windows
 
-    def gap(self, from_seq: int, to_seq: int) -> None:
-        """Chunks from_seq..to_seq are missing: the next chunk is read after a resync."""
+    def gap(self, from_seq: int, to_seq: int) -> Gap:
+        """Chunks from_seq..to_seq are missing: the next chunk is read after a resync.
+
+        The gap keeps the reading state from before it, so that its chunks, if they come, can be read later
+        exactly as if they had come in time. A gap already known (a stream read again) is not recorded twice.
+        """
+        gap = next((g for g in self.gaps if g.from_seq == from_seq), None)
+        if gap is None:
+            gap = Gap(from_seq, to_seq, self.end_ms, checkpoint=self.checkpoint() if from_seq > 0 else None)
+            self.gaps.append(gap)
         if self._current is not None:
             self._current.demuxer.gap()
-        self.gaps.append(Gap(from_seq, to_seq, self.end_ms))
         self.next_seq = to_seq + 1
+        return gap
 
     def flush(self) -> list[Window]:
         return self.windower.flush()
@@ -170,6 +184,27 @@ class SessionStream:
         """The highest seq whose audio is all in returned windows."""
         first = self.windower.first_pending_seq
         return self.next_seq - 1 if first is None else first - 1
+
+    def checkpoint(self) -> bytes:
+        """The reading state after chunk `next_seq - 1`: demuxer, codec setup and place on the timeline.
+
+        `resumed()` goes on from it with the next chunk, as if every chunk before had been read again; the
+        windower's held audio is not in it (it is redone from the chunks after the last committed window).
+        """
+        current = None if self._current is None else replace(self._current, decoder=None)
+        state = _Checkpoint(CHECKPOINT_VERSION, self.next_seq - 1, current, self.timing, self.end_ms, self._clock_ms,
+                            self._last_timestamp_ms)
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def resumed(cls, windower: Windower, checkpoint: bytes, *, resume_ms: float,
+                until_ms: float = float("inf")) -> SessionStream:
+        """A stream that reads on from a `checkpoint()` (raises CheckpointError if it cannot be used)."""
+        state = _load_checkpoint(checkpoint)
+        stream = cls(windower, state.timing, resume_ms=resume_ms, until_ms=until_ms, next_seq=state.seq + 1,
+                     end_ms=state.end_ms)
+        stream._current, stream._clock_ms, stream._last_timestamp_ms = state.current, state.clock_ms, state.last_timestamp_ms
+        return stream
 
     # -- placing audio on the timeline -------------------------------------------------------
 
@@ -224,6 +259,45 @@ class SessionStream:
             start = self.timing.start_of(chunk, self._last_timestamp_ms)
         self._clock_ms = max(start, self.end_ms)
         return self._add(pcm, chunk.seq)
+
+
+@dataclass(frozen=True)
+class _Checkpoint:
+    version: int
+    seq: int  # the last chunk read
+    current: _Current | None
+    timing: Timing
+    end_ms: float
+    clock_ms: float | None
+    last_timestamp_ms: float | None
+
+
+class CheckpointError(Exception):
+    """A stored checkpoint that this version cannot use (the stream is then read from its header again)."""
+
+
+class _CheckpointUnpickler(pickle.Unpickler):
+    """Only the stream's own state classes: a checkpoint row can never name anything else to build."""
+
+    _MODULES = frozenset({__name__, containers.__name__})
+    _BUILTINS = frozenset({"bytearray", "set", "frozenset"})
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module in self._MODULES or (module == "builtins" and name in self._BUILTINS):
+            return super().find_class(module, name)
+        raise CheckpointError(f"a checkpoint may not hold {module}.{name}")
+
+
+def _load_checkpoint(data: bytes) -> _Checkpoint:
+    try:
+        state = _CheckpointUnpickler(io.BytesIO(data)).load()
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"unreadable checkpoint: {exc}") from exc
+    if not isinstance(state, _Checkpoint) or state.version != CHECKPOINT_VERSION:
+        raise CheckpointError(f"checkpoint of another version ({getattr(state, 'version', None)!r})")
+    return state
 
 
 def begins_decoding(data: bytes, mime_type: str) -> bool:

@@ -63,6 +63,7 @@ class ServerProcess:
         self._killed: subprocess.Popen[bytes] | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.all_procs: list[subprocess.Popen[bytes]] = []
+        self.settings: dict[str, str] = {}  # more environment for the next start (e.g. TRANSCRIBER, NODE_ID)
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "PORT", "STORAGE_DIR")}
@@ -71,6 +72,7 @@ class ServerProcess:
             SCRIBEAI_SECRET=SECRET, SCRIBEAI_AUTH="jwt", TRANSCRIBER="none", HOST="127.0.0.1",
             RETENTION_SCHEDULE="off", LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1",
         )
+        env.update(self.settings)
         return env
 
     async def start(self) -> None:

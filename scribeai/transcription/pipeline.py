@@ -296,6 +296,11 @@ class Pipeline:
             start_seq = await self.queue.resume_point(session_id, [(g.from_seq, g.to_seq) for g in gaps])
             stream = SessionStream(self._windower(), await self._timing(session_id), resume_ms=float(state.done_ms),
                                    next_seq=start_seq)
+            how = "from its header"
+        else:
+            how = "from its checkpoint"
+        log.info("session %s: stream read on from chunk %d (%s), transcribed up to %d ms", session_id, stream.next_seq,
+                 how, state.done_ms, extra={"sessionId": session_id})
         # A gap past the resume point is found again when the stream reaches it (its chunks may be there by now).
         stream.gaps = [g for g in gaps if g.from_seq < stream.next_seq]
         for gap in stream.gaps:

@@ -26,6 +26,7 @@ from scribeai.models import Chunk, ChunkStatus, TranscriptSegment, TranscriptStr
 from tests.conftest import REDIS_URL, RunningServer, ServerFactory, chunk, fresh_postgres_database, require_service
 from tests.fake_openai import FakeTranscriptionAPI
 from tests.processes import Processes
+from tests.test_streams import blobs as chromium_blobs
 from tests.test_transcription import HELLO
 
 ROOT = Path(__file__).parent.parent
@@ -63,9 +64,9 @@ class Workers(Processes):
             "TRANSCRIBE_LEASE_S": str(LEASE_S), "RETENTION_SCHEDULE": "off", "IDLE_FLUSH_S": "1", "GAP_WAIT_S": "3",
             "SCRIBEAI_SECRET": settings.secret, "LOG_LEVEL": "INFO"})
 
-    async def start(self, node_id: str) -> asyncio.subprocess.Process:
+    async def start(self, node_id: str, **settings: str) -> asyncio.subprocess.Process:
         return await self.spawn(node_id, sys.executable, "-m", "scribeai", "worker", ready="transcribing with",
-                                env={"NODE_ID": node_id})
+                                env={"NODE_ID": node_id, **settings})
 
 
 @pytest.fixture
@@ -117,6 +118,44 @@ async def test_a_killed_worker_s_session_is_finished_by_another(
     assert dict(rows) == {seq: 1 for seq in range(len(sent))}  # no duplicate segment in the database either
     assert set(statuses) == {ChunkStatus.DONE}
     assert "worker-1" not in claims
+
+
+async def test_a_dead_worker_s_held_tail_is_finished_by_the_idle_survivor(
+        setup: tuple[RunningServer, Workers], connect: Any, fake_api: FakeTranscriptionAPI) -> None:
+    """The worker holding a stream dies after reading its last chunk (no chunk left pending to draw anyone):
+    once its lease runs out, the other worker, idle all along, takes the stream and transcribes the tail."""
+    server, workers = setup
+    fake_api.delay_s = 4.0  # the holder is inside the tail's window when it dies
+    processes = {name: await workers.start(name, IDLE_FLUSH_S="2") for name in ("worker-a", "worker-b")}
+    recorder = await connect(server.url)
+    pieces = chromium_blobs("ts1000")
+    for seq, data in enumerate(pieces):
+        await recorder.call("audio-chunk", chunk("tail", seq, data, timestamp=1_732_000_000_000 + seq * 1000), timeout=5)
+
+    async def holder() -> str | None:
+        async with server.services.db.read() as s:
+            claimed = (await s.execute(select(col(TranscriptStream.claimed_by)).where(
+                col(TranscriptStream.session_id) == "tail"))).scalar_one_or_none()
+            pending = (await s.execute(select(func.count()).select_from(Chunk).where(
+                col(Chunk.session_id) == "tail", col(Chunk.status) == ChunkStatus.PENDING))).scalar_one()
+        return claimed if pending == 0 else None
+
+    deadline = asyncio.get_running_loop().time() + 30
+    while (dead := await holder()) is None:
+        assert asyncio.get_running_loop().time() < deadline, "no worker took the session"
+        await asyncio.sleep(0.05)
+    processes[dead].kill()
+    await processes[dead].wait()
+    deadline = asyncio.get_running_loop().time() + LEASE_S + 30
+    while True:
+        async with server.services.db.read() as s:
+            statuses = (await s.execute(select(col(Chunk.status)).where(col(Chunk.session_id) == "tail"))).scalars().all()
+        if set(statuses) == {ChunkStatus.DONE}:
+            break
+        assert asyncio.get_running_loop().time() < deadline, f"the tail was never finished: {statuses}"
+        await asyncio.sleep(0.2)
+    segments = await server.services.pipeline.segments_after("tail", None)
+    assert segments and len({s["startMs"] for s in segments}) == len(segments)
 
 
 async def test_sigterm_releases_claims_and_backpressure_follows_remote_reads(

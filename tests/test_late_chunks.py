@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
+from sqlmodel import col
 
+from scribeai.models import Chunk
 from tests.conftest import ServerFactory, chunk
 from tests.speech import make_speech_wav, normalize, timeslice_blobs, wer, word_recall
 
@@ -118,4 +121,6 @@ async def test_late_chunks_fill_their_gap_once(start_server: ServerFactory, conn
     inside = [s for s in segments if s["startMs"] >= skipped[0]["startMs"] and s["endMs"] <= skipped[0]["endMs"]]
     # read on from the state before chunk 14, through the chunks after 17 until the audio where the stream resumed
     assert inside and all(s["fromSeq"] >= 14 and s["seq"] <= 17 + 6 for s in inside), (inside, text)
-    assert await pipeline.queue.unfinished() == 0
+    async with server.services.db.read() as s:
+        statuses = dict((await s.execute(select(col(Chunk.seq), col(Chunk.status)).where(col(Chunk.session_id) == "holey"))).all())
+    assert statuses == {seq: "done" for seq in range(len(blobs))}

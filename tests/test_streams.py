@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from scribeai.models import Chunk
 from scribeai.transcription.media import wav_bytes
-from scribeai.transcription.streams import ChunkBytes, NoStream, SessionStream, Timing
+from scribeai.transcription.streams import CheckpointError, ChunkBytes, NoStream, SessionStream, Timing
 from scribeai.transcription.windows import SileroDetector, Window, Windower
 from tests.conftest import ServerFactory, chunk
 from tests.test_containers import RECORDINGS, random_pieces
@@ -255,3 +255,59 @@ async def test_a_first_chunk_that_arrives_last_restarts_the_stream_from_it(start
         statuses = {c.seq: c.status for c in (await s.execute(select(Chunk).where(Chunk.session_id == "headless"))).scalars()}
     assert statuses == {seq: "done" for seq in range(len(pieces))}
     assert await server.services.pipeline.gaps("headless") == []
+
+
+class _Tape:
+    """A windower stand-in that keeps every piece of audio the stream places."""
+
+    first_pending_seq = None
+
+    def __init__(self) -> None:
+        self.pieces: list[tuple[float, np.ndarray]] = []
+
+    def add(self, pcm: np.ndarray, start_ms: float, seq: int) -> list[Window]:
+        self.pieces.append((start_ms, pcm.copy()))
+        return []
+
+    def flush(self) -> list[Window]:
+        return []
+
+
+@pytest.mark.parametrize("name", ["webm-chrome", "ogg", "mp4-aac"])
+def test_a_checkpoint_reads_on_exactly_as_the_stream_would_have(name: str) -> None:
+    """A stream resumed from its checkpoint after chunk k places the same audio at the same times as one that read
+    every chunk, but for the first 1 ms a fresh resampler holds back."""
+    pieces = random_pieces(RECORDINGS[name].data, 4, 10)
+    whole = SessionStream(_Tape(), Timing(1.7e12, 15000))  # type: ignore[arg-type]
+    for k in (2, 6):
+        stream = SessionStream(_Tape(), Timing(1.7e12, 15000))  # type: ignore[arg-type]
+        for seq in range(k + 1):
+            stream.feed(ChunkBytes(seq, pieces[seq], "", 1.7e12 + seq * 1000))
+        resumed = SessionStream.resumed(_Tape(), stream.checkpoint(), resume_ms=0)  # type: ignore[arg-type]
+        assert resumed.next_seq == k + 1
+        for seq in range(k + 1, len(pieces)):
+            stream.feed(ChunkBytes(seq, pieces[seq], "", 1.7e12 + seq * 1000))
+            resumed.feed(ChunkBytes(seq, pieces[seq], "", 1.7e12 + seq * 1000))
+        read_on, kept = resumed.windower.pieces, stream.windower.pieces  # type: ignore[attr-defined]
+        tail = kept[len(kept) - len(read_on):]
+        # placed where they were (WebM's block times have 1 ms steps)
+        assert len(read_on) > 20 and all(abs(a[0] - b[0]) <= 1.5 for a, b in zip(read_on[1:], tail[1:]))
+        assert abs(resumed.end_ms - stream.end_ms) <= 1.5
+        # the same sound once a fresh decoder's state has converged (a few packets: the pipeline resumes a chunk
+        # before the audio it must transcribe); a 44.1 kHz source resampled afresh may land between the old samples
+        after, before = (np.concatenate([p for _, p in pieces[15:]]) for pieces in (read_on, tail))
+        middle = slice(100, min(len(after), len(before)) - 100)
+        a = after[middle]
+        similarity = max(float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+                         for b in (np.roll(before, shift)[middle] for shift in range(-24, 25)))
+        assert similarity > 0.97, similarity  # 1.0 for the 48 kHz Opus streams, 0.98 for 44.1 kHz AAC
+
+
+def test_a_checkpoint_holds_only_the_stream_s_own_state() -> None:
+    import pickle
+
+    stream, _ = run(blobs("ts1000")[:3])
+    assert SessionStream.resumed(Windower(DETECTOR), stream.checkpoint(), resume_ms=0).next_seq == 3
+    for foreign in (pickle.dumps(Path("/etc/passwd")), pickle.dumps({"version": 1}), b"not a pickle"):
+        with pytest.raises(CheckpointError):
+            SessionStream.resumed(Windower(DETECTOR), foreign, resume_ms=0)

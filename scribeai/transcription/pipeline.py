@@ -268,7 +268,7 @@ class Pipeline:
         first = windower.first_pending_seq
         live.read_at = {seq: at for seq, at in live.read_at.items() if first is not None and seq >= first}
         done = live.stream.done_through_seq()
-        live.checkpoints = {seq: saved for seq, saved in live.checkpoints.items() if seq >= done}
+        live.checkpoints = {seq: saved for seq, saved in live.checkpoints.items() if seq >= done - 1}
         return due
 
     @staticmethod
@@ -345,6 +345,9 @@ class Pipeline:
                 waited = (utcnow() - row.created_at).total_seconds()
                 if waited < self.gap_wait_s and not self._flush_all and state.status == SessionStatus.RECORDING:
                     due = self.gap_wait_s - waited
+                    # the chunks after the hole wait with it: not a reason to claim the session again before then
+                    await self.queue.defer([r.id for r in rows if r.seq >= row.seq and r.status == ChunkStatus.PENDING],
+                                           due, f"waiting for chunk {stream.next_seq}")
                     break
                 log.warning("session %s: chunks %d..%d missing after %.0fs, going on without them",
                             state.session_id, stream.next_seq, row.seq - 1, waited, extra={"sessionId": state.session_id})
@@ -385,7 +388,8 @@ class Pipeline:
         is read anew from it).
         """
         gaps = live.stream.gaps
-        rows = await self.queue.late_chunks(state.session_id, live.stream.next_seq, _unfilled(gaps))
+        holes = _unfilled(gaps)
+        rows = await self.queue.late_chunks(state.session_id, live.stream.next_seq, holes)
         due: float | None = None
         for gap in [g for g in gaps if not g.filled]:
             mine = [row for row in rows if gap.from_seq <= row.seq <= gap.to_seq]
@@ -409,7 +413,7 @@ class Pipeline:
             if hold and not complete:
                 due = _sooner(due, self.gap_wait_s - waited)
         for row in rows:
-            if row.status == ChunkStatus.PENDING and not any(a <= row.seq <= b for a, b in _unfilled(gaps)):
+            if row.status == ChunkStatus.PENDING and not any(a <= row.seq <= b for a, b in holes):
                 # e.g. a failed chunk retried whose place the stream has already passed
                 await self.queue.mark_read([row.id])
                 await self.queue.fail_chunks(state.session_id, [row.seq], "the stream had already read past this chunk "
@@ -626,8 +630,12 @@ def _unfilled(gaps: list[Gap]) -> list[tuple[int, int]]:
 
 
 def _state_of(live: _Live, seq: int) -> tuple[int, bytes] | None:
-    state = live.checkpoints.get(seq)
-    return None if state is None else (seq, state)
+    """The resume point for chunks through `seq` done: the state one chunk earlier where there is one, so that the
+    decoder has a chunk's audio to settle in before the first audio it must transcribe."""
+    for at in (seq - 1, seq):
+        if at in live.checkpoints:
+            return at, live.checkpoints[at]
+    return None
 
 
 def _gap_states(gaps: list[Gap]) -> list[tuple[int, bytes]]:

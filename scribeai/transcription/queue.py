@@ -240,7 +240,7 @@ class StreamQueue:
                             .values(status=ChunkStatus.TRANSCRIBING, error=None))
 
     async def defer(self, chunk_ids: Sequence[str], seconds: float, reason: str) -> None:
-        """Chunks that cannot be read yet (their stream's header is missing): look again later."""
+        """Chunks that cannot be read yet (a chunk before them is still missing): no claim for them before `seconds`."""
         async with self.db.write() as s:
             await s.execute(update(Chunk).where(col(Chunk.id).in_(list(chunk_ids))).values(
                 error=reason, next_attempt_at=utcnow() + timedelta(seconds=seconds)))

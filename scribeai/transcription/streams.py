@@ -228,6 +228,10 @@ class SessionStream:
             if current.demuxer.config is None:
                 return []
             current.decoder = PacketDecoder(current.demuxer.config)
+            if packet.pts_ms is not None:
+                # A fresh decoder's resampler holds its first few samples back: what it gives is the packet's start.
+                # (Mid-stream, after a checkpoint, the carried-on clock would place it that much early.)
+                self._clock_ms = at
         pcm = current.decoder.decode(packet)
         return self._add(pcm, packet.seq)
 

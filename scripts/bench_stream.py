@@ -124,15 +124,19 @@ def sentence_pcm(index: int, workdir: Path) -> np.ndarray:
 
 
 def make_speech(order: list[int], workdir: Path, rng: random.Random, min_seconds: float = 0.0,
-                silence_fraction: float | None = None) -> tuple[np.ndarray, str, float]:
+                silence_fraction: float | None = None,
+                spans: list[tuple[float, float]] | None = None) -> tuple[np.ndarray, str, float]:
     """Join sentences with pauses (0.6–1.5 s, or sized for ~silence_fraction); repeat the order to reach min_seconds.
 
-    Returns (pcm, reference text, silence seconds)."""
+    Returns (pcm, reference text, silence seconds); `spans`, if given, gets each sentence's (start, end) in seconds."""
     parts, words, silence = [np.zeros(int(0.5 * SR), np.float32)], [], 0.5
     total = 0.5
     i = 0
     while i < len(order) or total < min_seconds:
         pcm = sentence_pcm(order[i % len(order)], workdir)
+        if spans is not None:
+            at = sum(len(part) for part in parts) / SR
+            spans.append((at, at + len(pcm) / SR))
         parts.append(pcm)
         words.append(SENTENCES[order[i % len(order)]])
         speech_s = len(pcm) / SR

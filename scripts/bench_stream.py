@@ -56,40 +56,13 @@ sys.path.insert(0, str(ROOT))
 
 from bench_pg import create_database, drop_database  # noqa: E402  (scripts/bench_pg.py, beside this script)
 
-from tests.speech import CLUSTER_ID, cut, encode_webm  # noqa: E402
+from tests.speech import CLUSTER_ID, MEETING as SENTENCES, cut, encode_webm  # noqa: E402
 
 SR = 16000
 MIME = "audio/webm;codecs=opus"
 EPOCH_MS = 1_764_000_000_000
 SECRET = "bench-stream-secret-0123456789abcdef"
 
-SENTENCES = [
-    "The quarterly review has been moved to the large conference room on the third floor.",
-    "Please remember to send the slides to everyone before the meeting starts tomorrow morning.",
-    "We agreed that the marketing team will own the launch plan for the new product.",
-    "Our customers keep asking for a simpler way to export their reports.",
-    "The database migration finished overnight without any serious problems.",
-    "I think we should postpone the decision until we hear back from the legal department.",
-    "Sarah will follow up with the vendor about the delayed shipment.",
-    "The budget for the design work is tighter than we expected this year.",
-    "Could you share the notes from yesterday's call with the whole group?",
-    "Several users reported that the mobile application crashes when they upload large photos.",
-    "The engineering team needs more time to finish the security review.",
-    "Let's schedule a short meeting next week to check on the progress.",
-    "The new office in Berlin will open at the beginning of the summer.",
-    "Hiring remains our biggest challenge for the rest of the quarter.",
-    "We should write down the open questions and assign an owner to each one.",
-    "The support queue has grown because of the outage on Friday afternoon.",
-    "Everyone liked the prototype, but the colors need another round of feedback.",
-    "Our main competitor lowered their prices again last month.",
-    "Michael suggested that we run a small pilot with a few friendly customers first.",
-    "The training sessions for the sales staff went better than planned.",
-    "Please update the project board so that it reflects the current status.",
-    "We are still waiting for the final contract from the partner company.",
-    "The server costs went down after we moved the batch jobs to the night.",
-    "Thank you all for joining today, and have a great rest of your week.",
-    "Before we finish, does anyone have any other business to raise?",
-]
 
 
 

@@ -195,6 +195,11 @@ async def run(args: argparse.Namespace, kills: bool, workdir: Path) -> dict[str,
         sessions.append({"session": r.session_id, "chunks": len(r.blobs), "segments": len(found), "overlaps": overlaps,
                          "recall": round(word_recall(r.reference, " ".join(t for _, _, t in found)), 4),
                          "stopped": r.stops, "reconnects": r.reconnects, "refused": r.refused})
+    # a month later, retention archives every session: none is held back as "not transcribed yet"
+    month_later = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + 31 * 86400))
+    archived = subprocess.run([sys.executable, "-m", "scribeai", "retention", "run", "--now", month_later, "--json"],
+                              env=env, cwd=workdir, capture_output=True, text=True, timeout=600)
+    retention_report = json.loads(archived.stdout) if archived.returncode == 0 else {"error": archived.stderr[-2000:]}
     log_text = server.log_path.read_text(errors="replace")
     server.kill_all()
     if database_url:
@@ -203,7 +208,8 @@ async def run(args: argparse.Namespace, kills: bool, workdir: Path) -> dict[str,
             "complete_after_last_restart_s": round(waited, 1), "sessions": sessions,
             "resumed_from_checkpoint": log_text.count("(from its checkpoint)"),
             "read_from_header": log_text.count("(from its header)"),
-            "tracebacks": log_text.count("Traceback")}
+            "tracebacks": log_text.count("Traceback"),
+            "retention_a_month_later": {key: retention_report.get(key) for key in ("archived", "waiting", "failed", "error")}}
 
 
 async def main() -> None:

@@ -63,6 +63,35 @@ def wav_seconds(path: Path) -> float:
     return float(result.stdout)
 
 
+MEETING = [  # meeting talk without numbers (espeak-ng speaks them unlike whisper writes them)
+    "The quarterly review has been moved to the large conference room on the third floor.",
+    "Please remember to send the slides to everyone before the meeting starts tomorrow morning.",
+    "We agreed that the marketing team will own the launch plan for the new product.",
+    "Our customers keep asking for a simpler way to export their reports.",
+    "The database migration finished overnight without any serious problems.",
+    "I think we should postpone the decision until we hear back from the legal department.",
+    "Sarah will follow up with the vendor about the delayed shipment.",
+    "The budget for the design work is tighter than we expected this year.",
+    "Could you share the notes from yesterday's call with the whole group?",
+    "Several users reported that the mobile application crashes when they upload large photos.",
+    "The engineering team needs more time to finish the security review.",
+    "Let's schedule a short meeting next week to check on the progress.",
+    "The new office in Berlin will open at the beginning of the summer.",
+    "Hiring remains our biggest challenge for the rest of the quarter.",
+    "We should write down the open questions and assign an owner to each one.",
+    "The support queue has grown because of the outage on Friday afternoon.",
+    "Everyone liked the prototype, but the colors need another round of feedback.",
+    "Our main competitor lowered their prices again last month.",
+    "Michael suggested that we run a small pilot with a few friendly customers first.",
+    "The training sessions for the sales staff went better than planned.",
+    "Please update the project board so that it reflects the current status.",
+    "We are still waiting for the final contract from the partner company.",
+    "The server costs went down after we moved the batch jobs to the night.",
+    "Thank you all for joining today, and have a great rest of your week.",
+    "Before we finish, does anyone have any other business to raise?",
+]
+
+
 CLUSTER_ID = b"\x1f\x43\xb6\x75"
 RATE = 16000
 
@@ -124,6 +153,13 @@ def timeslice_blobs(wav: Path, timeslice_ms: int = 1000) -> list[bytes]:
     """A speech WAV as a browser recorder's timeslice blobs: one WebM/Opus stream cut into byte ranges."""
     pcm = wav_pcm(wav)
     return cut(encode_webm(pcm), len(pcm) / RATE, timeslice_ms)
+
+
+def spoken_blobs(sentences: list[str], directory: Path, timeslice_ms: int = 1000) -> list[bytes]:
+    """Sentences spoken with 0.8 s pauses, as a browser recorder's timeslice blobs."""
+    wav = directory / "speech.wav"
+    make_speech_wav(sentences, wav, pause_s=0.8)
+    return timeslice_blobs(wav, timeslice_ms)
 
 
 def _number_words(n: int) -> list[str]:

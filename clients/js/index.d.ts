@@ -45,7 +45,7 @@ export interface RecorderOptions {
   token?: string | null;
   /** The session to record into; crypto.randomUUID() when absent. */
   sessionId?: string;
-  /** MediaRecorder timeslice (15000). */
+  /** MediaRecorder timeslice: one chunk per slice (1000). A reload or a closed tab loses at most about this much. */
   timesliceMs?: number;
   /** A preferred container; falls back to webm/opus, webm, ogg/opus, mp4, then the browser's default. */
   mimeType?: string;
@@ -65,7 +65,8 @@ export interface RecorderOptions {
   storageReserveBytes?: number;
   /** Send each chunk's sha256 for the server to verify (true; needs crypto.subtle, i.e. a secure context). */
   checksum?: boolean;
-  /** requestData() when the page becomes hidden, so a reload or a closed tab keeps the audio so far (true). */
+  /** requestData() when the page goes or hides (beforeunload, pagehide, visibilitychange), so a reload or a closed
+   * tab keeps the audio so far if the browser still delivers it; the time of the cut is noted in localStorage (true). */
   flushOnHide?: boolean;
   /** The session's title, sent once with start-session when recording starts. */
   title?: string;
@@ -76,6 +77,11 @@ export interface RecorderOptions {
   MediaRecorder?: typeof MediaRecorder;
   getUserMedia?: (constraints: MediaStreamConstraints) => Promise<MediaStream>;
   storage?: { estimate(): Promise<{ usage?: number; quota?: number }> };
+  /** Where the cut marker lives (globalThis.localStorage; null: nowhere, the next page cannot say what a cut lost). */
+  localStorage?: Pick<Storage, "getItem" | "setItem" | "removeItem" | "key" | "length"> | null;
+  /** The page's window (beforeunload, pagehide, pageshow) and document (visibilitychange); globalThis's by default. */
+  window?: EventTarget | null;
+  document?: (EventTarget & { visibilityState: string }) | null;
   /** Replaces socket.io-client's io(). */
   io?: (url: string, options: Record<string, unknown>) => unknown;
 }
@@ -128,6 +134,21 @@ export interface RecorderEventMap {
   completed: CustomEvent<{ sessionId: string }>;
 }
 
+/** A recording that an earlier page load left cut (a reload, a closed tab, a crash), and what that lost. */
+export interface Interruption {
+  /** When that page's MediaRecorder started (epoch ms). */
+  startedAt: number;
+  /** When the recording was cut (pagehide, or the pause before it), or null when unknown. */
+  cutAt: number | null;
+  /** "pagehide": a reload, a closed tab, a navigation; "paused": paused, then the page went; "hidden": hidden, then
+   * killed at some later time; null: no notice (a crash). */
+  how: "pagehide" | "paused" | "hidden" | null;
+  /** The end of the newest audio the outbox stored for the session (epoch ms), or null. */
+  storedUntil: number | null;
+  /** Audio recorded but not stored: cutAt less storedUntil (at least 0); null when cutAt is unknown. */
+  lostMs: number | null;
+}
+
 export interface PendingSession {
   sessionId: string;
   chunks: number;
@@ -137,6 +158,8 @@ export interface PendingSession {
   updatedAt: number | null;
   /** stop() could not reach the server: Recorder.resume() sends stopSession once the outbox is empty. */
   stopPending: boolean;
+  /** The recording was cut by a reload or a closed tab (until a Recorder starts or stops that session again). */
+  interrupted: Interruption | null;
 }
 
 export interface StoredChunk {
@@ -146,6 +169,8 @@ export interface StoredChunk {
   size: number;
   mimeType: string;
   timestamp: number;
+  /** Wall time the chunk covers (kept in the outbox, not sent: the server measures the audio). */
+  durationMs?: number;
   createdAt: number;
   checksum?: string;
 }
@@ -171,8 +196,9 @@ export declare const RECORDER_DEFAULTS: Readonly<Required<Pick<RecorderOptions,
 
 export declare class Recorder extends EventTarget {
   constructor(options: RecorderOptions);
-  /** Sessions with chunks waiting (or a stop not yet sent), left by earlier page loads or other recorders on this origin. */
-  static pending(options?: DbOptions): Promise<PendingSession[]>;
+  /** Sessions with chunks waiting, a stop not yet sent, or a recording cut by a reload, left by earlier page loads
+   * or other recorders on this origin. */
+  static pending(options?: DbOptions & { localStorage?: RecorderOptions["localStorage"] }): Promise<PendingSession[]>;
   /** A session's chunks the server refused for good, with their bytes and errors. */
   static rejected(options: DbOptions & { sessionId: string }): Promise<RejectedChunk[]>;
   /** Reconnect and resend that session's outbox now; start() records more into the same session. */
@@ -222,10 +248,11 @@ export declare class Recorder extends EventTarget {
 export declare class Outbox {
   static open(dbName?: string, options?: { indexedDB?: IDBFactory; IDBKeyRange?: typeof IDBKeyRange }): Promise<Outbox>;
   readonly name: string;
-  append(sessionId: string, fields: { bytes: ArrayBuffer; mimeType?: string; timestamp?: number; checksum?: string },
+  append(sessionId: string, fields: { bytes: ArrayBuffer; mimeType?: string; timestamp?: number; durationMs?: number; checksum?: string },
     minSeq?: number): Promise<StoredChunk>;
   put(record: Omit<StoredChunk, "size" | "createdAt"> & Partial<StoredChunk>): Promise<StoredChunk>;
-  meta(sessionId: string): Promise<{ sessionId: string; nextSeq: number; createdAt: number; updatedAt: number; stoppedAt?: number } | null>;
+  meta(sessionId: string): Promise<{ sessionId: string; nextSeq: number; createdAt: number; updatedAt: number; stoppedAt?: number;
+    storedUntil?: number } | null>;
   updateMeta(sessionId: string, patch: Record<string, unknown>): Promise<unknown>;
   get(sessionId: string, sequence: number): Promise<StoredChunk | null>;
   delete(sessionId: string, sequence: number): Promise<void>;

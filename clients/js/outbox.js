@@ -1,7 +1,8 @@
 // The outbox: a tiny wrapper over IndexedDB that holds every chunk until the server acks it.
 // Stores: `chunks` and `rejected` keyed [sessionId, sequence] (so a session's chunks come out in
-// sequence order), `sessions` keyed sessionId with the next sequence to allocate. No browser API other
-// than an IndexedDB factory, which tests pass in (fake-indexeddb).
+// sequence order), `sessions` keyed sessionId with the next sequence to allocate and the end of the
+// newest audio stored (`storedUntil`). No browser API other than an IndexedDB factory, which tests
+// pass in (fake-indexeddb).
 
 export const DB_VERSION = 1;
 const CHUNKS = "chunks";
@@ -68,7 +69,8 @@ export class Outbox {
   }
 
   /**
-   * Store a chunk and allocate its sequence in one transaction: max(the session's stored nextSeq, minSeq).
+   * Store a chunk and allocate its sequence in one transaction: max(the session's stored nextSeq, minSeq);
+   * with `fields.timestamp` and `fields.durationMs`, the session's `storedUntil` becomes at least their sum.
    * Resolves with the stored record; rejects (QuotaExceededError included) with nothing written.
    */
   async append(sessionId, fields, minSeq = 0) {
@@ -80,7 +82,11 @@ export class Outbox {
     const sequence = Math.max(meta?.nextSeq ?? 0, minSeq);
     const record = { ...fields, sessionId, sequence, size: fields.bytes.byteLength, createdAt: now };
     tx.objectStore(CHUNKS).put(record);
-    sessions.put({ createdAt: now, ...meta, sessionId, nextSeq: sequence + 1, updatedAt: now });
+    const next = { createdAt: now, ...meta, sessionId, nextSeq: sequence + 1, updatedAt: now };
+    // the end of the newest audio stored for the session (kept after the chunk's ack deletes it)
+    const end = (fields.timestamp ?? NaN) + (fields.durationMs ?? NaN);
+    if (Number.isFinite(end)) next.storedUntil = Math.max(meta?.storedUntil ?? -Infinity, end);
+    sessions.put(next);
     await finished;
     return record;
   }

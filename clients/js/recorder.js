@@ -5,13 +5,14 @@
 
 import { io } from "socket.io-client";
 import { chunkMimeType, pickMimeType } from "./mime.js";
+import { CutMarker, lossOf, readMarkers } from "./cut.js";
 import { FlowControl, isRetryable } from "./flow.js";
 import { Outbox, isQuotaError } from "./outbox.js";
 import { nextToSend, resendPlan } from "./resend.js";
 import { SegmentList } from "./segments.js";
 
 export const RECORDER_DEFAULTS = Object.freeze({
-  timesliceMs: 15000,
+  timesliceMs: 1000,           // one chunk a second: a reload loses at most about this much, the transcript waits no longer
   dbName: "scribeai-recorder",
   ackTimeoutMs: 20000,         // an unanswered chunk counts as failed (and is resent) after this
   stopTimeoutMs: 60000,        // stop() waits this long for the outbox to empty
@@ -19,8 +20,16 @@ export const RECORDER_DEFAULTS = Object.freeze({
   reconnectMs: 1000,           // after the server itself disconnected us (a restart): reconnect after this
   storageReserveBytes: 1 << 20, // "full" when less than a chunk plus this is left of the quota
   checksum: true,              // send each chunk's sha256 so the server verifies the bytes
-  flushOnHide: true,           // the page is hidden (tab switch, reload, close): write the audio so far to the outbox
+  flushOnHide: true,           // the page unloads or hides (reload, close, tab switch): write the audio so far to the outbox
 });
+
+function browserStorage() {
+  try {
+    return globalThis.localStorage ?? null;
+  } catch {
+    return null;  // a sandboxed frame throws on access
+  }
+}
 
 const ACTIVE = new Set(["connecting", "recording", "paused"]);
 
@@ -41,11 +50,26 @@ function once(target, type) {
 }
 
 export class Recorder extends EventTarget {
-  /** Outboxes left by earlier page loads (or other recorders): `[{sessionId, chunks, bytes, rejected, nextSeq, updatedAt, stopPending}]`. */
-  static async pending({ dbName = RECORDER_DEFAULTS.dbName, indexedDB, IDBKeyRange } = {}) {
+  /**
+   * What earlier page loads (or other recorders) left: sessions with chunks waiting, a stop not yet sent, or a
+   * recording cut by a reload or a closed tab (`interrupted`: when, and how much audio was lost).
+   * `[{sessionId, chunks, bytes, rejected, nextSeq, updatedAt, stopPending, interrupted}]`.
+   */
+  static async pending({ dbName = RECORDER_DEFAULTS.dbName, indexedDB, IDBKeyRange, localStorage = browserStorage() } = {}) {
     const outbox = await Outbox.open(dbName, { indexedDB, IDBKeyRange });
     try {
-      return (await outbox.sessions()).filter((s) => s.chunks > 0 || s.stopPending);
+      const found = new Map((await outbox.sessions()).map((s) => [s.sessionId, { ...s, interrupted: null }]));
+      const now = Date.now();
+      for (const marker of readMarkers(localStorage, dbName)) {
+        const meta = await outbox.meta(marker.sessionId);
+        const interrupted = lossOf(marker, meta?.storedUntil ?? null, now);
+        if (!interrupted) continue;
+        const entry = found.get(marker.sessionId) ?? { sessionId: marker.sessionId, chunks: 0, bytes: 0, rejected: 0,
+          nextSeq: meta?.nextSeq ?? 0, updatedAt: meta?.updatedAt ?? null, stopPending: Boolean(meta?.stopPending) };
+        found.set(marker.sessionId, { ...entry, interrupted });
+      }
+      return [...found.values()].filter((s) => s.chunks > 0 || s.stopPending || s.interrupted)
+        .sort((a, b) => (b.updatedAt ?? 0) - (a.updatedAt ?? 0) || a.sessionId.localeCompare(b.sessionId));
     } finally {
       outbox.close();
     }
@@ -99,6 +123,11 @@ export class Recorder extends EventTarget {
     this._storageFullShown = false;
     this._closed = false;
     this._stopPending = undefined;  // a stop() the server has not heard of yet (kept in IndexedDB too)
+    // when this page's recording was cut, for the next page (localStorage: a reload cannot outrun it)
+    this._cut = new CutMarker(options.localStorage === undefined ? browserStorage() : options.localStorage,
+      this.options.dbName, this.sessionId);
+    this._unloading = false;     // pagehide came: the page is going
+    this._leaving = false;       // beforeunload came (less than a second ago): store the next blob as fast as possible
   }
 
   /** The transcript so far: de-duplicated transcriptSegment payloads sorted by seq. */
@@ -167,6 +196,7 @@ export class Recorder extends EventTarget {
     if (this.state !== "recording") return;
     this._mediaRecorder.requestData();
     this._mediaRecorder.pause();
+    this._cut.update({ cutAt: Date.now(), how: "paused" });
     this._setState("paused");
     this._sessionEvent("pause-session");
   }
@@ -175,6 +205,7 @@ export class Recorder extends EventTarget {
   resume() {
     if (this.state !== "paused") return;
     this._mediaRecorder.resume();
+    this._cut.update({ cutAt: null, how: null });
     this._setState("recording");
     this._sessionEvent("resume-session");
   }
@@ -194,6 +225,7 @@ export class Recorder extends EventTarget {
     this._setState("stopping");
     await this._stopMediaRecorder();
     await this._settleWrites();
+    this._cut.clear();  // every blob is in the outbox: nothing was cut
     const outbox = await this._open();
     this._connect();
     const deadline = Date.now() + timeoutMs;
@@ -257,10 +289,12 @@ export class Recorder extends EventTarget {
   /** Disconnect without stopping the session: a recording in progress is flushed to the outbox first. */
   async close() {
     this._closed = true;
-    if (this._onHide) globalThis.document?.removeEventListener("visibilitychange", this._onHide);
-    this._onHide = null;
+    this._unwatchPage?.();
+    this._unwatchPage = null;
+    const recording = this._mediaRecorder !== null && this._mediaRecorder !== undefined;
     await this._stopMediaRecorder();
     await this._settleWrites();
+    if (recording) this._cut.clear();
     clearTimeout(this._wakeTimer);
     if (this._socket) {
       this._socket.removeAllListeners();
@@ -306,21 +340,60 @@ export class Recorder extends EventTarget {
       this._mediaRecorder = null;
       this._emitError("recorder", "recording stopped by the browser (the microphone went away or MediaRecorder failed)");
       this._setState("error");
+      this._settleWrites().then(() => this._cut.clear());  // its last blob is stored: it ended, it was not cut
     });
     this._sliceStart = Date.now();
     mediaRecorder.start(this.options.timesliceMs);
     this._mediaRecorder = mediaRecorder;
-    this._watchVisibility();
+    this._cut.begin(this._sliceStart, this.options.timesliceMs);
+    this._watchPage();
   }
 
-  /** A reload or a closed tab loses what MediaRecorder holds since the last timeslice: flush it when the page hides. */
-  _watchVisibility() {
-    const doc = globalThis.document;
-    if (!this.options.flushOnHide || !doc || this._onHide) return;
-    this._onHide = () => {
-      if (doc.visibilityState === "hidden" && this._mediaRecorder?.state === "recording") this._mediaRecorder.requestData();
+  /**
+   * A reload or a closed tab loses what MediaRecorder holds since the last timeslice: ask for it (requestData) as the
+   * page goes, and note when it went. `beforeunload` comes first, while the next page is still being fetched, so its
+   * blob usually reaches IndexedDB; after `pagehide` a browser may run nothing more.
+   */
+  _watchPage() {
+    const win = this.options.window === undefined ? globalThis.window : this.options.window;
+    const doc = this.options.document === undefined ? globalThis.document : this.options.document;
+    if (!this.options.flushOnHide || this._unwatchPage) return;
+    const recording = () => this._mediaRecorder?.state === "recording";
+    const flush = () => {
+      if (!recording()) return;
+      this._leaving = true;
+      setTimeout(() => { this._leaving = false; }, 1000);  // still here a second later: the user stayed
+      // What comes after this is not kept if the page goes: Chromium blocks the page while its leave-page prompt
+      // shows, and the audio of that time never comes out of MediaRecorder (measured: lost = the prompt's time).
+      this._cut.update({ leavingAt: Date.now() });
+      this._mediaRecorder.requestData();
     };
-    doc.addEventListener("visibilitychange", this._onHide);
+    const onPageHide = () => {
+      if (!recording()) return;
+      this._unloading = true;
+      this._cut.update({ cutAt: Date.now(), how: "pagehide" });
+      this._mediaRecorder.requestData();
+    };
+    const onPageShow = () => {  // back from the back/forward cache: still recording
+      this._unloading = false;
+      if (recording()) this._cut.update({ cutAt: null, how: null });
+    };
+    const onVisibility = () => {
+      if (this._unloading || !recording()) return;
+      const hidden = doc.visibilityState === "hidden";
+      if (hidden) this._mediaRecorder.requestData();
+      this._cut.update(hidden ? { cutAt: Date.now(), how: "hidden" } : { cutAt: null, how: null });
+    };
+    win?.addEventListener("beforeunload", flush);
+    win?.addEventListener("pagehide", onPageHide);
+    win?.addEventListener("pageshow", onPageShow);
+    doc?.addEventListener("visibilitychange", onVisibility);
+    this._unwatchPage = () => {
+      win?.removeEventListener("beforeunload", flush);
+      win?.removeEventListener("pagehide", onPageHide);
+      win?.removeEventListener("pageshow", onPageShow);
+      doc?.removeEventListener("visibilitychange", onVisibility);
+    };
   }
 
   async _stopMediaRecorder() {
@@ -338,26 +411,33 @@ export class Recorder extends EventTarget {
 
   _enqueue(blob) {
     if (!blob || blob.size === 0) return;
-    const timestamp = this._sliceStart ?? Date.now();  // epoch ms of the chunk's start
-    this._sliceStart = Date.now();
+    const now = Date.now();
+    const timestamp = this._sliceStart ?? now;  // epoch ms of the chunk's start
+    this._sliceStart = now;
     this._writes = this._writes
-      .then(() => this._store(blob, timestamp))
+      .then(() => this._store(blob, timestamp, now - timestamp))
       .catch((err) => this._emitError("storage", `a chunk could not be queued: ${err?.message ?? err}`));
   }
 
-  async _store(blob, timestamp) {
+  async _store(blob, timestamp, durationMs) {
+    // The page is going (beforeunload): the browser gives it some tens of ms while it fetches the next page, so the
+    // blob goes straight to IndexedDB; its sha256 is computed when it is sent, the storage estimate skipped.
+    const leaving = this._leaving || this._unloading;
     const bytes = await blob.arrayBuffer();
-    const fields = { bytes, mimeType: chunkMimeType(blob.type, this.mimeType), timestamp };
-    if (this.options.checksum) fields.checksum = await sha256Hex(bytes);
+    // durationMs is wall time (kept here, not sent: the server measures the audio); timestamp + durationMs is
+    // the outbox's storedUntil, which tells the next page what a reload lost
+    const fields = { bytes, mimeType: chunkMimeType(blob.type, this.mimeType), timestamp, durationMs };
+    if (this.options.checksum && !leaving) fields.checksum = await sha256Hex(bytes);
     const outbox = await this._open();
     let record = null;
     let problem = null;
-    if (await this._storageFull(bytes.byteLength)) {
+    if (!leaving && await this._storageFull(bytes.byteLength)) {
       problem = { code: "storage_full", reason: "the storage estimate leaves no room" };
     } else {
       try {
         record = await outbox.append(this.sessionId, fields, this._nextSeq);
         this._storageFullShown = false;
+        if (!this._unloading) this._cut.update({ aliveAt: Date.now() });
       } catch (err) {
         problem = isQuotaError(err)
           ? { code: "storage_full", reason: `IndexedDB refused the write (${err.name})` }
@@ -604,7 +684,8 @@ export class Recorder extends EventTarget {
     }
     const payload = { sessionId: this.sessionId, sequence: seq, timestamp: record.timestamp, size: record.size,
       mimeType: record.mimeType, audio: record.bytes };
-    if (record.checksum) payload.checksum = record.checksum;
+    const checksum = record.checksum ?? (this.options.checksum ? await sha256Hex(record.bytes) : undefined);
+    if (checksum) payload.checksum = checksum;
     try {
       return await socket.timeout(this.options.ackTimeoutMs).emitWithAck("audio-chunk", payload);
     } catch {

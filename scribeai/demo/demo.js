@@ -1,11 +1,11 @@
 // The demo page: sign in, record with the recorder library (clients/js), show what it reports.
-// Query string (optional): timeslice=MS (default 15000), outbox=NAME (the IndexedDB database; pages
+// Query string (optional): timeslice=MS (default 1000), outbox=NAME (the IndexedDB database; pages
 // side by side in one browser keep apart with different names).
 // `window.demo` holds the page's state for tests and the curious; the DOM ids are stable.
 
 const TOKEN_KEY = "scribeai-token";
 const params = new URLSearchParams(location.search);
-const TIMESLICE_MS = Number(params.get("timeslice")) || 15000;
+const TIMESLICE_MS = Number(params.get("timeslice")) || 1000;
 const DB_NAME = params.get("outbox") || "scribeai-recorder";
 const SESSIONS_SHOWN = 20;
 const FORMATS = ["txt", "srt", "vtt"];
@@ -24,6 +24,7 @@ const demo = {
   downloads: [],          // { sessionId, format, status, bytes, name }
   pending: [],            // what Recorder.pending() found at sign-in
   autoSent: [],           // earlier outboxes this page started sending by itself: {sessionId, chunks, bytes}
+  cuts: [],               // recordings an earlier page load left cut (reload, closed tab): Recorder.pending()'s interrupted + text
   ready: false,           // signed in and the library loaded
 };
 window.demo = demo;
@@ -34,6 +35,10 @@ function bytes(n) {
   if (n < 1024) return `${n} B`;
   if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} kB`;
   return `${(n / 1024 / 1024).toFixed(1)} MB`;
+}
+
+function timeOfDay(ms) {
+  return new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
 }
 
 function clock(ms) {
@@ -301,6 +306,7 @@ function options(extra = {}) {
 }
 
 async function record() {
+  $("cut").hidden = true;  // a new recording: what an earlier one lost is old news
   // a resumed outbox records on into its own session; otherwise a new session
   const recorder = demo.resumed && demo.recorder?.state === "idle" ? demo.recorder : null;
   if (!recorder) {
@@ -354,6 +360,28 @@ async function stop() {
 
 // -- an outbox left by an earlier page load ---------------------------------------
 
+/** What a reload or a closed tab cost an earlier recording, in one sentence: never "nothing" when something was lost. */
+function cutText({ interrupted: cut }) {
+  if (cut.lostMs === null) {
+    const why = cut.how === "hidden" ? "the page was hidden, then closed" : "the page ended without notice";
+    return `A recording was cut (${why}): what was said after ${timeOfDay(cut.storedUntil ?? cut.startedAt)} ` +
+      "was not recorded; everything before is kept.";
+  }
+  if (cut.how === "paused" && cut.lostMs === 0) return "A paused recording was left by an earlier page: nothing it recorded was lost.";
+  const lost = cut.lostMs < 100 ? "less than the last 0.1 s before it was" : `the last ${(Math.round(cut.lostMs / 100) / 10).toFixed(1)} s before it were`;
+  const by = cut.how === "paused" ? "the page closing after a pause" : "a reload or a closed tab";
+  return `A recording was cut at ${timeOfDay(cut.cutAt)} by ${by}: ${lost} not recorded; everything before is kept.`;
+}
+
+function showCuts(pending) {
+  const cuts = pending.filter((p) => p.interrupted).map((p) => ({ sessionId: p.sessionId, ...p.interrupted, text: cutText(p) }));
+  if (cuts.length === 0) return;
+  demo.cuts = cuts;
+  $("cut").replaceChildren(...cuts.map((cut) => element("span", { dataset: { session: cut.sessionId,
+    lostMs: String(cut.lostMs ?? "") } }, cut.text)));
+  $("cut").hidden = false;
+}
+
 async function showPending() {
   if (demo.recorder && ["recording", "paused", "connecting"].includes(demo.recorder.state)) return;
   const current = demo.recorder?.sessionId;
@@ -361,17 +389,18 @@ async function showPending() {
     showError({ code: "outbox", message: `cannot read the outbox: ${err.message ?? err}` });
     return [];
   });
-  demo.pending = found.filter((p) => p.sessionId !== current && (p.chunks > 0 || p.stopPending));
+  demo.pending = found.filter((p) => p.sessionId !== current && (p.chunks > 0 || p.stopPending || p.interrupted));
+  showCuts(demo.pending);
   $("pending").replaceChildren(...demo.pending.map((p) => element("li", { dataset: { session: p.sessionId } },
     element("span", { className: "session-name mono" }, p.sessionId),
     element("button", { type: "button", className: "primary", onclick: () => resumePending(p.sessionId) }, "Send"),
     element("span", { className: "session-meta" }, p.chunks > 0 ? `${plural(p.chunks, "chunk")}, ${bytes(p.bytes)} not sent yet`
-      : "all audio sent; the server was not told it stopped"))));
+      : p.stopPending ? "all audio sent; the server was not told it stopped" : "cut by a reload; all its stored audio was sent"))));
   $("pending-section").hidden = demo.pending.length === 0;
   // An earlier visit's unsent audio goes out by itself (closing this tab too must not lose it): one session at a
   // time, each its own Recorder; any others keep their Send button.
   const idle = !demo.recorder || ["stopped", "idle", "error"].includes(demo.recorder.state);
-  const first = demo.pending.find((p) => p.chunks > 0 || p.stopPending);
+  const first = demo.pending[0];
   if (first && idle && !demo.resumed) {
     demo.autoSent.push({ sessionId: first.sessionId, chunks: first.chunks, bytes: first.bytes });
     await resumePending(first.sessionId);
@@ -445,6 +474,14 @@ async function download(sessionId, format) {
 }
 
 // -- start ---------------------------------------------------------------------
+
+// While recording, leaving the page (reload, close, another address) loses the audio since the last chunk, and ends
+// the recording: the browser's own prompt asks first. (The library still saves what it can if the user leaves.)
+window.addEventListener("beforeunload", (event) => {
+  if (demo.recorder?.state !== "recording") return;
+  event.preventDefault();
+  event.returnValue = "";  // older browsers prompt only with a returnValue
+});
 
 async function main() {
   const config = await fetch("/demo/config.json").then((r) => r.json()).catch(() => null);

@@ -492,3 +492,23 @@ test("a refused token gives an unauthorized error; setToken() reconnects with th
   assert.deepEqual(socket.auth, { token: "fresh" });
   assert.equal(socket.connected, true);
 });
+
+test("an hour of 1 s chunks recorded offline: 3,600 in the outbox, counted by pending(), resent in order once online", async () => {
+  const HOUR = 3600;
+  const db = freshDB();
+  const server = fakeServer({ credits: 8 });
+  let online = false;
+  const socket = new FakeSocket((event, payload) => (online ? server.handler(event, payload) : NO_ANSWER), { autoConnect: false });
+  const rec = make(socket, db, { timesliceMs: 1000 });
+  FakeMediaRecorder.blobs = Array.from({ length: HOUR }, (_, i) => blob(4000, i % 251));  // ~4 kB: a second of opus
+  await rec.start(fakeStream());
+  assert.equal(FakeMediaRecorder.instances[0].timeslice, 1000);
+  while (FakeMediaRecorder.instances[0].tick());
+  await until(() => rec.nextSequence === HOUR, 60_000, "an hour of chunks in the outbox");
+  assert.deepEqual((await Recorder.pending(db)).map((p) => [p.chunks, p.bytes]), [[HOUR, HOUR * 4000]]);
+  online = true;
+  socket.connect();
+  await until(() => rec.queue.chunks === 0, 60_000, "the outbox resent");
+  assert.deepEqual(socket.chunkSequences(), Array.from({ length: HOUR }, (_, i) => i));
+  assert.equal(server.stored.size, HOUR);
+});

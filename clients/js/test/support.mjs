@@ -252,3 +252,28 @@ export async function until(check, ms = 5000, what = "the condition") {
     await new Promise((resolve) => setTimeout(resolve, 5));
   }
 }
+
+/** localStorage in memory (the Storage interface the Recorder uses: getItem, setItem, removeItem, key, length). */
+export class MemoryStorage {
+  constructor() { this.items = new Map(); }
+  get length() { return this.items.size; }
+  key(i) { return [...this.items.keys()][i] ?? null; }
+  getItem(key) { return this.items.has(key) ? this.items.get(key) : null; }
+  setItem(key, value) { this.items.set(key, String(value)); }
+  removeItem(key) { this.items.delete(key); }
+}
+
+/** What a page gives the Recorder (its `window`, `document` and `localStorage` options): fire() sends their events. */
+export function fakePage() {
+  const window = new EventTarget();
+  const document = Object.assign(new EventTarget(), { visibilityState: "visible" });
+  return {
+    window, document, localStorage: new MemoryStorage(),
+    fire(type) {
+      if (type === "visibilitychange") document.dispatchEvent(new Event(type));
+      else window.dispatchEvent(new Event(type));
+    },
+    hide() { document.visibilityState = "hidden"; this.fire("visibilitychange"); },
+    show() { document.visibilityState = "visible"; this.fire("visibilitychange"); },
+  };
+}

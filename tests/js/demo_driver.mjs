@@ -6,13 +6,17 @@
 //
 //   node demo_driver.mjs --wav speech.wav --out DIR --token JWT
 //     [--main URL] [--crash URL] [--overload URL] [--record-seconds 60] [--short-seconds 30]
+//     [--loss URL [--reloads 10] [--seed N] [--loss-timeslice MS] [--exit reload|close]] [--dialog-ms 0]
 //
 // --main (a jwt server) gets three pages: "record" (records --record-seconds, waits for the whole
 // transcript, lists the sessions, downloads txt/srt/vtt), "offline" (network cut for 10 s mid-recording)
 // "reload" (offline for a few seconds so chunks pile up in the outbox, then reloaded: the page
 // sends the outbox by itself) and "restart" (the same with the whole browser closed and started again). --crash (SCRIBEAI_AUTH=none; the test SIGKILLs
 // and restarts it) and --overload (a tiny MAX_QUEUE_SIZE) get one page each. A scenario whose server
-// is not given does not run.
+// is not given does not run. --loss gets one page ("loss", the page's default timeslice unless --loss-timeslice)
+// that records and reloads --reloads times, each at a random point of a blob, and reports for each reload when
+// MediaRecorder started, when the page went (beforeunload, pagehide), the blobs of that life and what the page
+// said was lost when it came back. A page's leave-page prompt is accepted after --dialog-ms (a user reading it).
 
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -36,6 +40,12 @@ const { values: opts } = parseArgs({
     "record-seconds": { type: "string", default: "60" },
     "short-seconds": { type: "string", default: "30" },
     "transcript-timeout": { type: "string", default: "90" },
+    loss: { type: "string" },
+    reloads: { type: "string", default: "10" },
+    seed: { type: "string" },
+    "loss-timeslice": { type: "string" },
+    "dialog-ms": { type: "string", default: "0" },
+    exit: { type: "string", default: "reload" },
   },
 });
 for (const name of ["wav", "out", "token"]) {
@@ -55,26 +65,42 @@ const started = performance.now();
 const log = (...args) => console.error(`[demo +${((performance.now() - started) / 1000).toFixed(1)}s]`, ...args);
 
 // -- what the test sees of a page, installed before its scripts ------------------------
-// Every MediaRecorder blob (size, sha256) in order, kept in sessionStorage so a reload adds to the list;
-// and a timeline of what the page shows (state, server line, connection, outbox), one entry per change.
+// Every MediaRecorder blob (size, sha256, when) in order, kept in sessionStorage so a reload adds to the list; a
+// blob given after the page began to go (beforeunload) is marked `unloading`: it may not have reached the outbox,
+// and its sha256 may never be computed. And a timeline of what the page shows (state, server line, connection,
+// outbox), one entry per change. Moments (a MediaRecorder's start, each blob, beforeunload) also go to the driver
+// at once as console.debug lines (`[scribeai-test] {...}`), which a closed tab cannot take back; a console line
+// sent at pagehide does not arrive, so its time goes to localStorage (`scribeai-test-pagehide:<load>`), for the
+// next page load of the origin to read.
 
 function instrument() {
   const KEY = "scribeai-demo-test";
   const saved = JSON.parse(sessionStorage.getItem(KEY) || '{"lives": 0, "blobs": []}');
-  const test = { life: saved.lives + 1, blobs: saved.blobs, hashing: [], timeline: [] };
+  const test = { life: saved.lives + 1, load: crypto.randomUUID(), blobs: saved.blobs, hashing: [], timeline: [],
+    unloadingSince: null };
   const save = () => sessionStorage.setItem(KEY, JSON.stringify({ lives: test.life, blobs: test.blobs }));
   save();
   window.__test = test;
+  const report = (kind, fields = {}) => console.debug("[scribeai-test]",
+    JSON.stringify({ kind, life: test.life, load: test.load, at: Date.now(), ...fields }));
+  // added before the page's own listeners: these run first
+  window.addEventListener("beforeunload", () => {
+    test.unloadingSince ??= Date.now();
+    report("beforeunload");
+  });
+  window.addEventListener("pagehide", () => localStorage.setItem(`scribeai-test-pagehide:${test.load}`, String(Date.now())));
   const hex = (buffer) => Array.from(new Uint8Array(buffer), (b) => b.toString(16).padStart(2, "0")).join("");
   const Native = window.MediaRecorder;
   if (!Native) return;
   window.MediaRecorder = class extends Native {
     constructor(...args) {
       super(...args);
+      this.addEventListener("start", () => report("start"));
       // added in the constructor: it runs before the page's own listener
       this.addEventListener("dataavailable", (event) => {
         if (!event.data || event.data.size === 0) return;
-        const entry = { life: test.life, size: event.data.size, sha256: null };
+        const entry = { life: test.life, size: event.data.size, sha256: null, at: Date.now(), unloading: test.unloadingSince !== null };
+        report("blob", { size: entry.size, unloading: entry.unloading });
         test.blobs.push(entry);
         save();
         test.hashing.push(event.data.arrayBuffer().then((buffer) => crypto.subtle.digest("SHA-256", buffer))
@@ -140,7 +166,18 @@ function screenshot(page, name, result) {
 async function openPage(browser, server, scenario, query) {
   const page = await browser.newPage();  // a Browser or one of its BrowserContexts
   page.scenario = scenario;
-  page.on("console", (msg) => { if (msg.type() === "error") log(`${scenario} console:`, msg.text()); });
+  // the page asks before a reload while it records (beforeunload): say yes, as a user who means it would
+  page.dialogs = [];
+  page.on("dialog", (dialog) => {
+    page.dialogs.push(dialog.type());
+    sleep(Number(opts["dialog-ms"])).then(() => dialog.accept())
+      .catch((err) => log(`${scenario}: the ${dialog.type()} dialog: ${err.message}`));
+  });
+  page.moments = [];  // the instrument's console.debug lines: {kind, life, at, ...}
+  page.on("console", (msg) => {
+    if (msg.type() === "error") log(`${scenario} console:`, msg.text());
+    if (msg.text().startsWith("[scribeai-test] ")) page.moments.push(JSON.parse(msg.text().slice("[scribeai-test] ".length)));
+  });
   page.on("pageerror", (err) => log(`${scenario} page error:`, err.message));
   await page.setViewport(DESKTOP);
   await page.evaluateOnNewDocument(instrument);
@@ -205,6 +242,7 @@ async function snapshot(page) {
     sessionId: window.demo.recorder?.sessionId ?? null,
     blobs: window.__test.blobs,
     lives: window.__test.life,
+    cuts: window.demo.cuts,
     timeline: window.__test.timeline,
     stop: window.demo.stopResult,
     completed: window.demo.completed === true,
@@ -215,7 +253,7 @@ async function snapshot(page) {
     sessions: Array.from(document.querySelectorAll("#sessions li"), (li) => ({ id: li.dataset.session, status: li.dataset.status })),
     state: document.getElementById("state").textContent,
     downloads: window.demo.downloads,
-  }));
+  })).then((seen) => ({ ...seen, dialogs: [...page.dialogs] }));
 }
 
 /**
@@ -274,9 +312,9 @@ async function recordScenario(browser, server, result) {
   await page.setViewport(DESKTOP);
 }
 
-/** (b) The network cut for 10 s mid-recording, then back; stop once everything is sent. */
+/** (b) The network cut for 10 s mid-recording, then back; stop once everything is sent. At the page's default 1 s blobs. */
 async function offlineScenario(browser, server, result) {
-  const page = await openPage(browser, server, "offline", { timeslice: "3000", outbox: "offline" });
+  const page = await openPage(browser, server, "offline", { outbox: "offline" });
   await signIn(page);
   await clickRecord(page);
   await sleep(3000);
@@ -418,6 +456,84 @@ async function overloadScenario(browser, server, result) {
   Object.assign(result, await snapshot(page));
 }
 
+/** A small seeded random generator (mulberry32): a run is repeatable with its --seed. */
+function randomFrom(seed) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * (g) Reloads at random points of a blob: record a few seconds, wait for a blob, wait a random part of a timeslice,
+ * reload (the leave-page prompt accepted) or, with --exit close, close the tab and open the page in a new one; the
+ * page comes back, sends the outbox, says what was lost; stop that session (the next reload records a new one).
+ * One entry per reload in result.reloads, from the instrument's moments (start, blobs, beforeunload, pagehide).
+ */
+async function lossScenario(browser, server, result) {
+  const seed = Number(opts.seed ?? Date.now() % 1_000_000);
+  const random = randomFrom(seed);
+  const closing = opts.exit === "close";
+  const query = { outbox: "loss", ...(opts["loss-timeslice"] ? { timeslice: opts["loss-timeslice"] } : {}) };
+  const context = closing ? await browser.createBrowserContext() : browser;  // a new tab shares the origin's storage
+  let page = await openPage(context, server, "loss", query);
+  Object.assign(result, { seed, exit: closing ? "close" : "reload", reloads: [] });
+  await signIn(page);
+  for (let i = 0; i < Number(opts.reloads); i++) {
+    if (i > 0) {
+      // the earlier recording, resumed by the page: once its outbox is sent, stop it; Record then starts a new session
+      await waitFor(page, () => window.demo.resumed && window.demo.recorder?.lastJoin &&
+        document.getElementById("outbox").dataset.chunks === "0", 20_000, "the cut recording resent");
+      await clickStop(page);
+    }
+    await clickRecord(page);
+    const { sessionId, timesliceMs, life } = await page.evaluate(() => ({ sessionId: window.demo.recorder.sessionId,
+      timesliceMs: window.demo.recorder.options.timesliceMs, life: window.__test.life }));
+    await sleep(2000 + random() * 2000);
+    const blobs = await page.evaluate(() => window.__test.blobs.length);
+    await waitFor(page, (n) => window.__test.blobs.length > n, timesliceMs + 5000, "the next blob", blobs);
+    const offsetMs = Math.round(random() * timesliceMs);
+    await sleep(offsetMs);
+    const gone = page;
+    const dialogs = gone.dialogs.length;
+    const exitAt = Date.now();
+    if (closing) {
+      const closed = new Promise((resolve) => gone.once("close", resolve));
+      await gone.close({ runBeforeUnload: true });
+      await closed;
+      page = await openPage(context, server, "loss", query);
+    } else {
+      await gone.reload();
+    }
+    await signIn(page);
+    await waitFor(page, (sid) => window.demo.cuts.some((c) => c.sessionId === sid), 10_000, "what the reload lost, said", sessionId);
+    const moments = gone.moments.filter((m) => m.life === life);
+    const at = (kind) => moments.find((m) => m.kind === kind)?.at ?? null;
+    const seen = await page.evaluate((sid, load) => ({
+      pagehideAt: Number(localStorage.getItem(`scribeai-test-pagehide:${load}`)) || null,
+      cut: window.demo.cuts.find((c) => c.sessionId === sid),
+      shown: document.querySelector(`#cut [data-session="${CSS.escape(sid)}"]`)?.textContent ?? null,
+      shownHidden: document.getElementById("cut").hidden,
+      resumed: window.demo.resumed ? window.demo.recorder.sessionId : null,
+    }), sessionId, moments[0]?.load);
+    result.reloads.push({ sessionId, timesliceMs, offsetMs, exitAt, dialogs: gone.dialogs.slice(dialogs),
+      start: at("start") === null ? null : { at: at("start") },
+      exit: { beforeunloadAt: at("beforeunload"), pagehideAt: seen.pagehideAt },
+      blobs: moments.filter((m) => m.kind === "blob").map(({ size, at: when, unloading }) => ({ size, at: when, unloading })),
+      ...seen });
+    log(`loss: reload ${i + 1} at +${offsetMs} ms into a blob: ${seen.cut?.text}`);
+  }
+  await waitFor(page, () => window.demo.resumed && document.getElementById("outbox").dataset.chunks === "0", 20_000,
+    "the cut recording resent");
+  await screenshot(page, "reload-cut", result);
+  await clickStop(page);
+  Object.assign(result, await snapshot(page));
+}
+
 const SCENARIOS = [
   ["record", "main", recordScenario],
   ["offline", "main", offlineScenario],
@@ -425,6 +541,7 @@ const SCENARIOS = [
   ["crash", "crash", crashScenario],
   ["overload", "overload", overloadScenario],
   ["restart", "main", restartScenario],
+  ["loss", "loss", lossScenario],
 ];
 
 async function run(browser, name, server, fn) {

@@ -212,8 +212,10 @@ class Settings:
     openai_api_key: str = _setting("", "OPENAI_API_KEY", _ANY, "API key for TRANSCRIBER=openai.")
     transcribe_model: str = _setting("whisper-1", "TRANSCRIBE_MODEL", _NOT_EMPTY, "Model name sent to the OpenAI-compatible endpoint.")
     gap_wait_s: float = _setting(15.0, "GAP_WAIT_S", _numbers(0), "Seconds transcription waits for a missing chunk before it goes on without it.")
-    window_wait_s: float = _setting(5.0, "WINDOW_WAIT_S", _numbers(0), "Seconds held audio waits for a pause nearer 20 s before the best pause so far closes its window.")
-    idle_flush_s: float = _setting(40.0, "IDLE_FLUSH_S", _numbers(0), "Seconds without a new chunk after which a session's held audio is transcribed to its end; keep it above the recorders' timeslice, or every chunk's end cuts a window (mid-word).")
+    window_min_s: float = _setting(3.0, "WINDOW_MIN_S", _numbers(1, 30), "Shortest transcription window cut at a pause: longer gives the model more context and the words later.")
+    window_target_s: float = _setting(8.0, "WINDOW_TARGET_S", _numbers(1, 30), "Window length whose nearest pause is preferred for a cut (at least WINDOW_MIN_S); windows never pass 30 s.")
+    window_wait_s: float = _setting(1.5, "WINDOW_WAIT_S", _numbers(0), "Seconds held audio waits for a pause nearer WINDOW_TARGET_S before the best pause so far closes its window.")
+    idle_flush_s: float = _setting(40.0, "IDLE_FLUSH_S", _numbers(0), "Seconds without a new chunk after which a session's held audio is transcribed to its end, even mid-word (audio that ends in a pause goes after 2 s, or two of the recorder's chunk lengths); keep it above the recorders' timeslice.")
     transcribe_lease_s: float = _setting(120.0, "TRANSCRIBE_LEASE_S", _numbers(0, above=True), "Seconds a worker's claim on a session's stream lasts unless renewed; a killed worker's streams are taken over after it.")
     transcribe_retry_base_s: float = _setting(1.0, "TRANSCRIBE_RETRY_BASE_S", _numbers(0), "First retry delay of a failed transcription; then x4, x16, then failed.")
     retention_days: int = _setting(7, "RETENTION_DAYS", _numbers(0, MAX_DAYS), "Days a session stays hot after its last activity.")
@@ -235,6 +237,9 @@ class Settings:
             problem = f.metadata["valid"].problem(value)
             if problem is not None:
                 raise SettingError(f"setting {f.metadata['env']}={_shown(f.name, value)}: {problem}")
+        if self.window_target_s < self.window_min_s:
+            raise SettingError(f"setting WINDOW_TARGET_S={self.window_target_s:g}: expected at least WINDOW_MIN_S "
+                               f"({self.window_min_s:g})")
         model = self.whisper_model
         # A path (not a size name such as tiny.en or a Hugging Face repo id such as Systran/faster-whisper-tiny) must exist.
         if self.transcriber == "whisper" and model.startswith(("/", ".", "~")) and not Path(model).expanduser().is_dir():

@@ -48,6 +48,8 @@ def test_bad_number_is_a_clear_error() -> None:
      "postgres://… (asyncpg), or sqlite:///path (aiosqlite)"),
     ({"RETENTION_SCHEDULE": "7pm"}, "setting RETENTION_SCHEDULE='7pm': expected HH:MM or HH:MM:SS (00:00 to 23:59:59), or 'off'"),
     ({"MEMORY_THRESHOLD": "2"}, "setting MEMORY_THRESHOLD=2: expected more than 0, at most 1"),
+    ({"WINDOW_MIN_S": "10", "WINDOW_TARGET_S": "5"}, "setting WINDOW_TARGET_S=5: expected at least WINDOW_MIN_S (10)"),
+    ({"WINDOW_MIN_S": "0.5"}, "setting WINDOW_MIN_S=0.5: expected 1 to 30"),
 ])
 def test_unusable_values_are_refused(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingError) as caught:

@@ -41,6 +41,8 @@ LATENCY_HORIZON_S = 60.0  # an old slow window must not hold backpressure on for
 BACKLOG_REFRESH_S = 1.0
 CHUNKS_PER_TURN = 32  # then the stream goes back to the queue, so one long session cannot starve the others
 CACHED_STREAMS = 256
+QUIET_AFTER_S = 2.0  # a recorder whose audio ends in a pause and that sent nothing for this long (or two of its
+QUIET_PAUSE_MS = 300.0  # chunks' length) has its held audio transcribed then, not after IDLE_FLUSH_S (a pause as a window cut needs)
 LATE_SETTLE_S = 2.0  # a gap's late chunks are read together once none has come for this long (or all are there)
 FILL_READ_ON = 64  # chunks past a gap a late fill may read to reach the audio the stream resumed at
 
@@ -72,7 +74,7 @@ class Pipeline:
     def __init__(self, db: Database, store: Store, engine: Engine, sio: Emitter | None, *,
                  node_id: str, workers: int, chunk_duration_ms: int, retry_base_s: float = 1.0,
                  metrics: Metrics | None = None, gap_wait_s: float = 15.0, idle_flush_s: float = 40.0,
-                 window_wait_s: float = 5.0, lease_s: float = 120.0) -> None:
+                 window_wait_s: float = 1.5, window_s: tuple[float, float] = (3.0, 8.0), lease_s: float = 120.0) -> None:
         self.db = db
         self.store = store
         self.engine = engine
@@ -84,6 +86,7 @@ class Pipeline:
         self.gap_wait_s = gap_wait_s
         self.idle_flush_s = idle_flush_s
         self.window_wait_s = window_wait_s
+        self.window_s = window_s  # (shortest, preferred) window in seconds
         self.on_transcribed: Callable[[str], Awaitable[None]] | None = None
         # Run with each backlog refresh: what other processes did shows up in the database only.
         self.refreshers: list[Callable[[], Awaitable[None]]] = []
@@ -252,7 +255,9 @@ class Pipeline:
         due = _sooner(late, await self._read(state, live))
         windower = live.stream.windower
         idle = time.monotonic() - live.last_read_at
-        if windower.pending_ms > 0 and (flush_all or state.status != SessionStatus.RECORDING or idle >= self.idle_flush_s):
+        # a recorder gone quiet after a pause (it stopped talking, or sent one chunk): no later word can be cut
+        quiet_after = self._quiet_after(live) if windower.trailing_silence_ms >= QUIET_PAUSE_MS else self.idle_flush_s
+        if windower.pending_ms > 0 and (flush_all or state.status != SessionStatus.RECORDING or idle >= quiet_after):
             await self._transcribe_all(state, live, await asyncio.to_thread(live.stream.flush))
         elif self._held_for(live) >= self.window_wait_s:
             await self._transcribe_all(state, live, await asyncio.to_thread(windower.settle))
@@ -261,7 +266,7 @@ class Pipeline:
         await self.check_completed(state.session_id)
         if windower.pending_ms > 0:
             now = time.monotonic()
-            wait = self.idle_flush_s - (now - live.last_read_at)
+            wait = quiet_after - (now - live.last_read_at)
             if self._held_for(live) < self.window_wait_s:
                 wait = min(wait, self.window_wait_s - self._held_for(live))
             due = _sooner(due, max(0.2, wait))
@@ -270,6 +275,13 @@ class Pipeline:
         done = live.stream.done_through_seq()
         live.checkpoints = {seq: saved for seq, saved in live.checkpoints.items() if seq >= done - 1}
         return due
+
+    def _quiet_after(self, live: _Live) -> float:
+        """Seconds without a chunk after which a recorder counts as quiet: QUIET_AFTER_S, or two of its last
+        chunk's length (a 15 s timeslice is not quiet after 2 s), never more than IDLE_FLUSH_S."""
+        ends, last = live.stream.chunk_end_ms, live.stream.next_seq - 1
+        length = (ends[last] - ends[last - 1]) / 1000 if last in ends and last - 1 in ends else self.chunk_duration_ms / 1000
+        return min(self.idle_flush_s, max(QUIET_AFTER_S, 2 * length))
 
     @staticmethod
     def _held_for(live: _Live) -> float:
@@ -302,7 +314,7 @@ class Pipeline:
         log.info("session %s: stream read on from chunk %d (%s), transcribed up to %d ms", session_id, stream.next_seq,
                  how, state.done_ms, extra={"sessionId": session_id})
         # A gap past the resume point is found again when the stream reaches it (its chunks may be there by now).
-        stream.gaps = [g for g in gaps if g.from_seq < stream.next_seq]
+        stream.gaps = [g for g in gaps if g.from_seq < stream.next_seq or g.filled]
         for gap in stream.gaps:
             if not gap.filled and gap.from_seq > 0:
                 found = await self.queue.checkpoint(session_id, CheckpointKind.GAP, gap.from_seq - 1)
@@ -314,7 +326,8 @@ class Pipeline:
 
     def _windower(self) -> Windower:
         assert self._detector is not None
-        return Windower(self._detector)
+        shortest, preferred = self.window_s
+        return Windower(self._detector, min_ms=shortest * 1000, target_ms=preferred * 1000)
 
     async def _timing(self, session_id: str) -> Timing:
         async with self.db.read() as s:
@@ -631,8 +644,10 @@ def _unfilled(gaps: list[Gap]) -> list[tuple[int, int]]:
 
 def _state_of(live: _Live, seq: int) -> tuple[int, bytes] | None:
     """The resume point for chunks through `seq` done: the state one chunk earlier where there is one, so that the
-    decoder has a chunk's audio to settle in before the first audio it must transcribe."""
-    for at in (seq - 1, seq):
+    decoder has a chunk's audio to settle in before the first audio it must transcribe (but never back before a
+    gap: its late chunks are a fill's to read, not the stream's)."""
+    skipped = any(g.from_seq <= seq <= g.to_seq for g in live.stream.gaps)
+    for at in (seq, ) if skipped else (seq - 1, seq):
         if at in live.checkpoints:
             return at, live.checkpoints[at]
     return None

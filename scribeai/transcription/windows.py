@@ -197,6 +197,14 @@ class Windower:
         return self._done_ms
 
     @property
+    def trailing_silence_ms(self) -> float:
+        """Non-speech at the end of the audio the VAD has seen (0 while speech reaches it or nothing is pending)."""
+        if not self._live or self._analyzed <= self._pos0:
+            return 0.0
+        last_speech = max((end for _, end in self._audible(self._analyzed)), default=self._pos0)
+        return self._ms(self._analyzed - max(last_speech, self._pos0))
+
+    @property
     def first_pending_seq(self) -> int | None:
         """Lowest seq with audio still pending."""
         return min((seq for _, _, seq in self._spans), default=None)

@@ -21,25 +21,13 @@ from typing import Any
 
 import pytest
 import socketio
+from sqlalchemy import text as text_query
 
 from tests.conftest import token_for
-from tests.speech import make_speech_wav, timeslice_blobs, word_recall
+from tests.speech import MEETING, make_speech_wav, spoken_blobs, word_recall
 from tests.test_crash import ServerProcess
 
-SENTENCES = [
-    "The quarterly review has been moved to the large conference room on the third floor.",
-    "Please remember to send the slides to everyone before the meeting starts tomorrow morning.",
-    "We agreed that the marketing team will own the launch plan for the new product.",
-    "Our customers keep asking for a simpler way to export their reports.",
-    "The database migration finished overnight without any serious problems.",
-    "Sarah will follow up with the vendor about the delayed shipment.",
-    "The budget for the design work is tighter than we expected this year.",
-    "Several users reported that the mobile application crashes when they upload large photos.",
-    "The engineering team needs more time to finish the security review.",
-    "Let's schedule a short meeting next week to check on the progress.",
-    "The new office in Berlin will open at the beginning of the summer.",
-    "Hiring remains our biggest challenge for the rest of the quarter.",
-]
+SENTENCES = [MEETING[i] for i in (0, 1, 2, 3, 4, 6, 7, 9, 10, 11, 12, 13)]
 REFERENCE = " ".join(SENTENCES)
 USER = "recovery-user"
 LEASE_S = 8
@@ -48,9 +36,7 @@ EPOCH = 1_732_400_000_000
 
 @pytest.fixture(scope="module")
 def blobs(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
-    wav = tmp_path_factory.mktemp("recovery") / "meeting.wav"
-    make_speech_wav(SENTENCES, wav, pause_s=0.8)
-    return timeslice_blobs(wav, 1000)
+    return spoken_blobs(SENTENCES, tmp_path_factory.mktemp("recovery"))
 
 
 @pytest.fixture
@@ -145,3 +131,64 @@ async def test_a_long_session_finishes_after_restarts_at_every_point(server: Ser
     resumed = [int(n) for n in re.findall(r"stream read on from chunk (\d+) \(from its checkpoint\)", server.log_path.read_text())]
     assert len(resumed) >= 2 and min(resumed) > 0, server.log()
     assert "from its header" not in server.log_path.read_text().split("--- start 2", 1)[1], server.log()
+
+
+@pytest.fixture(scope="module")
+def an_hour(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[bytes], str]:
+    """3,600 one-second blobs: an hour of quiet room noise, then two sentences."""
+    import numpy as np
+
+    from tests.speech import cut, encode_webm, wav_pcm
+
+    wav = tmp_path_factory.mktemp("hour") / "end.wav"
+    make_speech_wav(SENTENCES[-2:], wav, pause_s=0.8)
+    speech = wav_pcm(wav)
+    quiet = np.random.default_rng(5).normal(0, 0.002, 3600 * 16000 - len(speech)).astype(np.float32)
+    pcm = np.concatenate([quiet, speech])
+    pieces = cut(encode_webm(pcm), len(pcm) / 16000, 1000)
+    assert len(pieces) == 3600
+    return pieces, " ".join(SENTENCES[-2:])
+
+
+@pytest.mark.timeout(900)  # an hour of audio: encoded, stored chunk by chunk and read through once before the restart
+async def test_a_restart_an_hour_in_reads_only_the_chunks_since_the_last_window(
+        start_server: Any, connect: Any, an_hour: tuple[list[bytes], str], backend: str) -> None:
+    if backend != "sqlite":
+        pytest.skip("an hour of audio once is enough (the checkpoint table is the same on PostgreSQL)")
+    pieces, spoken = an_hour
+    shared = {"transcriber": "whisper", "max_concurrency": 1, "node_id": "node-a", "idle_flush_s": 600.0,
+              "max_queue_size": 100_000, "global_queue_limit": 100_000}
+    first = await start_server(**shared)
+    client = await connect(first.url)
+    for seq, data in enumerate(pieces):
+        ack = await client.call("audio-chunk", {"sessionId": "hour", "sequence": seq, "timestamp": EPOCH + seq * 1000,
+                                                "mimeType": "audio/webm;codecs=opus", "audio": data}, timeout=30)
+        assert "error" not in ack, ack
+    queue = first.services.pipeline.queue
+    deadline = asyncio.get_running_loop().time() + 600
+    while await queue.backlog() > 0 or await queue.unfinished() == 0:  # every chunk read, the tail held
+        assert asyncio.get_running_loop().time() < deadline, "the hour was not read through"
+        await asyncio.sleep(0.5)
+    await client.disconnect()
+    await first.app.shutdown()
+    await first.app.cleanup()
+
+    second = await start_server(same_database_as=first, **shared)
+    store, reads = second.services.pipeline.store, []
+    read = store.read
+
+    def counting(path: str) -> bytes:
+        reads.append(path)
+        return read(path)
+
+    store.read = counting  # type: ignore[method-assign]
+    client = await connect(second.url)
+    await client.call("stopSession", {"sessionId": "hour"}, timeout=10)
+    await second.services.pipeline.drain(timeout=120)
+    # the tail since the last window (at most a 30 s window's worth of 1 s chunks) and one before it to settle in
+    assert 0 < len(reads) <= 40, len(reads)
+    text = " ".join(s["text"] for s in await second.services.pipeline.segments_after("hour", None))
+    assert word_recall(spoken, text) >= 0.8, text
+    async with second.services.db.read() as s:
+        statuses = {status for (status,) in (await s.execute(text_query("SELECT DISTINCT status FROM chunk"))).all()}
+    assert statuses == {"done"}

@@ -46,7 +46,8 @@ class ReloadLoss:
     stored_s: float         # audio the server holds for the session
     page_lost_s: float | None  # what the page said when it came back
     text: str | None
-    flushed: bool           # the blobs given as the page went (after beforeunload) were stored
+    flushed: bool           # a blob given as the page went (after beforeunload) was stored (the page's log of it
+                            # may not have survived the unload: counted from the chunks past the logged ones)
     dialogs: list[str]
     going_ms: int | None    # beforeunload to pagehide: the time the page had to store its last blob
     flush_ms: int | None    # beforeunload to the flushed blob's dataavailable
@@ -63,14 +64,14 @@ def measure(reload: dict[str, Any], chunks: list[bytes]) -> ReloadLoss:
         raise AssertionError(f"reload of {reload['sessionId']}: no start or pagehide seen ({start}, {exit_})")
     cut = reload["cut"] or {}
     sizes = [len(c) for c in chunks]
-    unloading = [b["size"] for b in reload["blobs"] if b["unloading"]]  # given after beforeunload
+    kept = sum(1 for b in reload["blobs"] if not b["unloading"])  # given before beforeunload
     before = exit_["beforeunloadAt"]
     flush = next((b["at"] for b in reload["blobs"] if b["unloading"]), None)
     return ReloadLoss(
         session_id=reload["sessionId"], offset_ms=reload["offsetMs"],
         recorded_s=(exit_["pagehideAt"] - start["at"]) / 1000, stored_s=audio_seconds(chunks),
         page_lost_s=None if cut.get("lostMs") is None else cut["lostMs"] / 1000, text=cut.get("text"),
-        flushed=bool(unloading) and sizes[-len(unloading):] == unloading, dialogs=reload["dialogs"],
+        flushed=len(sizes) > kept, dialogs=reload["dialogs"],
         going_ms=None if before is None else exit_["pagehideAt"] - before,
         flush_ms=None if before is None or flush is None else flush - before)
 

@@ -432,7 +432,13 @@ async def test_a_reload_loses_at_most_one_blob_and_the_page_says_what(start_serv
         sizes = [len(c) for c in chunks]
         kept = [b["size"] for b in reload["blobs"] if not b["unloading"]]
         going = [b["size"] for b in reload["blobs"] if b["unloading"]]
-        assert (sizes[:len(kept)], sizes[len(kept):]) == (kept, going[:len(sizes) - len(kept)]), (sizes, reload["blobs"])
+        extra = sizes[len(kept):]
+        # The page's log of a blob given as it went can be lost with the page (its console line, like pagehide's, may
+        # never reach the driver) while the blob itself reached the server: the server may hold one blob more than the
+        # log, after every logged one, never more, never one before them.
+        unlogged = extra[len(going):]
+        assert (sizes[:len(kept)], extra[:len(going)]) == (kept, going[:len(extra)]), (sizes, reload["blobs"])
+        assert len(unlogged) <= 1, (sizes, reload["blobs"])
         assert -LOSS_SLACK_S <= loss.lost_s <= timeslice_s + LOSS_SLACK_S, loss
         # the page says it, in numbers that agree with the server's audio, and never that nothing was lost
         assert loss.page_lost_s is not None and abs(loss.page_lost_s - loss.lost_s) <= PAGE_SAYS_WITHIN_S, loss

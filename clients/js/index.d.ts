@@ -17,6 +17,35 @@ export interface TranscriptSegment {
   isFinal?: boolean;
 }
 
+/** A live caption (transcriptInterim): the current hypothesis for a window of audio that is still open. */
+export interface TranscriptInterim {
+  sessionId: string;
+  startMs: number;
+  endMs: number;
+  fromSeq: number;
+  toSeq: number;
+  text: string;
+  /** The first `stable` characters of `text` are confirmed: never taken back until the final segment replaces them. */
+  stable: number;
+  /** Grows with every update of the same window (same startMs). */
+  revision: number;
+}
+
+/** A caption as it should be shown: `confirmed` plain (it only grows), `tentative` greyed (it may still change). */
+export interface Caption {
+  startMs: number;
+  endMs: number;
+  fromSeq: number | null;
+  toSeq: number | null;
+  confirmed: string;
+  tentative: string;
+  revision: number;
+}
+
+export type TranscriptLine =
+  | { kind: "final"; key: string; startMs: number; text: string; segment: TranscriptSegment }
+  | { kind: "caption"; key: string; startMs: number; confirmed: string; tentative: string; revision: number };
+
 /** The server's session-joined / session-stopped reply. */
 export interface SessionGapReply {
   sessionId: string;
@@ -68,6 +97,8 @@ export interface RecorderOptions {
   /** requestData() when the page goes or hides (beforeunload, pagehide, visibilitychange), so a reload or a closed
    * tab keeps the audio so far if the browser still delivers it; the time of the cut is noted in localStorage (true). */
   flushOnHide?: boolean;
+  /** Ask for live captions (joinSession { interim: true }): `interim` events before each final segment (false). */
+  interim?: boolean;
   /** The session's title, sent once with start-session when recording starts. */
   title?: string;
   flow?: FlowOptions;
@@ -104,7 +135,12 @@ export interface BackpressureDetail {
   retryAfterMs: number | null;
   slowDown: boolean;
 }
-export interface SegmentDetail { segment: TranscriptSegment }
+export interface SegmentDetail {
+  segment: TranscriptSegment;
+  /** The captions this final segment replaces (those that start before its end): show it in their place. */
+  replaced: Caption[];
+}
+export interface InterimDetail { interim: TranscriptInterim; caption: Caption }
 export interface ErrorDetail {
   /** A server code (invalid, too_large, forbidden, conflict, not_found, unauthorized, ...) or a local one:
    * storage_full, storage, chunks_lost, stop_incomplete, microphone_denied, start_failed, recorder, timeout. */
@@ -123,6 +159,8 @@ export interface RecorderEventMap {
   ack: CustomEvent<AckDetail>;
   backpressure: CustomEvent<BackpressureDetail>;
   segment: CustomEvent<SegmentDetail>;
+  /** A live caption changed (only with the `interim` option); a repeat or an outdated one gives no event. */
+  interim: CustomEvent<InterimDetail>;
   error: CustomEvent<ErrorDetail>;
   /** A chunk failed for now (overloaded, unavailable, timeout, disconnected, internal) and stays queued. */
   retry: CustomEvent<RetryDetail>;
@@ -216,6 +254,8 @@ export declare class Recorder extends EventTarget {
   readonly completed: boolean;
   /** The transcript: de-duplicated segments sorted by seq. */
   readonly segments: readonly TranscriptSegment[];
+  /** Finals and live captions merged as a viewer sees them. */
+  readonly live: LiveTranscript;
   /** What waits in this session's outbox (chunks in flight included). */
   readonly queue: QueueDetail;
   /** The sequence the next chunk gets (persisted per session: continues after a reload). */
@@ -295,6 +335,22 @@ export declare class SegmentList {
   readonly lastSeq: number;
   readonly length: number;
   add(segment: unknown): boolean;
+  text(): string;
+}
+
+/** Final segments and live captions merged: a final replaces every caption that starts before its end. */
+export declare class LiveTranscript {
+  readonly segments: SegmentList;
+  /** The highest endMs of a final segment: a caption that starts before it is dropped. */
+  readonly finalUntilMs: number;
+  /** The captions it replaced, or null for a duplicate or a malformed segment. */
+  addSegment(segment: unknown): Caption[] | null;
+  /** The caption as shown now, or null when nothing changed (repeat, older revision, covered by a final, malformed). */
+  addInterim(interim: unknown): Caption | null;
+  /** The open windows' captions in recording order. */
+  readonly captions: Caption[];
+  /** Finals and captions in recording order, each with a key that stays the same across updates. */
+  lines(): TranscriptLine[];
   text(): string;
 }
 

@@ -9,7 +9,7 @@ import { CutMarker, lossOf, readMarkers } from "./cut.js";
 import { FlowControl, isRetryable } from "./flow.js";
 import { Outbox, isQuotaError } from "./outbox.js";
 import { nextToSend, resendPlan } from "./resend.js";
-import { SegmentList } from "./segments.js";
+import { LiveTranscript } from "./captions.js";
 
 export const RECORDER_DEFAULTS = Object.freeze({
   timesliceMs: 1000,           // one chunk a second: a reload loses at most about this much, the transcript waits no longer
@@ -21,6 +21,7 @@ export const RECORDER_DEFAULTS = Object.freeze({
   storageReserveBytes: 1 << 20, // "full" when less than a chunk plus this is left of the quota
   checksum: true,              // send each chunk's sha256 so the server verifies the bytes
   flushOnHide: true,           // the page unloads or hides (reload, close, tab switch): write the audio so far to the outbox
+  interim: false,              // ask for live captions (transcriptInterim): "interim" events before each final segment
 });
 
 function browserStorage() {
@@ -104,7 +105,8 @@ export class Recorder extends EventTarget {
     this.transport = null;
     this.lastJoin = null;        // the last session-joined reply
     this.completed = false;      // session-completed arrived
-    this._segments = new SegmentList();
+    this._live = new LiveTranscript();
+    this._segments = this._live.segments;
     this._flow = new FlowControl(options.flow);
     this._pending = new Map();   // sequence -> size: the outbox of this session (in flight included)
     this._volatile = new Map();  // sequence -> record: chunks IndexedDB could not take (storage full), memory only
@@ -133,6 +135,11 @@ export class Recorder extends EventTarget {
   /** The transcript so far: de-duplicated transcriptSegment payloads sorted by seq. */
   get segments() {
     return this._segments.items;
+  }
+
+  /** Finals and live captions merged as a viewer sees them (LiveTranscript: lines(), captions, text()). */
+  get live() {
+    return this._live;
   }
 
   /** What waits in the outbox for this session (chunks in flight included). */
@@ -555,7 +562,13 @@ export class Recorder extends EventTarget {
     });
     socket.on("transcriptSegment", (segment) => {
       if (segment?.sessionId !== this.sessionId) return;
-      if (this._segments.add(segment)) this._emit("segment", { segment });
+      const replaced = this._live.addSegment(segment);
+      if (replaced) this._emit("segment", { segment, replaced });
+    });
+    socket.on("transcriptInterim", (interim) => {
+      if (interim?.sessionId !== this.sessionId) return;
+      const caption = this._live.addInterim(interim);
+      if (caption) this._emit("interim", { interim, caption });
     });
     socket.on("session-completed", (body) => {
       if (body?.sessionId !== this.sessionId) return;
@@ -570,7 +583,8 @@ export class Recorder extends EventTarget {
     let reply;
     try {
       reply = await socket.timeout(this.options.ackTimeoutMs)
-        .emitWithAck("joinSession", { sessionId: this.sessionId, lastSeq: this._segments.lastSeq });
+        .emitWithAck("joinSession", { sessionId: this.sessionId, lastSeq: this._segments.lastSeq,
+          ...(this.options.interim ? { interim: true } : {}) });
     } catch {
       reply = { error: { code: "timeout", message: "joinSession was not answered" } };
     }

@@ -219,6 +219,40 @@ test("on reconnect: joinSession with the transcript's lastSeq, then the outbox i
   assert.deepEqual(server.joins[1], { sessionId: "sess-1", lastSeq: 3 });
 });
 
+test("interim: true asks for captions at every join; captions come as interim events, finals replace them", async () => {
+  const server = fakeServer();
+  const socket = new FakeSocket(server.handler);
+  const rec = make(socket, freshDB(), { interim: true });
+  const interims = collect(rec, "interim");
+  const segments = collect(rec, "segment");
+  rec._connect();
+  await until(() => server.joins.length === 1, 2000, "the join");
+  assert.deepEqual(server.joins[0], { sessionId: "sess-1", lastSeq: -1, interim: true });
+  const caption = (text, stable, revision) => ({ sessionId: "sess-1", startMs: 0, endMs: 2000, fromSeq: 0, toSeq: 1, text, stable, revision });
+  socket.push("transcriptInterim", caption("Hello", 0, 1));
+  socket.push("transcriptInterim", caption("Hello there", 5, 2));
+  socket.push("transcriptInterim", caption("Hello there", 5, 2));  // repeated: no event
+  socket.push("transcriptInterim", { ...caption("Someone else", 0, 9), sessionId: "sess-2" });
+  assert.deepEqual(interims.map((d) => [d.caption.confirmed, d.caption.tentative, d.interim.revision]),
+    [["", "Hello", 1], ["Hello", " there", 2]]);
+  assert.deepEqual(rec.live.captions.map((c) => c.revision), [2]);
+  socket.push("transcriptSegment", { id: "g1", sessionId: "sess-1", seq: 1, fromSeq: 0, toSeq: 1, startMs: 0, endMs: 2100, text: "Hello there." });
+  assert.deepEqual(segments.map((d) => [d.segment.id, d.replaced.map((c) => c.revision)]), [["g1", [2]]]);
+  assert.deepEqual(rec.live.captions, []);
+  socket.drop();
+  socket.connect();
+  await until(() => server.joins.length === 2, 2000, "the second join");
+  assert.deepEqual(server.joins[1], { sessionId: "sess-1", lastSeq: 1, interim: true });
+});
+
+test("without interim: true, joinSession does not ask for captions", async () => {
+  const server = fakeServer();
+  const rec = make(new FakeSocket(server.handler));
+  rec._connect();
+  await until(() => server.joins.length === 1, 2000, "the join");
+  assert.deepEqual(server.joins[0], { sessionId: "sess-1", lastSeq: -1 });
+});
+
 test("a chunk in flight when the connection drops is resent after the rejoin", async () => {
   const server = fakeServer();
   let swallow = true;

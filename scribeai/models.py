@@ -155,6 +155,16 @@ class StreamCheckpoint(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
 
 
+class CaptionViewer(SQLModel, table=True):
+    """Someone watches the session's live captions (on some serve node) until `until`, renewed while they do:
+    whichever node transcribes the session makes captions only for sessions with a viewer."""
+
+    __tablename__ = "caption_viewer"
+
+    session_id: str = Field(primary_key=True, max_length=128)
+    until: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
 class TranscriptSegment(SQLModel, table=True):
     # "segment" replaced "transcript_segment" (one row per chunk) when segments became windows of the stream.
     __tablename__ = "segment"

@@ -14,6 +14,7 @@ from scribeai.errors import Forbidden, InvalidInput, TooLarge
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 SESSION_ROOM_PREFIX = "session:"
+CAPTION_ROOM_PREFIX = "captions:"
 MAX_SEQUENCE = 2**53 - 1  # the largest integer a JavaScript number carries exactly
 ALLOWED_MIME = ("audio/webm", "audio/ogg", "audio/wav", "audio/mp4", "audio/mpeg")
 _MIME = re.compile(r"^\s*([a-z0-9.+-]+/[a-z0-9.+-]+)\s*(;[\x20-\x7e]*)?$", re.IGNORECASE)
@@ -38,6 +39,11 @@ class IncomingChunk:
 
 def room_of(session_id: str) -> str:
     return f"{SESSION_ROOM_PREFIX}{session_id}"
+
+
+def caption_room_of(session_id: str) -> str:
+    """The sockets that joined a session with `interim: true`: they get its live captions."""
+    return f"{CAPTION_ROOM_PREFIX}{session_id}"
 
 
 def context_of(payload: Any) -> dict[str, Any]:
@@ -84,6 +90,14 @@ def parse_optional_seq(payload: dict[str, Any], field: str, minimum: int = 0) ->
     if not _is_int(value) or not minimum <= value <= MAX_SEQUENCE:
         raise InvalidInput(f"{field} must be an integer >= {minimum}", field=field)
     return int(value)
+
+
+def parse_flag(payload: dict[str, Any], field: str) -> bool:
+    """An optional boolean (absent is false)."""
+    value = payload.get(field, False)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{field} must be true or false, got {_type_name(value)}", field=field)
+    return value
 
 
 def check_user_id(value: Any, user_id: str) -> None:

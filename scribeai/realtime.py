@@ -23,6 +23,7 @@ from scribeai.metrics import Metrics
 from scribeai.monitor import ProcessMonitor
 from scribeai.sessions import SessionService
 from scribeai.settings import Settings
+from scribeai.transcription.captions import VIEWER_RENEW_S, VIEWER_TTL_S
 from scribeai.transport import guard_packets
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class TranscriptionSide(Protocol):
     async def check_completed(self, session_id: str) -> None: ...
     async def session_changed(self, session_id: str) -> None: ...
     async def read_already(self, chunk_ids: list[str]) -> list[str]: ...
+    async def watch(self, session_ids: list[str], for_s: float) -> None: ...
 
 
 class Realtime:
@@ -84,6 +86,8 @@ class Realtime:
         self._stopped = False
         self._replays: set[asyncio.Task[None]] = set()
         self.counters: dict[str, int] = {}
+        self._captioned: dict[str, set[tuple[str, str]]] = {}  # session -> (namespace, sid) joined with interim: true
+        self._captions_renewed = time.monotonic()
 
     def __repr__(self) -> str:
         return f"Realtime(connections={len(self.connections)}, in_flight={self._in_flight_total})"
@@ -136,6 +140,7 @@ class Realtime:
     def _disconnect_handler(self, namespace: str) -> Handler:
         async def disconnect(sid: str, reason: Any = None) -> None:
             conn = self.connections.pop((namespace, sid), None)
+            self._stop_captions(namespace, sid)
             if conn is not None:
                 for chunk_id in conn.pending:
                     self._pending_owner.pop(chunk_id, None)
@@ -328,8 +333,10 @@ class Realtime:
         body = protocol.parse_object(payload, "joinSession")
         session_id = protocol.parse_session_id(body.get("sessionId"))
         last_seq = protocol.parse_optional_seq(body, "lastSeq", minimum=-1)
+        interim = protocol.parse_flag(body, "interim")
         await self.sessions.ensure(session_id, conn.user_id)
         await self.sio.enter_room(conn.sid, protocol.room_of(session_id), namespace=conn.namespace)
+        await self._captions_for(conn, session_id, interim)
         reply = (await self.sessions.gap_summary(session_id)).wire()
         await self._tell(conn, "session-joined", reply)
         segments = await self.pipeline.segments_after(session_id, last_seq)
@@ -340,6 +347,33 @@ class Realtime:
             self._replays.add(task)
             task.add_done_callback(self._replays.discard)
         return reply
+
+    async def _captions_for(self, conn: Connection, session_id: str, wanted: bool) -> None:
+        """Join (or leave) the session's caption room; the transcribing node learns that someone watches."""
+        room, key = protocol.caption_room_of(session_id), (conn.namespace, conn.sid)
+        if not wanted:
+            if key in self._captioned.get(session_id, set()):
+                self._captioned[session_id].discard(key)
+                await self.sio.leave_room(conn.sid, room, namespace=conn.namespace)
+            return
+        await self.sio.enter_room(conn.sid, room, namespace=conn.namespace)
+        self._captioned.setdefault(session_id, set()).add(key)
+        await self.pipeline.watch([session_id], VIEWER_TTL_S)
+
+    def _stop_captions(self, namespace: str, sid: str) -> None:
+        for session_id in [s for s, viewers in self._captioned.items() if (namespace, sid) in viewers]:
+            self._captioned[session_id].discard((namespace, sid))
+            if not self._captioned[session_id]:
+                del self._captioned[session_id]
+
+    async def renew_captions(self) -> None:
+        """Every VIEWER_RENEW_S: the sessions watched here are still watched (the mark lapses VIEWER_TTL_S after
+        the last viewer left or this node died)."""
+        if time.monotonic() - self._captions_renewed < VIEWER_RENEW_S:
+            return
+        self._captions_renewed = time.monotonic()
+        watched = [session_id for session_id, viewers in self._captioned.items() if viewers]
+        await self.pipeline.watch(watched, VIEWER_TTL_S)
 
     async def _replay(self, conn: Connection, segments: list[dict[str, Any]]) -> None:
         await asyncio.sleep(0)  # let the join reply go out first

@@ -214,6 +214,7 @@ class Settings:
     gap_wait_s: float = _setting(15.0, "GAP_WAIT_S", _numbers(0), "Seconds transcription waits for a missing chunk before it goes on without it.")
     window_min_s: float = _setting(3.0, "WINDOW_MIN_S", _numbers(1, 30), "Shortest transcription window cut at a pause: longer gives the model more context and the words later.")
     window_target_s: float = _setting(8.0, "WINDOW_TARGET_S", _numbers(1, 30), "Window length whose nearest pause is preferred for a cut (at least WINDOW_MIN_S); windows never pass 30 s.")
+    caption_cpu_budget: float = _setting(0.5, "CAPTION_CPU_BUDGET", _numbers(0), "Live captions (joinSession interim: true): seconds of caption decoding per second allowed to this process, all sessions together; 0 turns them off.")
     window_wait_s: float = _setting(1.5, "WINDOW_WAIT_S", _numbers(0), "Seconds held audio waits for a pause nearer WINDOW_TARGET_S before the best pause so far closes its window.")
     idle_flush_s: float = _setting(40.0, "IDLE_FLUSH_S", _numbers(0), "Seconds without a new chunk after which a session's held audio is transcribed to its end, even mid-word (audio that ends in a pause goes after 2 s, or two of the recorder's chunk lengths); keep it above the recorders' timeslice.")
     transcribe_lease_s: float = _setting(120.0, "TRANSCRIBE_LEASE_S", _numbers(0, above=True), "Seconds a worker's claim on a session's stream lasts unless renewed; a killed worker's streams are taken over after it.")

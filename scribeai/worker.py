@@ -59,7 +59,7 @@ async def run_worker(settings: Settings) -> None:
                         retry_base_s=settings.transcribe_retry_base_s, gap_wait_s=settings.gap_wait_s,
                         idle_flush_s=settings.idle_flush_s, window_wait_s=settings.window_wait_s,
                         window_s=(settings.window_min_s, settings.window_target_s),
-                        lease_s=settings.transcribe_lease_s)
+                        lease_s=settings.transcribe_lease_s, caption_share=settings.caption_cpu_budget)
     scheduler: RetentionScheduler | None = None
     try:
         await db.create_all()

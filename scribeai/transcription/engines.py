@@ -7,6 +7,7 @@ import json
 import math
 import os
 import threading
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -218,8 +219,61 @@ class WhisperEngine:
             pieces=pieces,
         )
 
+    async def caption(self, pcm: NDArray[np.float32], prompt: str, prefix: str) -> str | None:
+        """A quick hypothesis of an open window's audio for live captions (`caption_sync` in a thread)."""
+        return await asyncio.get_running_loop().run_in_executor(background_executor(), self.caption_sync, pcm, prompt, prefix)
+
+    def caption_sync(self, pcm: NDArray[np.float32], prompt: str, prefix: str) -> str | None:
+        """Blocking: greedy decoding of the audio as it is, not padded to 30 s as transcribe() does (a few
+        seconds then cost a fifth of a full window; slightly less accurate, so finals keep the padding),
+        forced to begin with `prefix` (the caption's confirmed words) and conditioned on `prompt`. None when
+        whisper's own rules say it heard nothing, or it looped."""
+        model = _load_model(self.model, self.cpu_threads, self.workers)
+        tokenizer, suppressed = _caption_tokens(model)
+        features = model.feature_extractor(pcm)
+        features = np.pad(features, ((0, 0), (0, CAPTION_TAIL_FRAMES)))  # a second of silence: the last word ends
+        prompt_tokens = tokenizer.encode(" " + prompt.strip())[-CAPTION_PROMPT_TOKENS:] if prompt.strip() else []
+        start = model.get_prompt(tokenizer, prompt_tokens, without_timestamps=True, prefix=prefix or None)
+        # room for the words this much audio can hold, not for whisper's loops ("the third, the third, …")
+        most = len(start) + CAPTION_SLACK_TOKENS + math.ceil(len(pcm) / 16000 * CAPTION_TOKENS_PER_S)
+        result = model.model.generate(model.encode(features), [start], beam_size=1, max_length=min(most, CAPTION_MAX_TOKENS),
+                                      return_scores=True, return_no_speech_prob=True, suppress_blank=True,
+                                      suppress_tokens=suppressed)[0]
+        tokens = result.sequences_ids[0]
+        text = tokenizer.decode([t for t in tokens if t < tokenizer.eot]).strip()
+        average = result.scores[0] / (len(tokens) + 1) if tokens else 0.0
+        if not keep_piece(text, average, result.no_speech_prob) or _repetitive(text):
+            return None
+        return text if text.startswith(prefix) or not prefix else f"{prefix} {text}"
+
     async def close(self) -> None:
         """The model stays cached for the process: other engines may share it."""
+
+
+CAPTION_TAIL_FRAMES = 100  # 1 s of mel frames after the audio
+CAPTION_PROMPT_TOKENS = 100
+CAPTION_MAX_TOKENS = 224
+CAPTION_TOKENS_PER_S = 8  # fast speech is about 4 tokens a second
+CAPTION_SLACK_TOKENS = 8
+REPETITIVE_RATIO = 2.4  # whisper's own rule: text that compresses better than this is a loop
+
+
+def _repetitive(text: str) -> bool:
+    data = text.encode()
+    return len(data) > 40 and len(data) / len(zlib.compress(data)) > REPETITIVE_RATIO
+_caption_setup: dict[int, tuple[Any, list[int]]] = {}
+
+
+def _caption_tokens(model: Any) -> tuple[Any, list[int]]:
+    """The tokenizer (English, transcribe) and the tokens whisper suppresses by default, per model."""
+    with _models_lock:
+        if id(model) not in _caption_setup:
+            from faster_whisper.tokenizer import Tokenizer
+            from faster_whisper.transcribe import get_suppressed_tokens
+
+            tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language="en")
+            _caption_setup[id(model)] = tokenizer, list(get_suppressed_tokens(tokenizer, [-1]))
+        return _caption_setup[id(model)]
 
 
 def _confidence(logprobs: list[tuple[float, int]]) -> float | None:

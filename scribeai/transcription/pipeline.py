@@ -26,9 +26,10 @@ from scribeai.models import (
     TranscriptStream,
     utcnow,
 )
-from scribeai.protocol import room_of
+from scribeai.protocol import caption_room_of, room_of
 from scribeai.storage import Store
 from scribeai.transcription import media
+from scribeai.transcription.captions import MIN_AUDIO_MS, STEP_MS, Budget, Caption
 from scribeai.transcription.engines import Engine, Transcription, TranscriptionFailed
 from scribeai.transcription.queue import StreamQueue, StreamState
 from scribeai.transcription.streams import CheckpointError, ChunkBytes, Gap, NoStream, SessionStream, Timing
@@ -45,6 +46,7 @@ QUIET_AFTER_S = 2.0  # a recorder whose audio ends in a pause and that sent noth
 QUIET_PAUSE_MS = 300.0  # chunks' length) has its held audio transcribed then, not after IDLE_FLUSH_S (a pause as a window cut needs)
 LATE_SETTLE_S = 2.0  # a gap's late chunks are read together once none has come for this long (or all are there)
 FILL_READ_ON = 64  # chunks past a gap a late fill may read to reach the audio the stream resumed at
+WATCHED_CHECK_S = 1.0  # how often a stream asks the database whether someone watches its captions
 
 
 class Emitter(Protocol):
@@ -66,6 +68,8 @@ class _Live:
     # seq -> the reading state after that chunk, for the chunks whose audio is not all committed yet
     checkpoints: dict[int, bytes] = field(default_factory=dict)
     committed_through: int = -1  # the highest seq committed done (or known done when the stream was rebuilt)
+    caption: Caption | None = None  # the open window's live caption
+    watched: tuple[float, bool] = (float("-inf"), False)  # (when asked, whether someone watches its captions)
 
 
 class Pipeline:
@@ -74,7 +78,8 @@ class Pipeline:
     def __init__(self, db: Database, store: Store, engine: Engine, sio: Emitter | None, *,
                  node_id: str, workers: int, chunk_duration_ms: int, retry_base_s: float = 1.0,
                  metrics: Metrics | None = None, gap_wait_s: float = 15.0, idle_flush_s: float = 40.0,
-                 window_wait_s: float = 1.5, window_s: tuple[float, float] = (3.0, 8.0), lease_s: float = 120.0) -> None:
+                 window_wait_s: float = 1.5, window_s: tuple[float, float] = (3.0, 8.0), lease_s: float = 120.0,
+                 caption_share: float = 0.5) -> None:
         self.db = db
         self.store = store
         self.engine = engine
@@ -88,6 +93,8 @@ class Pipeline:
         self.window_wait_s = window_wait_s
         self.window_s = window_s  # (shortest, preferred) window in seconds
         self.on_transcribed: Callable[[str], Awaitable[None]] | None = None
+        self.captions = Budget(caption_share)  # seconds of caption decoding per second, for all streams here
+        self.captioned = 0  # caption updates sent
         # Run with each backlog refresh: what other processes did shows up in the database only.
         self.refreshers: list[Callable[[], Awaitable[None]]] = []
         self.completed = 0  # windows transcribed
@@ -264,6 +271,8 @@ class Pipeline:
         if live.stream.done_through_seq() > live.committed_through:
             await self._commit_read(state, live)  # chunks read whose audio is all out (none, or in windows already)
         await self.check_completed(state.session_id)
+        if windower.pending_ms > 0 and not flush_all and state.status == SessionStatus.RECORDING:
+            await self._caption(state, live)
         if windower.pending_ms > 0:
             now = time.monotonic()
             wait = quiet_after - (now - live.last_read_at)
@@ -275,6 +284,50 @@ class Pipeline:
         done = live.stream.done_through_seq()
         live.checkpoints = {seq: saved for seq, saved in live.checkpoints.items() if seq >= done - 1}
         return due
+
+    async def _caption(self, state: StreamState, live: _Live) -> None:
+        """A new hypothesis of the open window for the session's caption viewers, when it has grown by STEP_MS and
+        someone watches; never while a chunk waits to be read anywhere (finals first), nor over the CPU budget."""
+        caption_of = getattr(self.engine, "caption", None)
+        window = live.stream.windower.open_audio()
+        if caption_of is None or window is None or window.end_ms - window.start_ms < MIN_AUDIO_MS:
+            return
+        if live.caption is None or live.caption.start_ms != window.start_ms:
+            live.caption = Caption(window.start_ms)
+        caption = live.caption
+        if caption.revision and window.end_ms - window.start_ms - caption.audio_ms < STEP_MS:
+            return
+        if not self.captions.allows() or not await self._watched(state.session_id, live):
+            return
+        if await self.queue.waiting(exclude=[s for s in self._held if s != state.session_id]):
+            return
+        started = time.monotonic()
+        try:
+            text = await caption_of(window.pcm, live.prompt, " ".join(caption.stable))
+        except Exception as exc:  # a caption is a courtesy: its failure must not fail the transcript
+            log.warning("caption of %s failed: %s", state.session_id, exc, extra={"sessionId": state.session_id})
+            return
+        finally:
+            self.captions.spend(time.monotonic() - started)
+        if text is not None and caption.update(text, window.end_ms - window.start_ms) and self.sio is not None:
+            payload = caption.wire(state.session_id, window.end_ms, window.from_seq, window.to_seq)
+            self.captioned += 1
+            for namespace in NAMESPACES:
+                await self.sio.emit("transcriptInterim", payload, room=caption_room_of(state.session_id), namespace=namespace)
+
+    async def _watched(self, session_id: str, live: _Live) -> bool:
+        asked, watched = live.watched
+        if time.monotonic() - asked >= WATCHED_CHECK_S:
+            live.watched = time.monotonic(), (watched := await self.queue.watched(session_id))
+        return watched
+
+    async def watch(self, session_ids: list[str], for_s: float) -> None:
+        """Someone on this node watches these sessions' captions (for the next `for_s` seconds)."""
+        await self.queue.watch(session_ids, for_s)
+        for session_id in session_ids:
+            live = self._streams.get(session_id)
+            if live is not None:
+                live.watched = float("-inf"), False  # ask again at its next turn
 
     def _quiet_after(self, live: _Live) -> float:
         """Seconds without a chunk after which a recorder counts as quiet: QUIET_AFTER_S, or two of its last

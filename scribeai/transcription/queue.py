@@ -21,6 +21,7 @@ from sqlmodel import col
 
 from scribeai.db import Database, affected
 from scribeai.models import (
+    CaptionViewer,
     CheckpointKind,
     Chunk,
     ChunkStatus,
@@ -345,6 +346,32 @@ class StreamQueue:
             return int((await s.execute(
                 select(func.count()).select_from(Chunk).where(col(Chunk.status).in_(ChunkStatus.UNFINISHED))
             )).scalar_one())
+
+    async def watch(self, session_ids: Sequence[str], for_s: float) -> None:
+        """These sessions have a caption viewer for the next `for_s` seconds (renewed by the node they watch on)."""
+        if not session_ids:
+            return
+        until = utcnow() + timedelta(seconds=for_s)
+        async with self.db.write() as s:
+            for session_id in session_ids:
+                await s.execute(self._insert()(CaptionViewer).values(session_id=session_id, until=until)
+                                .on_conflict_do_update(index_elements=["session_id"], set_={"until": until}))
+            await s.execute(delete(CaptionViewer).where(col(CaptionViewer.until) < utcnow() - timedelta(hours=1)))
+
+    async def watched(self, session_id: str) -> bool:
+        """Whether someone watches the session's live captions now."""
+        async with self.db.read() as s:
+            until = (await s.execute(select(col(CaptionViewer.until))
+                                     .where(col(CaptionViewer.session_id) == session_id))).scalar_one_or_none()
+        return until is not None and until >= utcnow()
+
+    async def waiting(self, exclude: Sequence[str] = ()) -> bool:
+        """Whether a chunk waits to be read (finals come before captions), in a session other than `exclude`."""
+        now = utcnow()
+        async with self.db.read() as s:
+            return (await s.execute(select(col(Chunk.id)).where(
+                col(Chunk.status) == ChunkStatus.PENDING, col(Chunk.session_id).not_in(list(exclude)),
+                or_(col(Chunk.next_attempt_at).is_(None), col(Chunk.next_attempt_at) <= now)).limit(1))).first() is not None
 
     async def wake(self, session_id: str) -> None:
         """Something changed for the session (paused, stopped): look at its stream now."""

@@ -247,6 +247,20 @@ class Windower:
             windows.append(self._emit(min(options)[1]))
         return windows
 
+    def open_audio(self) -> Window | None:
+        """A copy of the audio held for the window still open (from its first speech, less a pad, to the end of
+        what came), for a live caption; None without speech in it so far. Changes nothing."""
+        if not self._live or self._audio.end <= self._pos0:
+            return None
+        runs = _clip(self._audible(self._analyzed + 1), self._pos0, self._audio.end)
+        if not runs:
+            return None
+        low, high = max(self._pos0, runs[0][0] - self._n(_PAD_MS)), self._audio.end
+        seqs = [seq for _, _, seq in self._spans]
+        return Window(pcm=self._audio.view(low, high).copy(), start_ms=self._time(self._pos0), end_ms=self._time(high),
+                      from_seq=min(seqs), to_seq=max(seqs), speech_ms=self._ms(sum(e - s for s, e in runs)),
+                      through_ms=self._time(self._pos0))
+
     def _n(self, ms: float) -> int:
         return round(ms * self._rate / 1000)
 

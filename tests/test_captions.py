@@ -1,0 +1,200 @@
+"""Live captions: the agreement policy on recorded hypothesis sequences, the CPU budget, and a real server that
+captions real speech streamed in 1 s blobs to the sockets that asked, before the final segment replaces them."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scribeai.transcription.captions import Budget, Caption, agreed
+from tests.conftest import ServerFactory, chunk
+from tests.speech import MEETING, normalize, spoken_blobs
+
+# Hypotheses whisper tiny.en gave for a growing window (1 s steps) of "We agreed that the marketing team will own the
+# launch plan for the new product. The budget is tight.", decoded unpadded as captions are, each forced to begin
+# with the words confirmed before it.
+GROWING = [
+    "We are greed, that are not.",
+    "We agreed that the marketing team will own",
+    "We agreed that the marketing team will own the launch plan for",
+    "We agreed that the marketing team will own the launch plan for the new product.",
+    "We agreed that the marketing team will own the launch plan for the new product, the budget in time.",
+    "We agreed that the marketing team will own the launch plan for the new product, the budget is tight.",
+]
+
+
+def test_agreement_confirms_what_two_hypotheses_share_and_never_takes_it_back() -> None:
+    caption, seen = Caption(0.0), []
+    for step, hypothesis in enumerate(GROWING):
+        # the decoder is forced to start with the confirmed words: give it that, as the engine would
+        forced = " ".join(caption.stable + hypothesis.split()[len(caption.stable):])
+        assert caption.update(forced, 1000.0 * (step + 1))
+        seen.append((caption.text, caption.stable_chars, caption.revision))
+    confirmed = [text[:stable] for text, stable, _ in seen]
+    assert confirmed == [
+        "",  # nothing to agree with yet
+        "We",  # "We are" / "We agreed": only the first word
+        "We agreed that the marketing team will own",
+        "We agreed that the marketing team will own the launch plan for",
+        # punctuation does not count when words are compared: "product." and "product," agree
+        "We agreed that the marketing team will own the launch plan for the new product,",
+        "We agreed that the marketing team will own the launch plan for the new product, the budget",  # in / is
+    ]
+    for before, after in zip(confirmed, confirmed[1:]):
+        assert after.startswith(before), (before, after)  # the stable prefix never shrinks nor changes
+    assert [text for text, _, _ in seen] == [" ".join(h.split()) for h in GROWING]
+    assert [revision for _, _, revision in seen] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_hypothesis_that_drops_confirmed_words_keeps_them() -> None:
+    caption = Caption(0.0)
+    caption.update("the budget is", 1000)
+    caption.update("the budget is tight", 2000)
+    assert caption.text[:caption.stable_chars] == "the budget is"
+    caption.update("a budget", 3000)  # a decoder that ignored its forced prefix
+    assert caption.text.startswith("the budget is") and caption.stable_chars == len("the budget is")
+
+
+def test_a_flickering_tail_is_not_confirmed_and_silence_inventions_are_not_shown() -> None:
+    caption = Caption(0.0)
+    for hypothesis in ["hiring remains", "hiring remains our big", "hiring remains our bigger", "hiring remains our biggest"]:
+        caption.update(" ".join(caption.stable + hypothesis.split()[len(caption.stable):]), 0)
+    assert caption.text[:caption.stable_chars] == "hiring remains our"  # big / bigger / biggest never agreed
+    assert not agreed([], ["thank", "you"], ["thank", "me"])[1:]
+    shown = Caption(0.0)
+    shown.update("Thank you.", 1000)  # whisper over silence
+    assert shown.text == ""
+    assert not shown.update("Thank you.", 2000)  # nothing a viewer sees changed: no event
+
+
+def test_the_budget_counts_recent_decoding_only() -> None:
+    now = [100.0]
+    budget = Budget(0.5, clock=lambda: now[0])
+    assert budget.allows()
+    budget.spend(4.0)  # 4 s of decoding in the last 10 s: 0.4 s/s
+    assert budget.allows()
+    budget.spend(1.5)
+    assert not budget.allows() and budget.used() == pytest.approx(0.55)
+    now[0] += 10.5
+    assert budget.allows() and budget.used() == 0
+    assert not Budget(0.0).allows()  # 0 turns captions off
+
+
+SENTENCES = [MEETING[i] for i in (0, 6, 11)]
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
+    return spoken_blobs(SENTENCES, tmp_path_factory.mktemp("captions"))
+
+
+@pytest.mark.timeout(150)
+async def test_captions_come_before_the_final_and_only_to_who_asked(start_server: ServerFactory, connect: Any,
+                                                                      blobs: list[bytes], backend: str) -> None:
+    if backend == "postgres":
+        pytest.skip("captions run the same code on PostgreSQL; the viewer mark's SQL is covered by test_viewers_*")
+    server = await start_server(transcriber="whisper", max_concurrency=2, idle_flush_s=40, max_queue_size=500)
+    recorder, viewer, plain = await connect(server.url), await connect(server.url), await connect(server.url)
+    events: list[tuple[str, str, dict[str, Any]]] = []
+
+    async def collect(name: str, client: Any) -> None:
+        while True:
+            event, *args = await client.receive()
+            if event in ("transcriptInterim", "transcriptSegment", "transcript-updated"):
+                events.append((name, event, args[0]))
+
+    collectors = [asyncio.create_task(collect(name, client)) for name, client in (("viewer", viewer), ("plain", plain))]
+    first = await recorder.call("audio-chunk", chunk("live", 0, blobs[0]), timeout=10)
+    assert "error" not in first, first
+    assert "error" not in await viewer.call("joinSession", {"sessionId": "live", "interim": True}, timeout=10)
+    assert "error" not in await plain.call("joinSession", {"sessionId": "live"}, timeout=10)
+    bad = await plain.call("joinSession", {"sessionId": "live", "interim": "yes"}, timeout=10)
+    assert bad["error"]["code"] == "invalid" and "interim" in bad["error"]["message"], bad
+    for seq in range(1, len(blobs)):  # in real time: blob k when its second of audio has ended
+        await asyncio.sleep(1.0)
+        ack = await recorder.call("audio-chunk", chunk("live", seq, blobs[seq]), timeout=10)
+        assert "error" not in ack, ack
+    await recorder.call("stopSession", {"sessionId": "live"}, timeout=10)
+    await server.services.pipeline.drain(timeout=60)
+    await asyncio.sleep(0.5)
+    for task in collectors:
+        task.cancel()
+
+    for who, event, data in events:
+        if who == "viewer" and event != "transcript-updated":
+            print(event, data["startMs"], data["endMs"], data.get("stable"), data["text"])
+    interims = [data for who, event, data in events if event == "transcriptInterim"]
+    assert interims and all(who == "viewer" for who, event, _ in events if event == "transcriptInterim")
+    finals = [data for who, event, data in events if who == "viewer" and event == "transcriptSegment"]
+    assert finals and len(finals) == len([1 for who, e, _ in events if who == "plain" and e == "transcriptSegment"])
+    # the original app's event carries finals only, the same for both sockets
+    updated = {who: [d["text"] for w, e, d in events if w == who and e == "transcript-updated"] for who in ("viewer", "plain")}
+    assert updated["viewer"] == updated["plain"] == [f["text"] for f in finals]
+    by_window: dict[int, list[dict[str, Any]]] = {}
+    for interim in interims:
+        assert set(interim) == {"sessionId", "startMs", "endMs", "fromSeq", "toSeq", "text", "stable", "revision"}
+        assert interim["sessionId"] == "live" and 0 <= interim["stable"] <= len(interim["text"])
+        by_window.setdefault(interim["startMs"], []).append(interim)
+    for updates in by_window.values():
+        assert [u["revision"] for u in updates] == sorted({u["revision"] for u in updates}), updates
+        confirmed = [u["text"][:u["stable"]] for u in updates]
+        for before, after in zip(confirmed, confirmed[1:]):
+            assert after.startswith(before), (before, after)
+    # before the final segment that covers a stretch of audio came, a caption of it did
+    order = [(event, data) for who, event, data in events if who == "viewer" and event != "transcript-updated"]
+    first_final = next(i for i, (event, _) in enumerate(order) if event == "transcriptSegment")
+    covered = [d for e, d in order[:first_final] if e == "transcriptInterim" and d["startMs"] < order[first_final][1]["endMs"]]
+    assert covered, order[:first_final + 1]
+    # the captions say the words that were spoken
+    reference = set(normalize(" ".join(SENTENCES)))
+    said = [word for updates in by_window.values() for word in normalize(updates[-1]["text"])]
+    assert len(said) >= 8 and sum(word in reference for word in said) >= 0.7 * len(said), said
+    assert server.services.pipeline.captioned == len(interims)
+
+
+async def test_viewers_are_marked_in_the_database_and_lapse(start_server: ServerFactory, connect: Any) -> None:
+    server = await start_server(transcriber="none")
+    queue = server.services.pipeline.queue
+    client = await connect(server.url)
+    assert not await queue.watched("seen")
+    assert "error" not in await client.call("joinSession", {"sessionId": "seen", "interim": True}, timeout=10)
+    assert await queue.watched("seen")
+    await queue.watch(["seen"], -1.0)  # as if the node that marked it had died long ago
+    assert not await queue.watched("seen")
+    assert "error" not in await client.call("joinSession", {"sessionId": "seen", "interim": False}, timeout=10)
+    await server.services.realtime.renew_captions()
+    assert not await queue.watched("seen")  # it left the caption room: nobody renews the mark
+
+
+def test_open_audio_is_the_held_audio_from_its_first_speech(tmp_path: Path) -> None:
+    import numpy as np
+
+    from scribeai.transcription.windows import Windower
+
+    class Halves:
+        def speech(self, pcm: Any) -> list[tuple[int, int]]:  # speech wherever the signal is loud
+            loud = np.abs(pcm) > 0.1
+            return [(int(np.argmax(loud)), len(pcm))] if loud.any() else []
+
+    windower = Windower(Halves(), min_ms=3000, target_ms=8000)
+    assert windower.open_audio() is None
+    windower.add(np.zeros(16000, dtype=np.float32), 5000.0, 0)
+    assert windower.open_audio() is None  # silence only: nothing to caption
+    windower.add(np.full(16000, 0.5, dtype=np.float32), 6000.0, 1)
+    held = windower.open_audio()
+    assert held is not None and (held.start_ms, held.end_ms, held.from_seq, held.to_seq) == (5000.0, 7000.0, 0, 1)
+    assert len(held.pcm) == 16000 + 3200  # from 200 ms before the speech to the end
+    assert windower.pending_ms == 2000  # nothing changed
+
+
+def test_a_loop_is_cut_where_it_starts_repeating() -> None:
+    caption = Caption(0.0)
+    caption.update("The quarterly review has been moved to the large conference room on the third. "
+                   "The quarterly review has been moved to the", 4672)
+    assert caption.text == "The quarterly review has been moved to the large conference room on the third."
+    caption.update("The quarterly review has been moved to the large conference room on the third floor.", 5772)
+    assert caption.text.endswith("third floor.") and caption.stable_chars == len(
+        "The quarterly review has been moved to the large conference room on the third")

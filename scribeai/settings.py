@@ -229,7 +229,7 @@ class Settings:
     metrics_token: str = _setting("", "METRICS_TOKEN", _ANY, "When set, /metrics requires 'Authorization: Bearer <token>'.")
     log_format: str = _setting("text", "LOG_FORMAT", _one_of("text", "json"), "'text' or 'json' (one object a line).")
     log_level: str = _setting("INFO", "LOG_LEVEL", _LOG_LEVEL, "Python logging level.")
-    node_id: str = _setting("", "NODE_ID", _NODE_ID, "Name of this node in logs and job claims (unique per node); empty: the host name.")
+    node_id: str = _setting("", "NODE_ID", _NODE_ID, "Name of this node in logs, job claims and its Engine.IO session ids (unique per node); empty: the host name.")
     demo: str = _setting("on", "DEMO", _one_of("on", "off"), "'on' (default): the demo recorder page at /demo/ (and / redirects there); 'off': neither.")
 
     def __post_init__(self) -> None:

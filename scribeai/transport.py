@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -111,6 +113,37 @@ class _CoalescedWrites:
 
 def disable_websocket_compression(sio: socketio.AsyncServer) -> None:
     sio.eio._async = {**sio.eio._async, "websocket": _UncompressedWebSocket}
+
+
+def session_route(node_id: str) -> str:
+    """The part of a node's name its Engine.IO session ids start with (the characters a URL keeps as they are)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "", node_id)
+
+
+def name_sessions_after(sio: socketio.AsyncServer, node_id: str) -> None:
+    """Engine.IO session ids start with this node's name and a dot (`serve-a.<random>`), so a balancer can
+    send every request of a session to the node that holds it, whoever left or came back in the meantime
+    (deploy/nginx/scribeai.conf routes on it). A request for a session this node does not hold is a client's
+    situation, not a server fault: it is logged once as a WARNING (engineio says ERROR), then at INFO."""
+    route, generate = session_route(node_id), sio.eio.generate_id
+    if route:
+        sio.eio.generate_id = lambda: f"{route}.{generate()}"
+    logger = logging.getLogger("engineio.server")
+    if not any(isinstance(f, _UnknownSessionNotice) for f in logger.filters):
+        logger.addFilter(_UnknownSessionNotice())
+
+
+class _UnknownSessionNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Invalid session"):
+            sid = message.split()[2] if len(message.split()) > 2 else "?"
+            record.msg = ("a request for Engine.IO session %s, which this node does not hold: the client reconnects "
+                          "(its node restarted or is gone, or the balancer does not route by session: docs/deployment.md)")
+            record.args = (sid,)
+            if record.levelno > logging.WARNING:
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 # A client's packets may carry at most this many binary attachments (the seed's form has two arguments,

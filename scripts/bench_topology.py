@@ -28,11 +28,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-SITE = ROOT / "deploy" / "nginx" / "scribeai.conf"
 LOADGEN = ROOT / "benchmarks" / "ingest" / "loadgen.mjs"
 SECRET = "bench-topology-secret-0123456789abcdef"
 
 from bench_pg import create_database, drop_database  # noqa: E402  (scripts/bench_pg.py, beside this script)
+
+sys.path.insert(0, str(ROOT))
+from tests.processes import SITE_NODES, nginx_site  # noqa: E402  (deploy/nginx/scribeai.conf, filled in)
 
 
 def free_port() -> int:
@@ -61,6 +63,8 @@ async def run_once(serves: int, load: str, transport: str, postgres: str, redis:
     env = {**os.environ, "DATABASE_URL": database, "STORAGE_DIR": str(tmp / "chunks"),
            "DATA_DIR": str(tmp / "data"), "REDIS_URL": redis, "REDIS_CHANNEL": f"bench-{name}", "SCRIBEAI_SECRET": SECRET,
            "TRANSCRIBER": "none", "MAX_CONCURRENCY": "0", "RETENTION_SCHEDULE": "off", "DEMO": "off", "LOG_LEVEL": "WARNING"}
+    if not 1 <= serves <= len(SITE_NODES):
+        raise SystemExit(f"--serve takes 1 or {len(SITE_NODES)}: the site names {len(SITE_NODES)} nodes")
     try:
         ports = []
         for i in range(serves):
@@ -68,14 +72,13 @@ async def run_once(serves: int, load: str, transport: str, postgres: str, redis:
             log = tmp / f"serve-{i}.log"
             with open(log, "wb") as out:
                 p = await asyncio.create_subprocess_exec(sys.executable, "-m", "scribeai", "serve", "--host", "127.0.0.1",
-                                                         "--port", str(port), env={**env, "NODE_ID": f"serve-{i}"},
+                                                         "--port", str(port), env={**env, "NODE_ID": SITE_NODES[i]},
                                                          cwd=ROOT, stdout=out, stderr=out)
             processes.append(p)
             await wait_port(port, p, f"serve-{i}", log)
             ports.append(port)
         listen = free_port()
-        site = SITE.read_text().replace("__LISTEN__", f"127.0.0.1:{listen}").replace(
-            "__SERVERS__", "\n".join(f"    server 127.0.0.1:{p};" for p in ports))
+        site = nginx_site(listen, dict(zip(NODES, ports)))
         if transport == "websocket":  # websocket-only: no stickiness needed, spread the connections
             site = site.replace("hash $remote_addr consistent;", "least_conn;")
         (tmp / "site.conf").write_text(site)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
 import socket
 from pathlib import Path
 
@@ -55,3 +57,38 @@ class Processes:
         for log in self.logs:
             if log.exists():
                 print(f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}")
+
+
+NGINX_SITE = ROOT / "deploy" / "nginx" / "scribeai.conf"
+
+
+SITE_NODES = ("serve-a", "serve-b")  # the nodes the site names
+
+
+def nginx_site(listen: int, nodes: dict[str, int], site: str | None = None) -> str:
+    """deploy/nginx/scribeai.conf with its placeholders filled: nginx on `listen`, each node (serve-a, serve-b) on
+    its port; a node not given is left out (its map line, its server line and its own upstream)."""
+    text = NGINX_SITE.read_text() if site is None else site
+    for name in SITE_NODES:
+        key = name.upper().replace("-", "_")
+        if name in nodes:
+            text = text.replace(f"__{key}__", f"127.0.0.1:{nodes[name]}")
+        else:
+            text = re.sub(rf"\nupstream scribeai_{key.lower()} \{{[^}}]*\}}\n", "", text)
+            text = "".join(line for line in text.splitlines(keepends=True) if key not in line.upper())
+    return text.replace("__LISTEN__", f"127.0.0.1:{listen}")
+
+
+async def start_nginx(processes: Processes, nginx: str, folder: Path, site: str, port: int) -> None:
+    """nginx in the foreground with its files under `folder`, the site included in its http block."""
+    temp = folder / "nginx-temp"
+    temp.mkdir(parents=True, exist_ok=True)
+    (folder / "scribeai.conf").write_text(site)
+    (folder / "nginx.conf").write_text(
+        f"worker_processes 1;\ndaemon off;\npid {folder}/nginx.pid;\nerror_log {folder}/nginx-error.log info;\n"
+        + ("user root;\n" if os.geteuid() == 0 else "")
+        + f"events {{ worker_connections 512; }}\nhttp {{\n  access_log {folder}/nginx-access.log;\n"
+        + "".join(f"  {kind}_temp_path {temp}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        + f"  include {folder}/scribeai.conf;\n}}\n")
+    await processes.spawn("nginx", nginx, "-c", str(folder / "nginx.conf"), "-p", str(folder), ready=port)
+    processes.logs.append(folder / "nginx-error.log")

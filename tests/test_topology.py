@@ -28,13 +28,12 @@ import socketio
 
 from tests.conftest import IN_CI, REDIS_URL, SECRET, fresh_postgres_database, require_service, token_for
 from tests.fake_openai import FakeTranscriptionAPI
-from tests.processes import Processes, free_port
+from tests.processes import NGINX_SITE, Processes, free_port, nginx_site, start_nginx
 from tests.test_object_storage import BUCKET, Seaweed
 from tests.speech import JS_DIR
 from tests.test_transcription import HELLO
 
 ROOT = Path(__file__).parent.parent
-NGINX_SITE = ROOT / "deploy" / "nginx" / "scribeai.conf"
 CHUNKS = 16
 INTERVAL_S = 0.25
 
@@ -100,19 +99,7 @@ async def topology(tmp_path: Path) -> AsyncIterator[Topology]:
             for name in ("worker-1", "worker-2"):
                 await top.spawn(name, sys.executable, "-m", "scribeai", "worker", ready="transcribing with",
                                 env={"NODE_ID": name, "MAX_CONCURRENCY": "1"})
-            servers = "\n".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=30s;" for p, _ in top.nodes.values())
-            site = NGINX_SITE.read_text().replace("__LISTEN__", f"127.0.0.1:{port}").replace("__SERVERS__", servers)
-            (tmp_path / "scribeai.conf").write_text(site)
-            temp = tmp_path / "nginx-temp"
-            temp.mkdir()
-            (tmp_path / "nginx.conf").write_text(
-                f"worker_processes 1;\ndaemon off;\npid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/nginx-error.log info;\n"
-                + ("user root;\n" if os.geteuid() == 0 else "")
-                + f"events {{ worker_connections 512; }}\nhttp {{\n  access_log {tmp_path}/nginx-access.log;\n"
-                + "".join(f"  {kind}_temp_path {temp}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-                + f"  include {tmp_path}/scribeai.conf;\n}}\n")
-            await top.spawn("nginx", nginx, "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path), ready=port)
-            top.logs.append(tmp_path / "nginx-error.log")
+            await start_nginx(top, nginx, tmp_path, nginx_site(port, {n: p for n, (p, _) in top.nodes.items()}), port)
             yield top
         finally:
             await top.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from scribeai.monitor import available_cores
 from scribeai.transcription import media
 from scribeai.transcription.engines import (
     NoneEngine,
@@ -112,7 +112,7 @@ async def test_whisper_header_only_chunk_is_empty_text(whisper: WhisperEngine) -
 
 
 def test_create_engine_kinds_and_threads() -> None:
-    cores = os.cpu_count() or 1
+    cores = available_cores()  # this process's, not the machine's
     assert isinstance(create_engine("none"), NoneEngine)
     assert create_engine("whisper", workers=3).cpu_threads == max(1, cores // 3)  # type: ignore[attr-defined]
     assert create_engine("whisper", whisper_threads=5).cpu_threads == 5  # type: ignore[attr-defined]

@@ -16,6 +16,7 @@ import aiohttp
 import numpy as np
 from numpy.typing import NDArray
 
+from scribeai.monitor import available_cores
 from scribeai.transcription import media
 
 _EXTENSIONS = {"webm": "webm", "ogg": "ogg", "wav": "wav", "mp4": "m4a", "mpeg": "mp3"}
@@ -96,7 +97,7 @@ def create_engine(
 ) -> Engine:
     """The engine named by TRANSCRIBER: 'whisper', 'openai' or 'none'."""
     if kind == "whisper":
-        threads = whisper_threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+        threads = whisper_threads or max(1, available_cores() // max(1, workers))  # this process's cores
         return WhisperEngine(whisper_model, cpu_threads=threads, workers=workers)
     if kind == "openai":
         return OpenAIEngine(openai_base_url or "https://api.openai.com", openai_api_key, transcribe_model)

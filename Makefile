@@ -48,12 +48,14 @@ demo-js-deps:
 			|| echo "note: npm ci --prefix clients/js failed: the demo page may not load socket.io-client; the server starts anyway"; \
 	fi
 
-# The real-browser tests need Debian's chromium, espeak-ng and sox; the multi-node test (tests/test_topology.py) nginx.
-# As root, install the missing ones; otherwise say so, and that test skips with the reason.
-SYSTEM_PACKAGES := espeak-ng sox chromium nginx
+# The real-browser tests need Debian's chromium, espeak-ng and sox, the Firefox one firefox-esr and PulseAudio (its
+# microphone: a null sink whose monitor Firefox records); the multi-node test (tests/test_topology.py) nginx.
+# As root, install the missing ones; otherwise say so, and that test skips with the reason. Each entry is package:command.
+SYSTEM_PACKAGES := espeak-ng:espeak-ng sox:sox chromium:chromium nginx:nginx firefox-esr:firefox-esr \
+	pulseaudio:pulseaudio pulseaudio-utils:paplay
 
 system-deps:
-	@missing=""; for pkg in $(SYSTEM_PACKAGES); do command -v $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	@missing=""; for entry in $(SYSTEM_PACKAGES); do command -v $${entry#*:} >/dev/null 2>&1 || missing="$$missing $${entry%%:*}"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then \
 		echo "installing$$missing for the real-browser test"; \

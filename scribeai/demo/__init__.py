@@ -27,7 +27,7 @@ PAGE_FILE = re.compile(r"[A-Za-z0-9_-]+\.(?:html|js|css|png|svg)")
 # One or more path segments, none starting with a dot, ending in .js (the library may keep modules in folders)
 LIB_FILE = re.compile(r"(?:[A-Za-z0-9_-][A-Za-z0-9_.-]*/)*[A-Za-z0-9_-][A-Za-z0-9_.-]*\.js")
 NO_CACHE = {"Cache-Control": "no-cache"}  # revalidate: an edited page or library is picked up on reload
-INSTALL_HINT = "npm install --prefix clients/js (make serve does it)"
+INSTALL_HINT = "npm ci --prefix clients/js (make serve does it)"
 
 
 @dataclass(frozen=True)
@@ -47,14 +47,15 @@ class DemoFiles:
         return (self.vendor_dir / VENDOR_NAMES[0]).is_file()
 
     def problems(self) -> list[str]:
-        """What keeps the page from recording, one sentence each."""
+        """What keeps the page from recording, one sentence each. Shown to any visitor (the page, /demo/config.json):
+        named relative to the repository, never by the server's own paths."""
         if not self.client_dir.is_dir():
-            return [f"the recorder library (clients/js) is not beside this server ({self.client_dir}): the demo page "
-                    "needs a checkout of the ScribeAI repository, not an installed package"]
+            return ["the recorder library (clients/js) is not beside this server: the demo page needs a checkout of the "
+                    "ScribeAI repository, not an installed package"]
         if not self.library:
-            return [f"{self.client_dir}/recorder.js is missing: the recorder library is incomplete"]
+            return ["clients/js/recorder.js is missing: the recorder library is incomplete"]
         if not self.vendor:
-            return [f"socket.io-client is not installed in {self.client_dir}/node_modules: {INSTALL_HINT}"]
+            return [f"socket.io-client is not installed in clients/js/node_modules: {INSTALL_HINT}"]
         return []
 
 
@@ -83,8 +84,9 @@ def demo_url(host: str, port: int) -> str:
 
 
 async def _warn_if_incomplete(app: web.Application) -> None:
-    for problem in app[demo_files_key].problems():
-        log.warning("demo page: %s", problem)
+    files = app[demo_files_key]
+    for problem in files.problems():
+        log.warning("demo page: %s (looked in %s)", problem, files.client_dir)  # the log is the operator's: paths help
 
 
 async def _to_demo(request: web.Request) -> web.StreamResponse:

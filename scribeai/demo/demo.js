@@ -1,13 +1,18 @@
 // The demo page: sign in, record with the recorder library (clients/js), show what it reports.
 // Query string (optional): timeslice=MS (default 1000), outbox=NAME (the IndexedDB database; pages
-// side by side in one browser keep apart with different names).
+// side by side in one browser keep apart with different names), mime=TYPE (the container to record, e.g.
+// audio/ogg;codecs=opus, when the browser supports it; the library's choice otherwise).
 // `window.demo` holds the page's state for tests and the curious; the DOM ids are stable.
 
 const TOKEN_KEY = "scribeai-token";
 const params = new URLSearchParams(location.search);
 const TIMESLICE_MS = Number(params.get("timeslice")) || 1000;
 const DB_NAME = params.get("outbox") || "scribeai-recorder";
+const MIME_TYPE = params.get("mime") || undefined;
+const LIVE_EVENTS_KEPT = 5000;
 const SESSIONS_SHOWN = 20;
+const SESSIONS_REFRESH_MS = 5000;  // while recording, the session list follows the stored chunks this often
+const PROBE_MS = 3000;             // while disconnected: does the server answer at all (a network cut, or it is down)
 const FORMATS = ["txt", "srt", "vtt"];
 
 const $ = (id) => document.getElementById(id);
@@ -19,13 +24,15 @@ const demo = {
   resumed: false,         // the current recorder sends an earlier page's outbox (Recorder.resume)
   stopResult: null,       // what the current recorder's stop() resolved
   completed: false,       // session-completed for the current recorder's session
-  acks: 0,
+  acks: 0,                // chunk-acks this page received for the current recorder
+  stored: null,           // chunks the server holds for the current session (its figure at the join, plus new acks)
   errors: [],             // the library's "error" events, newest last
   downloads: [],          // { sessionId, format, status, bytes, name }
   pending: [],            // what Recorder.pending() found at sign-in
   autoSent: [],           // earlier outboxes this page started sending by itself: {sessionId, chunks, bytes}
   cuts: [],               // recordings an earlier page load left cut (reload, closed tab): Recorder.pending()'s interrupted + text
   ready: false,           // signed in and the library loaded
+  liveEvents: [],         // the transcriptInterim and transcriptSegment bodies as they came, in order (the last 5000)
 };
 window.demo = demo;
 
@@ -71,12 +78,21 @@ async function apiError(response) {
   return body?.error?.message ?? `HTTP ${response.status}`;
 }
 
+/** A refused token, said for a person (the server's reason, e.g. "Invalid crypto padding", means nothing to most). */
+function tokenProblem(status, reason) {
+  if (status !== 401) return `the server answered ${status} (${reason})`;
+  if (/expired/i.test(reason)) return "this token has expired: make a new one with scribeai token create";
+  if (/required/i.test(reason)) return "paste a token first";
+  return "this server does not accept this token. It may be mistyped or cut short, or made for another server " +
+    "(a token only works with the secret of the server that signed it): make a new one with scribeai token create";
+}
+
 // -- signing in ----------------------------------------------------------------
 
 /** Why the server refuses this token, or null (also when it cannot be asked: recording works offline). */
 async function checkToken(token) {
   const response = await fetch(`/api/sessions?limit=1`, { headers: { Authorization: `Bearer ${token}` } }).catch(() => null);
-  return response === null || response.ok ? null : await apiError(response);
+  return response === null || response.ok ? null : tokenProblem(response.status, await apiError(response));
 }
 
 async function signIn(event) {
@@ -156,7 +172,13 @@ function plural(n, word) {
 
 /** The state line: the recorder's state, and once stopped what the server said about the session. */
 function stateText(state) {
-  if (demo.resumed && state === "idle") return "sending an earlier recording";
+  if (demo.resumed && state === "idle") {
+    const recorder = demo.recorder;
+    if (recorder?.lastJoin && recorder.queue.chunks === 0) {
+      return `sent: the earlier recording is stored (${plural(demo.stored ?? 0, "chunk")}); Record more goes on with it`;
+    }
+    return "sending an earlier recording…";
+  }
   if (state !== "stopped") return state;
   const reply = demo.stopResult?.reply;
   const parts = ["stopped"];
@@ -186,17 +208,51 @@ function showCompleted() {
   refreshSessions();
 }
 
-const link = { connected: false, backpressure: { level: "ok" }, overloadedUntil: 0 };
+const link = { connected: false, backpressure: { level: "ok" }, overloadedUntil: 0, reach: null, probe: null };
 const OVERLOADED_SHOWN_MS = 4000;  // the server's hold is about 2 s: long enough to read
 
 function showConnection({ connected, transport }) {
   const badge = $("connection");
   badge.dataset.connected = String(connected);
   badge.classList.toggle("active", demo.recorder !== null);
-  badge.textContent = connected ? `connected${transport ? ` · ${transport}` : ""}` : "offline";
   link.connected = connected;
+  if (connected) {
+    link.reach = null;
+    clearInterval(link.probe);
+    link.probe = null;
+  } else if (demo.recorder && link.probe === null) {
+    probe();
+    link.probe = setInterval(probe, PROBE_MS);
+  }
+  showBadge(transport);
   showServer();
 }
+
+function showBadge(transport) {
+  const badge = $("connection");
+  const down = { offline: "offline: no network", down: "server not answering", up: "reconnecting" }[link.reach] ?? "not connected";
+  badge.textContent = link.connected ? `connected${transport ? ` · ${transport}` : ""}` : down;
+}
+
+/**
+ * Disconnected: is this device offline (a network cut), or does the server not answer while the network is up
+ * (it is down or restarting), or does it answer (the connection comes back by itself)?
+ */
+async function probe() {
+  let reach;
+  if (navigator.onLine === false) {
+    reach = "offline";
+  } else {
+    const answer = await fetch("/healthz", { cache: "no-store", signal: AbortSignal.timeout(PROBE_MS - 500) }).catch(() => null);
+    reach = answer?.ok ? "up" : navigator.onLine === false ? "offline" : "down";
+  }
+  if (link.connected) return;
+  link.reach = reach;
+  showBadge(null);
+  showServer();
+}
+addEventListener("offline", () => { if (!link.connected && demo.recorder) probe(); });
+addEventListener("online", () => { if (!link.connected && demo.recorder) probe(); });
 
 function showBackpressure(snapshot) {
   link.backpressure = snapshot;
@@ -211,11 +267,15 @@ function showBackpressure(snapshot) {
 function showServer() {
   const { retryAfterMs } = link.backpressure;
   const level = Date.now() < link.overloadedUntil ? "overloaded" : link.backpressure.level;
-  const shown = !demo.recorder ? "none" : !link.connected ? "offline" : level;
+  const away = { offline: "offline", down: "down", up: "reconnecting" }[link.reach] ?? "unreachable";
+  const shown = !demo.recorder ? "none" : !link.connected ? away : level;
   const text = {
     none: "–",
     ok: "ok",
-    offline: "unreachable: chunks wait in the outbox",
+    unreachable: "unreachable: chunks wait in the outbox",
+    offline: "no network on this device: chunks wait in the outbox, and go when it is back",
+    down: "the server does not answer (stopped or restarting): chunks wait in the outbox",
+    reconnecting: "the server answers again: reconnecting…",
     buffering: "busy: holding chunks until it catches up",
     overloaded: `overloaded: holding chunks, sending again ${retryAfterMs ? `in ${(retryAfterMs / 1000).toFixed(1)} s` : "soon"}`,
     slowDown: "asked to slow down: one chunk at a time",
@@ -240,23 +300,80 @@ function showError({ code, message, sequence }) {
   $("errors").hidden = false;
 }
 
-function showSegment(segment) {
-  if (segment.sessionId && demo.recorder && segment.sessionId !== demo.recorder.sessionId) return;
+/**
+ * The transcript as the recorder's LiveTranscript has it: finals, and the captions of the audio not final yet (the
+ * confirmed words plain, the rest grey). Lines are kept by key and updated in place, so a caption's confirmed words
+ * never blink, and its final takes its place in the list.
+ */
+function showTranscript() {
+  const recorder = demo.recorder;
+  if (!recorder) return;
   const list = $("transcript");
-  const key = segment.id ?? `${segment.seq}:${segment.startMs}`;
-  if (list.querySelector(`li[data-id="${CSS.escape(String(key))}"]`)) return;
-  const item = element("li", { dataset: { id: String(key), seq: String(segment.seq), start: String(segment.startMs ?? 0) } },
-    element("span", { className: "time" }, clock(segment.startMs ?? 0)),
-    element("span", { className: "text" }, segment.text.trim()));
-  // in recording order, whatever order they arrive in (a replay after a reconnect comes late)
-  const after = Array.from(list.children).find((li) => Number(li.dataset.start) > (segment.startMs ?? 0));
-  list.insertBefore(item, after ?? null);
-  $("transcript-empty").hidden = true;
+  const lines = recorder.live.lines();
+  const existing = new Map(Array.from(list.children, (li) => [li.dataset.key, li]));
+  let previous = null;
+  for (const line of lines) {
+    let item = existing.get(line.key);
+    existing.delete(line.key);
+    if (!item) item = line.kind === "final" ? finalItem(line) : captionItem(line);
+    if (line.kind === "caption") updateCaption(item, line);
+    const wanted = previous ? previous.nextSibling : list.firstChild;
+    if (wanted !== item) list.insertBefore(item, wanted);
+    previous = item;
+  }
+  for (const item of existing.values()) item.remove();
+  $("transcript-empty").hidden = lines.length > 0 || demo.config.transcriber === "none";
+}
+
+function finalItem({ key, startMs, text, segment }) {
+  return element("li", { className: "final", dataset: { key, id: String(segment.id ?? key), seq: String(segment.seq),
+    start: String(startMs) } }, element("span", { className: "time" }, clock(startMs)), element("span", { className: "text" }, text));
+}
+
+function captionItem({ key, startMs }) {
+  return element("li", { className: "caption", dataset: { key, start: String(startMs) } },
+    element("span", { className: "time" }, clock(startMs)),
+    element("span", { className: "text" }, element("span", { className: "confirmed" }), element("span", { className: "tentative" })));
+}
+
+function updateCaption(item, { confirmed, tentative, revision }) {
+  const [shownConfirmed, shownTentative] = item.querySelectorAll(".text > span");
+  // trimmed at the start only: the confirmed words keep the space before the grey ones
+  const plain = confirmed.trimStart();
+  const grey = plain ? tentative : tentative.trimStart();
+  if (shownConfirmed.textContent !== plain) shownConfirmed.textContent = plain;
+  if (shownTentative.textContent !== grey) shownTentative.textContent = grey;
+  item.dataset.revision = String(revision);
+}
+
+function showStored(lastSequence) {
+  const count = demo.stored ?? 0;
+  $("stored").textContent = `${plural(count, "chunk")}${lastSequence === null ? "" : ` (last #${lastSequence})`}`;
+  $("stored").dataset.chunks = String(count);
+}
+
+/** The session list again at most every SESSIONS_REFRESH_MS while chunks are being stored: its counts follow. */
+let sessionsTimer = null;
+function refreshSessionsSoon() {
+  if (sessionsTimer !== null) return;
+  sessionsTimer = setTimeout(() => {
+    sessionsTimer = null;
+    refreshSessions();
+  }, SESSIONS_REFRESH_MS);
+}
+
+/** The recording time of a session the server already holds chunks of (Record more, an earlier page's recording). */
+async function sessionTime(sessionId) {
+  const response = await api(`/api/sessions/${encodeURIComponent(sessionId)}`).catch(() => null);
+  if (!response?.ok) return null;
+  const session = await response.json();
+  return session.durationMs || 0;
 }
 
 function clearTranscript() {
   demo.completed = false;
   $("transcript").replaceChildren();
+  $("transcript-section").classList.remove("has-captions");
   $("transcript-empty").hidden = demo.config.transcriber === "none";
   $("errors").textContent = "";
   $("errors").hidden = true;
@@ -269,7 +386,8 @@ function attach(recorder, { resumed = false } = {}) {
   demo.completed = false;
   demo.stopResult = null;
   demo.acks = 0;
-  $("acked").textContent = "0";
+  demo.stored = null;
+  showStored(null);
   $("session-id").textContent = recorder.sessionId ?? "–";
   const on = (name, handler) => recorder.addEventListener(name, (event) => handler(event.detail ?? {}));
   on("state", ({ state }) => {
@@ -278,13 +396,50 @@ function attach(recorder, { resumed = false } = {}) {
   });
   on("connection", showConnection);
   on("queue", showQueue);
-  on("ack", ({ sequence }) => {
-    demo.acks += 1;
-    if (demo.acks === 1) refreshSessions();  // the session exists on the server now
-    $("acked").textContent = `${plural(demo.acks, "chunk")} (last #${sequence})`;
+  let timed = !resumed;
+  on("joined", ({ reply }) => {
+    // the server's count for the session: an earlier page's chunks included
+    demo.stored = reply.totalChunks;
+    if (!timed) {
+      timed = true;  // the time so far is the session's, as the server has it, not this page's
+      sessionTime(recorder.sessionId).then((ms) => {
+        if (ticker !== null || demo.recorder !== recorder) return;
+        // the server measures a chunk's audio when it transcribes it: until then its chunk count says more
+        elapsedMs = Math.max(ms ?? 0, reply.totalChunks * TIMESLICE_MS);
+        $("elapsed").textContent = clock(elapsedMs);
+      });
+    }
+    showStored(reply.maxSeq >= 0 ? reply.maxSeq : null);
+    showState(recorder.state);
   });
+  on("ack", ({ sequence, status }) => {
+    demo.acks += 1;
+    if (status === "stored" && demo.stored !== null) demo.stored += 1;
+    showStored(sequence);
+    if (demo.acks === 1) refreshSessions();  // the session exists on the server now
+    else refreshSessionsSoon();
+  });
+  on("queue", () => { if (demo.resumed) showState(recorder.state); });
   on("backpressure", showBackpressure);
-  on("segment", ({ segment }) => showSegment(segment));
+  // what the server sent, as it came (repeats included), for tests and the curious
+  const hooked = new WeakSet();
+  on("connection", () => {
+    const socket = recorder.socket;
+    if (!socket || hooked.has(socket)) return;
+    hooked.add(socket);
+    for (const event of ["transcriptInterim", "transcriptSegment"]) {
+      socket.on(event, (body) => {
+        if (demo.recorder !== recorder || body?.sessionId !== recorder.sessionId) return;
+        demo.liveEvents.push({ event, at: Date.now(), body });
+        if (demo.liveEvents.length > LIVE_EVENTS_KEPT) demo.liveEvents.shift();
+      });
+    }
+  });
+  on("segment", showTranscript);
+  on("interim", () => {
+    $("transcript-section").classList.add("has-captions");
+    showTranscript();
+  });
   on("completed", showCompleted);
   on("sessionStopped", () => refreshSessions());
   on("error", showError);
@@ -302,7 +457,8 @@ async function retire() {
 }
 
 function options(extra = {}) {
-  return { url: location.origin, token: demo.token, timesliceMs: TIMESLICE_MS, dbName: DB_NAME, ...extra };
+  return { url: location.origin, token: demo.token, timesliceMs: TIMESLICE_MS, dbName: DB_NAME, mimeType: MIME_TYPE,
+    interim: demo.config.transcriber !== "none", ...extra };
 }
 
 async function record() {
@@ -428,7 +584,8 @@ function sessionItem(session) {
   const meta = [session.title ? null : when, plural(session.totalChunks, "chunk"),
     session.durationMs ? clock(session.durationMs) : null].filter(Boolean).join(" · ");
   const current = session.id === demo.recorder?.sessionId;
-  return element("li", { className: current ? "current" : "", dataset: { session: session.id, status: session.status } },
+  return element("li", { className: current ? "current" : "", dataset: { session: session.id, status: session.status,
+    chunks: String(session.totalChunks) } },
     element("span", { className: session.title ? "session-name" : "session-name mono", title: session.id },
       session.title || session.id),
     element("span", { className: "session-status", dataset: { status: session.status } }, session.status),

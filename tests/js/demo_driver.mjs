@@ -7,6 +7,7 @@
 //   node demo_driver.mjs --wav speech.wav --out DIR --token JWT
 //     [--main URL] [--crash URL] [--overload URL] [--record-seconds 60] [--short-seconds 30]
 //     [--loss URL [--reloads 10] [--seed N] [--loss-timeslice MS] [--exit reload|close]] [--dialog-ms 0]
+//     [--captions URL [--captions-mime TYPE ...] [--speech-seconds S]] [--browser chromium|firefox]
 //
 // --main (a jwt server) gets three pages: "record" (records --record-seconds, waits for the whole
 // transcript, lists the sessions, downloads txt/srt/vtt), "offline" (network cut for 10 s mid-recording)
@@ -17,7 +18,14 @@
 // that records and reloads --reloads times, each at a random point of a blob, and reports for each reload when
 // MediaRecorder started, when the page went (beforeunload, pagehide), the blobs of that life and what the page
 // said was lost when it came back. A page's leave-page prompt is accepted after --dialog-ms (a user reading it).
+// --captions gets one page per --captions-mime ("" for the library's choice), recording side by side at the page's
+// default timeslice while the speech plays once (--speech-seconds long), then stopped; each reports what its transcript
+// showed over time (captions and finals), the server's transcript events as they came, and its blobs' first bytes.
+// --browser firefox runs only --captions, in Debian's firefox-esr over WebDriver BiDi: its fake microphone is a
+// tone, so the driver starts a PulseAudio server of its own with a null sink, points Firefox's microphone at the
+// sink's monitor (media.audio_loopback_dev) and plays the WAV into the sink (paplay) once every page records.
 
+import { execFileSync, spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -25,6 +33,7 @@ import { parseArgs } from "node:util";
 import puppeteer from "puppeteer-core";
 
 const CHROMIUM = process.env.SCRIBEAI_CHROMIUM || "/usr/bin/chromium";
+const FIREFOX = process.env.SCRIBEAI_FIREFOX || "/usr/bin/firefox-esr";
 const POLL_MS = 200;
 const DESKTOP = { width: 900, height: 1000 };
 const MOBILE = { width: 375, height: 812 };  // isMobile would make puppeteer reload the page
@@ -46,6 +55,10 @@ const { values: opts } = parseArgs({
     "loss-timeslice": { type: "string" },
     "dialog-ms": { type: "string", default: "0" },
     exit: { type: "string", default: "reload" },
+    browser: { type: "string", default: "chromium" },
+    captions: { type: "string" },
+    "captions-mime": { type: "string", multiple: true, default: [""] },
+    "speech-seconds": { type: "string", default: "10" },
   },
 });
 for (const name of ["wav", "out", "token"]) {
@@ -77,7 +90,7 @@ function instrument() {
   const KEY = "scribeai-demo-test";
   const saved = JSON.parse(sessionStorage.getItem(KEY) || '{"lives": 0, "blobs": []}');
   const test = { life: saved.lives + 1, load: crypto.randomUUID(), blobs: saved.blobs, hashing: [], timeline: [],
-    unloadingSince: null };
+    unloadingSince: null, shown: [], shownLast: new Map(), heads: [] };
   const save = () => sessionStorage.setItem(KEY, JSON.stringify({ lives: test.life, blobs: test.blobs }));
   save();
   window.__test = test;
@@ -103,8 +116,10 @@ function instrument() {
         report("blob", { size: entry.size, unloading: entry.unloading });
         test.blobs.push(entry);
         save();
-        test.hashing.push(event.data.arrayBuffer().then((buffer) => crypto.subtle.digest("SHA-256", buffer))
-          .then((digest) => { entry.sha256 = hex(digest); save(); }));
+        test.hashing.push(event.data.arrayBuffer().then((buffer) => {
+          entry.head = hex(buffer.slice(0, 4));
+          return crypto.subtle.digest("SHA-256", buffer);
+        }).then((digest) => { entry.sha256 = hex(digest); save(); }));
       });
     }
   };
@@ -115,6 +130,23 @@ function instrument() {
       outbox: Number(text("outbox-chunks") ?? 0) };
     const last = test.timeline.at(-1);
     if (!last || Object.keys(now).some((k) => now[k] !== last[k])) test.timeline.push({ ...now, t: Date.now() });
+    // the transcript as shown: each caption's text whenever it changes, each final when it first shows
+    for (const li of document.querySelectorAll("#transcript li")) {
+      const key = li.dataset.key;
+      const shown = li.classList.contains("caption")
+        ? { kind: "caption", confirmed: li.querySelector(".confirmed")?.textContent ?? "", tentative: li.querySelector(".tentative")?.textContent ?? "" }
+        : { kind: "final", text: li.querySelector(".text")?.textContent ?? "" };
+      const before = test.shownLast.get(key);
+      if (before && before.confirmed === shown.confirmed && before.tentative === shown.tentative && before.text === shown.text) continue;
+      test.shownLast.set(key, shown);
+      test.shown.push({ key, start: Number(li.dataset.start), t: Date.now(), ...shown });
+    }
+    for (const key of test.shownLast.keys()) {
+      if (!document.querySelector(`#transcript li[data-key="${CSS.escape(key)}"]`)) {
+        test.shownLast.delete(key);
+        test.shown.push({ key, t: Date.now(), kind: "gone" });
+      }
+    }
   };
   document.addEventListener("DOMContentLoaded", () => {
     new MutationObserver(sample).observe(document.body, { subtree: true, childList: true, characterData: true, attributes: true });
@@ -136,6 +168,65 @@ function launch(wav, userDataDir) {
       `--use-file-for-fake-audio-capture=${wav}`, "--autoplay-policy=no-user-gesture-required",
       "--disable-background-timer-throttling", "--disable-renderer-backgrounding", "--disable-backgrounding-occluded-windows",
     ],
+    protocolTimeout: 60_000,
+  });
+}
+
+/**
+ * A PulseAudio server of the driver's own (its folder, its socket; nothing of the machine's): a null sink whose
+ * monitor is Firefox's microphone. What paplay plays into the sink is what the page records.
+ */
+async function startPulse(dir) {
+  const socket = path.join(dir, "native");
+  const env = { ...process.env, XDG_RUNTIME_DIR: dir, HOME: dir };
+  const proc = spawn("pulseaudio", ["-n", "--daemonize=no", "--exit-idle-time=-1", "--disable-shm=yes", "--use-pid-file=no",
+    "--log-target=stderr", "-L", "module-null-sink sink_name=scribeai_speech sink_properties=device.description=ScribeAI-speech",
+    "-L", `module-native-protocol-unix auth-anonymous=1 socket=${socket}`], { env, stdio: ["ignore", "ignore", "pipe"] });
+  let stderr = "";
+  proc.stderr.on("data", (data) => { stderr += data; });
+  const server = `unix:${socket}`;
+  const deadline = performance.now() + 15_000;
+  for (;;) {
+    if (proc.exitCode !== null) throw new Error(`pulseaudio exited (${proc.exitCode}): ${stderr}`);
+    try {
+      execFileSync("pactl", ["--server", server, "info"], { stdio: "ignore", env });
+      break;
+    } catch {
+      if (performance.now() > deadline) throw new Error(`pulseaudio did not answer within 15 s: ${stderr}`);
+      await sleep(100);
+    }
+  }
+  const stop = () => {
+    proc.kill();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  return { server, env, sink: "scribeai_speech", monitor: "Monitor of ScribeAI-speech", stop };
+}
+
+/** Play the WAV into the pulse sink once; resolves when it has played. */
+function playInto(pulse, wav) {
+  return new Promise((resolve, reject) => {
+    const proc = spawn("paplay", ["--server", pulse.server, "-d", pulse.sink, wav], { env: pulse.env, stdio: ["ignore", "ignore", "pipe"] });
+    let stderr = "";
+    proc.stderr.on("data", (data) => { stderr += data; });
+    proc.on("error", reject);
+    proc.on("exit", (code) => (code === 0 ? resolve() : reject(new Error(`paplay exited ${code}: ${stderr}`))));
+  });
+}
+
+function launchFirefox(pulse, userDataDir) {
+  return puppeteer.launch({
+    browser: "firefox",
+    executablePath: FIREFOX,
+    headless: true,
+    userDataDir,
+    env: { ...process.env, PULSE_SERVER: pulse.server },
+    extraPrefsFirefox: {
+      "media.navigator.permission.disabled": true,
+      "media.navigator.streams.fake": false,         // not the fake tone: the real (pulse) devices
+      "media.audio_loopback_dev": pulse.monitor,     // the microphone is the sink's monitor
+      "media.autoplay.default": 0,
+    },
     protocolTimeout: 60_000,
   });
 }
@@ -248,10 +339,12 @@ async function snapshot(page) {
     completed: window.demo.completed === true,
     errors: window.demo.errors,
     acks: window.demo.acks,
-    transcript: Array.from(document.querySelectorAll("#transcript li"), (li) =>
+    transcript: Array.from(document.querySelectorAll("#transcript li.final"), (li) =>
       ({ id: li.dataset.id, seq: Number(li.dataset.seq), text: li.querySelector(".text").textContent })),
     sessions: Array.from(document.querySelectorAll("#sessions li"), (li) => ({ id: li.dataset.session, status: li.dataset.status })),
     state: document.getElementById("state").textContent,
+    elapsed: document.getElementById("elapsed").textContent,
+    stored: Number(document.getElementById("stored").dataset.chunks),
     downloads: window.demo.downloads,
   })).then((seen) => ({ ...seen, dialogs: [...page.dialogs] }));
 }
@@ -283,6 +376,9 @@ async function recordScenario(browser, server, result) {
   await clickRecord(page);
   await sleep(Math.min(20, RECORD_S / 2) * 1000);
   await screenshot(page, "recording", result);
+  // the session list follows the recording (its chunk count), not only the first chunk
+  result.listedWhileRecording = await page.evaluate(() =>
+    Number(document.querySelector(`#sessions li[data-session="${window.demo.recorder.sessionId}"]`)?.dataset.chunks ?? -1));
   await sleep((RECORD_S - Math.min(20, RECORD_S / 2)) * 1000);
   log("record: stopping");
   await clickStop(page);
@@ -390,6 +486,10 @@ async function reloadScenario(browser, server, result) {
   await waitFor(page, (n) => window.demo.acks >= n && document.getElementById("outbox").dataset.chunks === "0", 20_000,
     "the outbox resent", offered);
   result.pendingAfterSend = await page.evaluate(() => window.demo.Recorder.pending({ dbName: "reload" }));
+  // the session's time so far is the server's figure, asked for at the join
+  await waitFor(page, () => document.getElementById("elapsed").textContent !== "0:00", 5000, "the session's time").catch((err) => log(err.message));
+  result.afterSend = await page.evaluate(() => ({ state: document.getElementById("state").textContent,
+    stored: Number(document.getElementById("stored").dataset.chunks), elapsed: document.getElementById("elapsed").textContent }));
   // then record more into the same session (a second MediaRecorder: a new WebM header mid-session), and stop
   result.recordLabel = await page.$eval("#record", (el) => el.textContent);
   await clickRecord(page);
@@ -534,6 +634,42 @@ async function lossScenario(browser, server, result) {
   Object.assign(result, await snapshot(page));
 }
 
+/**
+ * (h) Live captions: pages record side by side (one per --captions-mime) while the speech plays once, then stop and
+ * wait for the whole transcript. What each page showed over time is the instrument's `shown` list.
+ */
+async function captionsScenario(browser, server, result) {
+  const pages = [];
+  for (const [i, mime] of opts["captions-mime"].entries()) {
+    const page = await openPage(browser, server, `captions${i}`, { outbox: `captions-${i}`, ...(mime ? { mime } : {}) });
+    await signIn(page);
+    pages.push(page);
+  }
+  for (const page of pages) await clickRecord(page);
+  const speechMs = Number(opts["speech-seconds"]) * 1000;
+  const playing = browser.pulse ? playInto(browser.pulse, path.resolve(opts.wav)) : sleep(speechMs);
+  result.playStartedAt = Date.now();
+  // a screenshot while captions show, if any come before the speech ends
+  const shot = waitFor(pages[0], () => document.querySelector("#transcript li.caption .confirmed, #transcript li.caption .tentative")
+    ?.textContent.length > 0 && document.querySelectorAll("#transcript li.final").length > 0, speechMs, "a caption after a final")
+    .then(() => screenshot(pages[0], `captions-${opts.browser}`, result), (err) => log(err.message));
+  await playing;
+  await shot;
+  await sleep(1500);  // the end of the last word reaches a blob
+  result.pages = [];
+  for (const page of pages) await clickStop(page);
+  for (const page of pages) {
+    await waitFor(page, () => window.demo.completed === true, TRANSCRIPT_TIMEOUT_MS, "session-completed");
+    await sleep(500);  // the last final's paint reaches the instrument
+    const seen = await snapshot(page);
+    const extra = await page.evaluate(() => ({ mimeType: window.demo.recorder.mimeType, shown: window.__test.shown,
+      liveEvents: window.demo.liveEvents.filter((e) => e.body?.sessionId === window.demo.recorder.sessionId),
+      captionsLeft: document.querySelectorAll("#transcript li.caption").length }));
+    result.pages.push({ name: page.scenario, mime: opts["captions-mime"][pages.indexOf(page)], ...seen, ...extra });
+  }
+  await screenshot(pages[0], `captions-${opts.browser}-done`, result);
+}
+
 const SCENARIOS = [
   ["record", "main", recordScenario],
   ["offline", "main", offlineScenario],
@@ -542,6 +678,7 @@ const SCENARIOS = [
   ["overload", "overload", overloadScenario],
   ["restart", "main", restartScenario],
   ["loss", "loss", lossScenario],
+  ["captions", "captions", captionsScenario],
 ];
 
 async function run(browser, name, server, fn) {
@@ -558,16 +695,22 @@ async function run(browser, name, server, fn) {
 }
 
 async function main() {
-  const profile = mkdtempSync(path.join(tmpdir(), "scribeai-demo-chromium-"));
-  const browser = await launch(path.resolve(opts.wav), profile);
+  const profile = mkdtempSync(path.join(tmpdir(), `scribeai-demo-${opts.browser}-`));
+  const firefox = opts.browser === "firefox";
+  const pulse = firefox ? await startPulse(mkdtempSync(path.join(tmpdir(), "scribeai-pulse-"))) : null;
+  const browser = firefox ? await launchFirefox(pulse, profile) : await launch(path.resolve(opts.wav), profile);
+  browser.pulse = pulse;
   try {
     const version = await browser.version();
-    const chosen = SCENARIOS.filter(([, server]) => opts[server]);
+    // Firefox has no CDP (offline mode, downloads): only the captions scenario runs there
+    const chosen = SCENARIOS.filter(([name, server]) => opts[server] && (!firefox || name === "captions"));
     log(`${version}: ${chosen.map(([name]) => name).join(", ")}`);
     const results = await Promise.all(chosen.map(([name, server, fn]) => run(browser, name, opts[server], fn)));
-    console.log(JSON.stringify({ chromium: version, out: OUT, scenarios: Object.fromEntries(results.map((r) => [r.name, r])) }));
+    console.log(JSON.stringify({ chromium: version, browser: version, out: OUT,
+      scenarios: Object.fromEntries(results.map((r) => [r.name, r])) }));
   } finally {
     await browser.close();
+    pulse?.stop();
     rmSync(profile, { recursive: true, force: true });
   }
 }

@@ -71,7 +71,8 @@ test("malformed captions are ignored", () => {
   assert.deepEqual(live.lines(), []);
 });
 
-// Sequences recorded from a real server (tests/test_demo.py's captions scenario writes them with --record-events):
+// Sequences recorded from a real server (window.demo.liveEvents of the demo page in the captions scenario of
+// tests/js/demo_driver.mjs, in Firefox at 1 s blobs):
 // whatever the server said, what a viewer sees holds these rules.
 for (const name of (existsSync(FIXTURES) ? readdirSync(FIXTURES) : []).filter((f) => f.startsWith("captions-") && f.endsWith(".json"))) {
   test(`recorded: ${name}: confirmed text only grows, every caption ends replaced by a final`, () => {

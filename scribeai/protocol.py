@@ -121,7 +121,7 @@ def parse_chunk(args: tuple[Any, ...], *, max_bytes: int, now_ms: float) -> Inco
 
     session_id = parse_session_id(payload.get("sessionId"))
     seq = _parse_sequence(payload)
-    timestamp = _parse_number(payload, "timestamp", default=now_ms)
+    timestamp = _parse_number(payload, "timestamp", default=float(round(now_ms)))  # whole ms, as clients send them
     mime_type = _parse_mime(payload.get("mimeType"))
     audio = _parse_audio(payload.get("audio"), max_bytes)
     size = payload.get("size")

@@ -15,7 +15,10 @@ so the server starts a new stream at each chunk and places it on the timeline by
 
 It measures the server, not itself: RSS, CPU and transcription backlog from GET /api/server/stats every
 `--sample-interval` seconds, the disk used by each session, ack latency, throughput, backpressure
-episodes and transcription lag. The server transcribes a session as one recording cut into windows at
+episodes and transcription lag. The server's figures are an admin's to read (a token minted from
+`--secret` is one): with a plain user's token the run goes on with the client's own figures and what the
+server stored for its sessions, and the report and the summary name the figures it could not read (server
+RSS, CPU, the whole server's backlog and connections, the engine) and how to get them. The server transcribes a session as one recording cut into windows at
 pauses, so segments are not one per chunk: a segment's `seq` is the last chunk its audio touches, several
 may share one, a chunk of silence gets none. The lag of a chunk is its ack -> the first transcriptSegment
 with `seq` >= its sequence received after that ack (chunks no later segment covers are left out of it).
@@ -393,7 +396,7 @@ class Recorder:
     token: str | None
     api: Api
     clock: Callable[[], float]
-    transcribing: bool
+    transcribing: bool | None                                  # None: not known yet (a user's token cannot see the engine)
     outbox: set[int] = field(default_factory=set)              # recorded, to be sent (or resent)
     retry_at: dict[int, float] = field(default_factory=dict)   # not before this time (overloaded, transient errors)
     inflight: dict[int, float] = field(default_factory=dict)   # seq -> send time
@@ -792,6 +795,13 @@ class Recorder:
         """stopSession with lastSeq, then wait for the transcription to finish (and for the last pause to end)."""
         if not self.connected and not await self._reconnect():
             return
+        if self.transcribing is None:  # the engine is the admin's to see: the chunks' status tells (stored: none)
+            try:
+                statuses = (await self.api.session(self.session_id)).get("chunksByStatus") or {}
+                self.transcribing = set(statuses) != {"stored"}
+            except (aiohttp.ClientError, RuntimeError, TimeoutError, ValueError):
+                self.errors["session_read_failed"] += 1
+                self.transcribing = True
         assert self._client is not None
         try:
             self.stop_reply = await self._client.call("stopSession", {"sessionId": self.session_id, "lastSeq": self.options.chunks - 1},
@@ -968,6 +978,14 @@ class Display:
 # -- the whole run ---------------------------------------------------------------------------------
 
 
+# What GET /api/server/stats shows an admin only; a user's token gets its own connections, sessions and backlog.
+SERVER_ONLY_FIGURES = ("server RSS", "server CPU", "the whole server's backlog and connections", "the transcription engine")
+HOW_TO_READ = ("run with an admin's token: --secret (or $SCRIBEAI_SECRET) mints one, `scribeai token create --user "
+               "NAME --admin` makes one, or list the user in the server's ADMIN_USERS")
+NOT_ADMIN = ("the token is not an admin's: running on the client's own figures (acks, latency, backpressure, what the "
+             f"server stored for these sessions); not read: {', '.join(SERVER_ONLY_FIGURES)} ({HOW_TO_READ})")
+
+
 def mint_token(options: Options) -> str | None:
     if options.token:
         return options.token
@@ -1001,13 +1019,13 @@ async def run(options: Options) -> dict[str, Any]:
             raise CannotRun(f"no server at {options.url}: {exc}") from exc
         except RuntimeError as exc:
             raise CannotRun(f"{exc} (is the token right? give --token, or --secret / $SCRIBEAI_SECRET)") from exc
-        if stats_before.get("scope") == "user":
-            raise CannotRun("the token is not an admin's: the server's RSS, CPU and backlog are admin-only "
-                            "(give --secret to mint one, `scribeai token create --admin`, or list the user in ADMIN_USERS)")
-        engine = str((stats_before.get("transcription") or {}).get("engine", "unknown"))
+        admin = stats_before.get("scope") != "user"
+        if not admin:  # a plain user's token: run on the client's own figures, and say what is missing
+            print(f"stress: {NOT_ADMIN}", file=sys.stderr)
+        engine = str((stats_before.get("transcription") or {}).get("engine", "unknown")) if admin else "unknown"
         run_id = uuid.uuid4().hex[:8]
         recorders = [Recorder(i, f"{options.session_prefix}-{run_id}-{i:03d}", options, audio, token, api, clock,
-                              transcribing=engine != "none") for i in range(options.sessions)]
+                              transcribing=None if engine == "unknown" else engine != "none") for i in range(options.sessions)]
         sampler = Sampler(api, recorders, clock, options.sample_interval_s, options.storage_dir)
         await sampler.sample()
         loop = asyncio.get_running_loop()
@@ -1139,7 +1157,7 @@ def _rss_shape(samples: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
     return {"start": rows[0]["rssBytes"], "middle": middle["rssBytes"], "end": rows[-1]["rssBytes"],
             "max": max(s["rssBytes"] for s in rows), "peakReported": max(peaks) if peaks else None,
             "peakAtStart": rows[0].get("peakRssBytes"), "peakAtMiddle": middle.get("peakRssBytes"), "peakAtEnd": rows[-1].get("peakRssBytes"),
-            "secondHalfSlopeMiBPerMin": slope, "samples": len(rows)}
+            "secondHalfSlopeMiBPerMin": slope, "secondHalfSamples": len(second_half), "samples": len(rows)}
 
 
 def chunk_lags(r: Recorder) -> dict[int, tuple[float, bool]]:
@@ -1175,8 +1193,11 @@ def build_report(options: Options, audio: ChunkAudio, engine: str, started_at: d
     lags = {r.index: chunk_lags(r) for r in recorders}
     lag_all = [lag for per in lags.values() for lag, _ in per.values()]
     lag_same = [lag for per in lags.values() for lag, same in per.values() if same]
-    transcription: dict[str, Any] = {"engine": engine, "checked": engine != "none"}
-    if engine == "none":
+    if engine == "unknown":  # a user's token: what the chunks' status showed
+        engine = "unknown (transcribes)" if any(r.transcribing for r in recorders) else "none (chunks stored untranscribed)"
+    checked = any(r.transcribing for r in recorders)
+    transcription: dict[str, Any] = {"engine": engine, "checked": checked}
+    if not checked:
         transcription["note"] = "the server runs TRANSCRIBER=none: no segments are made, the transcription check is skipped"
     else:
         transcription.update(
@@ -1200,7 +1221,10 @@ def build_report(options: Options, audio: ChunkAudio, engine: str, started_at: d
         "tool": "scribeai stress", "reportVersion": 1, "runId": run_id,
         "startedAt": started_at.isoformat(), "wallS": round(wall_s, 3),
         "settings": {**options.public(), "audio": audio.describe()},
-        "server": {"url": options.url, "engine": engine, "statsBefore": stats_before, "statsAfter": stats_after},
+        "server": {"url": options.url, "engine": engine, "statsBefore": stats_before, "statsAfter": stats_after,
+                   "scope": stats_before.get("scope", "server"),
+                   "notRead": [] if stats_before.get("scope") != "user" else list(SERVER_ONLY_FIGURES),
+                   **({} if stats_before.get("scope") != "user" else {"howToRead": HOW_TO_READ})},
         "totals": {"sessions": options.sessions, "chunksPlanned": planned, "chunksSent": sum(len(r.first_sent) for r in recorders),
                    "sendAttempts": sum(sum(r.attempts.values()) for r in recorders), "chunksAcked": acked,
                    "acksNew": sum(r.stored for r in recorders), "duplicates": sum(r.duplicates for r in recorders),
@@ -1306,12 +1330,23 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def summary_table(report: dict[str, Any], path: Path | None) -> str:
-    lat, tp, bp, tr = report["ackLatencyMs"], report["throughput"], report["backpressure"], report["transcription"]
-    tot, rss = report["totals"], report["serverResources"]["rssBytes"]
+def _rss_line(rss: dict[str, Any], not_admin: bool) -> str:
+    if "start" not in rss:
+        return "not read (an admin's figure)" if not_admin else rss.get("note", "not reported")
+    slope = rss.get("secondHalfSlopeMiBPerMin")
+    trend = (f"slope 2nd half {slope} MiB/min" if slope is not None else
+             f"no slope: {rss.get('secondHalfSamples', 0)} samples in the 2nd half, 3 needed (a longer run or a smaller --sample-interval)")
 
     def mib(v: Any) -> str:
         return f"{v / 2**20:.1f}" if isinstance(v, (int, float)) else "?"
+
+    return (f"start {mib(rss.get('start'))}  middle {mib(rss.get('middle'))}  end {mib(rss.get('end'))}  "
+            f"max {mib(rss.get('max'))} MiB  ({trend})")
+
+
+def summary_table(report: dict[str, Any], path: Path | None) -> str:
+    lat, tp, bp, tr = report["ackLatencyMs"], report["throughput"], report["backpressure"], report["transcription"]
+    tot, rss = report["totals"], report["serverResources"]["rssBytes"]
 
     rows = [
         ("run", f"{report['runId']}  {tot['sessions']} session(s) x {report['settings']['chunks']} chunks, engine {tr['engine']}"),
@@ -1321,8 +1356,7 @@ def summary_table(report: dict[str, Any], path: Path | None) -> str:
         ("ack ms", f"avg {lat['avg']}  min {lat['min']}  p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}  max {lat['max']}"),
         ("backpressure", f"{bp['episodes']} episodes, {bp['pausedS']} s paused, {bp['overloadedRetries']} overloaded retries, {bp['probes']} probes"),
         ("reconnects", f"{report['reconnects']['count']}  resent {report['reconnects']['chunksToResend']}"),
-        ("server RSS", f"start {mib(rss.get('start'))}  middle {mib(rss.get('middle'))}  end {mib(rss.get('end'))}  "
-                       f"max {mib(rss.get('max'))} MiB  (slope 2nd half {rss.get('secondHalfSlopeMiBPerMin')} MiB/min)"),
+        ("server RSS", _rss_line(rss, report["server"].get("scope") == "user")),
         ("disk", f"{report['disk']['bytes'] / 1024:.1f} KB ({report['disk']['method']})"),
         ("errors", ", ".join(f"{k}={v}" for k, v in report["errors"].items()) or "none"),
     ]
@@ -1332,6 +1366,8 @@ def summary_table(report: dict[str, Any], path: Path | None) -> str:
                                     f"({tr['segmentsStored']} stored), lag p50 {lag['p50']} ms p95 {lag['p95']} ms over {lag['count']} chunks"))
     else:
         rows.append(("transcripts", tr["note"]))
+    if report["server"].get("notRead"):
+        rows.append(("not read", f"{', '.join(report['server']['notRead'])}: {report['server']['howToRead']}"))
     rows.append(("verdict", "OK" if report["verdict"]["ok"] else "LOSS: " + "; ".join(report["verdict"]["problems"][:5])))
     if path is not None:
         rows.append(("report", str(path)))

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from scribeai import stress
 from scribeai.models import Chunk, TranscriptSegment
-from tests.conftest import SECRET, RunningServer, ServerFactory
+from tests.conftest import SECRET, RunningServer, ServerFactory, token_for
 from tests.fake_openai import FakeTranscriptionAPI
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -298,3 +298,45 @@ def test_scribeai_stress_has_the_options_of_the_script() -> None:
     assert (options.chunks, options.interval_s, options.user_id, options.url) == (120, 0.1, "test-user", "http://localhost:3001")
     assert stress.options_from_args(parser.parse_args(["stress"])).interval_s == 1.0
     assert stress.options_from_args(parser.parse_args(["stress", "--fast", "--interval", "0.5"])).interval_s == 0.5
+
+
+@SQLITE
+@pytest.mark.parametrize("engine", ["none", "openai"])
+async def test_a_plain_users_token_runs_on_the_clients_figures_and_says_what_it_could_not_read(
+        start_server: ServerFactory, fake_api: FakeTranscriptionAPI, tmp_path: Path, audio_cache: Path,
+        capsys: pytest.CaptureFixture[str], engine: str) -> None:
+    """Before, a token without the admin role stopped the run at once ('the token is not an admin's')."""
+    extra = {"transcriber": "openai", "openai_base_url": await fake_api.start(), "openai_api_key": "k"} if engine == "openai" else {}
+    server = await start_server(**extra)
+    options = options_for(server, tmp_path, audio_cache, chunks=6, secret=None, token=token_for("alice"), storage_dir=None)
+    report = await stress.run(options)
+
+    assert report["verdict"] == {"ok": True, "problems": []}
+    assert report["totals"]["chunksAcked"] == 6
+    assert report["server"]["scope"] == "user"
+    assert report["server"]["notRead"] == ["server RSS", "server CPU", "the whole server's backlog and connections",
+                                           "the transcription engine"]
+    assert "--secret" in report["server"]["howToRead"] and "ADMIN_USERS" in report["server"]["howToRead"]
+    assert report["serverResources"]["rssBytes"] == {"note": "the server reported no RSS"}
+    if engine == "openai":  # the chunks' status shows that the server transcribes: the transcripts are checked
+        assert (report["server"]["engine"], report["transcription"]["checked"]) == ("unknown (transcribes)", True)
+        assert report["transcription"]["chunksDone"] == 6
+    else:
+        assert (report["server"]["engine"], report["transcription"]["checked"]) == ("none (chunks stored untranscribed)", False)
+    assert "the token is not an admin's: running on the client's own figures" in capsys.readouterr().err
+    table = stress.summary_table(report, None)
+    assert "server RSS    not read (an admin's figure)" in table
+    assert "not read      server RSS, server CPU, the whole server's backlog and connections, the transcription engine: " \
+           "run with an admin's token" in table
+
+
+def test_a_run_too_short_for_a_memory_slope_says_so() -> None:
+    samples = [{"t": t, "rssBytes": (100 + t) * 2**20, "peakRssBytes": (100 + t) * 2**20} for t in (0.0, 1.0, 2.0)]
+    rss = stress._rss_shape(samples, wall_s=2.0)
+    assert (rss["secondHalfSlopeMiBPerMin"], rss["secondHalfSamples"]) == (None, 2)
+    line = stress._rss_line(rss, not_admin=False)
+    assert "None" not in line
+    assert line == ("start 100.0  middle 101.0  end 102.0  max 102.0 MiB  (no slope: 2 samples in the 2nd half, 3 needed "
+                    "(a longer run or a smaller --sample-interval))")
+    longer = samples + [{"t": 3.0, "rssBytes": 103 * 2**20}, {"t": 4.0, "rssBytes": 104 * 2**20}]
+    assert stress._rss_line(stress._rss_shape(longer, wall_s=4.0), not_admin=False).endswith("(slope 2nd half 60.0 MiB/min)")

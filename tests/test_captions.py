@@ -159,14 +159,21 @@ async def test_viewers_are_marked_in_the_database_and_lapse(start_server: Server
     server = await start_server(transcriber="none")
     queue = server.services.pipeline.queue
     client = await connect(server.url)
-    assert not await queue.watched("seen")
+    assert await queue.watched_sessions() == set()
     assert "error" not in await client.call("joinSession", {"sessionId": "seen", "interim": True}, timeout=10)
-    assert await queue.watched("seen")
+    assert "error" not in await client.call("joinSession", {"sessionId": "unseen"}, timeout=10)
+    assert await queue.watched_sessions() == {"seen"}
     await queue.watch(["seen"], -1.0)  # as if the node that marked it had died long ago
-    assert not await queue.watched("seen")
+    assert await queue.watched_sessions() == set()
+    realtime = server.services.realtime
+    realtime._captions_renewed = float("-inf")  # the renewal is due
+    await realtime.renew_captions()
+    assert await queue.watched_sessions() == {"seen"}  # still joined with interim: renewed
     assert "error" not in await client.call("joinSession", {"sessionId": "seen", "interim": False}, timeout=10)
-    await server.services.realtime.renew_captions()
-    assert not await queue.watched("seen")  # it left the caption room: nobody renews the mark
+    await queue.watch(["seen"], -1.0)
+    realtime._captions_renewed = float("-inf")
+    await realtime.renew_captions()
+    assert await queue.watched_sessions() == set()  # it left the caption room: nobody renews the mark
 
 
 def test_open_audio_is_the_held_audio_from_its_first_speech(tmp_path: Path) -> None:

@@ -69,7 +69,6 @@ class _Live:
     checkpoints: dict[int, bytes] = field(default_factory=dict)
     committed_through: int = -1  # the highest seq committed done (or known done when the stream was rebuilt)
     caption: Caption | None = None  # the open window's live caption
-    watched: tuple[float, bool] = (float("-inf"), False)  # (when asked, whether someone watches its captions)
 
 
 class Pipeline:
@@ -95,6 +94,7 @@ class Pipeline:
         self.on_transcribed: Callable[[str], Awaitable[None]] | None = None
         self.captions = Budget(caption_share)  # seconds of caption decoding per second, for all streams here
         self.captioned = 0  # caption updates sent
+        self._watched_now: tuple[float, set[str]] = (float("-inf"), set())  # (when asked, sessions with a caption viewer)
         # Run with each backlog refresh: what other processes did shows up in the database only.
         self.refreshers: list[Callable[[], Awaitable[None]]] = []
         self.completed = 0  # windows transcribed
@@ -289,15 +289,15 @@ class Pipeline:
         """A new hypothesis of the open window for the session's caption viewers, when it has grown by STEP_MS and
         someone watches; never while a chunk waits to be read anywhere (finals first), nor over the CPU budget."""
         caption_of = getattr(self.engine, "caption", None)
+        if caption_of is None or not self.captions.allows() or state.session_id not in await self._watched():
+            return
         window = live.stream.windower.open_audio()
-        if caption_of is None or window is None or window.end_ms - window.start_ms < MIN_AUDIO_MS:
+        if window is None or window.end_ms - window.start_ms < MIN_AUDIO_MS:
             return
         if live.caption is None or live.caption.start_ms != window.start_ms:
             live.caption = Caption(window.start_ms)
         caption = live.caption
         if caption.revision and window.end_ms - window.start_ms - caption.audio_ms < STEP_MS:
-            return
-        if not self.captions.allows() or not await self._watched(state.session_id, live):
             return
         if await self.queue.waiting(exclude=[s for s in self._held if s != state.session_id]):
             return
@@ -315,19 +315,18 @@ class Pipeline:
             for namespace in NAMESPACES:
                 await self.sio.emit("transcriptInterim", payload, room=caption_room_of(state.session_id), namespace=namespace)
 
-    async def _watched(self, session_id: str, live: _Live) -> bool:
-        asked, watched = live.watched
+    async def _watched(self) -> set[str]:
+        """The sessions someone watches the captions of (asked of the database at most every WATCHED_CHECK_S)."""
+        asked, watched = self._watched_now
         if time.monotonic() - asked >= WATCHED_CHECK_S:
-            live.watched = time.monotonic(), (watched := await self.queue.watched(session_id))
+            self._watched_now = time.monotonic(), (watched := await self.queue.watched_sessions())
         return watched
 
     async def watch(self, session_ids: list[str], for_s: float) -> None:
         """Someone on this node watches these sessions' captions (for the next `for_s` seconds)."""
         await self.queue.watch(session_ids, for_s)
-        for session_id in session_ids:
-            live = self._streams.get(session_id)
-            if live is not None:
-                live.watched = float("-inf"), False  # ask again at its next turn
+        if set(session_ids) - self._watched_now[1]:
+            self._watched_now = float("-inf"), set()  # ask again at the next turn
 
     def _quiet_after(self, live: _Live) -> float:
         """Seconds without a chunk after which a recorder counts as quiet: QUIET_AFTER_S, or two of its last

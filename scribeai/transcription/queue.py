@@ -358,12 +358,11 @@ class StreamQueue:
                                 .on_conflict_do_update(index_elements=["session_id"], set_={"until": until}))
             await s.execute(delete(CaptionViewer).where(col(CaptionViewer.until) < utcnow() - timedelta(hours=1)))
 
-    async def watched(self, session_id: str) -> bool:
-        """Whether someone watches the session's live captions now."""
+    async def watched_sessions(self) -> set[str]:
+        """The sessions whose live captions someone watches now."""
         async with self.db.read() as s:
-            until = (await s.execute(select(col(CaptionViewer.until))
-                                     .where(col(CaptionViewer.session_id) == session_id))).scalar_one_or_none()
-        return until is not None and until >= utcnow()
+            return set((await s.execute(select(col(CaptionViewer.session_id))
+                                        .where(col(CaptionViewer.until) >= utcnow()))).scalars())
 
     async def waiting(self, exclude: Sequence[str] = ()) -> bool:
         """Whether a chunk waits to be read (finals come before captions), in a session other than `exclude`."""

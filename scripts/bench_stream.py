@@ -1,7 +1,7 @@
 """Stream transcription with real-browser-like timeslices: WER per timeslice, and real-time recorders' lag.
 
     .venv/bin/python scripts/bench_stream.py --mode wer [--timeslices 1000,5000,15000]
-    .venv/bin/python scripts/bench_stream.py --mode recorders --recorders 30 --minutes 2 [--in-process]
+    .venv/bin/python scripts/bench_stream.py --mode recorders --recorders 30 --minutes 2 [--captioned 4] [--in-process]
     .venv/bin/python scripts/bench_stream.py --mode recorders --recorders 30 --minutes 3 --workers 2
 
 Speech is synthesized with espeak-ng (en-us, 150 wpm) from 25 English sentences without numbers,
@@ -15,8 +15,9 @@ is at least the header), sent as one session's `audio-chunk`s to a real server i
 session's segments are joined and scored (word-level Levenshtein WER, lowercased, punctuation
 stripped). Baseline: the same model (bundled tiny.en, int8, beam_size=1) on the whole file at once.
 
---mode recorders: N recorders in real time, each sending a 15 s piece of its own WebM (same
-sentences, another order, ~30 % silence) every 15 s with staggered starts, over websocket to a
+--mode recorders: N recorders in real time, each sending a --timeslice piece (1 s by default) of its own WebM
+(same sentences, another order, ~30 % silence) every --timeslice with staggered starts; the first --captioned
+of them join with live captions (interim: true), over websocket to a
 server started as a separate process (`scribeai serve`) unless --in-process. Each recorder joins its
 session's room; transcript lag of a chunk = time from its ack to the first transcriptSegment whose
 `seq` >= the chunk's sequence. After M minutes: stopSession, wait for the tail, report.
@@ -278,6 +279,8 @@ class Recorder:
     slow_down: int = 0
     errors: list[str] = dataclasses.field(default_factory=list)
     ack_ms: list[float] = dataclasses.field(default_factory=list)
+    captioned: bool = False  # joins with interim: true (live captions)
+    interims: int = 0
 
     def lags(self) -> tuple[list[float], int]:
         lags, unresolved = [], 0
@@ -304,6 +307,10 @@ async def run_recorder(rec: Recorder, url: str, token: str | None, start_delay: 
     async def on_backpressure(body: dict[str, Any]) -> None:
         state = str(body.get("state"))
         rec.backpressure[state] = rec.backpressure.get(state, 0) + 1
+
+    @client.on("transcriptInterim")
+    async def on_interim(caption: dict[str, Any]) -> None:
+        rec.interims += 1
 
     @client.on("slowDown")
     async def on_slow_down(body: Any = None) -> None:
@@ -338,7 +345,7 @@ async def run_recorder(rec: Recorder, url: str, token: str | None, start_delay: 
                     continue
                 break
             if not joined:
-                await client.call("joinSession", {"sessionId": rec.session_id}, timeout=30)
+                await client.call("joinSession", {"sessionId": rec.session_id, "interim": rec.captioned}, timeout=30)
                 joined = True
         rec.stopped_at = time.monotonic()  # type: ignore[attr-defined]
         await client.call("stopSession", {"sessionId": rec.session_id}, timeout=30)
@@ -363,7 +370,7 @@ async def mode_recorders(args: argparse.Namespace) -> dict[str, Any]:
     import aiohttp
     import psutil
 
-    interval = 15.0
+    interval = args.timeslice / 1000
     with tempfile.TemporaryDirectory(prefix="bench_stream_rec_") as tmpdir:
         tmp = Path(tmpdir)
         recorders = []
@@ -375,7 +382,7 @@ async def mode_recorders(args: argparse.Namespace) -> dict[str, Any]:
                                           silence_fraction=0.30)
             duration = len(pcm) / SR
             pieces = cut(encode_webm(pcm), duration, int(interval * 1000))
-            recorders.append(Recorder(i, pieces))
+            recorders.append(Recorder(i, pieces, captioned=i < args.captioned))
         log(f"{len(recorders)} recorders ready; silence fraction of recorder 0: "
             f"{silence / duration:.2f} of {duration:.1f} s")
 
@@ -495,7 +502,10 @@ async def mode_recorders(args: argparse.Namespace) -> dict[str, Any]:
         "mode": "recorders", "recorders": len(recorders), "minutes": args.minutes, "server": "in-process" if args.in_process else "subprocess",
         "workers": args.workers, "worker_concurrency": args.worker_concurrency if args.workers else None,
         "wall_s": wall, "chunks_acked": sum(len(r.acks) for r in recorders),
-        "segments": sum(len(r.segments) for r in recorders),
+        "segments": sum(len(r.segments) for r in recorders), "timeslice_ms": args.timeslice,
+        "captioned": args.captioned, "interims": sum(r.interims for r in recorders),
+        "lag_s_captioned": {"p50": pct(cap := [x for r in recorders if r.captioned for x in r.lags()[0]], 50),
+                            "p95": pct(cap, 95)},
         "lag_s": {"n": len(lags), "p50": pct(lags, 50), "p95": pct(lags, 95), "max": max(lags) if lags else None},
         "chunks_without_segment": unresolved,
         "ack_ms": {"p50": pct(ack_ms, 50), "p95": pct(ack_ms, 95), "max": max(ack_ms) if ack_ms else None},
@@ -519,6 +529,8 @@ def main() -> None:
     p.add_argument("--timeslices", default="1000,5000,15000", help="wer: timeslices in ms, comma-separated")
     p.add_argument("--recorders", type=int, default=15)
     p.add_argument("--minutes", type=float, default=2.0)
+    p.add_argument("--timeslice", type=int, default=1000, help="recorders: ms of audio per chunk (browsers' timeslice)")
+    p.add_argument("--captioned", type=int, default=0, help="recorders: how many of them join with live captions")
     p.add_argument("--in-process", action="store_true", help="recorders: server in this process instead of a subprocess")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--workers", type=int, default=0,

@@ -397,15 +397,17 @@ function attach(recorder, { resumed = false } = {}) {
   on("connection", showConnection);
   on("queue", showQueue);
   let timed = !resumed;
-  on("joined", ({ reply }) => {
+  on("joined", ({ reply, plan }) => {
     // the server's count for the session: an earlier page's chunks included
     demo.stored = reply.totalChunks;
     if (!timed) {
       timed = true;  // the time so far is the session's, as the server has it, not this page's
       sessionTime(recorder.sessionId).then((ms) => {
         if (ticker !== null || demo.recorder !== recorder) return;
-        // the server measures a chunk's audio when it transcribes it: until then its chunk count says more
-        elapsedMs = Math.max(ms ?? 0, reply.totalChunks * TIMESLICE_MS);
+        // the server measures a chunk's audio when it transcribes it: until then the chunk count says more (what
+        // it holds, and what this outbox is about to send it)
+        const chunks = reply.totalChunks + plan.resend.length - plan.alreadyStored.length;
+        elapsedMs = Math.max(ms ?? 0, chunks * TIMESLICE_MS);
         $("elapsed").textContent = clock(elapsedMs);
       });
     }

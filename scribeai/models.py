@@ -82,9 +82,6 @@ class RecordingSession(SQLModel, table=True):
     paused_at: datetime | None = _when()
     completed_at: datetime | None = _when()
     last_activity_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False, index=True))
-    # The container header of chunk 0 (WebM/Ogg), kept so later headerless chunks decode even after
-    # retention removed chunk 0's file.
-    container_header: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     archive_path: str | None = Field(default=None, max_length=1024)
     archive_sha256: str | None = Field(default=None, max_length=64)
     archive_bytes: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))

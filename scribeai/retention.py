@@ -636,7 +636,6 @@ class RetentionScheduler:
         self.runs = 0
         self.skipped = 0
         self.next_at: datetime | None = None
-        self.last_report: RunReport | None = None
         self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -671,7 +670,6 @@ class RetentionScheduler:
             log.exception("scheduled retention run failed")
             return None
         self.runs += 1
-        self.last_report = report
         self._count("ok" if report.ok else "failed", report)
         log.info("retention run: %d archived, %d cold, %d waiting, %d failed", len(report.archived), len(report.cold),
                  len(report.waiting), len(report.failed))

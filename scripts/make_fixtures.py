@@ -17,8 +17,8 @@ to look like a browser's MediaRecorder output rather than like libavformat's:
   (a real browser cuts wherever the timeslice ends, possibly mid-word).
 
 The joined pieces are byte-identical to speech_long.webm. This script parses EBML and
-Ogg on its own (not with scribeai.transcription.media) so the tests that compare
-media.extract_header() with the manifest's `header_bytes` are not circular.
+Ogg on its own (not with scribeai.transcription) so the tests that read the manifest's
+`header_bytes` against the server's demuxers are not circular.
 """
 
 from __future__ import annotations

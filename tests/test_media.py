@@ -13,15 +13,11 @@ import numpy as np
 import pytest
 
 from scribeai.transcription import media
-from scribeai.transcription.media import MissingHeader, UndecodableAudio
+from scribeai.transcription.media import UndecodableAudio
 
 AUDIO = Path(__file__).parent / "fixtures" / "audio"
 MANIFEST: dict[str, dict[str, Any]] = json.loads((AUDIO / "manifest.json").read_text())
 PIECES = sorted((n for n, e in MANIFEST.items() if "order" in e), key=lambda n: MANIFEST[n]["order"])
-WEBM_MIME = "audio/webm;codecs=opus"
-CLUSTER_ID = bytes.fromhex("1f43b675")
-SEGMENT_ID = bytes.fromhex("18538067")
-UNKNOWN_SIZE = bytes.fromhex("01ffffffffffffff")
 
 
 def read(name: str) -> bytes:
@@ -104,75 +100,12 @@ def test_ogg_header_pages_and_continuation() -> None:
     assert media.has_container_header(rest, "ogg") is False
 
 
-def test_extract_webm_header_is_everything_before_the_first_cluster() -> None:
-    first = read(PIECES[0])
-    header = media.extract_header(first, "webm")
-    assert header == first[: MANIFEST[PIECES[0]]["header_bytes"]]
-    assert first[len(header) : len(header) + 4] == CLUSTER_ID
-    assert media.extract_header(read("speech_long.webm"), "webm") == header
-
-
-def test_extract_ogg_header_is_the_opus_head_and_tags_pages() -> None:
-    header, rest = ogg_parts()
-    assert media.extract_header(header + rest, "ogg") == header
-    assert header[28:36] == b"OpusHead"
-    assert b"OpusTags" in header
-    assert b"OpusTags" not in rest
-
-
-def test_extract_header_of_a_libavformat_file_makes_the_segment_unknown_size() -> None:
-    """A complete file as chunk 0: known Segment size and a SeekHead, as ffmpeg writes them."""
-    pcm = media.decode_pcm(read("speech_stella.webm"), sample_rate=48000)
-    data = _encode_webm((pcm * 32767).astype(np.int16), cluster_ms=1000)
-    header = media.extract_header(data, "webm")
-    at = header.index(SEGMENT_ID) + 4
-    assert header[at : at + 8] == UNKNOWN_SIZE
-    assert data[at : at + 8] != UNKNOWN_SIZE
-    later = data[data.index(CLUSTER_ID, len(header) + 4) :]  # from the second cluster on
-    decoded_ms = len(media.decode_pcm(media.prepare(later, WEBM_MIME, header))) / 16
-    assert 2500 < decoded_ms < 3500  # 4.3 s of speech minus the first ~1 s cluster
-
-
-@pytest.mark.parametrize("garbage", [b"", b"\x1a\x45\xdf\xa3\x9f", b"no header here", read("timeslice_0001.webm")])
-def test_extract_header_of_something_else_fails(garbage: bytes) -> None:
-    with pytest.raises(UndecodableAudio):
-        media.extract_header(garbage, "webm")
-
-
-def test_extract_header_of_a_truncated_ogg_fails() -> None:
-    header, _ = ogg_parts()
-    with pytest.raises(UndecodableAudio, match="before its header packets"):
-        media.extract_header(header[:60], "ogg")
-
-
-def test_prepare_keeps_self_contained_chunks() -> None:
-    for name in ["speech_fox.webm", "speech_welcome.ogg", "speech_hello.wav", PIECES[0]]:
-        data = read(name)
-        assert media.prepare(data, MANIFEST[name]["mime_type"], None) is data
-        assert media.prepare(data, MANIFEST[name]["mime_type"], session_header()) is data
-
-
-@pytest.mark.parametrize("name", PIECES[1:])
-def test_prepare_puts_the_session_header_in_front(name: str) -> None:
-    piece = read(name)
-    assert media.prepare(piece, WEBM_MIME, session_header()) == session_header() + piece
-    with pytest.raises(MissingHeader):
-        media.prepare(piece, WEBM_MIME, None)
-
-
-def test_prepare_ogg_continuation() -> None:
-    header, rest = ogg_parts()
-    assert media.prepare(rest, "audio/ogg", header) == header + rest
-    with pytest.raises(MissingHeader):
-        media.prepare(rest, "audio/ogg;codecs=opus", None)
-
-
 @pytest.mark.parametrize("name", PIECES[1:])
 def test_headerless_piece_decodes_only_behind_the_header(name: str) -> None:
     piece = read(name)
     with pytest.raises(UndecodableAudio):
         media.decode_pcm(piece)
-    pcm = media.decode_pcm(media.prepare(piece, WEBM_MIME, session_header()))
+    pcm = media.decode_pcm(session_header() + piece)
     assert pcm.dtype == np.float32
     assert pcm.ndim == 1
     # The Opus decoder drops its 6.5 ms pre-skip at the start of each decode.
@@ -180,8 +113,8 @@ def test_headerless_piece_decodes_only_behind_the_header(name: str) -> None:
     assert 0.1 < float(np.abs(pcm).max()) <= 1.0
 
 
-def test_prepared_piece_durations_add_up_to_the_long_clip() -> None:
-    durations = [media.measure_duration_ms(media.prepare(read(n), WEBM_MIME, session_header())) for n in PIECES]
+def test_piece_durations_behind_the_header_add_up_to_the_long_clip() -> None:
+    durations = [media.measure_duration_ms(read(n) if n == PIECES[0] else session_header() + read(n)) for n in PIECES]
     assert durations == [3981, 4500, 4000, 4098]
     assert sum(durations) == media.measure_duration_ms(read("speech_long.webm"))
     for name, measured in zip(PIECES, durations):
@@ -196,37 +129,17 @@ def test_ogg_continuation_decodes_behind_its_header() -> None:
     assert abs(len(whole) / 16 - MANIFEST["speech_welcome.ogg"]["duration_ms"]) <= 10
 
 
-def test_chunk_starting_inside_a_cluster_is_decoded_whole() -> None:
-    """Chrome's blobs often begin with bare SimpleBlocks of a cluster opened in the previous blob."""
-    piece = read("timeslice_0002.webm")
-    assert piece[:4] == CLUSTER_ID and piece[12] == 0xE7  # Cluster(unknown size), Timecode ...
-    mid = piece[12 + 2 + piece[13] - 0x80 :]  # ... dropped: the chunk starts at a SimpleBlock
-    assert mid[0] == 0xA3
-    assert media.detect_container(mid) == "webm"
-    assert media.has_container_header(mid, "webm") is False
-    with pytest.raises(MissingHeader):
-        media.prepare(mid, "", None)
-    whole = media.decode_pcm(media.prepare(piece, WEBM_MIME, session_header()))
-    resumed = media.prepare(mid, WEBM_MIME, session_header())
-    assert len(media.decode_pcm(resumed)) == len(whole)
-    assert media.measure_duration_ms(resumed) == 4000
-    inside = mid[: mid.index(CLUSTER_ID)]  # only blocks of one cluster, no Cluster element at all
-    assert abs(len(media.decode_pcm(media.prepare(inside, WEBM_MIME, session_header()))) / 16 - 500) <= 10
-
-
 def test_fragmented_mp4_continuation_decodes_behind_the_init_segment() -> None:
     """Safari records audio/mp4 as fragments: chunk 0 = ftyp + moov (+ fragments), then moof + mdat."""
     pcm = media.decode_pcm(read("speech_stella.webm"), sample_rate=48000)
     data = _encode_fragmented_mp4((pcm * 32767).astype(np.int16))
-    header = media.extract_header(data, "mp4")
+    header = data[: next(start for box, start, _ in media.mp4_boxes(data) if box == b"moof")]
     assert header[4:8] == b"ftyp" and b"moov" in header and data[len(header) + 4 : len(header) + 8] == b"moof"
     later = data[data.index(b"moof", len(header) + 8) - 4 :]  # from the second fragment on
     assert (media.detect_container(later), media.has_container_header(later, "mp4")) == ("mp4", False)
     with pytest.raises(UndecodableAudio):
         media.decode_pcm(later)
-    with pytest.raises(MissingHeader):
-        media.prepare(later, "audio/mp4", None)
-    decoded_ms = len(media.decode_pcm(media.prepare(later, "audio/mp4", header))) / 16
+    decoded_ms = len(media.decode_pcm(header + later)) / 16
     assert 2500 < decoded_ms < 3500  # 4.3 s of speech minus the first 1 s fragment
 
 
@@ -269,18 +182,6 @@ def test_header_alone_is_empty_audio_not_garbage() -> None:
         assert media.measure_duration_ms(header) == 0
     with pytest.raises(UndecodableAudio):
         media.decode_pcm(session_header()[:-10])  # a truncated header is not audio
-
-
-def _encode_webm(pcm: np.ndarray, cluster_ms: int) -> bytes:
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="webm", container_options={"cluster_time_limit": str(cluster_ms)}) as out:
-        stream = out.add_stream("libopus", rate=48000, layout="mono")
-        for start in range(0, len(pcm), 960):
-            frame = av.AudioFrame.from_ndarray(pcm[None, start : start + 960], format="s16", layout="mono")
-            frame.sample_rate, frame.pts = 48000, start
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-    return buf.getvalue()
 
 
 def _encode_fragmented_mp4(pcm: np.ndarray) -> bytes:

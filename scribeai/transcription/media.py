@@ -1,9 +1,9 @@
-"""Container headers and decoding of recorder chunks (blocking: callers run these in a thread).
+"""Container detection and decoding of recorder chunks (blocking: callers run these in a thread).
 
 A `MediaRecorder.start(timeslice)` recording sends the container header only in its first
-chunk; each later WebM chunk is a run of Cluster elements, each later Ogg chunk a run of
-audio pages. `prepare()` makes any chunk a self-contained file by putting the session's
-header (`extract_header()` of chunk 0) in front of it.
+chunk; each later WebM chunk is a run of Cluster elements (or starts inside one), each later Ogg
+chunk a run of audio pages. A session's chunks are read as one stream by containers.py; this
+module tells containers apart by their first bytes and decodes whole files (and a header alone).
 """
 
 from __future__ import annotations
@@ -16,18 +16,11 @@ import av
 import numpy as np
 from numpy.typing import NDArray
 
-# Containers whose continuation chunks cannot be decoded without the first chunk's header.
-HEADERED = frozenset({"webm", "ogg", "mp4"})
-
 _EBML = b"\x1a\x45\xdf\xa3"
 _SEGMENT = 0x18538067
 _CLUSTER = 0x1F43B675
-_SEEKHEAD = 0x114D9B74
-_VOID = 0xEC
-_TIMECODE = 0xE7
 _SIMPLEBLOCK = 0xA3
 _BLOCKGROUP = 0xA0
-_UNKNOWN_SIZE = b"\x01\xff\xff\xff\xff\xff\xff\xff"
 _MP4_BOXES = {b"ftyp", b"styp", b"moov", b"moof", b"sidx", b"mdat", b"free", b"skip", b"emsg"}
 _MIME_CONTAINERS = {
     "audio/webm": "webm", "video/webm": "webm", "audio/x-matroska": "webm",
@@ -36,10 +29,6 @@ _MIME_CONTAINERS = {
     "audio/mp4": "mp4", "video/mp4": "mp4", "audio/x-m4a": "mp4", "audio/aac": "mp4",
     "audio/mpeg": "mpeg", "audio/mp3": "mpeg",
 }
-
-
-class MissingHeader(Exception):
-    """A continuation chunk needs the session's container header, and none is known."""
 
 
 class UndecodableAudio(ValueError):
@@ -80,34 +69,6 @@ def has_container_header(data: bytes, container: str) -> bool:
     if container == "mp4":
         return any(box == b"moov" for box, _, _ in mp4_boxes(data))
     return container != "unknown" and detect_container(data) == container  # WAV, MP3: every chunk is whole
-
-
-def extract_header(first_chunk: bytes, container: str) -> bytes:
-    """The header a session's later chunks are decoded behind (WebM, Ogg and fragmented MP4)."""
-    if container == "webm":
-        return _webm_header(first_chunk)[0]
-    if container == "ogg":
-        return first_chunk[: _ogg_header_end(first_chunk)]
-    if container == "mp4":
-        end = next((start for box, start, _ in mp4_boxes(first_chunk) if box == b"moof"), len(first_chunk))
-        return first_chunk[:end]
-    raise ValueError(f"{container} chunks carry no session header")
-
-
-def prepare(chunk: bytes, mime_type: str, session_header: bytes | None) -> bytes:
-    """A self-contained file: the chunk itself when it has a header, else the session header + chunk."""
-    container = detect_container(chunk)
-    if container == "unknown":
-        container = container_for_mime(mime_type)
-    if container == "unknown" and session_header:
-        container = detect_container(session_header)
-    if container not in HEADERED or has_container_header(chunk, container):
-        return chunk
-    if not session_header:
-        raise MissingHeader(f"a headerless {container} chunk needs the session's first chunk")
-    if container == "webm" and chunk[:1] in (bytes([_SIMPLEBLOCK]), bytes([_BLOCKGROUP])):
-        return session_header + _resume_cluster(chunk) + chunk
-    return session_header + chunk
 
 
 def decode_pcm(data: bytes, sample_rate: int = 16000) -> NDArray[np.float32]:
@@ -165,7 +126,7 @@ def _header_only(data: bytes) -> bool:
     container = detect_container(data)
     try:
         if container == "webm" and has_container_header(data, "webm"):
-            return _webm_header(data)[1] == len(data)
+            return _webm_header_end(data) == len(data)
         if container == "ogg" and has_container_header(data, "ogg"):
             return _ogg_header_end(data) == len(data)
     except UndecodableAudio:
@@ -201,13 +162,11 @@ def _element(data: bytes, pos: int) -> _Element:
     return _Element(eid, pos, pos + id_len + size_len, None if unknown else size)
 
 
-def _webm_header(data: bytes) -> tuple[bytes, int]:
-    """EBML header + Segment start + every Segment child before the first Cluster.
+def _webm_header_end(data: bytes) -> int:
+    """Where the header (EBML header + Segment start + every Segment child before the first Cluster) ends.
 
     Walks the elements instead of searching for the Cluster ID, which could also occur inside
-    CodecPrivate or a SeekHead. A known Segment size (a complete file as the first chunk) is
-    rewritten as unknown, and a SeekHead becomes a Void of the same length, so that the header
-    followed by any later chunk does not claim a wrong length or point at absent Cues.
+    CodecPrivate or a SeekHead.
     """
     ebml = _element(data, 0)
     if ebml.id != int.from_bytes(_EBML, "big") or ebml.size is None:
@@ -215,7 +174,6 @@ def _webm_header(data: bytes) -> tuple[bytes, int]:
     segment = _element(data, ebml.data_start + ebml.size)
     if segment.id != _SEGMENT:
         raise UndecodableAudio("no Segment after the EBML header")
-    out = bytearray(data[: segment.start]) + _SEGMENT.to_bytes(4, "big") + _UNKNOWN_SIZE
     pos = segment.data_start
     while pos < len(data):
         child = _element(data, pos)
@@ -223,10 +181,8 @@ def _webm_header(data: bytes) -> tuple[bytes, int]:
             break
         if child.size is None or child.data_start + child.size > len(data):
             raise UndecodableAudio("WebM header ends inside an element")
-        end = child.data_start + child.size
-        out += _void(end - pos) if child.id == _SEEKHEAD else data[pos:end]
-        pos = end
-    return bytes(out), pos
+        pos = child.data_start + child.size
+    return pos
 
 
 def _starts_with_block(data: bytes) -> bool:
@@ -243,53 +199,6 @@ def _starts_with_block(data: bytes) -> bool:
         return track & ~(1 << (7 * length)) >= 1 and element.size >= length + 3
     except UndecodableAudio:
         return False
-
-
-def _resume_cluster(chunk: bytes) -> bytes:
-    """A Cluster start for a chunk that begins with the blocks of a cluster opened in an earlier chunk.
-
-    Chrome opens few clusters, so its timeslice blobs usually begin with bare SimpleBlocks,
-    which libavformat would skip up to the next Cluster (or entirely). The timecode is chosen
-    so that the blocks end where the chunk's next Cluster starts (0 when it has none).
-    """
-    offsets: list[int] = []
-    next_cluster: int | None = None
-    pos = 0
-    try:
-        while pos < len(chunk):
-            element = _element(chunk, pos)
-            if element.id == _CLUSTER:
-                next_cluster = _cluster_timecode(chunk, element)
-                break
-            if element.size is None:
-                break
-            if element.id == _SIMPLEBLOCK:
-                track_len = _vint(chunk, element.data_start)[1]
-                at = element.data_start + track_len
-                offsets.append(int.from_bytes(chunk[at : at + 2], "big", signed=True))
-            pos = element.data_start + element.size
-    except UndecodableAudio:
-        pass  # a damaged tail: the blocks read so far still tell the offsets
-    timecode = 0
-    if next_cluster is not None and offsets:
-        step = offsets[-1] - offsets[-2] if len(offsets) > 1 else 20
-        timecode = max(0, next_cluster - offsets[-1] - step)
-    size = max(1, (timecode.bit_length() + 7) // 8)
-    return _CLUSTER.to_bytes(4, "big") + _UNKNOWN_SIZE + bytes([_TIMECODE, 0x80 | size]) + timecode.to_bytes(size, "big")
-
-
-def _cluster_timecode(data: bytes, cluster: _Element) -> int | None:
-    first = _element(data, cluster.data_start)
-    if first.id != _TIMECODE or first.size is None:
-        return None
-    return int.from_bytes(data[first.data_start : first.data_start + first.size], "big")
-
-
-def _void(length: int) -> bytes:
-    """A Void element of exactly `length` (>= 2) bytes."""
-    if length < 129:
-        return bytes([_VOID, 0x80 | (length - 2)]) + bytes(length - 2)
-    return bytes([_VOID]) + (1 << 56 | (length - 9)).to_bytes(8, "big") + bytes(length - 9)
 
 
 # --- Ogg ---------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -569,6 +570,10 @@ async def test_live_captions_in_a_real_browser(start_server: ServerFactory, tmp_
         assert [(s["id"], s["text"].strip()) for s in segments] == [(d["id"], d["text"]) for d in page["transcript"]], name
         recall = word_recall(spoken, " ".join(d["text"] for d in page["transcript"]))
         ahead = _check_captions(page)
+        lag = {event: statistics.median(e["at"] - page["recordStartAt"] - e["body"]["endMs"] for e in page["liveEvents"]
+                                        if e["event"] == event) / 1000 for event in ("transcriptInterim", "transcriptSegment")}
+        print(f"{name}: behind the audio they cover, captions {lag['transcriptInterim']:.1f} s and finals "
+              f"{lag['transcriptSegment']:.1f} s in the median (MediaRecorder start + endMs to arrival)")
         print(f"{name}: {len(page['blobs'])} blobs, recall {recall:.2f}, "
               f"{[e['event'] for e in page['liveEvents']].count('transcriptInterim')} captions; each on screen "
               f"{', '.join(f'{s:.1f}' for s in ahead)} s before its final: {' | '.join(d['text'] for d in page['transcript'])}")

@@ -347,9 +347,9 @@ function updateCaption(item, { confirmed, tentative, revision }) {
 }
 
 function showStored(lastSequence) {
-  const count = demo.stored ?? 0;
-  $("stored").textContent = `${plural(count, "chunk")}${lastSequence === null ? "" : ` (last #${lastSequence})`}`;
-  $("stored").dataset.chunks = String(count);
+  const count = demo.stored;  // null until the server said (its join answer): "0" would be a guess
+  $("stored").textContent = count === null ? "–" : `${plural(count, "chunk")}${lastSequence === null ? "" : ` (last #${lastSequence})`}`;
+  $("stored").dataset.chunks = count === null ? "" : String(count);
 }
 
 /** The session list again at most every SESSIONS_REFRESH_MS while chunks are being stored: its counts follow. */
@@ -413,6 +413,7 @@ function attach(recorder, { resumed = false } = {}) {
     }
     showStored(reply.maxSeq >= 0 ? reply.maxSeq : null);
     showState(recorder.state);
+    if (resumed) refreshSessions();  // marks this recording in the list
   });
   on("ack", ({ sequence, status }) => {
     demo.acks += 1;
@@ -601,7 +602,8 @@ function sessionItem(session) {
 async function refreshSessions() {
   const response = await api(`/api/sessions?limit=${SESSIONS_SHOWN}`).catch((err) => err);
   if (!(response instanceof Response) || !response.ok) {
-    const why = response instanceof Response ? await apiError(response) : "the server is unreachable";
+    const why = response instanceof Response ? await apiError(response)
+      : navigator.onLine === false ? "this device has no network" : "the server does not answer";
     $("sessions-error").textContent = `Cannot list sessions: ${why}`;
     $("sessions-error").hidden = false;
     return;

@@ -665,7 +665,8 @@ async function captionsScenario(browser, server, result) {
     const extra = await page.evaluate(() => ({ mimeType: window.demo.recorder.mimeType, shown: window.__test.shown,
       liveEvents: window.demo.liveEvents.filter((e) => e.body?.sessionId === window.demo.recorder.sessionId),
       captionsLeft: document.querySelectorAll("#transcript li.caption").length }));
-    result.pages.push({ name: page.scenario, mime: opts["captions-mime"][pages.indexOf(page)], ...seen, ...extra });
+    const recordStartAt = page.moments.find((m) => m.kind === "start")?.at ?? null;  // MediaRecorder's start (page clock)
+    result.pages.push({ name: page.scenario, mime: opts["captions-mime"][pages.indexOf(page)], recordStartAt, ...seen, ...extra });
   }
   await screenshot(pages[0], `captions-${opts.browser}-done`, result);
 }

@@ -356,4 +356,7 @@ export declare class LiveTranscript {
 
 export declare const PREFERRED_MIME_TYPES: readonly string[];
 export declare function pickMimeType(isTypeSupported: ((type: string) => boolean) | undefined, preference?: string): string;
-export declare function chunkMimeType(blobType: string | undefined, recorderType: string | null | undefined): string;
+export declare function chunkMimeType(blobType: string | undefined, recorderType: string | null | undefined,
+  sniffedType?: string | null): string;
+/** "audio/ogg", "audio/webm" or "audio/mp4" from a blob's first bytes (OggS, the EBML magic, an ftyp box), else null. */
+export declare function sniffContainer(head: Uint8Array | ArrayBuffer): string | null;

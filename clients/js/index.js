@@ -5,4 +5,4 @@ export { FlowControl, isRetryable, RETRYABLE_CODES } from "./flow.js";
 export { resendPlan, nextToSend } from "./resend.js";
 export { SegmentList } from "./segments.js";
 export { LiveTranscript } from "./captions.js";
-export { pickMimeType, chunkMimeType, PREFERRED_MIME_TYPES } from "./mime.js";
+export { pickMimeType, chunkMimeType, sniffContainer, PREFERRED_MIME_TYPES } from "./mime.js";

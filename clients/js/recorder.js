@@ -4,7 +4,7 @@
 // slowDown; every (re)connect joins the session and resends what the outbox still holds.
 
 import { io } from "socket.io-client";
-import { chunkMimeType, pickMimeType } from "./mime.js";
+import { chunkMimeType, pickMimeType, sniffContainer } from "./mime.js";
 import { CutMarker, lossOf, readMarkers } from "./cut.js";
 import { FlowControl, isRetryable } from "./flow.js";
 import { Outbox, isQuotaError } from "./outbox.js";
@@ -433,7 +433,9 @@ export class Recorder extends EventTarget {
     const bytes = await blob.arrayBuffer();
     // durationMs is wall time (kept here, not sent: the server measures the audio); timestamp + durationMs is
     // the outbox's storedUntil, which tells the next page what a reload lost
-    const fields = { bytes, mimeType: chunkMimeType(blob.type, this.mimeType), timestamp, durationMs };
+    // a browser that names no type: the container the recording's bytes start with (its first blob's, for WebM)
+    this._sniffedType = sniffContainer(new Uint8Array(bytes, 0, Math.min(bytes.byteLength, 12))) ?? this._sniffedType ?? null;
+    const fields = { bytes, mimeType: chunkMimeType(blob.type, this.mimeType, this._sniffedType), timestamp, durationMs };
     if (this.options.checksum && !leaving) fields.checksum = await sha256Hex(bytes);
     const outbox = await this._open();
     let record = null;

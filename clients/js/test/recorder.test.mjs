@@ -245,6 +245,19 @@ test("interim: true asks for captions at every join; captions come as interim ev
   assert.deepEqual(server.joins[1], { sessionId: "sess-1", lastSeq: 1, interim: true });
 });
 
+test("a browser that names no container (type \"\" everywhere): each chunk's mimeType comes from the recording's bytes", async () => {
+  class Untyped extends FakeMediaRecorder {
+    static isTypeSupported() { return false; }  // the library asks for nothing: the browser records its default
+  }
+  const ogg = (n) => new Blob([new Uint8Array([0x4f, 0x67, 0x67, 0x53, n])]);  // type "": page-aligned Ogg blobs
+  const server = fakeServer();
+  const rec = make(new FakeSocket(server.handler), freshDB(), { MediaRecorder: Untyped });
+  await record(rec, [ogg(1), ogg(2)]);
+  await rec.stop({ timeoutMs: 2000 });
+  assert.equal(rec.mimeType, null);
+  assert.deepEqual([...server.stored.values()].map((c) => c.mimeType), ["audio/ogg", "audio/ogg"]);
+});
+
 test("without interim: true, joinSession does not ask for captions", async () => {
   const server = fakeServer();
   const rec = make(new FakeSocket(server.handler));

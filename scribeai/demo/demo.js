@@ -292,7 +292,12 @@ function showQueue({ chunks, bytes: size }) {
   $("outbox").dataset.chunks = String(chunks);
 }
 
-function showError({ code, message, sequence }) {
+function showError({ code, message: said, sequence }) {
+  // the library's words are for a developer ("call setToken()"); a person needs what to do
+  const message = code === "unauthorized"
+    ? "the server no longer accepts this page's token (it expired, or the server's secret changed): the audio waits " +
+      "in this browser's outbox; sign out and sign in with a new token to send it"
+    : said;
   demo.errors.push({ code, message, sequence });
   const line = `${code}${sequence !== undefined ? ` (chunk ${sequence})` : ""}: ${message}`;
   const lines = [...$("errors").textContent.split("\n").filter(Boolean).slice(-2), line];

@@ -28,12 +28,13 @@ from scribeai.realtime import Realtime
 from scribeai.services import Services, services_key
 from scribeai.sessions import SessionService
 from scribeai.settings import Settings
-from scribeai.storage import open_store
+from scribeai.store import open_store
 from scribeai.transcription.engines import create_engine
 from scribeai.transcription.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 REST_BODY_LIMIT = 1024 * 1024
+CLOSE_WAIT_S = 1.0  # a graceful stop's wait for the requests of disconnected clients to end
 
 
 class _QuietClientErrors(logging.Filter):
@@ -217,5 +218,18 @@ async def serve(app: web.Application, host: str, port: int) -> None:
         log.info("stopping: draining in-flight chunks")
         await site.stop()
         await _graceful_stop(app)
+        await _requests_finished(runner, CLOSE_WAIT_S)
     finally:
         await runner.cleanup()
+
+
+async def _requests_finished(runner: web.AppRunner, timeout: float) -> None:
+    """Wait (at most `timeout`) until no request is in progress: the websockets and long polls of the clients just
+    disconnected end within milliseconds. aiohttp's cleanup would close their connections at once instead, and then
+    wait for each websocket's close handshake until its timeout (5 s measured)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while runner.server is not None and loop.time() < deadline:
+        if not any(getattr(conn, "_request_in_progress", False) for conn in runner.server.connections):
+            return
+        await asyncio.sleep(0.01)

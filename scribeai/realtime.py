@@ -28,6 +28,7 @@ from scribeai.transport import guard_packets
 
 log = logging.getLogger(__name__)
 NAMESPACES = ("/", "/record")
+ANSWER_WAIT_S = 0.5  # a graceful stop's wait for handlers to send their answers before connections close
 PROTOCOL_ERROR = "protocol-error"  # a packet that cannot be answered: sent just before the connection is closed
 Handler = Callable[..., Awaitable[Any]]
 
@@ -82,7 +83,8 @@ class Realtime:
         self._idle = asyncio.Event()
         self._idle.set()
         self._in_flight_total = 0
-        self._begun = 0
+        self._refused_stopping = 0  # chunks answered `unavailable` since the stop began
+        self._answering = 0  # handlers running: their answers are not sent yet
         self._stopped = False
         self._replays: set[asyncio.Task[None]] = set()
         self.counters: dict[str, int] = {}
@@ -150,7 +152,9 @@ class Realtime:
     async def _refuse_connection(self, eio_sid: str, reason: str) -> None:
         """A packet that cannot be decoded or held: say why on every namespace, then close the connection."""
         body = _error_body(InvalidInput(reason), PROTOCOL_ERROR, "Invalid packet")
-        log.info("closing connection %s: %s", eio_sid, reason, extra={"sid": eio_sid, "code": body["code"]})
+        # While stopping, a chunk's attachment that arrives after its namespace was disconnected lands here.
+        log.log(logging.INFO if self.accepting else logging.DEBUG, "closing connection %s: %s", eio_sid, reason,
+                extra={"sid": eio_sid, "code": body["code"]})
         self._count(f"{PROTOCOL_ERROR}:{body['code']}")
         for namespace in NAMESPACES:
             sid = self.sio.manager.sid_from_eio_sid(eio_sid, namespace)
@@ -192,6 +196,13 @@ class Realtime:
             conn = self.connections.get((namespace, sid))
             if conn is None:
                 return {"error": {"code": "unauthorized", "message": "not connected"}}
+            self._answering += 1
+            try:
+                return await answer(conn, sid, args)
+            finally:
+                self._answering -= 1
+
+        async def answer(conn: Connection, sid: str, args: tuple[Any, ...]) -> Any:
             context = protocol.context_of(args[0] if args else None)
             try:
                 return await fn(conn, *(args if variadic else args[:1]))
@@ -210,8 +221,11 @@ class Realtime:
             self._count(f"{error_event}:{body['code']}")
             if error_event == "chunk-error":
                 self.metrics.chunk_errors_total.labels(body["code"]).inc()
-            log.info("%s from %s answered %s: %s", event, sid, body["code"], body["message"],
-                     extra={"sid": sid, "code": body["code"], **_log_context(context)})
+            # While stopping, refusals are counted and summed up in one line at the end (a recorder resending at
+            # once was 21,426 lines in one stop).
+            level = logging.DEBUG if not self.accepting and body["code"] == "unavailable" else logging.INFO
+            log.log(level, "%s from %s answered %s: %s", event, sid, body["code"], body["message"],
+                    extra={"sid": sid, "code": body["code"], **_log_context(context)})
             await self._tell(conn, error_event, body)
             return {"error": body}
         return handle
@@ -219,6 +233,10 @@ class Realtime:
     # -- audio ----------------------------------------------------------------
 
     async def on_audio_chunk(self, conn: Connection, *args: Any) -> dict[str, Any]:
+        if not self.accepting:
+            # Answered at once, never stored: not in flight, so a recorder that resends at once cannot hold the stop.
+            self._refused_stopping += 1
+            raise Unavailable("server is shutting down; resend after reconnecting")
         self._begin()
         conn.in_flight += 1
         started = time.perf_counter()
@@ -231,8 +249,6 @@ class Realtime:
             self._end()
 
     async def _store(self, conn: Connection, args: tuple[Any, ...]) -> dict[str, Any]:
-        if not self.accepting:
-            raise Unavailable("server is shutting down; resend after reconnecting")
         chunk = protocol.parse_chunk(args, max_bytes=self.settings.max_chunk_bytes, now_ms=time.time() * 1000)
         protocol.check_user_id(chunk.user_id, conn.user_id)
         decision = await self._assess(conn)
@@ -456,7 +472,6 @@ class Realtime:
     # -- shutdown -------------------------------------------------------------
 
     def _begin(self) -> None:
-        self._begun += 1
         self._in_flight_total += 1
         self._idle.clear()
 
@@ -465,38 +480,59 @@ class Realtime:
         if self._in_flight_total == 0:
             self._idle.set()
 
-    async def drain(self, timeout: float, quiet_s: float = 1.0) -> bool:
-        """Refuse new chunks and connections, wait until in-flight chunks are acked and no more arrive.
+    async def drain(self, timeout: float, quiet_s: float = 0.25) -> bool:
+        """Refuse new chunks and connections, wait until the chunks being stored are acked (at most `timeout`).
 
-        Chunks still on the wire when the stop begins get `unavailable` instead of vanishing with
-        the disconnect, so a recorder learns at once that it must resend them elsewhere or later.
+        Then `quiet_s` more: chunks still on the wire when the stop begins get `unavailable` at once instead of
+        vanishing with the disconnect, so a recorder learns that it must resend them elsewhere or later. Chunks
+        that arrive meanwhile are never stored, so they cannot hold the stop. False when some chunk still was
+        being stored after `timeout`.
         """
         self.accepting = False
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            seen = self._begun
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                return False
-            try:
-                await asyncio.wait_for(self._idle.wait(), remaining)
-            except TimeoutError:
-                return False
-            await asyncio.sleep(min(quiet_s, max(deadline - asyncio.get_running_loop().time(), 0)))
-            if self._begun == seen and self._idle.is_set():
-                return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            await asyncio.wait_for(self._idle.wait(), max(deadline - loop.time(), 0))
+        except TimeoutError:
+            return False
+        await asyncio.sleep(min(quiet_s, max(deadline - loop.time(), 0)))
+        return self._idle.is_set()
 
     async def disconnect_all(self) -> None:
+        """Disconnect every client: its namespaces (the JS client's "io server disconnect"), then its Engine.IO
+        connection, so that no websocket or long poll waits for the client to close it."""
+        eio_sids = {conn.eio_sid for conn in self.connections.values()}
         for namespace, sid in list(self.connections):
             await self.sio.disconnect(sid, namespace=namespace)
+        # Handlers still running send their answers before the connections close (a refusal a moment before the
+        # disconnect reaches its recorder); new events find no connection and are answered at once.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ANSWER_WAIT_S
+        await asyncio.sleep(0)
+        while self._answering and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        eio_sids.update(self.sio.eio.sockets)
+        for eio_sid in eio_sids:
+            socket = self.sio.eio.sockets.get(eio_sid)
+            if socket is None or socket.closed:
+                continue
+            # Not engineio's disconnect(): it waits until the client has read the close packet, which a polling client
+            # that has stopped polling never does. A websocket's writer closes the websocket itself after the close
+            # packet (socket.io-client ignores an Engine.IO close on websocket).
+            await socket.close(wait=False, reason=self.sio.eio.reason.SERVER_DISCONNECT)
+            if socket.upgraded:
+                socket.queue.put_nowait(None)
 
     async def stop(self, timeout: float) -> None:
         """The graceful stop, once: drain, then disconnect every client."""
         if self._stopped:
             return
         self._stopped = True
-        if not await self.drain(timeout):
-            log.warning("shutdown: chunks still in flight after %.1fs", timeout)
+        drained = await self.drain(timeout)
+        if not drained:
+            log.warning("shutdown: %d chunks still being stored after %.1fs", self._in_flight_total, timeout)
+        if self._refused_stopping:
+            log.info("shutdown: %d chunks refused (unavailable) while stopping", self._refused_stopping)
         await self.disconnect_all()
 
     def _count(self, name: str) -> None:

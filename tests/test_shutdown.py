@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import sys
@@ -64,3 +65,90 @@ async def test_sigterm_acks_in_flight_chunks_and_exits_cleanly(tmp_path: Path) -
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_sigterm_with_recorders_that_keep_sending_is_answered_and_logged_in_one_line(tmp_path: Path) -> None:
+    """Recorders that resend at once after `unavailable` neither hold the stop nor flood the log (issue 25: 21,426
+    INFO lines, then "chunks still in flight" for chunks that had been refused)."""
+    port = free_port()
+    env = {**os.environ, "DATA_DIR": str(tmp_path), "STORAGE_DIR": str(tmp_path / "chunks"), "SCRIBEAI_SECRET": SECRET,
+           "TRANSCRIBER": "none", "HOST": "127.0.0.1", "PORT": str(port), "SHUTDOWN_TIMEOUT": "5", "DEMO": "off"}
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "scribeai", "serve", env=env,
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    lines: list[str] = []
+
+    async def read_log() -> None:  # read as it comes: a flood of lines must not block the server on a full pipe
+        assert process.stdout is not None
+        async for line in process.stdout:
+            lines.append(line.decode(errors="replace"))
+    reader = asyncio.ensure_future(read_log())
+    url = f"http://127.0.0.1:{port}"
+    clients: list[socketio.AsyncClient] = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(100):
+                try:
+                    async with http.get(f"{url}/healthz") as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.1)
+        acked: dict[str, list[int]] = {}
+        refused: list[str] = []
+        stopping = asyncio.Event()
+
+        async def record(client: socketio.AsyncClient, session: str, gone: asyncio.Event) -> None:
+            seq = 0
+            while client.connected:
+                call = asyncio.ensure_future(client.call("audio-chunk", chunk(session, seq, os.urandom(4000)), timeout=10))
+                cut = asyncio.ensure_future(gone.wait())
+                await asyncio.wait([call, cut], return_when=asyncio.FIRST_COMPLETED)
+                cut.cancel()
+                if not call.done():  # an answer that came just before the close is still being delivered
+                    await asyncio.wait([call], timeout=0.5)
+                if not call.done() or call.exception() is not None:
+                    call.cancel()  # the connection closed first: this chunk was not received, a recorder resends it
+                    return
+                reply = call.result()
+                if "chunkId" in reply:
+                    acked.setdefault(session, []).append(seq)
+                    seq += 1
+                else:
+                    refused.append(reply["error"]["code"])
+                    stopping.set()  # and resend at once, as a careless recorder would
+
+        tasks = []
+        for i, transport in enumerate(["websocket", "websocket", "polling"]):
+            client = socketio.AsyncClient(reconnection=False)
+            gone = asyncio.Event()
+            client.on("disconnect", lambda *args, gone=gone: gone.set())
+            await client.connect(url, auth={"token": token_for("alice")}, transports=[transport], wait_timeout=5)
+            clients.append(client)
+            tasks.append(asyncio.ensure_future(record(client, f"keep-{i}", gone)))
+        await asyncio.sleep(0.3)
+        process.send_signal(signal.SIGTERM)
+        try:
+            assert await asyncio.wait_for(process.wait(), 30) == 0
+        except TimeoutError:
+            raise AssertionError("".join(lines)[-5000:])
+        await asyncio.wait_for(asyncio.gather(*tasks), 15)
+        await reader
+        assert stopping.is_set() and set(refused) == {"unavailable"}
+        log = "".join(lines)
+        assert "answered unavailable" not in log  # refusals while stopping are counted, not logged one by one
+        summary = re.findall(r"shutdown: (\d+) chunks refused \(unavailable\) while stopping", log)
+        assert len(summary) == 1, log[-3000:]
+        # each recorder waits for an answer before it sends again: at most its last answer was cut by the close
+        assert len(refused) <= int(summary[0]) <= len(refused) + len(clients), (summary, len(refused))
+        assert "still in flight" not in log and "still being stored" not in log
+        assert len(lines) < 40, log[-3000:]
+        for session, seqs in acked.items():  # every acked chunk survived
+            stored = {p.name for p in (tmp_path / "chunks" / session).glob("*.webm")}
+            assert {f"{session}_{seq:04d}.webm" for seq in seqs} <= stored
+    finally:
+        for client in clients:
+            await client.shutdown()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        reader.cancel()

@@ -579,6 +579,8 @@ async function resumePending(sessionId) {
   clearTranscript();
   const recorder = demo.Recorder.resume(options({ sessionId }));
   attach(recorder, { resumed: true });
+  elapsedMs = 0;
+  $("elapsed").textContent = "–";  // the session's time so far comes with the server's answer to the join
   $("pending").querySelector(`li[data-session="${CSS.escape(sessionId)}"]`)?.remove();
   $("pending-section").hidden = $("pending").children.length === 0;
 }

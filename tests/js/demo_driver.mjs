@@ -487,7 +487,7 @@ async function reloadScenario(browser, server, result) {
     "the outbox resent", offered);
   result.pendingAfterSend = await page.evaluate(() => window.demo.Recorder.pending({ dbName: "reload" }));
   // the session's time so far is the server's figure, asked for at the join
-  await waitFor(page, () => document.getElementById("elapsed").textContent !== "0:00", 5000, "the session's time").catch((err) => log(err.message));
+  await waitFor(page, () => document.getElementById("elapsed").textContent.includes(":") && document.getElementById("elapsed").textContent !== "0:00", 5000, "the session's time").catch((err) => log(err.message));
   result.afterSend = await page.evaluate(() => ({ state: document.getElementById("state").textContent,
     stored: Number(document.getElementById("stored").dataset.chunks), elapsed: document.getElementById("elapsed").textContent }));
   // then record more into the same session (a second MediaRecorder: a new WebM header mid-session), and stop
@@ -703,8 +703,8 @@ async function main() {
   browser.pulse = pulse;
   try {
     const version = await browser.version();
-    // Firefox has no CDP (offline mode, downloads): only the captions scenario runs there
-    const chosen = SCENARIOS.filter(([name, server]) => opts[server] && (!firefox || name === "captions"));
+    // Firefox has no CDP (offline mode, downloads): only the captions and loss scenarios run there
+    const chosen = SCENARIOS.filter(([name, server]) => opts[server] && (!firefox || ["captions", "loss"].includes(name)));
     log(`${version}: ${chosen.map(([name]) => name).join(", ")}`);
     const results = await Promise.all(chosen.map(([name, server, fn]) => run(browser, name, opts[server], fn)));
     console.log(JSON.stringify({ chromium: version, browser: version, out: OUT,

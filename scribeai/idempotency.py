@@ -26,7 +26,8 @@ from scribeai.errors import (Conflict, Forbidden, ScribeError, StartupCheckFaile
 from scribeai.models import Chunk, ChunkStatus, RecordingSession, new_id, utcnow
 from scribeai.protocol import IncomingChunk
 from scribeai.sessions import Claim, SessionService
-from scribeai.storage import Store, Written
+from scribeai.storage import Written
+from scribeai.store import Store
 from scribeai.transcription import streams
 
 log = logging.getLogger(__name__)

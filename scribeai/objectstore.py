@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from scribeai.errors import StorageUnavailable
-from scribeai.storage import Written, chunk_filename
+from scribeai.storage import chunk_filename
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -88,7 +88,7 @@ class ObjectChunkStore:
             raise StorageUnavailable(f"the object store cannot {what} now ({detail}); resend later",
                                      "storage_unavailable", RETRY_AFTER_MS) from exc
 
-    # -- the ChunkStore interface -------------------------------------------------
+    # -- the Store interface (scribeai.store) -------------------------------------------------
 
     def relative_path(self, session_id: str, seq: int, mime_type: str) -> str:
         return f"{session_id}/{chunk_filename(session_id, seq, mime_type)}"
@@ -99,11 +99,11 @@ class ObjectChunkStore:
     def write_temp_hashed(self, relative: str, data: bytes) -> tuple[PendingObject, str]:
         return PendingObject(relative, bytes(data)), hashlib.sha256(data).hexdigest()
 
-    def write_new(self, relative: str, data: bytes, digest: str | None) -> Written | None:
+    def write_new(self, relative: str, data: bytes, digest: str | None) -> None:
         """Objects are written by publish_many, after the row's INSERT: never straight away."""
         return None
 
-    def unwrite(self, written: Written) -> PendingObject:
+    def unwrite(self, written: object) -> PendingObject:
         raise RuntimeError("ObjectChunkStore never writes a chunk before its publication")
 
     def publish(self, temp: PendingObject, relative: str) -> None:

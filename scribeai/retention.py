@@ -62,7 +62,7 @@ from scribeai.models import (
     TranscriptSegment,
 )
 from scribeai.settings import Settings, parse_schedule
-from scribeai.storage import Store, open_store
+from scribeai.store import Store, open_store
 
 log = logging.getLogger(__name__)
 

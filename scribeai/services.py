@@ -16,7 +16,7 @@ from scribeai.metrics import Metrics
 from scribeai.monitor import ProcessMonitor
 from scribeai.sessions import SessionService
 from scribeai.settings import Settings
-from scribeai.storage import Store
+from scribeai.store import Store
 
 if TYPE_CHECKING:
     from scribeai.realtime import Realtime

@@ -21,7 +21,7 @@ from scribeai.metrics import Metrics
 from scribeai.pubsub import check_redis
 from scribeai.retention import Retention, RetentionScheduler
 from scribeai.settings import Settings, parse_schedule
-from scribeai.storage import open_store
+from scribeai.store import open_store
 from scribeai.transcription.engines import create_engine
 from scribeai.transcription.pipeline import Pipeline
 

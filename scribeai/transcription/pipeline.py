@@ -27,7 +27,7 @@ from scribeai.models import (
     utcnow,
 )
 from scribeai.protocol import caption_room_of, room_of
-from scribeai.storage import Store
+from scribeai.store import Store
 from scribeai.transcription import media
 from scribeai.transcription.captions import MIN_AUDIO_MS, STEP_MS, Budget, Caption
 from scribeai.transcription.engines import Engine, Transcription, TranscriptionFailed

@@ -45,7 +45,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from bench_pg import admin_sql  # scripts/bench_pg.py, beside this script
+from pg_scratch import admin_sql  # scripts/pg_scratch.py, beside this script
 from sqlalchemy import event, insert, text
 
 from scribeai.app import create_app

@@ -55,7 +55,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_pg import create_database, drop_database  # noqa: E402  (scripts/bench_pg.py, beside this script)
+from pg_scratch import create_database, drop_database  # noqa: E402  (scripts/pg_scratch.py, beside this script)
 
 from tests.speech import CLUSTER_ID, MEETING as SENTENCES, cut, encode_webm  # noqa: E402
 

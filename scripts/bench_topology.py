@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LOADGEN = ROOT / "benchmarks" / "ingest" / "loadgen.mjs"
 SECRET = "bench-topology-secret-0123456789abcdef"
 
-from bench_pg import create_database, drop_database  # noqa: E402  (scripts/bench_pg.py, beside this script)
+from pg_scratch import create_database, drop_database  # noqa: E402  (scripts/pg_scratch.py, beside this script)
 
 sys.path.insert(0, str(ROOT))
 from tests.processes import SITE_NODES, nginx_site  # noqa: E402  (deploy/nginx/scribeai.conf, filled in)

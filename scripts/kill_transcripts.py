@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_pg import create_database, drop_database  # noqa: E402
+from pg_scratch import create_database, drop_database  # noqa: E402
 from bench_stream import SENTENCES, make_speech  # noqa: E402
 
 from tests.conftest import token_for  # noqa: E402

@@ -1,7 +1,8 @@
 """Build tests/fixtures/deflate64/d64.zip: a session archive repacked with Deflate64, as 7-Zip writes it.
 
     apt-get install p7zip-full   # only to rebuild the fixture; the tests only read the committed ZIP
-    .venv/bin/python scripts/make_deflate64_fixture.py
+    .venv/bin/python scripts/make_deflate64_fixture.py                 # rebuild tests/fixtures/deflate64/d64.zip
+    .venv/bin/python scripts/make_deflate64_fixture.py --out /tmp/d64.zip
 
 The archive holds the four timeslice fixtures under the names ScribeAI stores them by for session
 `d64` (`d64_0000.webm` …) and a metadata.json in the archive format of scribeai/retention.py, all
@@ -10,6 +11,7 @@ compressed with method 9 (Deflate64) by `7z a -tzip -mm=Deflate64`.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import shutil
@@ -27,6 +29,10 @@ SOURCES = [f"timeslice_{i:04d}.webm" for i in range(4)]
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--out", type=Path, default=OUT, help=f"where the ZIP goes (default {OUT.relative_to(ROOT)})")
+    out = parser.parse_args().out.resolve()
     seven_zip = shutil.which("7z") or shutil.which("7za") or shutil.which("7zz")
     if seven_zip is None:
         print("7z not found: apt-get install p7zip-full", file=sys.stderr)
@@ -42,17 +48,18 @@ def main() -> int:
                            "mimeType": "audio/webm;codecs=opus"})
         metadata = {"format": 1, "session": {"id": SESSION}, "chunks": chunks, "transcript": []}
         (work / "metadata.json").write_text(json.dumps(metadata, indent=1))
-        OUT.parent.mkdir(parents=True, exist_ok=True)
-        OUT.unlink(missing_ok=True)
+        built = work / "d64.zip"  # the committed fixture is replaced only by a finished, checked ZIP
         names = ["metadata.json"] + [c["name"] for c in chunks]
-        subprocess.run([seven_zip, "a", "-tzip", "-mm=Deflate64", "-mx=9", str(OUT), *names], cwd=work, check=True,
+        subprocess.run([seven_zip, "a", "-tzip", "-mm=Deflate64", "-mx=9", str(built), *names], cwd=work, check=True,
                        stdout=subprocess.DEVNULL)
-    with zipfile.ZipFile(OUT) as zf:
-        methods = {i.filename: i.compress_type for i in zf.infolist()}
-    if set(methods.values()) != {9}:
-        print(f"expected Deflate64 (method 9) for every member, got {methods}", file=sys.stderr)
-        return 1
-    print(f"wrote {OUT.relative_to(ROOT)} ({OUT.stat().st_size} bytes): {methods}")
+        with zipfile.ZipFile(built) as zf:
+            methods = {i.filename: i.compress_type for i in zf.infolist()}
+        if set(methods.values()) != {9}:
+            print(f"expected Deflate64 (method 9) for every member, got {methods}", file=sys.stderr)
+            return 1
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(built, out)
+    print(f"wrote {out} ({out.stat().st_size} bytes): {methods}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""PostgreSQL housekeeping for the benchmarks: a database (or schema) of their own, dropped afterwards."""
+"""PostgreSQL housekeeping for the benchmarks (a helper they import, not a benchmark): a database of their own,
+dropped afterwards."""
 
 from __future__ import annotations
 

@@ -14,7 +14,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 JS_DIR = Path(__file__).parent / "js"
 CHROMIUM = "/usr/bin/chromium"
@@ -230,6 +229,8 @@ def require_browser_tools() -> None:
     missing = missing_browser_tools()
     if not missing:
         return
+    import pytest  # here, not at the top: scripts use this module without pytest installed
+
     reason = "the real-browser test needs " + ", ".join(missing) + " (`make test` installs them; the apt packages only as root)"
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI is set: they must be installed)", pytrace=False)

@@ -7,7 +7,9 @@ in one browser: a recording with its live transcript, session list and downloads
 the server SIGKILLed and restarted; a reload with chunks waiting in the outbox; an overloaded server.
 Every blob MediaRecorder produced must be stored once, byte for byte, under consecutive sequences (but one
 given as a page went, which may not make it). And, on its own, reloads at random points of a 1 s blob: each
-loses at most one blob of audio, and the page that comes back says how much.
+loses at most one blob of audio, and the page that comes back says how much. Last, live captions in Chromium and
+in Firefox (firefox-esr over WebDriver BiDi, its microphone a PulseAudio null sink the speech is played into):
+captions before each final, replaced by it in place, confirmed words never taken back.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import socketio
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from scribeai import rest, retention
+from scribeai import rest, retention, summaries
 from scribeai.auth import Authenticator, load_secret
 from scribeai.db import Database
 from scribeai.demo import add_demo, demo_url
@@ -96,6 +96,8 @@ def create_app(settings: Settings, *, db_schema: str | None = None) -> web.Appli
     realtime = Realtime(sio, settings, auth, ingest, sessions, monitor, pipeline, metrics)
     realtime.register()
     pipeline.on_transcribed = realtime.chunk_transcribed
+    app[summaries.summaries_key] = summaries.Summaries.from_settings(db, sio, settings)
+    pipeline.on_completed = app[summaries.summaries_key].session_completed  # a session's summary once all is transcribed
     pipeline.refreshers.append(realtime.reconcile_pending)  # chunks read by `scribeai worker` or another node
     pipeline.refreshers.append(realtime.renew_captions)
     metrics.live = LiveGauges(
@@ -106,6 +108,7 @@ def create_app(settings: Settings, *, db_schema: str | None = None) -> web.Appli
     app[services_key] = Services(settings, db, store, auth, sessions, ingest, monitor, sio, pipeline, realtime, metrics)
     app.add_routes(rest.routes)
     app.add_routes(retention.routes)
+    app.add_routes(summaries.routes)
     _setup_cors(app, origins)
     add_demo(app, settings)  # after CORS: the page is same-origin, and not part of the REST API
     node = pipeline.queue.node_id
@@ -115,6 +118,7 @@ def create_app(settings: Settings, *, db_schema: str | None = None) -> web.Appli
     app.on_response_prepare.append(name_the_node)
     app.cleanup_ctx.extend([_redis, _database, _transcription, retention.scheduler])
     app.on_shutdown.append(_graceful_stop)
+    app.on_shutdown.append(summaries.stop_summaries)
     return app
 
 

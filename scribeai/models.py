@@ -197,3 +197,29 @@ class TranscriptSegment(SQLModel, table=True):
             "confidence": self.confidence,
             "isFinal": self.is_final,
         }
+
+
+class SummaryStatus:
+    PENDING = "pending"  # being made (or waiting for the session's transcript to be complete)
+    READY = "ready"
+    FAILED = "failed"
+
+
+class SessionSummary(SQLModel, table=True):
+    """A session's summary (extractive, or a model's): made once it is fully transcribed, or on request.
+    Lists are JSON text; `claimed_until` lets one process make it while another sees it pending."""
+
+    __tablename__ = "session_summary"
+
+    session_id: str = Field(foreign_key="recording_session.id", primary_key=True, max_length=128)
+    status: str = Field(default=SummaryStatus.PENDING, max_length=16)
+    method: str | None = Field(default=None, max_length=16)
+    model: str | None = Field(default=None, max_length=256)
+    text: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    key_points: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
+    action_items: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
+    keywords: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
+    words: int = 0
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    generated_at: datetime | None = _when()
+    claimed_until: datetime | None = _when()

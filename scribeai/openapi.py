@@ -102,6 +102,18 @@ def _paths(max_page: int, statuses: Sequence[str]) -> dict[str, Any]:
         "/api/sessions/{session_id}/retry-failed": {"post": _operation(
             "retryFailedChunks", "Queue this session's failed chunks for transcription again.",
             {"200": _json("RetryReply")}, errors=(400, 401, 404), parameters=[session_id])},
+        "/api/sessions/{session_id}/summary": {
+            "get": _operation(
+                "getSummary", "The session's summary (pending until made); `format` downloads it with the transcript.",
+                {"200": {"description": "The summary.", "content": {
+                    "application/json": {"schema": _ref("Summary")},
+                    "text/plain": {"schema": _TEXT}, "text/markdown": {"schema": _TEXT}}}},
+                errors=(400, 401, 404), parameters=[session_id, _query(
+                    "format", {"type": "string", "enum": ["json", "txt", "md"], "default": "json"}, "Answer format.")]),
+            "post": _operation(
+                "makeSummary", "Make the summary again from the transcript as it is; the result comes as "
+                "`session-summary` and from GET.", {"202": _json("Summary")}, errors=(400, 401, 404),
+                parameters=[session_id])},
         "/api/sessions/{session_id}/transcript": {"get": _operation(
             "getTranscript", "Segments in seq order with the chunks still waiting or failed; `format` downloads text.",
             {"200": {"description": "The transcript.", "content": {
@@ -212,6 +224,14 @@ def _schemas(statuses: Sequence[str]) -> dict[str, Any]:
         "MissingChunks": _object({k: gap[k] for k in ("missing", "maxSeq", "totalChunks")}),
         "StopReply": _object({**gap, "stoppedAt": _TIME}),
         "RetryReply": _object({"sessionId": _TEXT, "requeued": _INT}),
+        "Summary": _object({
+            "sessionId": _TEXT, "status": {"type": "string", "enum": ["pending", "ready", "failed"]},
+            "method": {"enum": ["extractive", "llm", None]}, "model": _TEXT, "text": _TEXT,
+            "keyPoints": {"type": "array", "items": _ref("SummaryPoint")},
+            "actionItems": {"type": "array", "items": _ref("SummaryPoint")},
+            "keywords": {"type": "array", "items": _TEXT}, "words": _INT, "generatedAt": _TIME_OR_NULL,
+            "reason": text_or_null}, optional=("model",)),
+        "SummaryPoint": _object({"text": _TEXT, "startMs": {"type": ["integer", "null"]}, "endMs": {"type": ["integer", "null"]}}),
         "Segment": _object({"id": _TEXT, "sessionId": _TEXT, "seq": _SEQ, "fromSeq": _SEQ, "toSeq": _SEQ, "startMs": {"type": "integer"},
                             "endMs": {"type": "integer"}, "text": _TEXT, "speaker": text_or_null,
                             "confidence": {"type": ["number", "null"]}, "isFinal": {"type": "boolean"}}),

@@ -167,6 +167,7 @@ _ORIGINS = Valid("'*', or comma-separated origins such as https://app.example.co
 _WHISPER_MODEL = Valid("empty, a size name or Hugging Face repo id (checked when it loads), or a model directory",
                        lambda value: isinstance(value, str))
 _HTTP_URL = _matches("an http:// or https:// URL", r"https?://[^\s/?#]+(/\S*)?")
+_OPTIONAL_HTTP_URL = _matches("empty, or an http:// or https:// URL", r"(https?://[^\s/?#]+(/\S*)?)?")
 _SCHEDULE = Valid("HH:MM or HH:MM:SS (00:00 to 23:59:59), or 'off'", _is_schedule)
 _LOG_LEVEL = Valid("DEBUG, INFO, WARNING, ERROR or CRITICAL",
                    lambda value: isinstance(logging.getLevelName(str(value).upper()), int))
@@ -211,6 +212,11 @@ class Settings:
     openai_base_url: str = _setting("https://api.openai.com", "OPENAI_BASE_URL", _HTTP_URL, "OpenAI-compatible endpoint for TRANSCRIBER=openai.")
     openai_api_key: str = _setting("", "OPENAI_API_KEY", _ANY, "API key for TRANSCRIBER=openai.")
     transcribe_model: str = _setting("whisper-1", "TRANSCRIBE_MODEL", _NOT_EMPTY, "Model name sent to the OpenAI-compatible endpoint.")
+    summary_base_url: str = _setting("", "SUMMARY_BASE_URL", _OPTIONAL_HTTP_URL, "OpenAI-compatible chat endpoint (Ollama, vLLM, llama.cpp's server, OpenAI) that writes session summaries; empty: extractive summaries, no model.")
+    summary_model: str = _setting("", "SUMMARY_MODEL", _ANY, "Model name sent to SUMMARY_BASE_URL (needed when it is set).")
+    summary_api_key: str = _setting("", "SUMMARY_API_KEY", _ANY, "API key for SUMMARY_BASE_URL, if it wants one.")
+    summary_context_tokens: int = _setting(4096, "SUMMARY_CONTEXT_TOKENS", _numbers(1024, 262_144), "Context window of SUMMARY_MODEL in tokens: longer transcripts are summarised in pieces that fit, then combined.")
+    summary_timeout_s: float = _setting(120.0, "SUMMARY_TIMEOUT_S", _numbers(1, 3600), "Seconds one request to SUMMARY_BASE_URL may take before the extractive summary is served instead.")
     gap_wait_s: float = _setting(15.0, "GAP_WAIT_S", _numbers(0), "Seconds transcription waits for a missing chunk before it goes on without it.")
     window_min_s: float = _setting(3.0, "WINDOW_MIN_S", _numbers(1, 30), "Shortest transcription window cut at a pause: longer gives the model more context and the words later.")
     window_target_s: float = _setting(8.0, "WINDOW_TARGET_S", _numbers(1, 30), "Window length whose nearest pause is preferred for a cut (at least WINDOW_MIN_S); windows never pass 30 s.")
@@ -241,6 +247,8 @@ class Settings:
         if self.window_target_s < self.window_min_s:
             raise SettingError(f"setting WINDOW_TARGET_S={self.window_target_s:g}: expected at least WINDOW_MIN_S "
                                f"({self.window_min_s:g})")
+        if self.summary_base_url and not self.summary_model.strip():
+            raise SettingError(f"setting SUMMARY_MODEL={self.summary_model!r}: expected a model name when SUMMARY_BASE_URL is set")
         model = self.whisper_model
         # A path (not a size name such as tiny.en or a Hugging Face repo id such as Systran/faster-whisper-tiny) must exist.
         if self.transcriber == "whisper" and model.startswith(("/", ".", "~")) and not Path(model).expanduser().is_dir():

@@ -22,6 +22,7 @@ from scribeai.pubsub import check_redis
 from scribeai.retention import Retention, RetentionScheduler
 from scribeai.settings import Settings, parse_schedule
 from scribeai.store import open_store
+from scribeai.summaries import Summaries
 from scribeai.transcription.engines import create_engine
 from scribeai.transcription.pipeline import Pipeline
 
@@ -60,6 +61,8 @@ async def run_worker(settings: Settings) -> None:
                         idle_flush_s=settings.idle_flush_s, window_wait_s=settings.window_wait_s,
                         window_s=(settings.window_min_s, settings.window_target_s),
                         lease_s=settings.transcribe_lease_s, caption_share=settings.caption_cpu_budget)
+    summaries = Summaries.from_settings(db, emitter, settings)  # sessions this worker finds all transcribed
+    pipeline.on_completed = summaries.session_completed
     scheduler: RetentionScheduler | None = None
     try:
         await db.create_all()
@@ -76,6 +79,7 @@ async def run_worker(settings: Settings) -> None:
         if scheduler is not None:
             await scheduler.stop()
         await pipeline.stop()
+        await summaries.stop()
         await db.dispose()
     log.info("ScribeAI worker stopped")
 

@@ -66,6 +66,16 @@ export class LiveTranscript {
     return caption;
   }
 
+  /**
+   * Every caption, dropped: the session is completely transcribed (session-completed), so a caption no final
+   * covered (audio that turned out to hold no words) will never be replaced. Returns the captions dropped.
+   */
+  dropCaptions() {
+    const dropped = this.captions;
+    this._captions.clear();
+    return dropped;
+  }
+
   /** The open windows' captions, in recording order. */
   get captions() {
     return [...this._captions.values()].sort((a, b) => a.startMs - b.startMs);

@@ -169,7 +169,7 @@ export interface RecorderEventMap {
   /** joinSession answered (each connect). */
   joined: CustomEvent<JoinedDetail>;
   /** session-completed: every chunk of the stopped session is transcribed. */
-  completed: CustomEvent<{ sessionId: string }>;
+  completed: CustomEvent<{ sessionId: string; dropped: Caption[] }>;
 }
 
 /** A recording that an earlier page load left cut (a reload, a closed tab, a crash), and what that lost. */
@@ -347,6 +347,8 @@ export declare class LiveTranscript {
   addSegment(segment: unknown): Caption[] | null;
   /** The caption as shown now, or null when nothing changed (repeat, older revision, covered by a final, malformed). */
   addInterim(interim: unknown): Caption | null;
+  /** Drop every caption (the session is completely transcribed: none will be replaced); returns them. */
+  dropCaptions(): Caption[];
   /** The open windows' captions in recording order. */
   readonly captions: Caption[];
   /** Finals and captions in recording order, each with a key that stays the same across updates. */

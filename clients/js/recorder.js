@@ -575,7 +575,8 @@ export class Recorder extends EventTarget {
     socket.on("session-completed", (body) => {
       if (body?.sessionId !== this.sessionId) return;
       this.completed = true;
-      this._emit("completed", { sessionId: this.sessionId });
+      const dropped = this._live.dropCaptions();  // every chunk is transcribed: no final will replace them
+      this._emit("completed", { sessionId: this.sessionId, dropped });
     });
   }
 

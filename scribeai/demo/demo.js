@@ -24,6 +24,7 @@ const demo = {
   resumed: false,         // the current recorder sends an earlier page's outbox (Recorder.resume)
   stopResult: null,       // what the current recorder's stop() resolved
   completed: false,       // session-completed for the current recorder's session
+  completedAt: null,      // when it came (Date.now())
   acks: 0,                // chunk-acks this page received for the current recorder
   stored: null,           // chunks the server holds for the current session (its figure at the join, plus new acks)
   errors: [],             // the library's "error" events, newest last
@@ -204,6 +205,8 @@ function showState(state) {
 
 function showCompleted() {
   demo.completed = true;
+  demo.completedAt = Date.now();
+  showTranscript();  // the recorder dropped any caption no final replaced
   $("state").textContent = stateText(demo.recorder?.state);
   refreshSessions();
 }

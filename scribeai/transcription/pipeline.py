@@ -92,6 +92,7 @@ class Pipeline:
         self.window_wait_s = window_wait_s
         self.window_s = window_s  # (shortest, preferred) window in seconds
         self.on_transcribed: Callable[[str], Awaitable[None]] | None = None
+        self.on_completed: Callable[[str], Awaitable[None]] | None = None  # a stopped session is all transcribed (summaries)
         self.captions = Budget(caption_share)  # seconds of caption decoding per second, for all streams here
         self.captioned = 0  # caption updates sent
         self._watched_now: tuple[float, set[str]] = (float("-inf"), set())  # (when asked, sessions with a caption viewer)
@@ -651,6 +652,8 @@ class Pipeline:
         if affected(claimed) and self.sio is not None:
             for namespace in NAMESPACES:
                 await self.sio.emit("session-completed", {"sessionId": session_id}, room=room_of(session_id), namespace=namespace)
+        if affected(claimed) and self.on_completed is not None:
+            await self.on_completed(session_id)
 
     async def segments_after(self, session_id: str, last_seq: int | None) -> list[dict[str, Any]]:
         query = select(TranscriptSegment).where(col(TranscriptSegment.session_id) == session_id)

@@ -124,12 +124,13 @@ function instrument() {
     }
   };
   const sample = () => {
+    const at = Date.now();  // one time per sample: what changed in one paint shares it
     const text = (id) => document.getElementById(id)?.textContent ?? null;
     const data = (id, key) => document.getElementById(id)?.dataset[key] ?? null;
     const now = { state: data("state", "state"), server: data("backpressure", "level"), connected: data("connection", "connected"),
       outbox: Number(text("outbox-chunks") ?? 0) };
     const last = test.timeline.at(-1);
-    if (!last || Object.keys(now).some((k) => now[k] !== last[k])) test.timeline.push({ ...now, t: Date.now() });
+    if (!last || Object.keys(now).some((k) => now[k] !== last[k])) test.timeline.push({ ...now, t: at });
     // the transcript as shown: each caption's text whenever it changes, each final when it first shows
     for (const li of document.querySelectorAll("#transcript li")) {
       const key = li.dataset.key;
@@ -139,12 +140,12 @@ function instrument() {
       const before = test.shownLast.get(key);
       if (before && before.confirmed === shown.confirmed && before.tentative === shown.tentative && before.text === shown.text) continue;
       test.shownLast.set(key, shown);
-      test.shown.push({ key, start: Number(li.dataset.start), t: Date.now(), ...shown });
+      test.shown.push({ key, start: Number(li.dataset.start), t: at, ...shown });
     }
     for (const key of test.shownLast.keys()) {
       if (!document.querySelector(`#transcript li[data-key="${CSS.escape(key)}"]`)) {
         test.shownLast.delete(key);
-        test.shown.push({ key, t: Date.now(), kind: "gone" });
+        test.shown.push({ key, t: at, kind: "gone" });
       }
     }
   };
@@ -663,6 +664,7 @@ async function captionsScenario(browser, server, result) {
     await sleep(500);  // the last final's paint reaches the instrument
     const seen = await snapshot(page);
     const extra = await page.evaluate(() => ({ mimeType: window.demo.recorder.mimeType, shown: window.__test.shown,
+      completedAt: window.demo.completedAt,
       liveEvents: window.demo.liveEvents.filter((e) => e.body?.sessionId === window.demo.recorder.sessionId),
       captionsLeft: document.querySelectorAll("#transcript li.caption").length }));
     const recordStartAt = page.moments.find((m) => m.kind === "start")?.at ?? null;  // MediaRecorder's start (page clock)

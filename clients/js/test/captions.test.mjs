@@ -62,6 +62,15 @@ test("a final replaces every caption that starts before its end, not the ones af
   assert.deepEqual(shown(live), ["[One, two.]", "|three"]);
 });
 
+test("once the session is completely transcribed, a caption no final covered is dropped", () => {
+  const live = new LiveTranscript();
+  live.addSegment(final("a", 2, 0, 2000, "Hello."));
+  live.addInterim(interim(2500, 4000, "Thank you.", 0, 1));  // noise after the last words: its window gives no final
+  assert.deepEqual(live.dropCaptions().map((c) => c.startMs), [2500]);
+  assert.deepEqual(shown(live), ["[Hello.]"]);
+  assert.deepEqual(live.dropCaptions(), []);
+});
+
 test("malformed captions are ignored", () => {
   const live = new LiveTranscript();
   for (const body of [null, "text", {}, { ...interim(0, 1, "a", 0, 1), startMs: "0" }, { ...interim(0, 1, "a", 0, 1), text: 3 },

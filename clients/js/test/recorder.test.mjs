@@ -243,6 +243,12 @@ test("interim: true asks for captions at every join; captions come as interim ev
   socket.connect();
   await until(() => server.joins.length === 2, 2000, "the second join");
   assert.deepEqual(server.joins[1], { sessionId: "sess-1", lastSeq: 1, interim: true });
+  // a caption whose window gave no final: dropped once every chunk is transcribed
+  const completed = collect(rec, "completed");
+  socket.push("transcriptInterim", { ...caption("Thank you.", 0, 1), startMs: 3000, endMs: 4000 });
+  socket.push("session-completed", { sessionId: "sess-1" });
+  assert.deepEqual(completed.map((d) => [d.sessionId, d.dropped.map((c) => c.startMs)]), [["sess-1", [3000]]]);
+  assert.deepEqual(rec.live.captions, []);
 });
 
 test("a browser that names no container (type \"\" everywhere): each chunk's mimeType comes from the recording's bytes", async () => {

@@ -16,7 +16,7 @@ from socketio import packet as sio_packet
 from scribeai import protocol
 from scribeai.auth import Authenticator, token_from_handshake
 from scribeai.backpressure import LOW_WATERMARK, BackpressureState, Decision, Limits, Reading
-from scribeai.errors import InvalidInput, Overloaded, ScribeError, Unauthorized, Unavailable, error_body
+from scribeai.errors import InvalidInput, Overloaded, ScribeError, TooLarge, Unauthorized, Unavailable, error_body
 from scribeai.idempotency import ChunkIngest, classify_fault
 from scribeai.models import ChunkStatus, SessionStatus
 from scribeai.metrics import Metrics
@@ -107,7 +107,7 @@ class Realtime:
             "join": (self.on_join_room, "session-error"),
             "leave": (self.on_leave_room, "session-error"),
         }
-        guard_packets(self.sio, self._refuse_connection, self._reserved_event)
+        guard_packets(self.sio, self._refuse_connection, self._reserved_event, self._message_too_large)
         for namespace in NAMESPACES:
             self.sio.on("connect", self._connect_handler(namespace), namespace=namespace)
             self.sio.on("disconnect", self._disconnect_handler(namespace), namespace=namespace)
@@ -162,6 +162,26 @@ class Realtime:
                 await self.sio.emit(PROTOCOL_ERROR, body, to=sid, namespace=namespace)
                 await self.sio.disconnect(sid, namespace=namespace)
         await self.sio.eio.disconnect(eio_sid)
+
+    def _message_too_large(self, eio_sid: str, size: int | None) -> tuple[str, list[str]]:
+        """A message over the Engine.IO limit (its connection is closed): the close reason, and the Engine.IO frames of
+        the protocol-error that tells each of the client's namespaces why."""
+        limit, answered = self.settings.engineio_max_message_bytes, self.settings.too_large_answer_bytes
+        what = f"a message of {size} bytes" if size is not None else "a message"
+        exc = TooLarge(f"{what} is over this server's limit of {limit} bytes per message, so the connection is closed; "
+                       f"a chunk of up to {answered} bytes is answered chunk-error too_large, and MAX_CHUNK_BYTES "
+                       f"({self.settings.max_chunk_bytes}) is the largest stored", limit=limit,
+                       **({} if size is None else {"size": size}))
+        body = _error_body(exc, PROTOCOL_ERROR, "Message too large")
+        log.info("closing connection %s: %s", eio_sid, exc.message, extra={"sid": eio_sid, "code": exc.code})
+        self._count(f"{PROTOCOL_ERROR}:{exc.code}")
+        frames = []
+        for namespace in NAMESPACES:
+            sid = self.sio.manager.sid_from_eio_sid(eio_sid, namespace)
+            if sid is not None and self.sio.manager.is_connected(sid, namespace):
+                encoded = self.sio.packet_class(sio_packet.EVENT, namespace=namespace, data=[PROTOCOL_ERROR, body]).encode()
+                frames.append("4" + str(encoded))
+        return f"message over the server's limit of {limit} bytes", frames
 
     async def _reserved_event(self, sid: str, namespace: str, event: str) -> dict[str, Any]:
         """connect/disconnect/connect_error are the server's lifecycle: a client emitting one is refused."""

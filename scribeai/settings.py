@@ -272,8 +272,14 @@ class Settings:
 
     @property
     def engineio_max_message_bytes(self) -> int:
-        # Polling carries binaries as base64 (x1.34) and may pack several packets into one POST.
-        return int(self.max_chunk_bytes * 1.4) + MIB
+        # Polling carries binaries as base64 (x4/3): a chunk of too_large_answer_bytes fits with its envelope and the
+        # other packets the POST may carry. A larger message closes its connection (with a protocol-error that says so).
+        return self.too_large_answer_bytes * 4 // 3 + MIB
+
+    @property
+    def too_large_answer_bytes(self) -> int:
+        """The largest chunk that is answered chunk-error too_large on either transport (1.5 x MAX_CHUNK_BYTES)."""
+        return self.max_chunk_bytes * 3 // 2
 
     @property
     def cors_origin_list(self) -> list[str]:

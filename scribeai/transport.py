@@ -4,14 +4,17 @@ polling bodies, flushed buffers, no websocket deflate, bounded and well-formed i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 import socketio
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 from engineio.async_drivers.aiohttp import WebSocket as _EngineWebSocket
 from engineio.exceptions import ContentTooLongError
 from engineio.payload import Payload
@@ -22,17 +25,28 @@ from socketio import packet as sio_packet
 # The POST's bytes stay capped by max_http_buffer_size.
 POLLING_MAX_PACKETS = 1024
 
+# The most of a POST over the Engine.IO message limit that is read (and dropped) so that its client hears why it is
+# closed, in multiples of the limit; past this its connection is cut.
+OVERSIZE_DISCARD_FACTOR = 4
+_TELLING: set[asyncio.Future[None]] = set()
+FAREWELL_WAIT_S = 2.0  # how long a polling client closed for a message over the limit has to fetch the reason
 
 class _WholeBody:
     """engineio reads a POST with one `read(CONTENT_LENGTH)`; aiohttp's `read(n)` returns only what has
     arrived so far, so a body of more than a few hundred kB (a base64 audio chunk) was cut short."""
 
-    def __init__(self, stream: Any, chunked_limit: int | None = None) -> None:
+    def __init__(self, stream: Any, chunked_limit: int | None = None,
+                 oversize: Callable[[], Awaitable[None]] | None = None, discard: int = 0) -> None:
         self._stream = stream
         self._chunked_limit = chunked_limit  # a body without Content-Length: read to its end, up to this
 
+        self._oversize = oversize  # a body over the message limit: read `discard` bytes of it, drop them, then this
+        self._discard = discard
     async def read(self, n: int = -1) -> bytes:
         if n == 0 and self._chunked_limit is not None:
+        if self._oversize is not None:
+            await self._drop_oversize()
+            return b""
             return await self._read_chunked(self._chunked_limit)
         if n < 0:
             return bytes(await self._stream.read())
@@ -42,6 +56,17 @@ class _WholeBody:
             return exc.partial
 
     async def _read_chunked(self, limit: int) -> bytes:
+    async def _drop_oversize(self) -> None:
+        # Read to the end (the client sees its POST answered, not cut mid-upload), then tell it on its long poll.
+        oversize, self._oversize = self._oversize, None
+        left = self._discard
+        while left > 0 and (piece := await self._stream.read(min(left, 1 << 20))):
+            left -= len(piece)
+        assert oversize is not None
+        task = asyncio.ensure_future(oversize())
+        _TELLING.add(task)  # held until done: the loop keeps only weak references to tasks
+        task.add_done_callback(_TELLING.discard)
+
         # engineio reads CONTENT_LENGTH bytes, which is 0 for `Transfer-Encoding: chunked`: the events were lost
         body = bytearray()
         while piece := await self._stream.read(65536):
@@ -59,7 +84,20 @@ def fix_polling_posts(sio: socketio.AsyncServer) -> None:
     def translate_request(request: web.Request) -> dict[str, Any]:
         environ: dict[str, Any] = translate(request)
         chunked = "CONTENT_LENGTH" not in environ and request.body_exists
-        environ["wsgi.input"] = _WholeBody(environ["wsgi.input"], sio.eio.max_http_buffer_size if chunked else None)
+        limit = int(sio.eio.max_http_buffer_size)
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        if request.method == "POST" and length > limit:
+            eio_sid = parse_qs(environ.get("QUERY_STRING", "")).get("sid", [""])[0]
+            guard = _GUARDS.get(sio.eio)
+            if guard is not None and eio_sid in sio.eio.sockets:
+                # engineio would answer 400 and drop the session, and the client would learn nothing (socket.io-client
+                # says "transport error"): the POST is answered, then the connection closed with the reason.
+                environ["CONTENT_LENGTH"] = "0"
+                environ["wsgi.input"] = _WholeBody(
+                    environ["wsgi.input"], oversize=lambda: guard.oversize(eio_sid, length),
+                    discard=length if length <= limit * OVERSIZE_DISCARD_FACTOR else 0)
+                return environ
+        environ["wsgi.input"] = _WholeBody(environ["wsgi.input"], limit if chunked else None)
         return environ
 
     # a copy: the driver table is shared by every engineio server in the process
@@ -72,7 +110,10 @@ class _UncompressedWebSocket(_EngineWebSocket):  # type: ignore[misc]
     of one event-loop turn leave in one send (_CoalescedWrites)."""
 
     async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
-        self._sock = web.WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
+        self._sock = _LimitedWebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
+        guard, engine_socket = _GUARDS.get(self.server), getattr(self.handler, "__self__", None)
+        if guard is not None and engine_socket is not None:
+            self._sock.farewell = lambda: guard.farewell(engine_socket.sid)
         await self._sock.prepare(environ["aiohttp.request"])
         writer = getattr(self._sock, "_writer", None)
         if writer is not None and getattr(writer, "transport", None) is not None:
@@ -83,6 +124,28 @@ class _UncompressedWebSocket(_EngineWebSocket):  # type: ignore[misc]
 
 
 class _CoalescedWrites:
+class _LimitedWebSocketResponse(web.WebSocketResponse):
+    """A websocket that says why it closes a client whose message is over the limit: aiohttp closes it with code 1009
+    and no reason as soon as it reads the frame's header; here the client's namespaces first get `protocol-error`."""
+
+    farewell: Callable[[], tuple[list[str], str]] | None = None  # (Engine.IO text frames, close reason)
+
+    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True) -> bool:
+        farewell, self.farewell = self.farewell, None
+        if code == WSCloseCode.MESSAGE_TOO_BIG and farewell is not None and not self.closed:
+            frames, reason = farewell()
+            try:
+                for frame in frames:
+                    await self.send_str(frame)
+            except (ConnectionError, RuntimeError):
+                pass  # the client is gone already
+            message = message or reason.encode()[:123]  # a close frame's reason holds at most 123 bytes
+        coalesced = getattr(self._writer, "transport", None)
+        if isinstance(coalesced, _CoalescedWrites):
+            coalesced.write_through()
+        return bool(await super().close(code=code, message=message, drain=drain))
+
+
     """A transport whose writes of one event-loop turn go out as one: a chunk's `chunk-ack` event and its ack
     are two websocket frames written back to back, and each write was a send of its own waking the client.
 
@@ -94,12 +157,23 @@ class _CoalescedWrites:
         self._transport = transport
         self._held: list[bytes] = []
 
+        self._through = False
     def write(self, data: bytes) -> None:
         if not self._held:
+        if self._through:
+            if not self._transport.is_closing():
+                self._transport.write(data)
+            return
             asyncio.get_running_loop().call_soon(self._flush)
         self._held.append(data)
 
     def _flush(self) -> None:
+    def write_through(self) -> None:
+        """From now on every write goes out at once, what is held first: a close that does not wait for the client's
+        answer (a message over the limit) closes the socket in the same turn."""
+        self._flush()
+        self._through = True
+
         held, self._held = self._held, []
         if held and not self._transport.is_closing():
             self._transport.write(held[0] if len(held) == 1 else b"".join(held))
@@ -233,16 +307,20 @@ def _is_index(num: Any, count: int) -> bool:
 Refuse = Callable[[str, str], Awaitable[None]]
 Reserved = Callable[[str, str, str], Awaitable[Any]]
 
+# (eio_sid, the message's bytes or None when unknown) -> (the reason, the Engine.IO text frames that tell the client)
+Oversize = Callable[[str, int | None], tuple[str, list[str]]]
+_GUARDS: weakref.WeakKeyDictionary[Any, PacketGuard] = weakref.WeakKeyDictionary()  # by engineio server
 
 class PacketGuard:
     """Every incoming Socket.IO message is dispatched or its connection closed with a reason, never left
     half-decoded; binary attachments held per connection stay under the Engine.IO message limit."""
 
-    def __init__(self, sio: socketio.AsyncServer, refuse: Refuse, reserved: Reserved) -> None:
+    def __init__(self, sio: socketio.AsyncServer, refuse: Refuse, reserved: Reserved, too_big: Oversize) -> None:
         self.sio = sio
         self.refuse = refuse        # (eio_sid, reason): tell the client and close its connection
         self.reserved = reserved    # (sid, namespace, event): the answer to a reserved event name
         self.max_buffered = int(sio.eio.max_http_buffer_size)
+        self.too_big = too_big      # a message over the Engine.IO limit: the reason, and the frames that say it
         self.buffered: dict[str, int] = {}
         self.closing: set[str] = set()
         self._message = sio._handle_eio_message
@@ -254,6 +332,7 @@ class PacketGuard:
 
     def install(self) -> None:
         self.sio.packet_class = _GuardedPacket
+        _GUARDS[self.sio.eio] = self
         self.sio._handle_event = self._handle_event  # called by _handle_eio_message for (binary) events
         self.sio.eio.on("message", self._handle_message)
         self.sio.eio.on("disconnect", self._handle_disconnect)
@@ -292,6 +371,39 @@ class PacketGuard:
             socket.queue.put_nowait(None)
 
     async def _handle_disconnect(self, eio_sid: str, reason: Any = None) -> None:
+    def farewell(self, eio_sid: str) -> tuple[list[str], str]:
+        """A websocket message over the limit (its size unknown): the frames that tell the client, and the reason."""
+        self.closing.add(eio_sid)
+        reason, frames = self.too_big(eio_sid, None)
+        return frames, reason
+
+    async def oversize(self, eio_sid: str, size: int) -> None:
+        """A polling POST over the limit: tell the client on its long poll, then close its connection."""
+        if eio_sid in self.closing or eio_sid not in self.sio.eio.sockets:
+            return
+        self.closing.add(eio_sid)
+        _reason, frames = self.too_big(eio_sid, size)
+        for frame in frames:
+            await self.sio.eio.send(eio_sid, frame[1:])  # without the Engine.IO message type: send() adds it
+        # The disconnect goes in a later poll: socket.io-client hands an event to its socket a tick after it arrives,
+        # and drops it when a disconnect came in the same response. The Engine.IO session is closed once the client
+        # has read its disconnect (it closes it itself then), so that its last poll is not refused.
+        await self._polled(eio_sid)
+        for namespace in list(self.sio.manager.get_namespaces()):
+            sid = self.sio.manager.sid_from_eio_sid(eio_sid, namespace)
+            if sid is not None and self.sio.manager.is_connected(sid, namespace):
+                await self.sio.disconnect(sid, namespace=namespace)
+        await self._polled(eio_sid)
+        if eio_sid in self.sio.eio.sockets:
+            await self.sio.eio.disconnect(eio_sid)
+
+    async def _polled(self, eio_sid: str) -> None:
+        """Until the client has read what is queued for it (at most FAREWELL_WAIT_S)."""
+        socket = self.sio.eio.sockets.get(eio_sid)
+        if socket is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(socket.queue.join(), FAREWELL_WAIT_S)
+
         self.sio._binary_packet.pop(eio_sid, None)  # socketio kept a half-received packet after the client left
         self.buffered.pop(eio_sid, None)
         self.closing.discard(eio_sid)
@@ -313,8 +425,8 @@ class PacketGuard:
                                                                        data=[answer]))
 
 
-def guard_packets(sio: socketio.AsyncServer, refuse: Refuse, reserved: Reserved) -> PacketGuard:
+def guard_packets(sio: socketio.AsyncServer, refuse: Refuse, reserved: Reserved, too_big: Oversize) -> PacketGuard:
     """Install a PacketGuard on this server (its engineio handlers and its packet class)."""
-    guard = PacketGuard(sio, refuse, reserved)
+    guard = PacketGuard(sio, refuse, reserved, too_big)
     guard.install()
     return guard

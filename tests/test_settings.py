@@ -68,7 +68,9 @@ def test_accepted_values(tmp_path: Path) -> None:
 
 def test_engineio_limit_leaves_room_for_a_base64_chunk() -> None:
     settings = Settings()
-    assert settings.engineio_max_message_bytes >= settings.max_chunk_bytes * 4 // 3 + 64 * 1024
+    assert settings.too_large_answer_bytes == settings.max_chunk_bytes * 3 // 2
+    # the largest chunk answered too_large still fits one polling POST as base64, with room for its envelope
+    assert settings.engineio_max_message_bytes >= settings.too_large_answer_bytes * 4 // 3 + 64 * 1024
 
 
 # Values out of each setting's range (the README's "valid values") and just past each boundary:

@@ -434,6 +434,50 @@ for (const transport of ["websocket", "polling"]) {
   });
 }
 
+// The hard limit: a chunk of up to 1.5 x MAX_CHUNK_BYTES is answered too_large on both transports (polling carries it
+// as base64); a message over the Engine.IO limit closes the connection, and the client is told why before it closes.
+const ANSWERED_MAX = Math.floor((MAX_CHUNK_BYTES * 3) / 2);
+const MESSAGE_LIMIT = Math.floor((ANSWERED_MAX * 4) / 3) + MIB;
+
+for (const transport of ["websocket", "polling"]) {
+  test(`a chunk of 1.5 x MAX_CHUNK_BYTES over ${transport}: chunk-error too_large, still connected`, { timeout: 30_000 }, async () => {
+    const socket = await connect({ transports: [transport] });
+    const disconnects = [];
+    socket.on("disconnect", (reason) => disconnects.push(reason));
+    const id = sid(`hard-${transport}`);
+    const reply = await call(socket, "audio-chunk", chunk(id, 0, Buffer.alloc(ANSWERED_MAX, 7)));
+    assertChunkError(reply.error, "too_large", "Chunk too large", new RegExp(`exceeds MAX_CHUNK_BYTES \\(${MAX_CHUNK_BYTES}\\)`),
+      { sessionId: id, sequence: 0 });
+    assertAck(await call(socket, "audio-chunk", chunk(id, 0, randomBytes(100))), { sessionId: id, sequence: 0 });
+    assert.deepEqual(disconnects, []);
+    assert.equal(socket.io.engine.transport.name, transport);
+  });
+
+  test(`a message over the Engine.IO limit over ${transport}: protocol-error too_large, then the connection closes`, { timeout: 30_000 }, async () => {
+    const socket = await connect({ transports: [transport] });
+    const told = next(socket, "protocol-error", () => true, 20_000);
+    const closed = new Promise((resolve) => socket.once("disconnect", (reason, details) => resolve({ reason, details })));
+    const id = sid(`over-limit-${transport}`);
+    socket.emit("audio-chunk", chunk(id, 0, Buffer.alloc(MESSAGE_LIMIT + 1, 7)));
+    const body = await told;
+    assert.equal(body.code, "too_large");
+    assert.match(body.message, new RegExp(`over this server's limit of ${MESSAGE_LIMIT} bytes per message.* up to ${ANSWERED_MAX} bytes is answered chunk-error too_large`));
+    const { reason, details } = await closed;
+    if (transport === "websocket") {
+      // the websocket's own close says it too (code 1009, "message too big")
+      assert.equal(reason, "transport close");
+      assert.equal(details?.context?.code, 1009);
+      assert.equal(String(details?.context?.reason), `message over the server's limit of ${MESSAGE_LIMIT} bytes`);
+    } else {
+      assert.equal(reason, "io server disconnect");
+    }
+    assert.deepEqual(await storedFiles(id), {});
+    // a new connection is served as usual
+    const again = await connect({ transports: [transport] });
+    assertAck(await call(again, "audio-chunk", chunk(id, 0, randomBytes(100))), { sessionId: id, sequence: 0 });
+  });
+}
+
 // -- bad input ------------------------------------------------------------------
 
 describe("every bad input is answered with code invalid and the client stays connected", () => {

@@ -24,6 +24,8 @@ MIN_WORDS = 5  # shorter sentences ("Okay, thanks.") are never picked as key sen
 LONG_SENTENCE_WORDS = 60  # unpunctuated speech is cut into pieces of about 40 words
 KEYWORDS = 10
 MAX_ACTION_ITEMS = 30
+SAME_POINT = 0.5  # share of content words (Jaccard) from which two key sentences say the same thing
+SAME_ACTION = 0.75  # ... two action items (a different owner or day makes another one)
 _ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "prof", "st", "vs", "etc", "e.g", "i.e", "inc", "ltd", "jr", "sr", "no"})
 _WORD = re.compile(r"[^\W\d_](?:[^\W\d_]|['’-](?=[^\W\d_]))*")
 _END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s|$)")
@@ -32,6 +34,7 @@ _SPEECH_FILLERS = frozenset("""
     yeah yes okay ok um uh hmm oh ah like know think going really just actually basically right well gonna wanna
     thing things stuff kind sort lot bit maybe guess mean say said see get got let make sure want need also
     thank thanks please good great sounds today tomorrow week time one two three next last first everyone anyone
+    main point update give sorry hear mute screen share interesting
 """.split())
 # A pronoun anywhere, or a name where a clause starts ("Sarah will", "and then Tom will"; not "in Berlin will").
 _NOT_NAMES = r"(?!(?:It|This|That|There|These|Those|What|Which|Who|Where|When|Why|How|The|Nothing|Something|Anything)\b)"
@@ -40,7 +43,8 @@ _PERSON = (r"(?:\b(?:I|[Ww]e|[Yy]ou|[Hh]e|[Ss]he|[Tt]hey)|(?:^|[,;:] |\b(?:and|s
 _ACTION_CUES = [re.compile(p, re.IGNORECASE if i else re.MULTILINE) for i, p in enumerate([
     # someone commits: "Sarah will send", "we'll follow up", "I'm going to", "they need to" (case matters for names)
     rf"{_PERSON}(?:'ll|'m going to|'re going to| will| shall| (?:am|are|is) going to| (?:need|needs|have|has) to| must| should)\s+(?!be\b|not\b|have been\b)\w+",
-    r"\blet'?s\s+(?!see\b|say\b|hope\b|not\b)\w+",
+    r"\blet'?s\s+(?!(?:see|say|hope|not|get started|go|move|begin|start|wrap|talk|continue|keep|discuss|do this|"
+    r"take a look|think|try)\b)\w+",
     r"\b(?:follow[ -]up|action item|to-?do|take care of|be responsible for|owns? the|assign(?:ed)? (?:an owner|to))\b",
     r"\b(?:by|before|until|no later than) (?:the )?(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday|tomorrow|"
     r"tonight|end of (?:the )?(?:day|week|month|quarter|sprint)|next (?:week|month)|eod|eow)\b",
@@ -228,14 +232,16 @@ def extractive(segments: Sequence[dict[str, Any]]) -> Digest:
     if not sentences:
         return Digest(EXTRACTIVE, "", words=0)
     scores = lexrank_scores([s.text for s in sentences])
+    contents = [_content(s.text) for s in sentences]
     candidates = [i for i, s in enumerate(sentences) if _is_statement(s.text)] or list(range(len(sentences)))
-    ranked = _distinct(sorted(candidates, key=lambda i: (-scores[i], i)), sentences)
-    lead = sorted(ranked[:max(3, min(7, round(len(sentences) / 80)))])
+    ranked = sorted(candidates, key=lambda i: (-scores[i], i))
+    lead = sorted(_distinct(ranked, contents, max(3, min(7, round(len(sentences) / 80)))))
     return Digest(
         EXTRACTIVE,
         " ".join(sentences[i].text for i in lead),
-        key_points=[_point(sentences[i]) for i in _best_per_part(candidates, scores, sentences)],
-        action_items=[_point(s) for s in action_items(sentences)],
+        key_points=[_point(sentences[i]) for i in _best_per_part(ranked, contents, sentences)],
+        action_items=[_point(sentences[i]) for i in _distinct(
+            [i for i, s in enumerate(sentences) if is_action_item(s.text)], contents, MAX_ACTION_ITEMS, SAME_ACTION)],
         keywords=keywords([s.text for s in sentences]),
         words=words,
     )
@@ -249,43 +255,42 @@ def _is_statement(text: str) -> bool:
     return not text.rstrip("\"'”’)").endswith("?") and len(_WORD.findall(text)) >= MIN_WORDS
 
 
-def _distinct(order: list[int], sentences: list[Sentence]) -> list[int]:
-    """Drop repeats of a sentence already picked (speech repeats itself)."""
-    seen: set[str] = set()
-    out = []
+def _content(text: str) -> frozenset[str]:
+    """A sentence's content words, stemmed: what two sentences share when they say the same."""
+    summarizer, _, stop_words = _sumy()
+    return frozenset(summarizer.stem_word(w) for w in _WORD.findall(text.lower()) if w not in stop_words)
+
+
+def _similar(a: frozenset[str], b: frozenset[str], at_least: float) -> bool:
+    return bool(a or b) and len(a & b) / len(a | b) >= at_least
+
+
+def _distinct(order: list[int], contents: list[frozenset[str]], limit: int, same: float = SAME_POINT,
+              picked: Sequence[int] = ()) -> list[int]:
+    """The first `limit` of `order` that do not say again what one picked before says (speech repeats itself)."""
+    out = list(picked)
     for i in order:
-        key = " ".join(w.lower() for w in _WORD.findall(sentences[i].text))
-        if key not in seen:
-            seen.add(key)
+        if len(out) - len(picked) >= limit:
+            break
+        if not any(_similar(contents[i], contents[j], same) for j in out):
             out.append(i)
-    return out
+    return out[len(picked):]
 
 
-def _best_per_part(candidates: list[int], scores: list[float], sentences: list[Sentence]) -> list[int]:
-    """The meeting cut into 3 to 8 stretches of equal time, and the most central sentence of each."""
-    if not candidates:
+def _best_per_part(ranked: list[int], contents: list[frozenset[str]], sentences: list[Sentence]) -> list[int]:
+    """The meeting cut into 3 to 8 stretches of equal time, and the most central sentence of each that is
+    not a repeat of an earlier pick."""
+    if not ranked:
         return []
-    parts = max(1, min(8, len(candidates) // 12, len(candidates)))
-    parts = max(parts, min(3, len(candidates)))
+    parts = max(min(3, len(ranked)), min(8, len(ranked) // 12))
     t0, t1 = sentences[0].start_ms, max(sentences[-1].end_ms, sentences[0].start_ms + 1)
     groups: dict[int, list[int]] = defaultdict(list)
-    for i in candidates:
+    for i in ranked:  # best first within each part
         groups[min(parts - 1, (sentences[i].start_ms - t0) * parts // (t1 - t0))].append(i)
-    picked = [max(group, key=lambda i: (scores[i], -i)) for _, group in sorted(groups.items())]
-    return _distinct(picked, sentences)
-
-
-def action_items(sentences: Sequence[Sentence]) -> list[Sentence]:
-    """Sentences that commit someone to something ("will", "need to", "by Friday", "follow up", a request)."""
-    found = [s for s in sentences if is_action_item(s.text)]
-    seen: set[str] = set()
-    out = []
-    for s in found:
-        key = s.text.lower()
-        if key not in seen:
-            seen.add(key)
-            out.append(s)
-    return out[:MAX_ACTION_ITEMS]
+    picked: list[int] = []
+    for _, group in sorted(groups.items()):
+        picked += _distinct(group, contents, 1, picked=picked)
+    return picked
 
 
 def is_action_item(text: str) -> bool:
@@ -304,24 +309,25 @@ def keywords(texts: Sequence[str], count: int = KEYWORDS) -> list[str]:
     ignore = stop_words | _SPEECH_FILLERS
     singles: Counter[str] = Counter()
     pairs: Counter[tuple[str, str]] = Counter()
-    surface: dict[str, Counter[str]] = defaultdict(Counter)
+    surface: dict[Any, Counter[str]] = defaultdict(Counter)  # how a word (or pair) was written most often
     for text in texts:
-        run: list[str] = []
+        last: tuple[str, str] | None = None
         for raw in _WORD.findall(text):
             word = raw.lower().replace("’", "'")
             if word in ignore or len(word) < 3 or "'" in word:
-                run = []
+                last = None
                 continue
             key = stem(word)
             surface[key][word] += 1
             singles[key] += 1
-            if run:
-                pairs[(run[-1], key)] += 1
-            run.append(key)
+            if last is not None:
+                pairs[(last[0], key)] += 1
+                surface[(last[0], key)][f"{last[1]} {word}"] += 1
+            last = (key, word)
 
-    def shown(key: str) -> str:
+    def shown(key: Any) -> str:
         return surface[key].most_common(1)[0][0]
-    scored = [(2.5 * n, " ".join(map(shown, pair)), set(pair)) for pair, n in pairs.items() if n >= 2]
+    scored = [(2.5 * n, shown(pair), set(pair)) for pair, n in pairs.items() if n >= 2]
     scored += [(float(n), shown(key), {key}) for key, n in singles.items() if n >= 2]
     chosen: list[tuple[str, set[str]]] = []
     for _, phrase, keys in sorted(scored, key=lambda x: (-x[0], x[1])):

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from sqlmodel import SQLModel
 
 from scribeai import models  # noqa: F401  (registers the tables)
+from scribeai import search
 from scribeai.errors import StartupCheckFailed
 
 T = TypeVar("T")
@@ -121,6 +122,7 @@ class Database:
             await conn.run_sync(SQLModel.metadata.create_all)
             await conn.run_sync(_create_missing_indexes)
             await conn.run_sync(_migrate_chunk_segments)
+            await conn.run_sync(search.create_index)  # the full-text index over segments, back-filled once
 
     @contextlib.asynccontextmanager
     async def _opened(self) -> AsyncIterator[AsyncConnection]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from scribeai import protocol, transcripts
+from scribeai import protocol, search, transcripts
 from scribeai.models import ChunkStatus, Tier
 
 OPENAPI_VERSION = "3.1.0"
@@ -121,6 +121,18 @@ def _paths(max_page: int, statuses: Sequence[str]) -> dict[str, Any]:
                 **{media.split(";")[0]: {"schema": _TEXT} for media in transcripts.FORMATS.values()}}}},
             errors=(400, 401, 404), parameters=[session_id, _query(
                 "format", {"type": "string", "enum": ["json", *transcripts.FORMATS], "default": "json"}, "Answer format.")])},
+        "/api/search": {"get": _operation(
+            "searchTranscripts", "The caller's transcript segments that match `q`, most relevant first.",
+            {"200": _json("SearchPage")}, errors=(400, 401), parameters=[
+                {**_query("q", {"type": "string", "minLength": 1, "maxLength": search.MAX_QUERY_CHARS},
+                          "Words (all must match), \"a phrase\", prefix* and `OR` between two terms."), "required": True},
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": search.MAX_LIMIT, "default": search.DEFAULT_LIMIT},
+                       "Page size."),
+                _query("cursor", {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"},
+                       "`next` of the previous page (opaque; anything else is a 400)."),
+                _query("from", {"type": "string"}, "Only sessions created at or after this ISO 8601 date or date-time."),
+                _query("to", {"type": "string"}, "Only sessions created before this date-time, or on or before this date."),
+            ])},
         "/api/server/stats": {"get": _operation(
             "getServerStats", "The server's own load for an admin (ADMIN_USERS or a role admin token); "
             "the caller's own connections, sessions and chunks for anyone else.",
@@ -243,6 +255,10 @@ def _schemas(statuses: Sequence[str]) -> dict[str, Any]:
             "gaps": {"type": "array", "items": _object({
                 "fromSeq": _SEQ, "toSeq": _SEQ, "startMs": {"type": "integer"}, "endMs": {"type": ["integer", "null"]},
                 "filled": {"type": "boolean"}, "reason": {"type": "string", "enum": ["missing", "failed"]}})}}),
+        "SearchPage": _object({"results": {"type": "array", "items": _object({
+            "sessionId": _TEXT, "title": text_or_null, "segmentId": _TEXT, "startMs": {"type": "integer"},
+            "endMs": {"type": "integer"}, "snippet": {"type": "string", "description": "HTML-safe; matches in <mark>."},
+            "rank": _NUMBER})}, "next": text_or_null}),
         "ServerStats": _object({
             "scope": {"const": "server"},
             "rssBytes": _INT, "peakRssBytes": _INT, "cpuPercent": _NUMBER, "connections": _INT,

@@ -15,7 +15,7 @@ from aiohttp import web
 from sqlmodel import col
 from sqlalchemy import func, or_, select
 
-from scribeai import openapi, protocol, transcripts
+from scribeai import openapi, protocol, search, transcripts
 from scribeai.auth import token_from_headers
 from scribeai.errors import InvalidInput, ScribeError, Unauthorized, http_error_body
 from scribeai.idempotency import check_writable
@@ -245,6 +245,19 @@ async def transcript(request: web.Request) -> web.Response:
         "failed": [{"seq": seq, "error": error} for seq, status, error in unfinished if status == ChunkStatus.FAILED],
         "gaps": await services.pipeline.gaps(session_id),
     })
+
+
+@routes.get("/api/search")
+async def search_transcripts(request: web.Request) -> web.Response:
+    """The caller's transcript segments that match `q`, most relevant first, with a highlighted snippet."""
+    query = search.parse_query(request.query.get("q"))
+    page = await search.search(
+        _services(request).db, request[user_key], query,
+        limit=_int_param(request, "limit", search.DEFAULT_LIMIT, 1, search.MAX_LIMIT),
+        offset=search.decode_cursor(request.query.get("cursor")),
+        since=search.parse_day(request.query.get("from"), "from", end=False),
+        until=search.parse_day(request.query.get("to"), "to", end=True))
+    return web.json_response(page.wire())
 
 
 @routes.get("/api/server/stats")

@@ -1,0 +1,265 @@
+"""Full-text search over one user's transcripts: SQLite FTS5, or PostgreSQL tsvector + GIN.
+
+The index lives in the database and follows the `segment` table by itself, so the transcription code
+never touches it: on SQLite an external-content FTS5 table kept by triggers, on PostgreSQL a stored
+generated `tsvector` column with a GIN index. Retention never deletes segments, so the index outlives
+the audio (the cold tier keeps both).
+
+A query is parsed here into a small tree (words, "phrases", prefix*, OR) and written out in each
+engine's own syntax from words that are letters and digits only: nothing the user typed reaches the
+database as query syntax, and every search is filtered to the caller's sessions in SQL.
+
+Summaries are not indexed yet: when their table exists, give it an index beside `segment_fts` /
+`segment.search` and merge its hits into `search()` with `segmentId: null`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import html
+import json
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import bindparam, inspect, text
+
+from scribeai.errors import InvalidInput
+from scribeai.models import UTCDateTime
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+    from scribeai.db import Database
+
+MAX_QUERY_CHARS = 500
+MAX_TERMS = 16
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+# A common word can match millions of segments: only the newest RANK_WINDOW matches are ranked (a full ranking
+# would cost seconds, docs/performance.md); rarer queries have fewer matches than this and are ranked whole.
+RANK_WINDOW = 2000
+SNIPPET_TOKENS = 16
+_MARK_ON, _MARK_OFF = "\x02", "\x03"  # sentinels around matches, turned into <mark> after escaping the text
+# PostgreSQL's headline drops what its parser takes for XML tags and entities: those characters go in as
+# private-use stand-ins and come back out in highlight().
+_PG_STAND_INS = "\ue000\ue001\ue002"
+_WORD = re.compile(r"[^\W_]+")
+_TOKEN = re.compile(r'"(?P<phrase>[^"]*)"?|(?P<word>[^\s"]+)')
+PG_CONFIG = "english"
+FTS_TOKENIZER = "porter unicode61 remove_diacritics 2"
+
+
+@dataclass(frozen=True)
+class Term:
+    """One word, or a phrase of several in order; `prefix`: the last word may continue (word*)."""
+
+    words: tuple[str, ...]
+    prefix: bool = False
+
+
+# A query: every group must match; a group matches when any of its terms does (`a b OR c d` = a AND (b OR c) AND d).
+Query = tuple[tuple[Term, ...], ...]
+
+
+def parse_query(raw: str | None, name: str = "q") -> Query:
+    """The user's text as a query; InvalidInput (400) for an empty, too long or wordless one."""
+    if raw is None or not raw.strip():
+        raise InvalidInput(f"{name} is required: the words to search for")
+    if len(raw) > MAX_QUERY_CHARS:
+        raise InvalidInput(f"{name} is longer than {MAX_QUERY_CHARS} characters")
+    groups: list[list[Term]] = []
+    join_next = False
+    for match in _TOKEN.finditer(raw):
+        phrase, word = match.group("phrase"), match.group("word")
+        if word in ("OR", "|"):
+            join_next = bool(groups)
+            continue
+        if phrase is not None:
+            term = _term(phrase, prefix=False)
+        else:
+            term = _term(word, prefix=word.endswith("*"))
+        if term is None:
+            continue
+        if join_next:
+            groups[-1].append(term)
+        else:
+            groups.append([term])
+        join_next = False
+    terms = sum(len(t.words) for group in groups for t in group)
+    if not terms:
+        raise InvalidInput(f"{name} has no words to search for (letters or digits)")
+    if terms > MAX_TERMS:
+        raise InvalidInput(f"{name} has more than {MAX_TERMS} words")
+    return tuple(tuple(group) for group in groups)
+
+
+def _term(source: str, *, prefix: bool) -> Term | None:
+    words = tuple(w.lower() for w in _WORD.findall(source))
+    return Term(words, prefix) if words else None
+
+
+def fts5_query(query: Query) -> str:
+    """SQLite FTS5 MATCH text: every word a quoted string (so NEAR, AND, column names are only words)."""
+    def term(t: Term) -> str:
+        return '"' + " ".join(t.words) + '"' + ("*" if t.prefix else "")
+    return " AND ".join("(" + " OR ".join(term(t) for t in group) + ")" for group in query)
+
+
+def pg_tsquery(query: Query) -> str:
+    """PostgreSQL to_tsquery text: every word a quoted lexeme; phrases with <->, prefixes with :*."""
+    def term(t: Term) -> str:
+        lexemes = [f"'{w}'" for w in t.words]
+        if t.prefix:
+            lexemes[-1] += ":*"
+        return "(" + " <-> ".join(lexemes) + ")"
+    return " & ".join("(" + " | ".join(term(t) for t in group) + ")" for group in query)
+
+
+def parse_day(raw: str | None, name: str, *, end: bool) -> datetime | None:
+    """An ISO 8601 date or date-time (UTC when it names no offset); a bare date as `to` includes that day."""
+    if raw is None or raw == "":
+        return None
+    try:
+        if len(raw) == 10:
+            day = date.fromisoformat(raw)
+            moment = datetime.combine(day + timedelta(days=1) if end else day, time(), timezone.utc)
+        else:
+            moment = datetime.fromisoformat(raw.replace("Z", "+00:00") if raw.endswith("Z") else raw)
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=timezone.utc)
+        return moment.astimezone(timezone.utc)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidInput(f"{name} must be an ISO 8601 date (2026-12-07) or date-time (2026-12-07T09:30:00Z)") from exc
+
+
+def encode_cursor(offset: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"o": offset}).encode()).decode().rstrip("=")
+
+
+def decode_cursor(value: str | None) -> int:
+    if not value:
+        return 0
+    try:
+        offset = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))["o"]
+    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidInput("cursor is not valid") from exc
+    if type(offset) is not int or not 0 <= offset < RANK_WINDOW:
+        raise InvalidInput("cursor is not valid")
+    return offset
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    results: list[dict[str, Any]]
+    next: str | None
+
+    def wire(self) -> dict[str, Any]:
+        return {"results": self.results, "next": self.next}
+
+
+async def search(db: Database, user_id: str, query: Query, *, limit: int = DEFAULT_LIMIT, offset: int = 0,
+                 since: datetime | None = None, until: datetime | None = None) -> SearchPage:
+    """One page of the user's segments that match, most relevant first (ties: newest first)."""
+    window = RANK_WINDOW
+    params: dict[str, Any] = {"user": user_id, "window": window, "limit": limit + 1, "offset": offset,
+                              "since": since, "until": until, "on": _MARK_ON, "off": _MARK_OFF}
+    dates = ("" if since is None else " AND r.created_at >= :since") + ("" if until is None else " AND r.created_at < :until")
+    if db.is_sqlite:
+        params["q"] = fts5_query(query)
+        # CROSS JOIN keeps the FTS table outermost, read newest first, so LIMIT :window stops the walk early.
+        sql = f"""
+            SELECT id, session_id, title, start_ms, end_ms, score, rid FROM (
+                SELECT s.id, s.session_id, r.title, s.start_ms, s.end_ms, -bm25(segment_fts) AS score, f.rowid AS rid
+                FROM segment_fts AS f CROSS JOIN segment AS s ON s.rowid = f.rowid
+                CROSS JOIN recording_session AS r ON r.id = s.session_id
+                WHERE segment_fts MATCH :q AND r.user_id = :user{dates}
+                ORDER BY f.rowid DESC LIMIT :window)
+            ORDER BY score DESC, rid DESC LIMIT :limit OFFSET :offset"""
+    else:
+        params["q"] = pg_tsquery(query)
+        sql = f"""
+            WITH q AS (SELECT to_tsquery('{PG_CONFIG}', :q) AS q),
+            hits AS (
+                SELECT s.id, s.session_id, r.title, s.start_ms, s.end_ms, s.created_at, ts_rank(s.search, q.q) AS score
+                FROM segment AS s JOIN recording_session AS r ON r.id = s.session_id, q
+                WHERE s.search @@ q.q AND r.user_id = :user{dates}
+                ORDER BY s.created_at DESC, s.id DESC LIMIT :window),
+            page AS (SELECT * FROM hits ORDER BY score DESC, created_at DESC, id DESC LIMIT :limit OFFSET :offset)
+            SELECT page.id, page.session_id, page.title, page.start_ms, page.end_ms, page.score,
+                   ts_headline('{PG_CONFIG}', translate(s.text, '<>&', :stand_ins), q.q, :options) AS snippet
+            FROM page JOIN segment AS s ON s.id = page.id, q
+            ORDER BY page.score DESC, page.created_at DESC, page.id DESC"""
+        params["stand_ins"] = _PG_STAND_INS
+        params["options"] = (f'StartSel="{_MARK_ON}", StopSel="{_MARK_OFF}", MaxWords={SNIPPET_TOKENS + 8}, '
+                             f'MinWords={SNIPPET_TOKENS // 2}, ShortWord=2, MaxFragments=1, FragmentDelimiter=" … "')
+    used = {k: v for k, v in params.items() if re.search(f":{k}\\b", sql)}
+    statement = text(sql).bindparams(*(bindparam(k, type_=UTCDateTime()) for k in ("since", "until") if k in used))
+    snippets: dict[int, str] = {}
+    async with db.read() as s:
+        rows = (await s.execute(statement, used)).mappings().all()
+        page = rows[:limit]
+        if db.is_sqlite and page:
+            snippets = {int(rid): str(snippet) for rid, snippet in (await s.execute(
+                text("SELECT rowid, snippet(segment_fts, 0, :on, :off, '…', :tokens) FROM segment_fts "
+                     "WHERE segment_fts MATCH :q AND rowid IN :rids").bindparams(bindparam("rids", expanding=True)),
+                {"on": _MARK_ON, "off": _MARK_OFF, "tokens": SNIPPET_TOKENS, "q": params["q"],
+                 "rids": [row["rid"] for row in page]})).all()}
+    results = [{
+        "sessionId": row["session_id"], "title": row["title"], "segmentId": row["id"],
+        "startMs": int(row["start_ms"]), "endMs": int(row["end_ms"]),
+        "snippet": highlight(snippets.get(row["rid"], "") if db.is_sqlite else str(row["snippet"])),
+        "rank": round(float(row["score"]), 6),
+    } for row in page]
+    more = len(rows) > limit and offset + limit < window
+    return SearchPage(results, encode_cursor(offset + limit) if more else None)
+
+
+def highlight(snippet: str) -> str:
+    """The snippet as HTML-safe text: everything escaped, matches in <mark>…</mark>."""
+    for stand_in, original in zip(_PG_STAND_INS, "<>&"):
+        snippet = snippet.replace(stand_in, original)
+    return html.escape(snippet, quote=False).replace(_MARK_ON, "<mark>").replace(_MARK_OFF, "</mark>")
+
+
+# -- the index ------------------------------------------------------------------------------------------
+
+_SQLITE_TRIGGERS = {
+    "segment_fts_insert": "AFTER INSERT ON segment BEGIN "
+                          "INSERT INTO segment_fts(rowid, text) VALUES (new.rowid, new.text); END",
+    "segment_fts_delete": "AFTER DELETE ON segment BEGIN "
+                          "INSERT INTO segment_fts(segment_fts, rowid, text) VALUES ('delete', old.rowid, old.text); END",
+    "segment_fts_update": "AFTER UPDATE OF text ON segment BEGIN "
+                          "INSERT INTO segment_fts(segment_fts, rowid, text) VALUES ('delete', old.rowid, old.text); "
+                          "INSERT INTO segment_fts(rowid, text) VALUES (new.rowid, new.text); END",
+}
+
+
+def create_index(conn: Connection) -> None:
+    """Create the search index when it is missing, filled from the segments already stored (once)."""
+    if conn.dialect.name == "sqlite":
+        exists = conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'segment_fts'").first()
+        if exists is None:
+            conn.exec_driver_sql("CREATE VIRTUAL TABLE segment_fts USING fts5(text, content='segment', "
+                                 f"content_rowid='rowid', tokenize='{FTS_TOKENIZER}')")
+            conn.exec_driver_sql("INSERT INTO segment_fts(segment_fts) VALUES ('rebuild')")  # back-fill
+        for name, body in _SQLITE_TRIGGERS.items():
+            conn.exec_driver_sql(f"CREATE TRIGGER IF NOT EXISTS {name} {body}")
+        return
+    if "search" not in {c["name"] for c in inspect(conn).get_columns("segment")}:
+        # Computed for the rows already there by this ALTER (a one-time rewrite of the table), then for every insert.
+        conn.exec_driver_sql("ALTER TABLE segment ADD COLUMN search tsvector "
+                             f"GENERATED ALWAYS AS (to_tsvector('{PG_CONFIG}'::regconfig, text)) STORED")
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_segment_search ON segment USING GIN (search)")
+
+
+def drop_index(conn: Connection) -> None:
+    """Remove the search index (benchmarks measure ingest without it; `create_index` brings it back, filled)."""
+    if conn.dialect.name == "sqlite":
+        for name in _SQLITE_TRIGGERS:
+            conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
+        conn.exec_driver_sql("DROP TABLE IF EXISTS segment_fts")
+    else:
+        conn.exec_driver_sql("ALTER TABLE segment DROP COLUMN IF EXISTS search")

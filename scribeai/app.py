@@ -23,7 +23,7 @@ from scribeai.idempotency import ChunkIngest, classify_fault, ensure_writable
 from scribeai.metrics import LiveGauges, Metrics
 from scribeai.monitor import ProcessMonitor
 from scribeai.pubsub import check_redis
-from scribeai.transport import disable_websocket_compression, fix_polling_posts, name_sessions_after
+from scribeai.transport import cap_polling_responses, disable_websocket_compression, fix_polling_posts, name_sessions_after
 from scribeai.realtime import Realtime
 from scribeai.services import Services, services_key
 from scribeai.sessions import SessionService
@@ -77,6 +77,7 @@ def create_app(settings: Settings, *, db_schema: str | None = None) -> web.Appli
     fix_polling_posts(sio)
     disable_websocket_compression(sio)
     name_sessions_after(sio, settings.node_id or socket.gethostname())
+    cap_polling_responses(sio)
     db = Database(settings.effective_database_url, schema=db_schema, busy_timeout_ms=settings.db_busy_timeout_ms)
     store = open_store(settings.storage_dir, settings.storage_url)
     auth = Authenticator(load_secret(settings.secret, settings.data_dir), settings.auth, settings.admin_user_ids)

@@ -16,7 +16,8 @@ from urllib.parse import parse_qs
 import socketio
 from aiohttp import WSCloseCode, web
 from engineio.async_drivers.aiohttp import WebSocket as _EngineWebSocket
-from engineio.exceptions import ContentTooLongError
+from engineio.async_socket import AsyncSocket
+from engineio.exceptions import ContentTooLongError, QueueEmpty
 from engineio.payload import Payload
 from socketio import packet as sio_packet
 
@@ -430,3 +431,46 @@ def guard_packets(sio: socketio.AsyncServer, refuse: Refuse, reserved: Reserved,
     guard = PacketGuard(sio, refuse, reserved, too_big)
     guard.install()
     return guard
+
+
+# python-engineio's client decodes at most this many packets from one polling response and, given more, stops
+# polling ("Too many packets in payload") until the server drops it for a ping timeout: a burst such as
+# joinSession's replay of a transcript's segments lost every Python client on long-polling.
+POLL_RESPONSE_MAX_PACKETS = 16  # engineio.payload.Payload.max_decode_packets, before fix_polling_posts raises it
+
+
+def cap_polling_responses(sio: socketio.AsyncServer) -> None:
+    """Each polling response carries at most POLL_RESPONSE_MAX_PACKETS packets; the rest leave with the next poll."""
+    sio.eio.sockets = _CappedSockets(sio.eio.sockets)
+
+
+class _CappedSockets(dict[str, Any]):
+    """engineio's table of its sessions: each socket put in it polls at most POLL_RESPONSE_MAX_PACKETS at a time."""
+
+    def __setitem__(self, sid: str, socket: Any) -> None:
+        if type(socket) is AsyncSocket:
+            socket.__class__ = _CappedPollSocket
+        super().__setitem__(sid, socket)
+
+
+class _CappedPollSocket(AsyncSocket):  # type: ignore[misc]
+    async def poll(self) -> list[Any]:
+        """engineio's own poll (wait for a packet, then take what else is queued), stopping at the cap."""
+        try:
+            packets = [await asyncio.wait_for(self.queue.get(), self.server.ping_interval + self.server.ping_timeout)]
+            self.queue.task_done()
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            raise QueueEmpty() from None
+        if packets == [None]:
+            return []
+        while len(packets) < POLL_RESPONSE_MAX_PACKETS:
+            try:
+                pkt = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            self.queue.task_done()
+            if pkt is None:  # the close marker: leave it for the writer
+                self.queue.put_nowait(None)
+                break
+            packets.append(pkt)
+        return packets

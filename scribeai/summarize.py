@@ -233,15 +233,18 @@ def extractive(segments: Sequence[dict[str, Any]]) -> Digest:
         return Digest(EXTRACTIVE, "", words=0)
     scores = lexrank_scores([s.text for s in sentences])
     contents = [_content(s.text) for s in sentences]
-    candidates = [i for i, s in enumerate(sentences) if _is_statement(s.text)] or list(range(len(sentences)))
+    actions = [i for i, s in enumerate(sentences) if is_action_item(s.text)]
+    # Key sentences are statements (no questions, no action items: those have their own list).
+    acting = set(actions)
+    candidates = ([i for i, s in enumerate(sentences) if _is_statement(s.text) and i not in acting]
+                  or list(range(len(sentences))))
     ranked = sorted(candidates, key=lambda i: (-scores[i], i))
     lead = sorted(_distinct(ranked, contents, max(3, min(7, round(len(sentences) / 80)))))
     return Digest(
         EXTRACTIVE,
         " ".join(sentences[i].text for i in lead),
         key_points=[_point(sentences[i]) for i in _best_per_part(ranked, contents, sentences)],
-        action_items=[_point(sentences[i]) for i in _distinct(
-            [i for i, s in enumerate(sentences) if is_action_item(s.text)], contents, MAX_ACTION_ITEMS, SAME_ACTION)],
+        action_items=[_point(sentences[i]) for i in _distinct(actions, contents, MAX_ACTION_ITEMS, SAME_ACTION)],
         keywords=keywords([s.text for s in sentences]),
         words=words,
     )

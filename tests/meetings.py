@@ -98,38 +98,43 @@ MEETINGS = {"product-launch": PRODUCT_LAUNCH, "engineering-sync": ENGINEERING_SY
 
 def meeting_sentences(topics: tuple[Topic, ...], words: int, seed: int = 7) -> list[str]:
     """About `words` words of meeting talk over `topics`, in agenda order (the agenda repeats for long meetings)."""
+    return [line for line, _ in meeting_lines(topics, words, seed)]
+
+
+def meeting_lines(topics: tuple[Topic, ...], words: int, seed: int = 7) -> list[tuple[str, str]]:
+    """meeting_sentences with what each one is: opener, fact, filler, question, decision or commitment."""
     rng = random.Random(seed)
-    out: list[str] = ["Good morning everyone, thanks for joining.", "Let's get started, we have a full agenda today."]
-    count = sum(len(s.split()) for s in out)
+    out = [("Good morning everyone, thanks for joining.", "opener"), ("Let's get started, we have a full agenda today.", "opener")]
+    count = sum(len(s.split()) for s, _ in out)
     per_topic = max(60, words // max(1, len(topics)))
     while count < words:
         for topic in topics:
             done = 0
-            said = [rng.choice(OPENERS).format(t=topic.name)]
+            said = [(rng.choice(OPENERS).format(t=topic.name), "opener")]
             tasks = rng.sample(topic.tasks, len(topic.tasks))
             while done < per_topic and count + done < words:
                 roll = rng.random()
                 if roll < 0.50:
                     fact = rng.choice(topic.facts)
-                    line = rng.choice(FACT_FORMS).format(f=fact, f_l=fact[0].lower() + fact[1:])
+                    line, kind = rng.choice(FACT_FORMS).format(f=fact, f_l=fact[0].lower() + fact[1:]), "fact"
                 elif roll < 0.72:
-                    line = rng.choice(FILLER)
+                    line, kind = rng.choice(FILLER), "filler"
                 elif roll < 0.82:
-                    line = rng.choice(QUESTIONS).format(t=topic.name)
+                    line, kind = rng.choice(QUESTIONS).format(t=topic.name), "question"
                 elif roll < 0.88:
-                    line = rng.choice(DECISIONS).format(t=topic.name)
+                    line, kind = rng.choice(DECISIONS).format(t=topic.name), "decision"
                 elif tasks:  # each task is taken on once per visit of the topic
-                    line = rng.choice(COMMITMENTS).format(p=rng.choice(PEOPLE), task=tasks.pop(),
-                                                         d=rng.choice(DEADLINES), t=topic.name)
+                    line, kind = rng.choice(COMMITMENTS).format(p=rng.choice(PEOPLE), task=tasks.pop(),
+                                                               d=rng.choice(DEADLINES), t=topic.name), "commitment"
                 else:
                     continue
-                said.append(line[0].upper() + line[1:])
+                said.append((line[0].upper() + line[1:], kind))
                 done += len(line.split())
             out += said
-            count += sum(len(s.split()) for s in said)
+            count += sum(len(s.split()) for s, _ in said)
             if count >= words:
                 break
-    out += ["Thanks everyone, that's all for today.", "See you next week."]
+    out += [("Thanks everyone, that's all for today.", "filler"), ("See you next week.", "filler")]
     return out
 
 

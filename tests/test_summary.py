@@ -20,6 +20,7 @@ from scribeai.summarize import (RegexTokenizer, Sentence, extractive, is_action_
 from scribeai.summary_llm import ChatSummarizer, SummaryFailed, parse_answer
 from tests.conftest import RunningServer, ServerFactory, token_for
 from tests.fake_chat import FakeChatAPI
+from tests.meetings import MEETINGS, as_segments, meeting_lines
 from tests.speech import MEETING
 
 ACTIONS = {  # the MEETING sentences that commit someone to something
@@ -81,6 +82,22 @@ def test_extractive_summary_needs_no_nltk_data(monkeypatch: pytest.MonkeyPatch) 
     sarah = next(a for a in digest.action_items if a.text.startswith("Sarah"))
     assert (sarah.start_ms, sarah.end_ms) == (27000, 31059)  # MEETING[6] opens the fourth segment (27 s to 35.5 s), about half of it
     assert len(digest.keywords) == 10 and len(set(digest.keywords)) == 10
+
+
+@pytest.mark.parametrize("name", sorted(MEETINGS))
+def test_a_long_generated_meeting(name: str) -> None:
+    lines = meeting_lines(MEETINGS[name], 3000)
+    assert {text for text, kind in lines if is_action_item(text)} == {text for text, kind in lines if kind == "commitment"}
+    digest = extractive(as_segments([text for text, _ in lines]))
+    kinds = dict(lines)
+    assert [kinds[p.text] for p in digest.action_items] == ["commitment"] * len(digest.action_items)
+    assert len(digest.action_items) == len({text for text, kind in lines if kind == "commitment"})  # none said twice here
+    assert 3 <= len(digest.key_points) <= 8 and all(kinds[p.text] in ("fact", "decision") for p in digest.key_points)
+    starts = [p.start_ms for p in digest.key_points]
+    assert starts == sorted(starts) and starts[-1] > 0.6 * as_segments([t for t, _ in lines])[-1]["endMs"]  # the whole meeting
+    topics = [t.name.removeprefix("the ") for t in MEETINGS[name]]
+    named = [topic for topic in topics if any(word in " ".join(digest.keywords) for word in topic.split())]
+    assert len(named) > len(topics) / 2, (named, digest.keywords)  # most of the agenda is in the keywords
 
 
 def test_keywords_are_the_subject_not_the_fillers() -> None:

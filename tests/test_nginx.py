@@ -56,9 +56,10 @@ class Site(Processes):
             "--port", str(self.ports[name]), ready="ScribeAI listening",
             env={"NODE_ID": name, "DATA_DIR": str(self.tmp / name), "STORAGE_DIR": str(self.tmp / name / "chunks")})
 
-    async def start(self, site: str | None = None) -> None:
-        await asyncio.gather(*(self.serve(name) for name in NODES))
-        await start_nginx(self, self.nginx, self.tmp, nginx_site(self.port, self.ports, site), self.port)
+    async def start(self, nodes: tuple[str, ...] = NODES) -> None:
+        await asyncio.gather(*(self.serve(name) for name in nodes))
+        site = nginx_site(self.port, {name: self.ports[name] for name in nodes})  # a node not started: not in the site
+        await start_nginx(self, self.nginx, self.tmp, site, self.port)
 
     async def node_for(self, local_address: str = "127.0.0.1") -> str:
         """The node nginx gives a new connection from this address (the X-ScribeAI-Node header)."""
@@ -135,7 +136,7 @@ def _connections_to(port: int) -> set[int]:
 async def test_upstream_connections_are_reused(site: Site) -> None:
     """`keepalive` in the site works only if nginx does not send `Connection: close` upstream: 20 requests one
     after another, REST and Engine.IO handshakes, reach the node over one connection (before: one each)."""
-    await site.start()
+    await site.start(("serve-a",))
     home = await site.node_for()
     async with aiohttp.ClientSession() as http:
         for i in range(20):

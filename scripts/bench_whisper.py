@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scribeai.monitor import available_cores  # noqa: E402
 from scribeai.transcription import media  # noqa: E402
 from scribeai.transcription.engines import WhisperEngine, create_engine  # noqa: E402
 
@@ -74,7 +75,7 @@ def main() -> int:
     args = parser.parse_args()
     audio = args.clip.read_bytes()
     mime = {"ogg": "audio/ogg", "wav": "audio/wav"}.get(media.detect_container(audio), "audio/webm")
-    cores = os.cpu_count() or 1
+    cores = available_cores()  # what this process is given, as the server counts them
     rows = [asyncio.run(run(int(w), args.jobs, audio, mime, args.threads)) for w in args.workers.split(",")]
     print(f"clip {args.clip.name}: {media.measure_duration_ms(audio)} ms, {cores} cores")
     header = ["workers", "cpu_threads", "jobs", "audio_s", "wall_s", "cpu_s", "audio_per_wall_s", "audio_per_cpu_s",

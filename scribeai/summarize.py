@@ -34,10 +34,14 @@ _SPEECH_FILLERS = frozenset("""
     yeah yes okay ok um uh hmm oh ah like know think going really just actually basically right well gonna wanna
     thing things stuff kind sort lot bit maybe guess mean say said see get got let make sure want need also
     thank thanks please good great sounds today tomorrow week time one two three next last first everyone anyone
-    main point update give sorry hear mute screen share interesting
+    main point update give sorry hear mute screen share interesting saw far
 """.split())
 # A pronoun anywhere, or a name where a clause starts ("Sarah will", "and then Tom will"; not "in Berlin will").
 _NOT_NAMES = r"(?!(?:It|This|That|There|These|Those|What|Which|Who|Where|When|Why|How|The|Nothing|Something|Anything)\b)"
+# Running the meeting, not its subject: never a key sentence.
+_PROCEDURE = re.compile(r"\b(?:agenda|next up|move on|moving on|good (?:morning|afternoon|evening)|thanks? (?:you )?"
+                        r"(?:all |everyone )?for (?:joining|coming)|get started|spend a few minutes|any other business|"
+                        r"that'?s (?:all|it) for today|see you)\b", re.IGNORECASE)
 _PERSON = (r"(?:\b(?:I|[Ww]e|[Yy]ou|[Hh]e|[Ss]he|[Tt]hey)|(?:^|[,;:] |\b(?:and|so|then) )"
            rf"{_NOT_NAMES}[A-Z][a-z]+(?: and [A-Z][a-z]+)?)")
 _ACTION_CUES = [re.compile(p, re.IGNORECASE if i else re.MULTILINE) for i, p in enumerate([
@@ -208,7 +212,7 @@ def _sumy() -> tuple[Any, Any, frozenset[str]]:
 
     summarizer = FastLexRank(Stemmer("english"))
     stop_words = frozenset(get_stop_words("english"))
-    summarizer.stop_words = stop_words
+    summarizer.stop_words = stop_words | _SPEECH_FILLERS  # "just to give an update, …" is not what makes a sentence central
     return summarizer, RegexTokenizer(), stop_words
 
 
@@ -255,7 +259,16 @@ def _point(s: Sentence) -> Point:
 
 
 def _is_statement(text: str) -> bool:
-    return not text.rstrip("\"'”’)").endswith("?") and len(_WORD.findall(text)) >= MIN_WORDS
+    """A sentence that can stand for the meeting: no question, no running of the meeting itself, and a few
+    words of substance."""
+    return (not text.rstrip("\"'”’)").endswith("?") and len(_WORD.findall(text)) >= MIN_WORDS
+            and not _PROCEDURE.search(text) and len(_content(text) - _FILLER_STEMS()) >= 3)
+
+
+@lru_cache(maxsize=1)
+def _FILLER_STEMS() -> frozenset[str]:  # noqa: N802 (a constant, made once sumy is loaded)
+    summarizer, _, _ = _sumy()
+    return frozenset(summarizer.stem_word(w) for w in _SPEECH_FILLERS)
 
 
 def _content(text: str) -> frozenset[str]:

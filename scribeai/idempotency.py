@@ -21,14 +21,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col
 
 from scribeai.db import Database, SqliteInsertMany
-from scribeai.errors import (Conflict, Forbidden, ScribeError, StartupCheckFailed, StorageUnavailable, Unavailable,
-                             mark_retrieved, storage_fault)
+from scribeai.errors import (Conflict, Forbidden, InvalidInput, ScribeError, StartupCheckFailed, StorageUnavailable,
+                             Unavailable, mark_retrieved, storage_fault)
 from scribeai.models import Chunk, ChunkStatus, RecordingSession, new_id, utcnow
 from scribeai.protocol import IncomingChunk
 from scribeai.sessions import Claim, SessionService
 from scribeai.storage import Written
 from scribeai.store import Store
-from scribeai.transcription import streams
+from scribeai.transcription import containers, streams
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,12 @@ class ChunkIngest:
         then creates the session if it does not exist and checks its owner in the same transaction (no commit
         of its own before the chunk's); another user's session is Forbidden and the chunk's file goes again.
         """
+        if self.initial_status == ChunkStatus.PENDING:
+            # Bytes transcription could never read are refused now, with the reason, rather than acked and failed
+            # later for a reason that misleads. A store-only server (TRANSCRIBER=none) keeps whatever it is given.
+            reason = containers.refusal(chunk.audio, chunk.mime_type)
+            if reason is not None:
+                raise InvalidInput(f"audio is not a recording this server can transcribe: {reason}", field="audio")
         # In-process races of one key queue here; across processes the unique constraint decides.
         async with self._locks.hold((chunk.session_id, chunk.seq)):
             return await self._store(chunk, claim)

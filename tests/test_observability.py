@@ -16,6 +16,7 @@ from scribeai.cli import JsonFormatter
 from tests.conftest import RunningServer, ServerFactory, chunk, token_for
 
 AUDIO = os.urandom(3000)
+WAV_HEADER = b"RIFF\x00\x00\x00\x00WAVE"  # enough of a WAV for a transcribing server to take the chunk
 
 
 async def scrape(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, float]]:
@@ -108,7 +109,7 @@ async def test_slowdown_once_when_the_global_backlog_passes_its_limit(start_serv
                                     global_queue_limit=2, max_queue_size=100)
         client = await connect(server.url)
         for seq in range(5):
-            ack = await client.call("audio-chunk", chunk("busy", seq, bytes([seq]) * 300, mimeType="audio/wav"), timeout=5)
+            ack = await client.call("audio-chunk", chunk("busy", seq, WAV_HEADER + bytes([seq]) * 300, mimeType="audio/wav"), timeout=5)
             assert "error" not in ack
         events = []
         while True:

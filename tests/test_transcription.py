@@ -79,7 +79,12 @@ async def test_other_containers_and_undecodable_audio(start_server: ServerFactor
     client = await connect(server.url)
     await client.call("audio-chunk", chunk("mixed", 0, audio("speech_welcome.ogg"), mimeType="audio/ogg"), timeout=5)
     await client.call("audio-chunk", chunk("mixed", 1, audio("speech_hello.wav"), mimeType="audio/wav"), timeout=5)
-    await client.call("audio-chunk", chunk("mixed", 2, b"\x00not audio at all" * 50, mimeType="audio/mpeg"), timeout=5)
+    refused = await client.call("audio-chunk", chunk("mixed", 2, b"\x00not audio at all" * 50, mimeType="audio/mpeg"), timeout=5)
+    assert refused["error"]["code"] == "invalid"  # not even the start of an MP3: refused before it is stored
+    assert "without an ID3 tag or an MPEG audio frame at its start" in refused["error"]["message"]
+    # an MP3 frame header and then no MP3: stored, and its failure says what was wrong with it
+    await client.call("audio-chunk", chunk("mixed", 2, b"\xff\xfb\x90\x64" + b"\x00not audio at all" * 50,
+                                           mimeType="audio/mpeg"), timeout=5)
     await server.services.pipeline.drain(timeout=90)
     async with server.services.db.read() as s:
         rows = {c.seq: c for c in (await s.execute(select(Chunk).where(Chunk.session_id == "mixed"))).scalars()}

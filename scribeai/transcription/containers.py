@@ -1039,3 +1039,129 @@ class Mp4Demuxer(_Demuxer):
             return 16 <= size <= 1024 and all(32 <= b < 127 for b in self._buf[at + 8 : at + 12])
         first_child = self._buf[at + 8 : at + 16]
         return 24 <= size <= _MAX_UNIT and first_child == b"\x00\x00\x00\x10mfhd"
+
+
+# --- is it a recording at all? (checked before a chunk is stored) ----------------------------------------------------
+
+_JUDGED_MIN = 4096  # a shorter continuation is taken as it is: a recording's last blob may hold no whole block
+_SCAN = 64 * 1024  # a continuation's first whole unit begins within this (before it: the rest of the previous chunk's)
+_HEADER_SCAN = 8192  # a stream header is read from this much of its chunk
+_ENOUGH_BLOCKS = 8  # a run of this many blocks settles it
+_MAX_OGG_PAGE = 27 + 255 + 255 * 255
+_CHAIN_SPAN = 256 * 1024  # how far a run of units is followed
+_WEBM_SYNC = re.compile(rb"[\xa3\xa0]|\x1f\x43\xb6\x75")  # SimpleBlock, BlockGroup, Cluster
+_MAX_BLOCK = 1 << 16  # an audio block larger than this is not one
+_DECLARED = {"audio/webm": "webm", "audio/ogg": "ogg", "audio/wav": "wav", "audio/mp4": "mp4", "audio/mpeg": "mpeg"}
+_NAMES = {"webm": "WebM", "ogg": "Ogg", "mp4": "MP4"}
+
+
+def refusal(data: bytes, mime_type: str) -> str | None:
+    """Why `data` cannot be a chunk of a recording this server reads, or None when it can be (pure, fast).
+
+    A chunk may start a stream (a WebM or Ogg header of a codec this server decodes, an MP4 header), be a whole
+    WAV or MP3 file, or continue a stream. Browsers cut continuations anywhere, so one is judged by what follows
+    its first bytes: WebM elements (blocks of track 1, clusters) or CRC-valid Ogg pages that run on to its end.
+    Continuations shorter than _JUDGED_MIN, those of audio/mp4 (a byte range of an `mdat` has no structure of its
+    own) and audio/ogg ones shorter than a page (that may lie inside one) are taken as they are.
+    """
+    kind = stream_start(data)
+    if kind is not None:
+        return _header_refusal(data, kind)
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        return None
+    declared = _DECLARED.get(mime_type.split(";")[0].strip().lower(), "webm")
+    if declared == "mpeg":
+        if _mpeg_start(data):
+            return None
+        return f"audio/mpeg chunk of {len(data)} bytes without an ID3 tag or an MPEG audio frame at its start ({_first(data)})"
+    if declared == "wav":
+        return f"audio/wav chunk of {len(data)} bytes without a RIFF/WAVE header at its start ({_first(data)})"
+    if declared == "mp4" or len(data) < _JUDGED_MIN or _webm_continues(data) or _ogg_continues(data):
+        return None
+    if declared == "ogg" and len(data) <= _MAX_OGG_PAGE:
+        return None
+    return (f"{len(data)} bytes that neither start a recording (WebM, Ogg, MP4, WAV or MP3) nor continue one "
+            f"(no run of WebM blocks or clusters, no Ogg page); they start {_first(data)}")
+
+
+def _first(data: bytes) -> str:
+    return " ".join(f"{b:02x}" for b in data[:8]) + (" …" if len(data) > 8 else "")
+
+
+def _header_refusal(data: bytes, kind: str) -> str | None:
+    """A stream header whose codec or track this server cannot use (read from the chunk's first _SCAN bytes)."""
+    if kind == "mp4":
+        return None  # a whole MP4 file is decoded as a file; a fragmented one's header is read with the stream
+    try:
+        open_demuxer(kind).feed(data[:_HEADER_SCAN], 0)
+    except StreamError as exc:
+        return f"a {_NAMES[kind]} stream this server cannot transcribe: {exc.reason}"
+    except Exception:  # anything else is the stream reader's to report, with the chunk's sequence
+        return None
+    return None
+
+
+def _webm_continues(data: bytes) -> bool:
+    return any(_webm_run(data, m.start()) for m in _WEBM_SYNC.finditer(data, 0, min(len(data), _SCAN)))
+
+
+def _webm_run(data: bytes, i: int) -> bool:
+    """Whether WebM elements run from data[i] to the chunk's end (or _CHAIN_SPAN) with a whole block among them, or
+    on for _ENOUGH_BLOCKS whole blocks."""
+    end, blocks = min(len(data), i + _CHAIN_SPAN), 0
+    try:
+        while i < end:
+            head = _element_header(data, i)
+            if head is None:
+                break  # a header cut by the chunk's end: the next chunk holds the rest
+            eid, size, length = head
+            action = _WEBM_ACTIONS.get(eid)
+            if action is None or (size is None and eid not in _UNSIZED):
+                return False
+            if action == "descend":
+                i += length
+                continue
+            assert size is not None
+            if eid in _BLOCKS and not _audio_block(data, i + length, size):
+                return False
+            if i + length + size > len(data) and size > _MAX_BLOCK:
+                return False  # what the chunk's end cuts is the next chunk's to finish: a block, not a leap
+            i += length + size
+            blocks += eid in _BLOCKS and i <= len(data)
+            if blocks >= _ENOUGH_BLOCKS:
+                return True
+    except _Corrupt:
+        return False
+    return blocks >= 1
+
+
+def _audio_block(data: bytes, body: int, size: int) -> bool:
+    """A (Simple)Block as recorders write them: track 1 (a one-byte track number), reserved flag bits clear."""
+    if size > _MAX_BLOCK or size < 4:
+        return False
+    if body < len(data) and data[body] != 0x81:
+        return False
+    return body + 3 >= len(data) or not data[body + 3] & 0x70
+
+
+def _ogg_continues(data: bytes) -> bool:
+    at = data.find(b"OggS", 0, _SCAN + 4)
+    while at >= 0:
+        try:
+            length = _page_length(data, at)
+            if length is None or at + length > len(data) or _page_valid(data, at, length):
+                return length is not None or len(data) - at >= 5  # a page (or its header) cut by the chunk's end
+        except _Corrupt:
+            pass
+        at = data.find(b"OggS", at + 1, _SCAN + 4)
+    return False
+
+
+def _mpeg_start(data: bytes) -> bool:
+    """An ID3 tag, or an MPEG audio frame header (version, layer, bitrate and rate not reserved)."""
+    if data[:3] == b"ID3":
+        return True
+    if len(data) < 4 or data[0] != 0xFF or data[1] & 0xE0 != 0xE0:
+        return False
+    version, layer, bitrate, rate = (data[1] >> 3) & 3, (data[1] >> 1) & 3, data[2] >> 4, (data[2] >> 2) & 3
+    return version != 1 and layer != 0 and bitrate not in (0, 15) and rate != 3

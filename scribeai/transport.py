@@ -25,12 +25,12 @@ from socketio import packet as sio_packet
 # packets per binary chunk); engineio refuses more than 16 packets per POST and drops the client.
 # The POST's bytes stay capped by max_http_buffer_size.
 POLLING_MAX_PACKETS = 1024
-
 # The most of a POST over the Engine.IO message limit that is read (and dropped) so that its client hears why it is
 # closed, in multiples of the limit; past this its connection is cut.
 OVERSIZE_DISCARD_FACTOR = 4
 _TELLING: set[asyncio.Future[None]] = set()
 FAREWELL_WAIT_S = 2.0  # how long a polling client closed for a message over the limit has to fetch the reason
+
 
 class _WholeBody:
     """engineio reads a POST with one `read(CONTENT_LENGTH)`; aiohttp's `read(n)` returns only what has
@@ -40,14 +40,14 @@ class _WholeBody:
                  oversize: Callable[[], Awaitable[None]] | None = None, discard: int = 0) -> None:
         self._stream = stream
         self._chunked_limit = chunked_limit  # a body without Content-Length: read to its end, up to this
-
         self._oversize = oversize  # a body over the message limit: read `discard` bytes of it, drop them, then this
         self._discard = discard
+
     async def read(self, n: int = -1) -> bytes:
-        if n == 0 and self._chunked_limit is not None:
         if self._oversize is not None:
             await self._drop_oversize()
             return b""
+        if n == 0 and self._chunked_limit is not None:
             return await self._read_chunked(self._chunked_limit)
         if n < 0:
             return bytes(await self._stream.read())
@@ -56,7 +56,6 @@ class _WholeBody:
         except asyncio.IncompleteReadError as exc:  # the client went away mid-body
             return exc.partial
 
-    async def _read_chunked(self, limit: int) -> bytes:
     async def _drop_oversize(self) -> None:
         # Read to the end (the client sees its POST answered, not cut mid-upload), then tell it on its long poll.
         oversize, self._oversize = self._oversize, None
@@ -68,6 +67,7 @@ class _WholeBody:
         _TELLING.add(task)  # held until done: the loop keeps only weak references to tasks
         task.add_done_callback(_TELLING.discard)
 
+    async def _read_chunked(self, limit: int) -> bytes:
         # engineio reads CONTENT_LENGTH bytes, which is 0 for `Transfer-Encoding: chunked`: the events were lost
         body = bytearray()
         while piece := await self._stream.read(65536):
@@ -84,7 +84,6 @@ def fix_polling_posts(sio: socketio.AsyncServer) -> None:
 
     def translate_request(request: web.Request) -> dict[str, Any]:
         environ: dict[str, Any] = translate(request)
-        chunked = "CONTENT_LENGTH" not in environ and request.body_exists
         limit = int(sio.eio.max_http_buffer_size)
         length = int(environ.get("CONTENT_LENGTH") or 0)
         if request.method == "POST" and length > limit:
@@ -98,6 +97,7 @@ def fix_polling_posts(sio: socketio.AsyncServer) -> None:
                     environ["wsgi.input"], oversize=lambda: guard.oversize(eio_sid, length),
                     discard=length if length <= limit * OVERSIZE_DISCARD_FACTOR else 0)
                 return environ
+        chunked = "CONTENT_LENGTH" not in environ and request.body_exists
         environ["wsgi.input"] = _WholeBody(environ["wsgi.input"], limit if chunked else None)
         return environ
 
@@ -124,7 +124,6 @@ class _UncompressedWebSocket(_EngineWebSocket):  # type: ignore[misc]
         return self._sock
 
 
-class _CoalescedWrites:
 class _LimitedWebSocketResponse(web.WebSocketResponse):
     """A websocket that says why it closes a client whose message is over the limit: aiohttp closes it with code 1009
     and no reason as soon as it reads the frame's header; here the client's namespaces first get `protocol-error`."""
@@ -147,6 +146,7 @@ class _LimitedWebSocketResponse(web.WebSocketResponse):
         return bool(await super().close(code=code, message=message, drain=drain))
 
 
+class _CoalescedWrites:
     """A transport whose writes of one event-loop turn go out as one: a chunk's `chunk-ack` event and its ack
     are two websocket frames written back to back, and each write was a send of its own waking the client.
 
@@ -157,24 +157,24 @@ class _LimitedWebSocketResponse(web.WebSocketResponse):
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         self._held: list[bytes] = []
-
         self._through = False
+
     def write(self, data: bytes) -> None:
-        if not self._held:
         if self._through:
             if not self._transport.is_closing():
                 self._transport.write(data)
             return
+        if not self._held:
             asyncio.get_running_loop().call_soon(self._flush)
         self._held.append(data)
 
-    def _flush(self) -> None:
     def write_through(self) -> None:
         """From now on every write goes out at once, what is held first: a close that does not wait for the client's
         answer (a message over the limit) closes the socket in the same turn."""
         self._flush()
         self._through = True
 
+    def _flush(self) -> None:
         held, self._held = self._held, []
         if held and not self._transport.is_closing():
             self._transport.write(held[0] if len(held) == 1 else b"".join(held))
@@ -307,10 +307,10 @@ def _is_index(num: Any, count: int) -> bool:
 
 Refuse = Callable[[str, str], Awaitable[None]]
 Reserved = Callable[[str, str, str], Awaitable[Any]]
-
 # (eio_sid, the message's bytes or None when unknown) -> (the reason, the Engine.IO text frames that tell the client)
 Oversize = Callable[[str, int | None], tuple[str, list[str]]]
 _GUARDS: weakref.WeakKeyDictionary[Any, PacketGuard] = weakref.WeakKeyDictionary()  # by engineio server
+
 
 class PacketGuard:
     """Every incoming Socket.IO message is dispatched or its connection closed with a reason, never left
@@ -320,8 +320,8 @@ class PacketGuard:
         self.sio = sio
         self.refuse = refuse        # (eio_sid, reason): tell the client and close its connection
         self.reserved = reserved    # (sid, namespace, event): the answer to a reserved event name
-        self.max_buffered = int(sio.eio.max_http_buffer_size)
         self.too_big = too_big      # a message over the Engine.IO limit: the reason, and the frames that say it
+        self.max_buffered = int(sio.eio.max_http_buffer_size)
         self.buffered: dict[str, int] = {}
         self.closing: set[str] = set()
         self._message = sio._handle_eio_message
@@ -332,8 +332,8 @@ class PacketGuard:
         return f"PacketGuard(buffering={len(self.buffered)}, closing={len(self.closing)})"
 
     def install(self) -> None:
-        self.sio.packet_class = _GuardedPacket
         _GUARDS[self.sio.eio] = self
+        self.sio.packet_class = _GuardedPacket
         self.sio._handle_event = self._handle_event  # called by _handle_eio_message for (binary) events
         self.sio.eio.on("message", self._handle_message)
         self.sio.eio.on("disconnect", self._handle_disconnect)
@@ -371,7 +371,6 @@ class PacketGuard:
             # engineio's websocket writer otherwise waits for the client to close (or a ping timeout)
             socket.queue.put_nowait(None)
 
-    async def _handle_disconnect(self, eio_sid: str, reason: Any = None) -> None:
     def farewell(self, eio_sid: str) -> tuple[list[str], str]:
         """A websocket message over the limit (its size unknown): the frames that tell the client, and the reason."""
         self.closing.add(eio_sid)
@@ -405,6 +404,7 @@ class PacketGuard:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(socket.queue.join(), FAREWELL_WAIT_S)
 
+    async def _handle_disconnect(self, eio_sid: str, reason: Any = None) -> None:
         self.sio._binary_packet.pop(eio_sid, None)  # socketio kept a half-received packet after the client left
         self.buffered.pop(eio_sid, None)
         self.closing.discard(eio_sid)

@@ -15,6 +15,7 @@ import pytest
 import socketio
 
 from scribeai.models import TranscriptSegment
+from scribeai.settings import SettingError, Settings
 from scribeai.summarize import (RegexTokenizer, Sentence, extractive, is_action_item, keywords, lexrank_scores,
                                 sentences_of)
 from scribeai.summary_llm import ChatSummarizer, SummaryFailed, parse_answer
@@ -126,6 +127,30 @@ def test_fast_lexrank_equals_sumys_own() -> None:
 
 
 # -- a model -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"SUMMARY_BASE_URL": "localhost:11434"},
+     "setting SUMMARY_BASE_URL='localhost:11434': expected empty, or an http:// or https:// URL"),
+    ({"SUMMARY_BASE_URL": "http://127.0.0.1:11434"},
+     "setting SUMMARY_MODEL='': expected a model name when SUMMARY_BASE_URL is set"),
+    ({"SUMMARY_CONTEXT_TOKENS": "1023"}, "setting SUMMARY_CONTEXT_TOKENS=1023: expected 1024 to 262144"),
+    ({"SUMMARY_CONTEXT_TOKENS": "262145"}, "setting SUMMARY_CONTEXT_TOKENS=262145: expected 1024 to 262144"),
+    ({"SUMMARY_TIMEOUT_S": "0.5"}, "setting SUMMARY_TIMEOUT_S=0.5: expected 1 to 3600"),
+    ({"SUMMARY_TIMEOUT_S": "3601"}, "setting SUMMARY_TIMEOUT_S=3601: expected 1 to 3600"),
+])
+def test_summary_settings_out_of_range_are_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingError) as caught:
+        Settings.from_env(env)
+    assert str(caught.value) == message
+
+
+def test_summary_settings_at_their_bounds() -> None:
+    settings = Settings.from_env({"SUMMARY_BASE_URL": "http://127.0.0.1:11434/v1", "SUMMARY_MODEL": "llama3.2:3b",
+                                  "SUMMARY_CONTEXT_TOKENS": "1024", "SUMMARY_TIMEOUT_S": "3600"})
+    assert (settings.summary_base_url, settings.summary_model, settings.summary_context_tokens, settings.summary_timeout_s) == (
+        "http://127.0.0.1:11434/v1", "llama3.2:3b", 1024, 3600.0)
+    assert Settings.from_env({"SUMMARY_CONTEXT_TOKENS": "262144", "SUMMARY_TIMEOUT_S": "1"}).summary_base_url == ""
+
 
 def timed_lines(count: int) -> list[Sentence]:
     return [Sentence(MEETING[i % len(MEETING)], i * 5000, i * 5000 + 4000) for i in range(count)]

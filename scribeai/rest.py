@@ -13,14 +13,14 @@ from typing import Any
 
 from aiohttp import web
 from sqlmodel import col
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, case, func, or_, select
 
 from scribeai import openapi, protocol, search, transcripts
 from scribeai.auth import token_from_headers
 from scribeai.errors import InvalidInput, ScribeError, Unauthorized, http_error_body
 from scribeai.idempotency import check_writable
 from scribeai.metrics import CONTENT_TYPE
-from scribeai.models import Chunk, ChunkStatus, RecordingSession
+from scribeai.models import Chunk, ChunkStatus, RecordingSession, TranscriptStream
 from scribeai.services import Services, services_key
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ async def list_sessions(request: web.Request) -> web.Response:
     async with _services(request).db.read() as s:
         rows = list((await s.execute(query)).scalars())
         page = rows[:limit]
-        counts = await _chunk_counts(s, [r.id for r in page])
+        counts = await _chunk_counts(s, [r.id for r in page], _services(request).settings.chunk_duration_ms)
     items = [_session_wire(r, counts.get(r.id, (0, 0, 0))) for r in page]
     next_cursor = _encode_cursor(page[-1]) if len(rows) > limit else None
     return web.json_response({"sessions": items, "nextCursor": next_cursor})
@@ -308,7 +308,7 @@ async def _user_stats(services: Services, user_id: str) -> dict[str, Any]:
 async def _session_view(services: Services, session_id: str, user_id: str) -> dict[str, Any]:
     row = await services.sessions.get_owned(session_id, user_id)
     async with services.db.read() as s:
-        counts = await _chunk_counts(s, [session_id])
+        counts = await _chunk_counts(s, [session_id], services.settings.chunk_duration_ms)
         by_status: dict[str, int] = dict((await s.execute(
             select(col(Chunk.status), func.count()).where(col(Chunk.session_id) == session_id).group_by(col(Chunk.status))
         )).all())
@@ -317,15 +317,41 @@ async def _session_view(services: Services, session_id: str, user_id: str) -> di
     return view
 
 
-async def _chunk_counts(s: Any, session_ids: list[str]) -> dict[str, tuple[int, int, int]]:
-    """(chunks, bytes, duration ms) per session, in one grouped query."""
+async def _chunk_counts(s: Any, session_ids: list[str], assumed_ms: int) -> dict[str, tuple[int, int, int]]:
+    """(chunks, bytes, duration ms) per session, in two grouped queries (see _duration_ms)."""
     if not session_ids:
         return {}
+    undeclared = col(Chunk.duration_ms).is_(None)
+    unfinished = col(Chunk.status).in_(ChunkStatus.UNFINISHED)
+
+    def count(condition: Any) -> Any:
+        return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
     rows = await s.execute(
-        select(col(Chunk.session_id), func.count(), func.coalesce(func.sum(col(Chunk.size)), 0), func.coalesce(func.sum(col(Chunk.duration_ms)), 0))
+        select(col(Chunk.session_id), func.count(), func.coalesce(func.sum(col(Chunk.size)), 0),
+               func.coalesce(func.sum(col(Chunk.duration_ms)), 0), count(undeclared),
+               count(col(Chunk.status) == ChunkStatus.DONE),
+               func.coalesce(func.sum(case((unfinished, col(Chunk.duration_ms)), else_=0)), 0),
+               count(and_(unfinished, undeclared)))
         .where(col(Chunk.session_id).in_(session_ids)).group_by(col(Chunk.session_id))
     )
-    return {sid: (int(n), int(b), int(d)) for sid, n, b, d in rows.all()}
+    measured = dict((await s.execute(select(col(TranscriptStream.session_id), col(TranscriptStream.done_ms))
+                                     .where(col(TranscriptStream.session_id).in_(session_ids)))).all())
+    return {sid: (int(n), int(b), _duration_ms(int(declared), int(without), int(done), int(waiting_declared),
+                                              int(waiting_without), int(measured.get(sid) or 0), assumed_ms))
+            for sid, n, b, declared, without, done, waiting_declared, waiting_without in rows.all()}
+
+
+def _duration_ms(declared: int, without: int, done: int, waiting_declared: int, waiting_without: int, measured: int,
+                 assumed_ms: int) -> int:
+    """A session's length: its chunks' durationMs as sent; when some were sent without one, what transcription measured
+    (the recording's timeline up to the last audio transcribed, through the `done` chunks) plus the chunks still
+    waiting (their durationMs, else the session's measured length per chunk); with nothing measured (TRANSCRIBER=none,
+    nothing transcribed yet), CHUNK_DURATION_MS for each chunk without one."""
+    if without == 0:
+        return declared
+    if measured > 0 and done > 0:
+        return measured + waiting_declared + round(waiting_without * measured / done)
+    return declared + without * assumed_ms
 
 
 def _session_wire(row: RecordingSession, counts: tuple[int, int, int]) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from scribeai.settings import SettingError, Settings
 from scribeai.summarize import (RegexTokenizer, Sentence, extractive, is_action_item, keywords, lexrank_scores,
                                 sentences_of)
 from scribeai.summary_llm import ChatSummarizer, SummaryFailed, parse_answer
-from tests.conftest import RunningServer, ServerFactory, token_for
+from tests.conftest import RunningServer, ServerFactory, chunk, token_for
+from tests.fake_openai import FakeTranscriptionAPI
 from tests.fake_chat import FakeChatAPI
 from tests.meetings import MEETINGS, as_segments, meeting_lines
 from tests.speech import MEETING
@@ -314,6 +315,46 @@ async def test_a_model_summary_through_the_server_and_its_fallback(
     assert (body["method"], "model" in body) == ("extractive", False)
     assert body["reason"].startswith("the model's summary failed: ") and "HTTP 500" in body["reason"]
     assert {a["text"] for a in body["actionItems"]} == ACTIONS
+
+
+class MeetingTranscriber(FakeTranscriptionAPI):
+    """The fake transcription API, hearing one MEETING line (or pair) per upload, in order."""
+
+    lines: tuple[str, ...] = (f"{MEETING[0]} {MEETING[1]}", MEETING[6], MEETING[11])
+
+    def text_for(self, audio: bytes) -> str:  # type: ignore[override]
+        return self.lines[(len(self.requests) - 1) % len(self.lines)]  # the upload being answered
+
+
+async def test_recorded_audio_to_summary_through_the_pipeline(start_server: ServerFactory, connect: Any,
+                                                              backend: str) -> None:
+    """Chunks in, transcribed (the paid API faked), stopped: the pipeline's completion makes the summary."""
+    if backend != "sqlite":
+        pytest.skip("the completion hook is the same on both databases (the REST stop test runs on both)")
+    api = MeetingTranscriber()
+    try:
+        server = await start_server(transcriber="openai", openai_base_url=await api.start(), openai_api_key="k")
+        recorder = await connect(server.url, namespace="/record")
+        await recorder.call("joinSession", {"sessionId": "rec"}, timeout=5)
+        hello = (Path(__file__).parent / "fixtures" / "audio" / "speech_hello.wav").read_bytes()
+        for seq in range(3):
+            await recorder.call("audio-chunk", chunk("rec", seq, hello, mimeType="audio/wav"), timeout=5)
+        await recorder.call("stopSession", {"sessionId": "rec", "lastSeq": 2}, timeout=5)
+        body = (await summary_events(recorder))[-1]
+        segments = await server.services.pipeline.segments_after("rec", None)
+        assert [s["text"] for s in segments] == list(MeetingTranscriber.lines)
+        said = {s["text"]: (s["startMs"], s["endMs"]) for s in segments}
+        first = said[MeetingTranscriber.lines[0]]
+        assert [a["text"] for a in body["actionItems"]] == [MEETING[1], MEETING[6], MEETING[11]]
+        # MEETING[1] is the second half of the first segment; the others are segments of their own.
+        assert first[0] < body["actionItems"][0]["startMs"] < first[1] == body["actionItems"][0]["endMs"]
+        assert body["actionItems"][1:] == [
+            {"text": MEETING[6], "startMs": said[MEETING[6]][0], "endMs": said[MEETING[6]][1]},
+            {"text": MEETING[11], "startMs": said[MEETING[11]][0], "endMs": said[MEETING[11]][1]}]
+        assert said[MEETING[11]][0] >= 30000  # the third chunk's audio, 30 s into the recording
+        assert body["words"] == sum(len(RegexTokenizer().to_words(s["text"])) for s in segments)
+    finally:
+        await api.close()
 
 
 async def wait_ready(server: RunningServer, session_id: str, after: str | None = None) -> dict[str, Any]:

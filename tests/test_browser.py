@@ -8,6 +8,7 @@ new WebM header mid-session), and whisper must transcribe all of it.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import math
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import av
 import pytest
 from sqlalchemy import select
 from sqlmodel import col
@@ -188,3 +190,27 @@ async def test_chromium_recorders(start_server: ServerFactory, tmp_path: Path) -
     print(f"whole-file recall {whole:.2f}: bar {bar:.2f}")
     assert {name: value >= bar for name, value in recall.items()} == {name: True for name in pages}, (whole, recall)
     _check_replayed(pages[f"ts{RELOAD_TIMESLICE}-reload"])
+
+
+# -- Firefox's blobs, as recorded (no browser needed) ---------------------------------------------------------------
+
+FIREFOX_BLOBS = Path(__file__).parent / "browser" / "firefox"
+
+
+@pytest.mark.parametrize(("folder", "mime_type"), [("webm_1000", "audio/webm;codecs=opus"), ("ogg_1000", "audio/ogg;codecs=opus")])
+def test_firefox_blobs_are_recordings_the_server_takes(folder: str, mime_type: str) -> None:
+    """Firefox 153 ESR's 1 s MediaRecorder blobs of espeak-ng speech (the demo page, tests/js/demo_driver.mjs's captions
+    scenario): WebM whose continuations begin at a Cluster of unknown size, audio in track 2, block sizes in 4-byte
+    vints; Ogg whose every blob begins a page. Each is a chunk the server's recording check takes, and in order they
+    are one stream of six seconds."""
+    from scribeai.transcription.containers import refusal
+
+    blobs = sorted((FIREFOX_BLOBS / folder).glob("blob_*"))
+    assert len(blobs) == 6
+    refused = {blob.name: refusal(blob.read_bytes(), mime_type) for blob in blobs}
+    assert refused == dict.fromkeys(refused), refused
+    samples, rate = 0, 48000
+    with av.open(io.BytesIO(b"".join(blob.read_bytes() for blob in blobs))) as container:
+        for frame in container.decode(audio=0):
+            samples, rate = samples + frame.samples, frame.sample_rate
+    assert abs(samples / rate - 6.0) <= 0.2, samples / rate

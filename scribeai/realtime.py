@@ -108,6 +108,9 @@ class Realtime:
             "leave": (self.on_leave_room, "session-error"),
         }
         guard_packets(self.sio, self._refuse_connection, self._reserved_event, self._message_too_large)
+        engineio_log = logging.getLogger("engineio.server")
+        if not any(isinstance(f, _ClosedSessionNotice) for f in engineio_log.filters):
+            engineio_log.addFilter(_ClosedSessionNotice())
         for namespace in NAMESPACES:
             self.sio.on("connect", self._connect_handler(namespace), namespace=namespace)
             self.sio.on("disconnect", self._disconnect_handler(namespace), namespace=namespace)
@@ -557,6 +560,16 @@ class Realtime:
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
+
+
+class _ClosedSessionNotice(logging.Filter):
+    """A request for an Engine.IO session this server has just closed (a graceful stop closes every one; a polling
+    client's next request comes a moment later) is the client's situation, not a fault: INFO, not ERROR."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO and "Session is disconnected" in record.getMessage():
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
 
 
 def _error_body(exc: ScribeError, event: str, short: str, **context: Any) -> dict[str, Any]:

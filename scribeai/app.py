@@ -14,7 +14,7 @@ import socketio
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from scribeai import rest, retention, summaries
+from scribeai import rest, retention, search, summaries
 from scribeai.auth import Authenticator, load_secret
 from scribeai.db import Database
 from scribeai.demo import add_demo, demo_url
@@ -97,7 +97,7 @@ def create_app(settings: Settings, *, db_schema: str | None = None) -> web.Appli
     realtime = Realtime(sio, settings, auth, ingest, sessions, monitor, pipeline, metrics)
     realtime.register()
     pipeline.on_transcribed = realtime.chunk_transcribed
-    app[summaries.summaries_key] = summaries.Summaries.from_settings(db, sio, settings)
+    app[summaries.summaries_key] = summaries.Summaries.from_settings(db, sio, settings, metrics.registry)
     pipeline.on_completed = app[summaries.summaries_key].session_completed  # a session's summary once all is transcribed
     pipeline.refreshers.append(realtime.reconcile_pending)  # chunks read by `scribeai worker` or another node
     pipeline.refreshers.append(realtime.renew_captions)

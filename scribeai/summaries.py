@@ -12,11 +12,14 @@ import asyncio
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import Counter as PromCounter
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
@@ -41,22 +44,28 @@ FORMATS = {"txt": "text/plain; charset=utf-8", "md": "text/markdown; charset=utf
 class Summaries:
     """Makes, stores and publishes summaries; `drain()` waits for the ones in progress (tests)."""
 
-    def __init__(self, db: Database, emitter: Emitter | None, chat: ChatSummarizer | None = None) -> None:
+    def __init__(self, db: Database, emitter: Emitter | None, chat: ChatSummarizer | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
         self.db = db
         self.emitter = emitter
         self.chat = chat
         self.made = 0
         self.failed = 0
+        self.outcomes = PromCounter("scribeai_summaries", "Session summaries made, by outcome: extractive, llm, fallback "
+                                    "(the model failed: extractive served), failed", ["outcome"], registry=registry)
+        self.seconds = Histogram("scribeai_summary_seconds", "Time to make one session summary", registry=registry,
+                                 buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0))
         self._one_at_a_time = asyncio.Semaphore(1)
         self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
-    def from_settings(cls, db: Database, emitter: Emitter | None, settings: Settings) -> Summaries:
+    def from_settings(cls, db: Database, emitter: Emitter | None, settings: Settings,
+                      registry: CollectorRegistry | None = None) -> Summaries:
         chat = None
         if settings.summary_base_url:
             chat = ChatSummarizer(settings.summary_base_url, settings.summary_model, settings.summary_api_key,
                                   timeout_s=settings.summary_timeout_s, context_tokens=settings.summary_context_tokens)
-        return cls(db, emitter, chat)
+        return cls(db, emitter, chat, registry)
 
     def __repr__(self) -> str:
         return f"Summaries(chat={self.chat!r}, made={self.made}, failed={self.failed}, in_progress={len(self._tasks)})"
@@ -121,15 +130,19 @@ class Summaries:
         await self._publish(await self.get_stored(session_id))
         try:
             async with self._one_at_a_time:
+                started = time.monotonic()
                 digest = await self._digest(session_id)
+                self.seconds.observe(time.monotonic() - started)
         except Exception as exc:
             self.failed += 1
+            self.outcomes.labels("failed").inc()
             await self._store(session_id, SummaryStatus.FAILED, Digest(EXTRACTIVE, "", reason=f"internal error: {exc}"))
             raise
         finally:
             body = await self.get_stored(session_id)
             await self._publish(body)
         self.made += 1
+        self.outcomes.labels("fallback" if self.chat and digest.method == EXTRACTIVE and digest.words else digest.method).inc()
         return body
 
     async def _digest(self, session_id: str) -> Digest:

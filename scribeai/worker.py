@@ -61,7 +61,7 @@ async def run_worker(settings: Settings) -> None:
                         idle_flush_s=settings.idle_flush_s, window_wait_s=settings.window_wait_s,
                         window_s=(settings.window_min_s, settings.window_target_s),
                         lease_s=settings.transcribe_lease_s, caption_share=settings.caption_cpu_budget)
-    summaries = Summaries.from_settings(db, emitter, settings)  # sessions this worker finds all transcribed
+    summaries = Summaries.from_settings(db, emitter, settings, metrics.registry)  # sessions this worker finds all transcribed
     pipeline.on_completed = summaries.session_completed
     scheduler: RetentionScheduler | None = None
     try:

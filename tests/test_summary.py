@@ -263,6 +263,10 @@ async def test_a_completed_session_gets_its_summary_pushed_and_served(
     assert {a["text"] for a in body["actionItems"]} == ACTIONS and body["words"] > 400 and len(body["keywords"]) == 10
     assert {"text": MEETING[6], "startMs": 27000, "endMs": 31059} in body["actionItems"]
     assert body["generatedAt"] is not None and all(p["startMs"] is not None for p in body["keyPoints"])
+    async with aiohttp.ClientSession() as http, http.get(server.url + "/metrics") as response:
+        scrape = await response.text()
+    assert 'scribeai_summaries_total{outcome="extractive"} 1.0' in scrape
+    assert "scribeai_summary_seconds_count 1.0" in scrape
     # Someone else's session does not exist for them, and nothing is made for them.
     await rest(server, "GET", "/api/sessions/sync1/summary", "mallory", expect=404)
     await rest(server, "POST", "/api/sessions/sync1/summary", "mallory", expect=404)
@@ -314,6 +318,8 @@ async def test_a_model_summary_through_the_server_and_its_fallback(
     body = await wait_ready(server, "m1", after=body["generatedAt"])
     assert (body["method"], "model" in body) == ("extractive", False)
     assert body["reason"].startswith("the model's summary failed: ") and "HTTP 500" in body["reason"]
+    outcomes = server.services.metrics.registry.get_sample_value
+    assert [outcomes("scribeai_summaries_total", {"outcome": o}) for o in ("llm", "fallback", "extractive")] == [2.0, 1.0, None]
     assert {a["text"] for a in body["actionItems"]} == ACTIONS
 
 

@@ -29,6 +29,9 @@ POLLING_MAX_PACKETS = 1024
 # closed, in multiples of the limit; past this its connection is cut.
 OVERSIZE_DISCARD_FACTOR = 4
 _TELLING: set[asyncio.Future[None]] = set()
+# How long a closing websocket waits for the client's close frame (aiohttp: 10 s). A client still sending (a graceful
+# stop closes every connection) may not answer in time: its stop then waited those 10 s.
+WEBSOCKET_CLOSE_WAIT_S = 1.0
 FAREWELL_WAIT_S = 2.0  # how long a polling client closed for a message over the limit has to fetch the reason
 
 
@@ -111,7 +114,8 @@ class _UncompressedWebSocket(_EngineWebSocket):  # type: ignore[misc]
     of one event-loop turn leave in one send (_CoalescedWrites)."""
 
     async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
-        self._sock = _LimitedWebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
+        self._sock = _LimitedWebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False,
+                                               timeout=WEBSOCKET_CLOSE_WAIT_S)
         guard, engine_socket = _GUARDS.get(self.server), getattr(self.handler, "__self__", None)
         if guard is not None and engine_socket is not None:
             self._sock.farewell = lambda: guard.farewell(engine_socket.sid)

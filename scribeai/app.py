@@ -118,6 +118,8 @@ def create_app(settings: Settings, *, db_schema: str | None = None) -> web.Appli
         response.headers["X-ScribeAI-Node"] = node  # which node behind a load balancer answered (logs, stickiness checks)
     app.on_response_prepare.append(name_the_node)
     app.cleanup_ctx.extend([_redis, _database, _transcription, retention.scheduler])
+    app[search.indexer_key] = search.SearchIndexer(db)
+    app.cleanup_ctx.append(search.indexer)  # after _database: SQLite's search index a second behind the segments
     app.on_shutdown.append(_graceful_stop)
     app.on_shutdown.append(summaries.stop_summaries)
     return app

@@ -1,8 +1,8 @@
 """Full-text search over one user's transcripts: SQLite FTS5, or PostgreSQL tsvector + GIN.
 
-The index lives in the database and follows the `segment` table by itself, so the transcription code
-never touches it: on SQLite an external-content FTS5 table kept by triggers, on PostgreSQL a stored
-generated `tsvector` column with a GIN index. Retention never deletes segments, so the index outlives
+The index lives in the database and follows the `segment` table, so the transcription code never touches
+it: on SQLite an external-content FTS5 table that SearchIndexer fills in batches a second behind (and every
+search brings up to date first), on PostgreSQL a stored generated `tsvector` column with a GIN index. Retention never deletes segments, so the index outlives
 the audio (the cold tier keeps both).
 
 A query is parsed here into a small tree (words, "phrases", prefix*, OR) and written out in each
@@ -15,15 +15,20 @@ Summaries are not indexed yet: when their table exists, give it an index beside 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import html
 import json
+import logging
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from aiohttp import web
 from sqlalchemy import bindparam, inspect, text
 
 from scribeai.errors import InvalidInput
@@ -34,12 +39,14 @@ if TYPE_CHECKING:
 
     from scribeai.db import Database
 
+log = logging.getLogger(__name__)
 MAX_QUERY_CHARS = 500
 MAX_TERMS = 16
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 # A common word can match millions of segments: only the newest RANK_WINDOW matches are ranked (a full ranking
 # would cost seconds, docs/performance.md); rarer queries have fewer matches than this and are ranked whole.
+# Newest: by the FTS5 rowid (the order segments were stored) on SQLite, by the session's creation on PostgreSQL.
 RANK_WINDOW = 2000
 SNIPPET_TOKENS = 16
 _MARK_ON, _MARK_OFF = "\x02", "\x03"  # sentinels around matches, turned into <mark> after escaping the text
@@ -164,6 +171,7 @@ async def search(db: Database, user_id: str, query: Query, *, limit: int = DEFAU
                  since: datetime | None = None, until: datetime | None = None) -> SearchPage:
     """One page of the user's segments that match, most relevant first (ties: newest first)."""
     window = RANK_WINDOW
+    await refresh(db)  # SQLite: the segments stored since the indexer's last round
     params: dict[str, Any] = {"user": user_id, "window": window, "limit": limit + 1, "offset": offset,
                               "since": since, "until": until, "on": _MARK_ON, "off": _MARK_OFF}
     dates = ("" if since is None else " AND r.created_at >= :since") + ("" if until is None else " AND r.created_at < :until")
@@ -180,18 +188,22 @@ async def search(db: Database, user_id: str, query: Query, *, limit: int = DEFAU
             ORDER BY score DESC, rid DESC LIMIT :limit OFFSET :offset"""
     else:
         params["q"] = pg_tsquery(query)
+        # The tsquery is written inline (a constant the planner can weigh): for a common word it walks the
+        # user's sessions newest first and stops at :window matches; for a rare one it reads the GIN index.
+        tsquery = f"to_tsquery('{PG_CONFIG}', :q)"
         sql = f"""
-            WITH q AS (SELECT to_tsquery('{PG_CONFIG}', :q) AS q),
-            hits AS (
-                SELECT s.id, s.session_id, r.title, s.start_ms, s.end_ms, s.created_at, ts_rank(s.search, q.q) AS score
-                FROM segment AS s JOIN recording_session AS r ON r.id = s.session_id, q
-                WHERE s.search @@ q.q AND r.user_id = :user{dates}
-                ORDER BY s.created_at DESC, s.id DESC LIMIT :window),
-            page AS (SELECT * FROM hits ORDER BY score DESC, created_at DESC, id DESC LIMIT :limit OFFSET :offset)
+            WITH hits AS (
+                SELECT s.id, s.session_id, r.title, s.start_ms, s.end_ms, r.created_at, s.search
+                FROM recording_session AS r JOIN segment AS s ON s.session_id = r.id
+                WHERE r.user_id = :user AND s.search @@ {tsquery}{dates}
+                ORDER BY r.created_at DESC, r.id DESC, s.start_ms DESC LIMIT :window),
+            page AS (
+                SELECT id, session_id, title, start_ms, end_ms, created_at, ts_rank(search, {tsquery}) AS score FROM hits
+                ORDER BY score DESC, created_at DESC, start_ms DESC, id DESC LIMIT :limit OFFSET :offset)
             SELECT page.id, page.session_id, page.title, page.start_ms, page.end_ms, page.score,
-                   ts_headline('{PG_CONFIG}', translate(s.text, '<>&', :stand_ins), q.q, :options) AS snippet
-            FROM page JOIN segment AS s ON s.id = page.id, q
-            ORDER BY page.score DESC, page.created_at DESC, page.id DESC"""
+                   ts_headline('{PG_CONFIG}', translate(s.text, '<>&', :stand_ins), {tsquery}, :options) AS snippet
+            FROM page JOIN segment AS s ON s.id = page.id
+            ORDER BY page.score DESC, page.created_at DESC, page.start_ms DESC, page.id DESC"""
         params["stand_ins"] = _PG_STAND_INS
         params["options"] = (f'StartSel="{_MARK_ON}", StopSel="{_MARK_OFF}", MaxWords={SNIPPET_TOKENS + 8}, '
                              f'MinWords={SNIPPET_TOKENS // 2}, ShortWord=2, MaxFragments=1, FragmentDelimiter=" … "')
@@ -226,27 +238,43 @@ def highlight(snippet: str) -> str:
 
 # -- the index ------------------------------------------------------------------------------------------
 
+# SQLite: segments are added to the FTS5 index after their commit, in batches, by SearchIndexer (each second)
+# and by every search before it reads: a trigger on INSERT cost ~1.5 ms of FTS5 segment writing and merging
+# in each transcription commit (docs/performance.md). Rowids grow with every insert (segments are never
+# deleted), so "indexed up to rowid N" is the whole state. A row deleted or changed after it was indexed
+# leaves the index by these triggers.
 _SQLITE_TRIGGERS = {
-    "segment_fts_insert": "AFTER INSERT ON segment BEGIN "
-                          "INSERT INTO segment_fts(rowid, text) VALUES (new.rowid, new.text); END",
-    "segment_fts_delete": "AFTER DELETE ON segment BEGIN "
+    "segment_fts_delete": "AFTER DELETE ON segment WHEN old.rowid <= (SELECT indexed_upto FROM search_progress) BEGIN "
                           "INSERT INTO segment_fts(segment_fts, rowid, text) VALUES ('delete', old.rowid, old.text); END",
-    "segment_fts_update": "AFTER UPDATE OF text ON segment BEGIN "
+    "segment_fts_update": "AFTER UPDATE OF text ON segment WHEN old.rowid <= (SELECT indexed_upto FROM search_progress) BEGIN "
                           "INSERT INTO segment_fts(segment_fts, rowid, text) VALUES ('delete', old.rowid, old.text); "
                           "INSERT INTO segment_fts(rowid, text) VALUES (new.rowid, new.text); END",
 }
+CATCH_UP_BATCH = 500  # rows per write transaction: bounds how long the index holds SQLite's one writer
+INDEX_INTERVAL_S = 1.0
 
 
 def create_index(conn: Connection) -> None:
     """Create the search index when it is missing, filled from the segments already stored (once)."""
     if conn.dialect.name == "sqlite":
         exists = conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'segment_fts'").first()
+        progress = conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'search_progress'").first()
+        if exists is not None and progress is None:  # indexed by an INSERT trigger until now: complete, trigger goes
+            conn.exec_driver_sql("DROP TRIGGER IF EXISTS segment_fts_insert")
+            conn.exec_driver_sql("CREATE TABLE search_progress (id INTEGER PRIMARY KEY CHECK (id = 1), indexed_upto INTEGER NOT NULL)")
+            conn.exec_driver_sql("INSERT INTO search_progress VALUES (1, (SELECT coalesce(max(rowid), 0) FROM segment))")
+        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS search_progress "
+                             "(id INTEGER PRIMARY KEY CHECK (id = 1), indexed_upto INTEGER NOT NULL)")
         if exists is None:
             conn.exec_driver_sql("CREATE VIRTUAL TABLE segment_fts USING fts5(text, content='segment', "
                                  f"content_rowid='rowid', tokenize='{FTS_TOKENIZER}')")
             conn.exec_driver_sql("INSERT INTO segment_fts(segment_fts) VALUES ('rebuild')")  # back-fill
+            conn.exec_driver_sql("INSERT OR REPLACE INTO search_progress VALUES (1, (SELECT coalesce(max(rowid), 0) FROM segment))")
+        conn.exec_driver_sql("INSERT OR IGNORE INTO search_progress VALUES (1, 0)")
         for name, body in _SQLITE_TRIGGERS.items():
             conn.exec_driver_sql(f"CREATE TRIGGER IF NOT EXISTS {name} {body}")
+        while _catch_up(conn, CATCH_UP_BATCH * 20):
+            pass
         return
     if "search" not in {c["name"] for c in inspect(conn).get_columns("segment")}:
         # Computed for the rows already there by this ALTER (a one-time rewrite of the table), then for every insert.
@@ -255,11 +283,93 @@ def create_index(conn: Connection) -> None:
     conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_segment_search ON segment USING GIN (search)")
 
 
+def _catch_up(conn: Connection, limit: int) -> int:
+    """SQLite: index the next `limit` segments stored since the last time; how many there were."""
+    upto = int(conn.exec_driver_sql("SELECT indexed_upto FROM search_progress").scalar_one())
+    last = conn.exec_driver_sql("SELECT max(rowid), count(*) FROM (SELECT rowid FROM segment WHERE rowid > ? "
+                                "ORDER BY rowid LIMIT ?)", (upto, limit)).one()
+    if not last[1]:
+        return 0
+    conn.exec_driver_sql("INSERT INTO segment_fts(rowid, text) SELECT rowid, text FROM segment WHERE rowid > ? AND rowid <= ?",
+                         (upto, last[0]))
+    conn.exec_driver_sql("UPDATE search_progress SET indexed_upto = ?", (last[0],))
+    return int(last[1])
+
+
+async def refresh(db: Database) -> int:
+    """SQLite: bring the index up to every committed segment (PostgreSQL's is always current); how many it added."""
+    if not db.is_sqlite:
+        return 0
+    async with db.read() as s:  # without the writer's lock when nothing is new (the indexer asks each second)
+        upto, last = (await s.execute(text("SELECT (SELECT indexed_upto FROM search_progress), "
+                                           "(SELECT coalesce(max(rowid), 0) FROM segment)"))).one()
+    if upto is not None and int(upto) >= int(last):
+        return 0
+    total = 0
+    while True:
+        async with db.write() as s:
+            conn = await s.connection()
+            added = await conn.run_sync(_catch_up, CATCH_UP_BATCH)
+        total += added
+        if added < CATCH_UP_BATCH:
+            return total
+
+
+class SearchIndexer:
+    """SQLite: keeps the index a second behind the segments (a search catches up the rest itself)."""
+
+    def __init__(self, db: Database, interval_s: float = INDEX_INTERVAL_S) -> None:
+        self.db = db
+        self.interval_s = interval_s
+        self.indexed = 0
+        self.paused = False  # benchmarks compare ingest with and without it
+        self.failing = False
+        self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"SearchIndexer(indexed={self.indexed}, running={self._task is not None and not self._task.done()})"
+
+    def start(self) -> None:
+        if self.db.is_sqlite and self._task is None:
+            self._task = asyncio.create_task(self._run(), name="search-indexer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            if self.paused:
+                continue
+            try:
+                self.indexed += await refresh(self.db)
+                self.failing = False
+            except Exception as exc:  # the next round tries again; searches catch up by themselves
+                if not self.failing:
+                    log.warning("search index: catching up failed (%s); trying again each second", exc)
+                self.failing = True
+
+
+indexer_key = web.AppKey("search_indexer", SearchIndexer)
+
+
+async def indexer(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the app's SearchIndexer runs while the server does (SQLite only)."""
+    app[indexer_key].start()
+    yield
+    await app[indexer_key].stop()
+
+
 def drop_index(conn: Connection) -> None:
-    """Remove the search index (benchmarks measure ingest without it; `create_index` brings it back, filled)."""
+    """Remove the search index (tests start from a database without one; `create_index` brings it back, filled)."""
     if conn.dialect.name == "sqlite":
-        for name in _SQLITE_TRIGGERS:
+        for name in (*_SQLITE_TRIGGERS, "segment_fts_insert"):
             conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
         conn.exec_driver_sql("DROP TABLE IF EXISTS segment_fts")
+        conn.exec_driver_sql("DROP TABLE IF EXISTS search_progress")
     else:
         conn.exec_driver_sql("ALTER TABLE segment DROP COLUMN IF EXISTS search")

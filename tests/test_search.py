@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from scribeai import cli as cli_module
 from scribeai import search
@@ -274,3 +274,20 @@ def test_cli_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pyt
                            "scribeai: search: --from must be an ISO 8601 date (2026-12-07) or date-time (2026-12-07T09:30:00Z)"),
                           (["launch", "--user", "alice", "--limit", "0"], "scribeai: search --limit 0: expected 1 to 100")):
         assert cli(*args) == (2, "", message + "\n"), args
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_sqlite_indexes_new_segments_in_the_background(server: RunningServer) -> None:
+    """Transcription commits carry no index work on SQLite: the indexer adds their segments a second later."""
+    await add_session(server, "alice", "roadmap", "Roadmap review", ROADMAP)
+
+    async def behind() -> tuple[int, int]:
+        async with server.services.db.read() as s:
+            row = (await s.execute(text("SELECT (SELECT max(rowid) FROM segment), indexed_upto FROM search_progress"))).one()
+        return int(row[0]), int(row[1])
+    deadline = asyncio.get_running_loop().time() + 30
+    while (state := await behind())[1] < state[0]:
+        assert asyncio.get_running_loop().time() < deadline, state
+        await asyncio.sleep(0.05)
+    assert state == (4, 4)
+    assert server.app[search.indexer_key].indexed == 4

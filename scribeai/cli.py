@@ -199,7 +199,8 @@ def _load_extra_commands(running: str | None = None) -> None:
     import importlib
 
     for command, module in (("retention", "scribeai.retention_cli"), ("transcripts", "scribeai.transcripts_cli"),
-                            ("stress", "scribeai.stress_cli"), ("search", "scribeai.search_cli")):
+                            ("stress", "scribeai.stress_cli"), ("search", "scribeai.search_cli"),
+                            ("summary", "scribeai.summary_cli")):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

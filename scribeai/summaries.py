@@ -57,6 +57,7 @@ class Summaries:
                                  buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0))
         self._one_at_a_time = asyncio.Semaphore(1)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._claimed: set[str] = set()  # sessions whose summary this process is making
 
     @classmethod
     def from_settings(cls, db: Database, emitter: Emitter | None, settings: Settings,
@@ -96,9 +97,17 @@ class Summaries:
             await asyncio.wait_for(asyncio.gather(*list(self._tasks), return_exceptions=True), timeout)
 
     async def stop(self) -> None:
+        """Drop the summaries in progress and give their claims back: the next GET (here or on another node)
+        makes them again at once rather than after CLAIM_S."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._claimed:
+            async with self.db.write() as s:
+                await s.execute(update(SessionSummary).where(
+                    col(SessionSummary.session_id).in_(self._claimed), col(SessionSummary.status) == SummaryStatus.PENDING)
+                    .values(claimed_until=None))
+            self._claimed.clear()
 
     # -- reading -----------------------------------------------------------------------
 
@@ -133,14 +142,18 @@ class Summaries:
                 started = time.monotonic()
                 digest = await self._digest(session_id)
                 self.seconds.observe(time.monotonic() - started)
+        except asyncio.CancelledError:
+            raise  # the claim stays listed: stop() gives it back
         except Exception as exc:
             self.failed += 1
             self.outcomes.labels("failed").inc()
             await self._store(session_id, SummaryStatus.FAILED, Digest(EXTRACTIVE, "", reason=f"internal error: {exc}"))
+            self._claimed.discard(session_id)
+            await self._publish(await self.get_stored(session_id))
             raise
-        finally:
-            body = await self.get_stored(session_id)
-            await self._publish(body)
+        self._claimed.discard(session_id)
+        body = await self.get_stored(session_id)
+        await self._publish(body)
         self.made += 1
         self.outcomes.labels("fallback" if self.chat and digest.method == EXTRACTIVE and digest.words else digest.method).inc()
         return body
@@ -172,6 +185,12 @@ class Summaries:
             return [row.wire() for row in (await s.execute(query)).scalars()]
 
     async def _claim(self, session_id: str) -> bool:
+        if await self._claim_row(session_id):
+            self._claimed.add(session_id)
+            return True
+        return False
+
+    async def _claim_row(self, session_id: str) -> bool:
         now = utcnow()
         until = now + timedelta(seconds=CLAIM_S)
         async with self.db.write() as s:

@@ -363,6 +363,28 @@ async def test_recorded_audio_to_summary_through_the_pipeline(start_server: Serv
         await api.close()
 
 
+async def test_a_summary_cut_short_by_a_stop_is_made_again_on_the_next_get(
+        start_server: ServerFactory, chat: Any, backend: str) -> None:
+    if backend != "sqlite":
+        pytest.skip("the claim is one UPDATE on both databases")
+    from scribeai.models import SessionSummary
+    from scribeai.summaries import summaries_key
+
+    fake, url = await chat(delay_s=2.0)
+    server = await start_server(summary_base_url=url, summary_model="m")
+    await seeded(server, "cut", meeting_segments())
+    await rest(server, "POST", "/api/sessions/cut/stop", "alice")
+    while not fake.prompts:  # the model is at work
+        await asyncio.sleep(0.02)
+    await server.app[summaries_key].stop()  # what a graceful stop does
+    async with server.services.db.read() as s:
+        row = await s.get(SessionSummary, "cut")
+    assert row is not None and (row.status, row.claimed_until, row.generated_at) == ("pending", None, None)
+    assert (await rest(server, "GET", "/api/sessions/cut/summary", "alice"))["status"] == "pending"
+    body = await wait_ready(server, "cut")  # that GET started it again (a claim of a live process would wait)
+    assert (body["method"], len(fake.prompts)) == ("llm", 2)
+
+
 async def wait_ready(server: RunningServer, session_id: str, after: str | None = None) -> dict[str, Any]:
     for _ in range(300):
         body = await rest(server, "GET", f"/api/sessions/{session_id}/summary", "alice")

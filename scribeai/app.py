@@ -85,6 +85,7 @@ def create_app(settings: Settings, *, db_schema: str | None = None) -> web.Appli
     ingest = ChunkIngest(db, store, sessions, transcribe=settings.transcriber != "none")
     monitor = ProcessMonitor(settings.memory_budget_bytes)
     engine = create_engine(settings.transcriber, whisper_model=settings.whisper_model, whisper_threads=settings.whisper_threads,
+                           whisper_beam_size=settings.whisper_beam_size,
                            workers=settings.max_concurrency, openai_base_url=settings.openai_base_url,
                            openai_api_key=settings.openai_api_key, transcribe_model=settings.transcribe_model)
     metrics = Metrics()

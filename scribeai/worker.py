@@ -51,6 +51,7 @@ async def run_worker(settings: Settings) -> None:
     db = Database(settings.effective_database_url, busy_timeout_ms=settings.db_busy_timeout_ms)
     emitter = socketio.AsyncRedisManager(settings.redis_url, channel=settings.redis_channel, write_only=True)
     engine = create_engine(settings.transcriber, whisper_model=settings.whisper_model, whisper_threads=settings.whisper_threads,
+                           whisper_beam_size=settings.whisper_beam_size,
                            workers=settings.max_concurrency, openai_base_url=settings.openai_base_url,
                            openai_api_key=settings.openai_api_key, transcribe_model=settings.transcribe_model)
     metrics = Metrics()

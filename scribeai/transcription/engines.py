@@ -90,6 +90,7 @@ def create_engine(
     *,
     whisper_model: str = "",
     whisper_threads: int = 0,
+    whisper_beam_size: int = 5,
     workers: int = 1,
     openai_base_url: str = "",
     openai_api_key: str = "",
@@ -98,7 +99,7 @@ def create_engine(
     """The engine named by TRANSCRIBER: 'whisper', 'openai' or 'none'."""
     if kind == "whisper":
         threads = whisper_threads or max(1, available_cores() // max(1, workers))  # this process's cores
-        return WhisperEngine(whisper_model, cpu_threads=threads, workers=workers)
+        return WhisperEngine(whisper_model, cpu_threads=threads, workers=workers, beam_size=whisper_beam_size)
     if kind == "openai":
         return OpenAIEngine(openai_base_url or "https://api.openai.com", openai_api_key, transcribe_model)
     if kind == "none":
@@ -161,8 +162,10 @@ class WhisperEngine:
 
     name = "whisper"
 
-    def __init__(self, model: str = "", *, cpu_threads: int = 0, workers: int = 1, vad_filter: bool = False) -> None:
+    def __init__(self, model: str = "", *, cpu_threads: int = 0, workers: int = 1, vad_filter: bool = False,
+                 beam_size: int = 5) -> None:
         self.model = model or bundled_model_path()
+        self.beam_size = beam_size
         self.cpu_threads = cpu_threads
         self.workers = workers
         self.vad_filter = vad_filter
@@ -188,7 +191,7 @@ class WhisperEngine:
             return Transcription(text="", confidence=None, duration_ms=0)
         model = _load_model(self.model, self.cpu_threads, self.workers)
         segments, info = model.transcribe(
-            pcm, beam_size=1, vad_filter=self.vad_filter, condition_on_previous_text=False
+            pcm, beam_size=self.beam_size, vad_filter=self.vad_filter, condition_on_previous_text=False
         )
         segments = list(segments)  # the generator does the decoding work
         text = " ".join(s.text.strip() for s in segments if s.text.strip())
@@ -206,7 +209,7 @@ class WhisperEngine:
         """Blocking: one window cut at pauses; the previous window's text conditions this one."""
         model = _load_model(self.model, self.cpu_threads, self.workers)
         segments, info = model.transcribe(
-            pcm, beam_size=1, vad_filter=False, condition_on_previous_text=False,
+            pcm, beam_size=self.beam_size, vad_filter=False, condition_on_previous_text=False,
             initial_prompt=prompt[-600:] or None, without_timestamps=False,
         )
         kept = [s for s in segments if keep_piece(s.text, s.avg_logprob, s.no_speech_prob)]

@@ -545,6 +545,9 @@ class Realtime:
             await socket.close(wait=False, reason=self.sio.eio.reason.SERVER_DISCONNECT)
             if socket.upgraded:
                 socket.queue.put_nowait(None)
+            # As engineio's disconnect() does: a closed session left in its table made a request that came meanwhile
+            # fail with a traceback (a 500) instead of engineio's "invalid session" (a 400).
+            self.sio.eio.sockets.pop(eio_sid, None)
 
     async def stop(self, timeout: float) -> None:
         """The graceful stop, once: drain, then disconnect every client."""

@@ -154,7 +154,7 @@ async def one_run(recorders: int, keep_sending: bool, idle: bool, shutdown_timeo
             missing = sum(1 for c in clients for seq in c.acked if f"stop-{c.index}_{seq:04d}.webm" not in stored)
             text = b"".join(lines).decode(errors="replace")
             if show_log:
-                for at, line in list(zip(times, lines))[before:before + 60]:
+                for at, line in list(zip(times, lines))[before:before + 200]:
                     print(f"  +{at - started:6.2f} s  {line.decode(errors='replace').rstrip()[:160]}")
             return {
                 "stopS": round(stop_s, 2), "exitCode": code, "recorders": recorders,

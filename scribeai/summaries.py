@@ -12,10 +12,13 @@ import asyncio
 import dataclasses
 import json
 import logging
+import multiprocessing
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram
@@ -30,11 +33,12 @@ from scribeai.errors import InvalidInput
 from scribeai.models import RecordingSession, SessionSummary, SummaryStatus, TranscriptSegment, utcnow
 from scribeai.protocol import room_of
 from scribeai.settings import Settings
-from scribeai.summarize import EXTRACTIVE, LLM, Digest, Point, Sentence, extractive, match_sentence, sentences_of
+from scribeai.summarize import EXTRACTIVE, LLM, Digest, extractive, placed, sentences_of
 from scribeai.summary_llm import ChatSummarizer, SummaryFailed
 from scribeai.transcription.pipeline import NAMESPACES, Emitter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 EVENT = "session-summary"
 CLAIM_S = 600.0  # a summary claimed by a process that died is made again after this (on the next GET or request)
 routes = web.RouteTableDef()
@@ -45,8 +49,13 @@ class Summaries:
     """Makes, stores and publishes summaries; `drain()` waits for the ones in progress (tests)."""
 
     def __init__(self, db: Database, emitter: Emitter | None, chat: ChatSummarizer | None = None,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None, *, own_process: bool = True) -> None:
         self.db = db
+        # The CPU work (tokenizing, stemming, LexRank: ~0.3 CPU-s for an hour's meeting, most of it Python holding
+        # the GIL) runs in a process of its own, started at the first summary: in a thread it slowed chunk acks
+        # meanwhile 2-5 x (docs/performance.md). `own_process=False` (a one-off command): a thread.
+        self.own_process = own_process
+        self._pool: ProcessPoolExecutor | None = None
         self.emitter = emitter
         self.chat = chat
         self.made = 0
@@ -61,12 +70,12 @@ class Summaries:
 
     @classmethod
     def from_settings(cls, db: Database, emitter: Emitter | None, settings: Settings,
-                      registry: CollectorRegistry | None = None) -> Summaries:
+                      registry: CollectorRegistry | None = None, *, own_process: bool = True) -> Summaries:
         chat = None
         if settings.summary_base_url:
             chat = ChatSummarizer(settings.summary_base_url, settings.summary_model, settings.summary_api_key,
                                   timeout_s=settings.summary_timeout_s, context_tokens=settings.summary_context_tokens)
-        return cls(db, emitter, chat, registry)
+        return cls(db, emitter, chat, registry, own_process=own_process)
 
     def __repr__(self) -> str:
         return f"Summaries(chat={self.chat!r}, made={self.made}, failed={self.failed}, in_progress={len(self._tasks)})"
@@ -102,6 +111,9 @@ class Summaries:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
         if self._claimed:
             async with self.db.write() as s:
                 await s.execute(update(SessionSummary).where(
@@ -161,7 +173,7 @@ class Summaries:
     async def _digest(self, session_id: str) -> Digest:
         segments = await self._segments(session_id)
         sentences = sentences_of(segments)
-        extracted = await asyncio.to_thread(extractive, segments)
+        extracted = await self._cpu(extractive, segments)
         if self.chat is None or not sentences:
             digest = extracted if sentences else Digest(EXTRACTIVE, "", reason="the transcript has no words")
         else:
@@ -172,11 +184,22 @@ class Summaries:
                             failure.reason)
                 digest = dataclasses.replace(extracted, reason=f"the model's summary failed: {failure.reason}")
             else:
-                placed = await asyncio.to_thread(_placed, notes.key_points + notes.action_items, sentences)
-                digest = Digest(LLM, notes.summary, placed[:len(notes.key_points)], placed[len(notes.key_points):],
+                points = await self._cpu(placed, notes.key_points + notes.action_items, sentences)
+                digest = Digest(LLM, notes.summary, points[:len(notes.key_points)], points[len(notes.key_points):],
                                 extracted.keywords, extracted.words, model=self.chat.model)
         await self._store(session_id, SummaryStatus.READY, digest)
         return digest
+
+    async def _cpu(self, fn: Callable[..., T], *args: Any) -> T:
+        if not self.own_process:
+            return await asyncio.to_thread(fn, *args)
+        if self._pool is None:  # spawn, not fork: this process has threads (database, whisper) a fork would copy mid-work
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        except BrokenProcessPool:  # the process died (killed, out of memory): a new one next time
+            self._pool = None
+            raise
 
     async def _segments(self, session_id: str) -> list[dict[str, Any]]:
         query = (select(TranscriptSegment).where(col(TranscriptSegment.session_id) == session_id)
@@ -228,15 +251,6 @@ class Summaries:
             return
         for namespace in NAMESPACES:
             await self.emitter.emit(EVENT, body, room=room_of(body["sessionId"]), namespace=namespace)
-
-
-def _placed(lines: list[str], sentences: list[Sentence]) -> list[Point]:
-    """A model's lines with the time of the transcript sentence each most likely came from (None if none)."""
-    out = []
-    for line in lines:
-        found = match_sentence(line, sentences)
-        out.append(Point(line, found.start_ms, found.end_ms) if found else Point(line, None, None))
-    return out
 
 
 def wire(row: SessionSummary | None, session_id: str) -> dict[str, Any]:

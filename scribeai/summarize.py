@@ -355,6 +355,15 @@ def keywords(texts: Sequence[str], count: int = KEYWORDS) -> list[str]:
     return [phrase for phrase, _ in chosen]
 
 
+def placed(lines: list[str], sentences: list[Sentence]) -> list[Point]:
+    """A model's lines with the time of the transcript sentence each most likely came from (None if none)."""
+    out = []
+    for line in lines:
+        found = match_sentence(line, sentences)
+        out.append(Point(line, found.start_ms, found.end_ms) if found else Point(line, None, None))
+    return out
+
+
 def match_sentence(text: str, sentences: Sequence[Sentence], *, at_least: float = 0.5) -> Sentence | None:
     """The transcript sentence that a model's line most likely came from (share of its content words found
     there), for its time; None when none shares `at_least` of them."""

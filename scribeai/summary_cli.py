@@ -40,7 +40,7 @@ def _summary(args: argparse.Namespace, settings: Settings) -> int:
                 session = await s.get(RecordingSession, session_id)
             if session is None:
                 raise UsageError(f"summary {session_id!r}: no such session")
-            summaries = Summaries.from_settings(db, None, settings)
+            summaries = Summaries.from_settings(db, None, settings, own_process=False)  # one summary: no process for it
             body = await summaries.get_stored(session_id)
             if body["status"] != SummaryStatus.READY:
                 body = await summaries.make(session_id) or body  # None: a server is making it right now

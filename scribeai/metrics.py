@@ -60,6 +60,8 @@ class Metrics:
         self.transcribe_seconds = Histogram("scribeai_transcription_seconds", "Time to transcribe one chunk",
                                             buckets=_TRANSCRIBE_BUCKETS, registry=r)
         self.transcriptions_total = Counter("scribeai_transcriptions", "Transcription attempts, by outcome", ["outcome"], registry=r)
+        self.captions_total = Counter("scribeai_captions", "Live caption updates of watched sessions, by outcome: sent, "
+                                      "unchanged, failed, or not made (over_budget, chunk_waiting)", ["outcome"], registry=r)
         self.retention_runs_total = Counter("scribeai_retention_runs", "Retention runs, by result", ["result"], registry=r)
         self.retention_sessions_total = Counter("scribeai_retention_sessions", "Sessions moved by retention, by action", ["action"], registry=r)
         r.register(_LiveCollector(self))

@@ -19,12 +19,14 @@ import argparse
 import asyncio
 import json
 import random
+import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import psutil
 import socketio
@@ -71,6 +73,7 @@ async def main() -> None:
         finals: list[tuple[float, dict[str, Any]]] = []
         interims: list[tuple[float, dict[str, Any]]] = []
         cpu_s = 0.0
+        captions: dict[str, float] = {}
         try:
             await server.start()
             client = socketio.AsyncClient(reconnection=False)
@@ -100,6 +103,9 @@ async def main() -> None:
             while time.monotonic() < deadline and not any(s["endMs"] >= spans[-1][1] * 1000 - 300 for _, s in finals):
                 await asyncio.sleep(0.2)
             cpu_s = sum(process.cpu_times()[:2]) - cpu_before
+            async with aiohttp.ClientSession() as http, http.get(f"{server.url}/metrics") as response:
+                captions = {m[1]: float(m[2]) for m in re.finditer(r'^scribeai_captions_total\{outcome="(\w+)"\} (\S+)',
+                                                                   await response.text(), re.MULTILINE)}
             await client.disconnect()
         finally:
             server.kill_all()
@@ -122,7 +128,7 @@ async def main() -> None:
                   "settings": server.settings, "segments": len(finals), "sentences_without_final": missed,
                   "final_latency_s": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
                                       "max": max(latencies)} if latencies else None,
-                  "interims": len(interims), "sentences_never_shown": shown.count(None),
+                  "interims": len(interims), "caption_outcomes": captions, "sentences_never_shown": shown.count(None),
                   "shown_latency_s": {"p50": percentile(seen, 50), "p95": percentile(seen, 95), "max": max(seen)}
                   if seen else None,
                   "server_cpu_s_per_audio_min": round(cpu_s / (seconds / 60), 1),

@@ -290,7 +290,10 @@ class Pipeline:
         """A new hypothesis of the open window for the session's caption viewers, when it has grown by STEP_MS and
         someone watches; never while a chunk waits to be read anywhere (finals first), nor over the CPU budget."""
         caption_of = getattr(self.engine, "caption", None)
-        if caption_of is None or not self.captions.allows() or state.session_id not in await self._watched():
+        if caption_of is None or state.session_id not in await self._watched():
+            return
+        if not self.captions.allows():
+            self.metrics.captions_total.labels("over_budget").inc()
             return
         window = live.stream.windower.open_audio()
         if window is None or window.end_ms - window.start_ms < MIN_AUDIO_MS:
@@ -301,16 +304,21 @@ class Pipeline:
         if caption.revision and window.end_ms - window.start_ms - caption.audio_ms < STEP_MS:
             return
         if await self.queue.waiting(exclude=[s for s in self._held if s != state.session_id]):
+            self.metrics.captions_total.labels("chunk_waiting").inc()
             return
         started = time.monotonic()
         try:
             text = await caption_of(window.pcm, live.prompt, " ".join(caption.stable))
         except Exception as exc:  # a caption is a courtesy: its failure must not fail the transcript
             log.warning("caption of %s failed: %s", state.session_id, exc, extra={"sessionId": state.session_id})
+            self.metrics.captions_total.labels("failed").inc()
             return
         finally:
             self.captions.spend(time.monotonic() - started)
-        if text is not None and caption.update(text, window.end_ms - window.start_ms) and self.sio is not None:
+        if text is None or not caption.update(text, window.end_ms - window.start_ms):
+            self.metrics.captions_total.labels("unchanged").inc()
+        elif self.sio is not None:
+            self.metrics.captions_total.labels("sent").inc()
             payload = caption.wire(state.session_id, window.end_ms, window.from_seq, window.to_seq)
             self.captioned += 1
             for namespace in NAMESPACES:

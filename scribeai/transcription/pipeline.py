@@ -288,7 +288,8 @@ class Pipeline:
 
     async def _caption(self, state: StreamState, live: _Live) -> None:
         """A new hypothesis of the open window for the session's caption viewers, when it has grown by STEP_MS and
-        someone watches; never while a chunk waits to be read anywhere (finals first), nor over the CPU budget."""
+        someone watches; never while a chunk of another session waits for a busy worker (finals first), nor over the
+        CPU budget."""
         caption_of = getattr(self.engine, "caption", None)
         if caption_of is None or state.session_id not in await self._watched():
             return
@@ -303,7 +304,9 @@ class Pipeline:
         caption = live.caption
         if caption.revision and window.end_ms - window.start_ms - caption.audio_ms < STEP_MS:
             return
-        if await self.queue.waiting(exclude=[s for s in self._held if s != state.session_id]):
+        # a chunk waiting while every worker here is busy: its window may wait for this caption (this session's own
+        # next chunk waits for one caption, not more)
+        if self.in_flight >= self.workers and await self.queue.waiting(exclude=sorted(self._held)):
             self.metrics.captions_total.labels("chunk_waiting").inc()
             return
         started = time.monotonic()

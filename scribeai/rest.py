@@ -221,7 +221,8 @@ async def retry_failed(request: web.Request) -> web.Response:
 
 @routes.get("/api/sessions/{session_id}/transcript")
 async def transcript(request: web.Request) -> web.Response:
-    """Segments in seq order, with the chunks still waiting or failed; ?format=txt|srt|vtt downloads."""
+    """Segments in seq order, with the chunks still waiting or failed; ?format=txt|srt|vtt|md downloads (md: with
+    the session's summary ahead of the transcript)."""
     services, session_id = _services(request), _session_id(request)
     session = await services.sessions.get_owned(session_id, request[user_key])
     fmt = request.query.get("format", "json")
@@ -229,8 +230,12 @@ async def transcript(request: web.Request) -> web.Response:
         raise InvalidInput(f"format must be json, {', '.join(transcripts.FORMATS)}")
     segments = await services.pipeline.segments_after(session_id, None)
     if fmt != "json":
+        text = transcripts.render(segments, fmt)
+        if fmt == "md":  # the session's summary ahead of the transcript
+            from scribeai.summaries import render, summaries_key
+            text = render(await request.app[summaries_key].get_stored(session_id), segments, "md", session.title)
         return web.Response(
-            text=transcripts.render(segments, fmt),
+            text=text,
             headers={"Content-Type": transcripts.FORMATS[fmt],
                      "Content-Disposition": f'attachment; filename="{session_id}.{fmt}"'},
         )

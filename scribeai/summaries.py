@@ -27,7 +27,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 
-from scribeai import protocol
+from scribeai import protocol, transcripts
 from scribeai.db import Database, affected
 from scribeai.errors import InvalidInput
 from scribeai.models import RecordingSession, SessionSummary, SummaryStatus, TranscriptSegment, utcnow
@@ -274,7 +274,7 @@ def render(body: dict[str, Any], segments: list[dict[str, Any]] | None, fmt: str
     """The summary (when ready) followed by the transcript (unless None), as plain text (`txt`) or Markdown (`md`).
     A model's words are text: in Markdown they are escaped so that none of them is read as markup."""
     md = fmt == "md"
-    esc = _md_escape if md else (lambda text: text)
+    esc = transcripts.markdown_text if md else (lambda text: text)
     lines: list[str] = []
     if md:
         lines += [f"# {esc(title or body['sessionId'])}", ""]
@@ -292,11 +292,7 @@ def render(body: dict[str, Any], segments: list[dict[str, Any]] | None, fmt: str
     if segments is None:
         return "\n".join(lines).rstrip() + "\n"
     lines += ["## Transcript" if md else "TRANSCRIPT", ""]
-    for segment in segments:
-        text = " ".join(str(segment["text"]).split())
-        if text:
-            lines.append(f"- {_at(segment)}{esc(text)}" if md else f"{_at(segment)}{text}")
-    return "\n".join(lines).rstrip() + "\n"
+    return "\n".join(lines) + "\n" + transcripts.render(segments, fmt)
 
 
 def _at(item: dict[str, Any]) -> str:
@@ -308,8 +304,6 @@ def _at(item: dict[str, Any]) -> str:
     return f"[{hours:02d}:{minutes:02d}:{seconds:02d}] "
 
 
-def _md_escape(text: str) -> str:
-    return "".join("\\" + ch if ch in "\\`*_[]<>|~#&!" else ch for ch in text)
 
 
 # -- REST ------------------------------------------------------------------------------

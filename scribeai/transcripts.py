@@ -9,6 +9,7 @@ FORMATS = {
     "txt": "text/plain; charset=utf-8",
     "srt": "application/x-subrip; charset=utf-8",
     "vtt": "text/vtt; charset=utf-8",
+    "md": "text/markdown; charset=utf-8",  # over REST with the session's summary ahead of it (scribeai.summaries)
 }
 
 
@@ -34,8 +35,13 @@ def _cues(segments: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return cues
 
 
+def markdown_text(text: str) -> str:
+    """Text that Markdown shows as it is: every character it could read as markup escaped."""
+    return "".join("\\" + ch if ch in "\\`*_[]<>|~#&!" else ch for ch in text)
+
+
 def render(segments: Sequence[dict[str, Any]], fmt: str) -> str:
-    """Segments in seq order (wire shape) as `txt`, `srt` or `vtt`."""
+    """Segments in seq order (wire shape) as `txt`, `srt`, `vtt` or `md` (a list, times first)."""
     cues = _cues(segments)
     if fmt == "txt":
         return "".join(f"[{_clock(c['start'], '.')[:-4]}] {c['text']}\n" for c in cues)
@@ -43,6 +49,8 @@ def render(segments: Sequence[dict[str, Any]], fmt: str) -> str:
         return "\n".join(
             f"{i}\n{_clock(c['start'], ',')} --> {_clock(c['end'], ',')}\n{c['text']}\n" for i, c in enumerate(cues, 1)
         )
+    if fmt == "md":
+        return "".join(f"- [{_clock(c['start'], '.')[:-4]}] {markdown_text(c['text'])}\n" for c in cues)
     if fmt == "vtt":
         body = "\n".join(f"{_clock(c['start'], '.')} --> {_clock(c['end'], '.')}\n{c['text']}\n" for c in cues)
         return "WEBVTT\n\n" + body

@@ -280,6 +280,11 @@ async def test_a_completed_session_gets_its_summary_pushed_and_served(
     kind, disposition, md = await rest(server, "GET", "/api/sessions/sync1/summary?format=md", "alice")
     assert kind == "text/markdown" and md.startswith("# Weekly sync\n\n## Summary (extractive)\n")
     assert "- [00:00:27] Sarah will follow up with the vendor about the delayed shipment.\n" in md
+    assert md.split("\n## Transcript\n\n")[1] == "".join(
+        f"- [00:{s['startMs'] // 60000:02d}:{s['startMs'] // 1000 % 60:02d}] {s['text']}\n" for s in meeting_segments(2))
+    # The transcript's own download in Markdown carries the summary too.
+    kind, disposition, transcript_md = await rest(server, "GET", "/api/sessions/sync1/transcript?format=md", "alice")
+    assert (kind, disposition, transcript_md) == ("text/markdown", 'attachment; filename="sync1.md"', md)
     # Made again on request: pending at once, the same summary again (nothing changed in the transcript).
     again = await rest(server, "POST", "/api/sessions/sync1/summary", "alice", expect=202)
     assert again["status"] == "pending"

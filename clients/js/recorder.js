@@ -33,6 +33,7 @@ function browserStorage() {
 }
 
 const ACTIVE = new Set(["connecting", "recording", "paused"]);
+const MAX_DURATION_MS = 3_600_000;  // the largest durationMs the server takes
 
 function sessionIdOf(options) {
   if (options.sessionId) return String(options.sessionId);
@@ -203,6 +204,7 @@ export class Recorder extends EventTarget {
     if (this.state !== "recording") return;
     this._mediaRecorder.requestData();
     this._mediaRecorder.pause();
+    this._pausedAt = Date.now();
     this._cut.update({ cutAt: Date.now(), how: "paused" });
     this._setState("paused");
     this._sessionEvent("pause-session");
@@ -212,6 +214,8 @@ export class Recorder extends EventTarget {
   resume() {
     if (this.state !== "paused") return;
     this._mediaRecorder.resume();
+    if (this._pausedAt !== null) this._pausedMs += Date.now() - this._pausedAt;  // no audio: not the chunk's length
+    this._pausedAt = null;
     this._cut.update({ cutAt: null, how: null });
     this._setState("recording");
     this._sessionEvent("resume-session");
@@ -350,6 +354,8 @@ export class Recorder extends EventTarget {
       this._settleWrites().then(() => this._cut.clear());  // its last blob is stored: it ended, it was not cut
     });
     this._sliceStart = Date.now();
+    this._pausedMs = 0;
+    this._pausedAt = null;
     mediaRecorder.start(this.options.timesliceMs);
     this._mediaRecorder = mediaRecorder;
     this._cut.begin(this._sliceStart, this.options.timesliceMs);
@@ -421,21 +427,28 @@ export class Recorder extends EventTarget {
     const now = Date.now();
     const timestamp = this._sliceStart ?? now;  // epoch ms of the chunk's start
     this._sliceStart = now;
+    // the time it recorded: its wall time less any pause in it
+    const paused = (this._pausedMs ?? 0) + (this._pausedAt ? now - this._pausedAt : 0);
+    this._pausedMs = 0;
+    if (this._pausedAt) this._pausedAt = now;
+    const recordedMs = Math.max(0, now - timestamp - paused);
     this._writes = this._writes
-      .then(() => this._store(blob, timestamp, now - timestamp))
+      .then(() => this._store(blob, timestamp, now - timestamp, recordedMs))
       .catch((err) => this._emitError("storage", `a chunk could not be queued: ${err?.message ?? err}`));
   }
 
-  async _store(blob, timestamp, durationMs) {
+  async _store(blob, timestamp, durationMs, recordedMs = durationMs) {
     // The page is going (beforeunload): the browser gives it some tens of ms while it fetches the next page, so the
     // blob goes straight to IndexedDB; its sha256 is computed when it is sent, the storage estimate skipped.
     const leaving = this._leaving || this._unloading;
     const bytes = await blob.arrayBuffer();
-    // durationMs is wall time (kept here, not sent: the server measures the audio); timestamp + durationMs is
+    // durationMs is the wall time the blob covers, recordedMs the same less pauses (sent as the chunk's durationMs:
+    // the session's length the server reports is their sum); timestamp + durationMs is
     // the outbox's storedUntil, which tells the next page what a reload lost
     // a browser that names no type: the container the recording's bytes start with (its first blob's, for WebM)
     this._sniffedType = sniffContainer(new Uint8Array(bytes, 0, Math.min(bytes.byteLength, 12))) ?? this._sniffedType ?? null;
-    const fields = { bytes, mimeType: chunkMimeType(blob.type, this.mimeType, this._sniffedType), timestamp, durationMs };
+    const fields = { bytes, mimeType: chunkMimeType(blob.type, this.mimeType, this._sniffedType), timestamp, durationMs,
+      recordedMs };
     if (this.options.checksum && !leaving) fields.checksum = await sha256Hex(bytes);
     const outbox = await this._open();
     let record = null;
@@ -690,25 +703,42 @@ export class Recorder extends EventTarget {
     this._pump();
   }
 
-  /** One try: the chunk's bytes from the outbox (or memory), emitted with an ack timeout; the answer. */
+  /**
+   * One try: the chunk's bytes from the outbox (or memory), emitted with an ack timeout; the answer. Chunks are read
+   * (and hashed, when stored in haste) one after another, so they go out in the order _pump chose.
+   */
   async _deliver(seq, epoch) {
     const socket = this._socket;
-    const outbox = this._volatile.has(seq) ? null : await this._outbox;
-    const record = this._volatile.get(seq) ?? await outbox?.get(this.sessionId, seq);
-    if (!record) return { error: { code: "gone", message: "no longer in the outbox" } };
+    const previous = this._preparing ?? Promise.resolve();
+    const ready = previous.catch(() => {}).then(() => this._payload(seq));
+    this._preparing = ready;
+    const payload = await ready;
+    if (payload.error) return payload;
     if (!socket || socket !== this._socket || epoch !== this._epoch || !socket.connected) {
       return { error: { code: "disconnected", message: `chunk ${seq}: the connection is gone` } };
     }
-    const payload = { sessionId: this.sessionId, sequence: seq, timestamp: record.timestamp, size: record.size,
-      mimeType: record.mimeType, audio: record.bytes };
-    const checksum = record.checksum ?? (this.options.checksum ? await sha256Hex(record.bytes) : undefined);
-    if (checksum) payload.checksum = checksum;
     try {
       return await socket.timeout(this.options.ackTimeoutMs).emitWithAck("audio-chunk", payload);
     } catch {
       const code = socket.connected && epoch === this._epoch ? "timeout" : "disconnected";
       return { error: { code, message: `no answer to chunk ${seq} (${code})` } };
     }
+  }
+
+  /** The audio-chunk payload of an outbox (or memory) record, or `{error}` when it is gone. */
+  async _payload(seq) {
+    const outbox = this._volatile.has(seq) ? null : await this._outbox;
+    const record = this._volatile.get(seq) ?? await outbox?.get(this.sessionId, seq);
+    if (!record) return { error: { code: "gone", message: "no longer in the outbox" } };
+    const payload = { sessionId: this.sessionId, sequence: seq, timestamp: record.timestamp, size: record.size,
+      mimeType: record.mimeType, audio: record.bytes };
+    // every chunk says it (a session with one chunk that does not has its length measured, or assumed, instead);
+    // at least 1 ms: the server refuses 0 (a blob given right after another, at a pause)
+    const recorded = record.recordedMs ?? record.durationMs;
+    if (Number.isFinite(recorded)) payload.durationMs = Math.min(Math.max(Math.round(recorded), 1), MAX_DURATION_MS);
+    const checksum = record.checksum ?? (this.options.checksum ? await sha256Hex(record.bytes) : undefined);
+    if (checksum) payload.checksum = checksum;
+    return payload;
   }
 
   async _acked(seq, reply, current) {

@@ -404,21 +404,22 @@ function attach(recorder, { resumed = false } = {}) {
   });
   on("connection", showConnection);
   on("queue", showQueue);
+  // A resumed session's time so far is the session's as the server has it (the sum of its chunks' durationMs), not
+  // this page's: asked once the server holds everything this outbox had
   let timed = !resumed;
-  on("joined", ({ reply, plan }) => {
+  const timeFromServer = () => {
+    if (timed || !recorder.lastJoin || recorder.queue.chunks > 0) return;
+    timed = true;
+    sessionTime(recorder.sessionId).then((ms) => {
+      if (ms === null || ticker !== null || demo.recorder !== recorder) return;
+      elapsedMs = ms;
+      $("elapsed").textContent = clock(elapsedMs);
+    });
+  };
+  on("joined", ({ reply }) => {
     // the server's count for the session: an earlier page's chunks included
     demo.stored = reply.totalChunks;
-    if (!timed) {
-      timed = true;  // the time so far is the session's, as the server has it, not this page's
-      sessionTime(recorder.sessionId).then((ms) => {
-        if (ticker !== null || demo.recorder !== recorder) return;
-        // the server measures a chunk's audio when it transcribes it: until then the chunk count says more (what
-        // it holds, and what this outbox is about to send it)
-        const chunks = reply.totalChunks + plan.resend.length - plan.alreadyStored.length;
-        elapsedMs = Math.max(ms ?? 0, chunks * TIMESLICE_MS);
-        $("elapsed").textContent = clock(elapsedMs);
-      });
-    }
+    timeFromServer();
     showStored(reply.maxSeq >= 0 ? reply.maxSeq : null);
     showState(recorder.state);
     if (resumed) refreshSessions();  // marks this recording in the list
@@ -430,7 +431,10 @@ function attach(recorder, { resumed = false } = {}) {
     if (demo.acks === 1) refreshSessions();  // the session exists on the server now
     else refreshSessionsSoon();
   });
-  on("queue", () => { if (demo.resumed) showState(recorder.state); });
+  on("queue", () => {
+    if (demo.resumed) showState(recorder.state);
+    timeFromServer();
+  });
   on("backpressure", showBackpressure);
   // what the server sent, as it came (repeats included), for tests and the curious
   const hooked = new WeakSet();

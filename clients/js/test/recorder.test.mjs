@@ -264,6 +264,32 @@ test("a browser that names no container (type \"\" everywhere): each chunk's mim
   assert.deepEqual([...server.stored.values()].map((c) => c.mimeType), ["audio/ogg", "audio/ogg"]);
 });
 
+test("each chunk is sent with the time it recorded (durationMs, whole ms, a pause not counted)", async () => {
+  const server = fakeServer();
+  const rec = make(new FakeSocket(server.handler));
+  FakeMediaRecorder.blobs = BLOBS;
+  const startedAt = Date.now();
+  await rec.start(fakeStream());
+  const mediaRecorder = FakeMediaRecorder.instances.at(-1);
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  mediaRecorder.tick();                                        // chunk 0
+  rec.pause();                                                 // chunk 1: requestData as it pauses
+  const pausedAt = Date.now();
+  await new Promise((resolve) => setTimeout(resolve, 80));
+  const resumedAt = Date.now();
+  rec.resume();
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  mediaRecorder.tick();                                        // chunk 2: recorded from the resume on
+  const tickedAt = Date.now();
+  await rec.stop({ timeoutMs: 2000 });
+  const durations = [0, 1, 2].map((seq) => server.stored.get(seq).durationMs);
+  assert.ok(durations.every((ms) => Number.isInteger(ms) && ms >= 1), durations);  // chunk 1 took ~0 ms: sent as 1
+  assert.ok(durations[0] >= 1 && durations[0] <= pausedAt - startedAt, durations);
+  // the 80 ms pause is no audio: chunk 2 counts the time from the resume to its blob, not from the pause (counted,
+  // it would reach tickedAt - pausedAt)
+  assert.ok(durations[2] >= 1 && durations[2] < tickedAt - pausedAt - 40, [durations, tickedAt - resumedAt, tickedAt - pausedAt]);
+});
+
 test("without interim: true, joinSession does not ask for captions", async () => {
   const server = fakeServer();
   const rec = make(new FakeSocket(server.handler));

@@ -34,7 +34,10 @@ from scribeai.transcription.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 REST_BODY_LIMIT = 1024 * 1024
-CLOSE_WAIT_S = 1.0  # a graceful stop's wait for the requests of disconnected clients to end
+# After the drain (SHUTDOWN_TIMEOUT for chunks being stored) and the disconnects: how long the requests of the
+# disconnected clients (their websockets and long polls) and any REST request get to end, then again before aiohttp
+# cancels what is left. A websocket writer blocked on a client that reads nothing held a stop for SHUTDOWN_TIMEOUT.
+CLOSE_WAIT_S = 0.5
 
 
 class _QuietClientErrors(logging.Filter):
@@ -204,7 +207,7 @@ async def serve(app: web.Application, host: str, port: int) -> None:
     drop chunks already on the wire; here the drain happens while connections still read.
     """
     services = app[services_key]
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=services.settings.shutdown_timeout)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=CLOSE_WAIT_S)
     try:
         await runner.setup()
     except StartupCheckFailed as exc:

@@ -141,6 +141,7 @@ async def test_sigterm_with_recorders_that_keep_sending_is_answered_and_logged_i
         # each recorder waits for an answer before it sends again: at most its last answer was cut by the close
         assert len(refused) <= int(summary[0]) <= len(refused) + len(clients), (summary, len(refused))
         assert "still in flight" not in log and "still being stored" not in log
+        assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
         assert len(lines) < 40, log[-3000:]
         for session, seqs in acked.items():  # every acked chunk survived
             stored = {p.name for p in (tmp_path / "chunks" / session).glob("*.webm")}

@@ -660,7 +660,11 @@ async function captionsScenario(browser, server, result) {
   result.pages = [];
   for (const page of pages) await clickStop(page);
   for (const page of pages) {
-    await waitFor(page, () => window.demo.completed === true, TRANSCRIPT_TIMEOUT_MS, "session-completed");
+    // a refused chunk will never be transcribed: say so at once, with the server's reason
+    await waitFor(page, () => window.demo.completed === true || window.demo.errors.length > 0, TRANSCRIPT_TIMEOUT_MS,
+      "session-completed");
+    const errors = await page.evaluate(() => window.demo.errors);
+    if (errors.length > 0) throw new Error(`${page.scenario}: the page reported ${JSON.stringify(errors.slice(0, 3))}`);
     await sleep(500);  // the last final's paint reaches the instrument
     const seen = await snapshot(page);
     const extra = await page.evaluate(() => ({ mimeType: window.demo.recorder.mimeType, shown: window.__test.shown,

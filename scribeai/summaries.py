@@ -17,20 +17,20 @@ import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client import Counter as PromCounter
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 
 from scribeai import protocol, transcripts
 from scribeai.db import Database, affected
 from scribeai.errors import InvalidInput
-from scribeai.models import RecordingSession, SessionSummary, SummaryStatus, TranscriptSegment, utcnow
+from scribeai.models import RecordingSession, SessionStatus, SessionSummary, SummaryStatus, TranscriptSegment, utcnow
 from scribeai.protocol import room_of
 from scribeai.settings import Settings
 from scribeai.summarize import EXTRACTIVE, LLM, Digest, extractive, placed, sentences_of
@@ -124,13 +124,20 @@ class Summaries:
     # -- reading -----------------------------------------------------------------------
 
     async def get(self, session_id: str) -> dict[str, Any]:
-        """The stored summary's body; a completed session with none (or one whose maker died) starts one."""
+        """The stored summary's body. A completed session with none (or one whose maker died) starts one; so does
+        a stopped one with segments newer than its summary (chunks resent late, or recorded after a resume)."""
         async with self.db.read() as s:
             row = await s.get(SessionSummary, session_id)
             session = await s.get(RecordingSession, session_id)
-        stale = row is not None and row.status == SummaryStatus.PENDING and (
+            newest = None
+            if row is not None and row.generated_at is not None and row.status != SummaryStatus.PENDING:
+                newest = (await s.execute(select(func.max(col(TranscriptSegment.created_at)))
+                                          .where(col(TranscriptSegment.session_id) == session_id))).scalar_one_or_none()
+        abandoned = row is not None and row.status == SummaryStatus.PENDING and (
             row.claimed_until is None or row.claimed_until < utcnow())
-        if session is not None and session.completed_at is not None and (row is None or stale):
+        outdated = (row is not None and row.generated_at is not None and newest is not None
+                    and _aware(newest) > row.generated_at and session is not None and session.status == SessionStatus.STOPPED)
+        if session is not None and session.completed_at is not None and (row is None or abandoned) or outdated:
             self.request(session_id)
         return wire(row, session_id)
 
@@ -251,6 +258,13 @@ class Summaries:
             return
         for namespace in NAMESPACES:
             await self.emitter.emit(EVENT, body, room=room_of(body["sessionId"]), namespace=namespace)
+
+
+def _aware(when: datetime) -> datetime:
+    """max() over a column comes back without the column's type on SQLite: a naive UTC datetime (or its text)."""
+    if isinstance(when, str):
+        when = datetime.fromisoformat(when)
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
 
 
 def wire(row: SessionSummary | None, session_id: str) -> dict[str, Any]:

@@ -292,6 +292,15 @@ async def test_a_completed_session_gets_its_summary_pushed_and_served(
     assert again_pushed[-1]["generatedAt"] != body["generatedAt"]
     assert {k: v for k, v in again_pushed[-1].items() if k != "generatedAt"} == {
         k: v for k, v in body.items() if k != "generatedAt"}
+    # A segment that comes after the summary (a chunk resent late): the next GET makes it again.
+    late = "Priya will book the venue for the offsite by Friday."
+    async with server.services.db.write() as s:
+        s.add(TranscriptSegment(session_id="sync1", seq=99, from_seq=99, chunk_id="late", start_ms=500_000,
+                                end_ms=503_000, text=late))
+    assert (await rest(server, "GET", "/api/sessions/sync1/summary", "alice"))["generatedAt"] == again_pushed[-1]["generatedAt"]
+    renewed = await wait_ready(server, "sync1", after=again_pushed[-1]["generatedAt"])
+    assert renewed["actionItems"][-1] == {"text": late, "startMs": 500_000, "endMs": 503_000}
+    assert (await summary_events(viewers[0]))[-1] == renewed  # pushed to the room as well
 
 
 async def test_a_model_summary_through_the_server_and_its_fallback(

@@ -67,6 +67,7 @@ class Summaries:
         self._one_at_a_time = asyncio.Semaphore(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._claimed: set[str] = set()  # sessions whose summary this process is making
+        self._stopped = False
 
     @classmethod
     def from_settings(cls, db: Database, emitter: Emitter | None, settings: Settings,
@@ -97,6 +98,9 @@ class Summaries:
         return await self.get_stored(session_id)
 
     def _spawn(self, work: Coroutine[Any, Any, None], session_id: str) -> None:
+        if self._stopped:  # a session completed while the server stops: the next GET after a start makes it
+            work.close()
+            return
         task = asyncio.get_running_loop().create_task(work, name=f"summary-{session_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -108,6 +112,7 @@ class Summaries:
     async def stop(self) -> None:
         """Drop the summaries in progress and give their claims back: the next GET (here or on another node)
         makes them again at once rather than after CLAIM_S."""
+        self._stopped = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*list(self._tasks), return_exceptions=True)

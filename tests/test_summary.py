@@ -394,9 +394,11 @@ async def test_a_summary_cut_short_by_a_stop_is_made_again_on_the_next_get(
     async with server.services.db.read() as s:
         row = await s.get(SessionSummary, "cut")
     assert row is not None and (row.status, row.claimed_until, row.generated_at) == ("pending", None, None)
-    assert (await rest(server, "GET", "/api/sessions/cut/summary", "alice"))["status"] == "pending"
-    body = await wait_ready(server, "cut")  # that GET started it again (a claim of a live process would wait)
+    again = await start_server(same_database_as=server, summary_base_url=url, summary_model="m")  # the restarted server
+    assert (await rest(again, "GET", "/api/sessions/cut/summary", "alice"))["status"] == "pending"
+    body = await wait_ready(again, "cut")  # that GET started it again (a claim of a live process would wait)
     assert (body["method"], len(fake.prompts)) == ("llm", 2)
+    assert (await rest(server, "GET", "/api/sessions/cut/summary", "alice")) == body  # the stopped one starts nothing
 
 
 async def wait_ready(server: RunningServer, session_id: str, after: str | None = None) -> dict[str, Any]:

@@ -379,10 +379,10 @@ class Pipeline:
                  how, state.done_ms, extra={"sessionId": session_id})
         # A gap past the resume point is found again when the stream reaches it (its chunks may be there by now).
         stream.gaps = [g for g in gaps if g.from_seq < stream.next_seq or g.filled]
-        for gap in stream.gaps:
-            if not gap.filled and gap.from_seq > 0:
-                found = await self.queue.checkpoint(session_id, CheckpointKind.GAP, gap.from_seq - 1)
-                gap.checkpoint = None if found is None else found[1]
+        open_gaps = [gap for gap in stream.gaps if not gap.filled and gap.from_seq > 0]
+        states = await self.queue.gap_checkpoints(session_id, [gap.from_seq - 1 for gap in open_gaps])
+        for gap in open_gaps:
+            gap.checkpoint = states.get(gap.from_seq - 1)
         live = _Live(stream, state.done_ms, await self.queue.last_text(session_id), committed_through=stream.next_seq - 1)
         if saved is not None and stream.next_seq == saved[0] + 1:
             live.checkpoints[saved[0]] = saved[1]
@@ -518,7 +518,9 @@ class Pipeline:
         for chunk_id in fresh:
             if self.on_transcribed is not None:
                 await self.on_transcribed(chunk_id)
-        late = _Live(side, live.done_ms, await self.queue.last_text(session_id, before_ms=gap.start_ms))
+        # no prompt: the text before a hole is not what leads into its audio once it is filled in pieces (a piece of a
+        # second or two is often misheard), and tiny.en copies a prompt's words into the fill ("Hello, my name is …")
+        late = _Live(side, live.done_ms, "")
         late.chunk_ids = {row.seq: row.id for row in read}
         for window in windows:
             await self._transcribe(state, late, window, gap.from_seq - 1, from_seq=gap.from_seq, main=live)

@@ -193,6 +193,16 @@ class StreamQueue:
             row = (await s.execute(query.order_by(col(StreamCheckpoint.seq).desc()).limit(1))).first()
         return None if row is None else (int(row[0]), bytes(row[1]))
 
+    async def gap_checkpoints(self, session_id: str, seqs: Sequence[int]) -> dict[int, bytes]:
+        """The reading states kept just before gaps, by the seq of the chunk before each (one query for all)."""
+        if not seqs:
+            return {}
+        async with self.db.read() as s:
+            rows = (await s.execute(select(col(StreamCheckpoint.seq), col(StreamCheckpoint.state)).where(
+                col(StreamCheckpoint.session_id) == session_id, col(StreamCheckpoint.kind) == CheckpointKind.GAP,
+                col(StreamCheckpoint.seq).in_(list(seqs))))).all()
+        return {int(seq): bytes(state) for seq, state in rows}
+
     async def stream_start_before(self, session_id: str, seq: int) -> int | None:
         async with self.db.read() as s:
             start = (await s.execute(

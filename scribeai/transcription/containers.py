@@ -1136,10 +1136,11 @@ def _webm_run(data: bytes, i: int) -> bool:
 
 
 def _audio_block(data: bytes, body: int, size: int) -> bool:
-    """A (Simple)Block as recorders write them: track 1 (a one-byte track number), reserved flag bits clear."""
+    """A (Simple)Block as recorders write them: a one-byte track number of 1-15 (Chromium's audio is track 1,
+    Firefox's track 2), reserved flag bits clear."""
     if size > _MAX_BLOCK or size < 4:
         return False
-    if body < len(data) and data[body] != 0x81:
+    if body < len(data) and not 0x81 <= data[body] <= 0x8F:
         return False
     return body + 3 >= len(data) or not data[body + 3] & 0x70
 

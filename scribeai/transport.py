@@ -32,7 +32,8 @@ _TELLING: set[asyncio.Future[None]] = set()
 # How long a closing websocket waits for the client's close frame (aiohttp: 10 s). A client still sending (a graceful
 # stop closes every connection) may not answer in time: its stop then waited those 10 s.
 WEBSOCKET_CLOSE_WAIT_S = 1.0
-FAREWELL_WAIT_S = 2.0  # how long a polling client closed for a message over the limit has to fetch the reason
+FAREWELL_WAIT_S = 2.0
+FAREWELL_LINGER_S = 0.5  # how long a websocket closed for a message over the limit stays open for the client to read why  # how long a polling client closed for a message over the limit has to fetch the reason
 
 
 class _WholeBody:
@@ -144,10 +145,25 @@ class _LimitedWebSocketResponse(web.WebSocketResponse):
             except (ConnectionError, RuntimeError):
                 pass  # the client is gone already
             message = message or reason.encode()[:123]  # a close frame's reason holds at most 123 bytes
+            await self._farewell_close(code, message)
         coalesced = getattr(self._writer, "transport", None)
         if isinstance(coalesced, _CoalescedWrites):
             coalesced.write_through()
         return bool(await super().close(code=code, message=message, drain=drain))
+
+    async def _farewell_close(self, code: int, message: bytes) -> None:
+        """The reason and the close frame out now, then a moment for the client to read them: it is still sending the
+        rest of its message, and aiohttp then closes a socket with those bytes unread, which resets the connection
+        and drops what the client had not read yet."""
+        coalesced = getattr(self._writer, "transport", None)
+        if isinstance(coalesced, _CoalescedWrites):
+            coalesced.write_through()
+        try:
+            assert self._writer is not None
+            await self._writer.close(code, message)
+        except (ConnectionError, RuntimeError):
+            return
+        await asyncio.sleep(FAREWELL_LINGER_S)
 
 
 class _CoalescedWrites:

@@ -191,12 +191,16 @@ async def search(db: Database, user_id: str, query: Query, *, limit: int = DEFAU
         # The tsquery is written inline (a constant the planner can weigh): for a common word it walks the
         # user's sessions newest first and stops at :window matches; for a rare one it reads the GIN index.
         tsquery = f"to_tsquery('{PG_CONFIG}', :q)"
+        # A phrase of two common words can be rare while the planner weighs it as their AND: walking sessions
+        # for it read every segment (4 s at 10,000 x 240). Phrases take their matches from the GIN index first.
+        phrase = any(len(term.words) > 1 for group in query for term in group)
+        walk = "" if phrase else " ORDER BY r.created_at DESC, r.id DESC, s.start_ms DESC LIMIT :window"
         sql = f"""
-            WITH hits AS (
+            WITH matches AS {"MATERIALIZED " if phrase else ""}(
                 SELECT s.id, s.session_id, r.title, s.start_ms, s.end_ms, r.created_at, s.search
                 FROM recording_session AS r JOIN segment AS s ON s.session_id = r.id
-                WHERE r.user_id = :user AND s.search @@ {tsquery}{dates}
-                ORDER BY r.created_at DESC, r.id DESC, s.start_ms DESC LIMIT :window),
+                WHERE r.user_id = :user AND s.search @@ {tsquery}{dates}{walk}),
+            hits AS (SELECT * FROM matches ORDER BY created_at DESC, id DESC, start_ms DESC LIMIT :window),
             page AS (
                 SELECT id, session_id, title, start_ms, end_ms, created_at, ts_rank(search, {tsquery}) AS score FROM hits
                 ORDER BY score DESC, created_at DESC, start_ms DESC, id DESC LIMIT :limit OFFSET :offset)
@@ -211,6 +215,10 @@ async def search(db: Database, user_id: str, query: Query, *, limit: int = DEFAU
     statement = text(sql).bindparams(*(bindparam(k, type_=UTCDateTime()) for k in ("since", "until") if k in used))
     snippets: dict[int, str] = {}
     async with db.read() as s:
+        if not db.is_sqlite:
+            # asyncpg prepares statements: after five runs PostgreSQL may plan for any tsquery at all, and that
+            # generic plan read every match of a common word (seconds). Each search is planned for its own words.
+            await s.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
         rows = (await s.execute(statement, used)).mappings().all()
         page = rows[:limit]
         if db.is_sqlite and page:

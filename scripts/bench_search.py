@@ -2,6 +2,8 @@
 
     .venv/bin/python scripts/bench_search.py                          # both backends, 10,000 x 240 (the REST benchmark's set)
     .venv/bin/python scripts/bench_search.py --backend sqlite --sessions 500 --queries 10
+    .venv/bin/python scripts/bench_search.py --keep --no-ingest     # then again, queries only, without seeding:
+    .venv/bin/python scripts/bench_search.py --reuse-sqlite /tmp/bench-search-… --reuse-schema bench_search_…
 
 Data: the REST benchmark's sessions (scripts/bench_rest.py: one user `alice` with --sessions sessions, plus
 --other-users users with --other-sessions each), every session with --segments transcript segments (others:
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import shutil
 import sqlite3
@@ -42,7 +45,7 @@ import aiohttp
 from aiohttp import web
 from bench_rest import _session_rows  # scripts/bench_rest.py, beside this script: the same sessions
 from pg_scratch import admin_sql
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 
 from scribeai import search
 from scribeai.app import create_app
@@ -206,7 +209,7 @@ async def ingest(db: Database, maker: TextMaker, count: int, label: str) -> dict
     async with db.write() as s:
         s.add(RecordingSession(id=sid, user_id="ingest"))
     texts = maker.texts(count * 2)
-    begin = time.perf_counter()
+    begin, cpu = time.perf_counter(), time.process_time()
     for i in range(count):
         row = TranscriptSegment(session_id=sid, seq=i, from_seq=i, chunk_id=f"c{i}", start_ms=i * 15000, end_ms=i * 15000 + 14000,
                                 text=texts[i])
@@ -214,7 +217,8 @@ async def ingest(db: Database, maker: TextMaker, count: int, label: str) -> dict
     if label != "off":
         await search.refresh(db)
     committed = count / (time.perf_counter() - begin)
-    begin = time.perf_counter()
+    committed_cpu = (time.process_time() - cpu) / count * 1000
+    begin, cpu = time.perf_counter(), time.process_time()
     for start in range(count, 2 * count, 500):
         async with db.write() as s:
             await s.execute(insert(TranscriptSegment.__table__), [  # type: ignore[attr-defined]
@@ -224,7 +228,10 @@ async def ingest(db: Database, maker: TextMaker, count: int, label: str) -> dict
     if label != "off":
         await search.refresh(db)
     bulk = count / (time.perf_counter() - begin)
-    return {"commitPerSecond": round(committed, 1), "bulkPerSecond": round(bulk, 1)}
+    bulk_cpu = (time.process_time() - cpu) / count * 1000
+    # This process's CPU per segment (SQLite runs in it: steadier than wall clock on a shared machine).
+    return {"commitPerSecond": round(committed, 1), "bulkPerSecond": round(bulk, 1),
+            "commitCpuMsPerSegment": round(committed_cpu, 3), "bulkCpuMsPerSegment": round(bulk_cpu, 3)}
 
 
 async def set_index(app: web.Application, *, on: bool) -> None:
@@ -240,19 +247,25 @@ async def set_index(app: web.Application, *, on: bool) -> None:
 
 
 async def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
-    workdir = Path(tempfile.mkdtemp(prefix="bench-search-"))
-    args.schema = f"bench_search_{uuid.uuid4().hex[:8]}" if backend == "postgres" else None
+    reuse = args.reuse_sqlite if backend == "sqlite" else args.reuse_schema
+    workdir = Path(reuse) if backend == "sqlite" and reuse else Path(tempfile.mkdtemp(prefix="bench-search-"))
+    args.schema = (reuse or f"bench_search_{uuid.uuid4().hex[:8]}") if backend == "postgres" else None
     url = args.postgres_url if backend == "postgres" else f"sqlite+aiosqlite:///{workdir / 'scribeai.db'}"
     rng = random.Random(26)
     words = vocabulary(args.vocabulary, rng)
     maker = TextMaker(words, rng)
-    print(f"{backend}: seeding {url}{' schema ' + args.schema if args.schema else ''}", flush=True)
+    keep = args.keep or bool(reuse)
     try:
-        seeding_db = Database(url, schema=args.schema)
-        try:
-            seeded = await seed(seeding_db, args, maker, workdir / "scribeai.db" if backend == "sqlite" else None)
-        finally:
-            await seeding_db.dispose()
+        if reuse:
+            print(f"{backend}: reusing {url}{' schema ' + args.schema if args.schema else ''}", flush=True)
+            seeded: dict[str, Any] = {"reused": reuse, "texts": await _stored_texts(url, args.schema)}
+        else:
+            print(f"{backend}: seeding {url}{' schema ' + args.schema if args.schema else ''}", flush=True)
+            seeding_db = Database(url, schema=args.schema)
+            try:
+                seeded = await seed(seeding_db, args, maker, workdir / "scribeai.db" if backend == "sqlite" else None)
+            finally:
+                await seeding_db.dispose()
         settings = Settings(host="127.0.0.1", port=0, data_dir=workdir / "data", storage_dir=workdir / "chunks",
                             archive_storage_path=workdir / "archives", secret=SECRET, transcriber="none",
                             retention_schedule="off", database_url=url)
@@ -262,39 +275,59 @@ async def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        results: dict[str, Any] = {}
+        results: dict[str, Any] = {"loadAverage": [round(x, 2) for x in os.getloadavg()]}
         try:
             for kind, queries in query_sets(words, seeded.pop("texts"), args.queries, rng).items():
                 results[kind] = await measure(f"http://127.0.0.1:{port}", queries, args.warmup)
                 print(f"  {kind}: {results[kind]}", flush=True)
-            db = app[services_key].db
-            if not db.is_sqlite:  # the index build's WAL: its checkpoint would fall on the first block
-                async with db.engine.connect() as conn:
-                    await conn.execution_options(isolation_level="AUTOCOMMIT")
-                    await conn.exec_driver_sql("CHECKPOINT")
-            await ingest(db, maker, 200, "warmup")
-            # SQLite: blocks with and without the index alternate (its triggers dropped and made again), so the
-            # machine's drift falls on both; PostgreSQL: one block each (the column cannot come back cheaply).
-            on_runs, off_runs = [], []
-            for _ in range(args.rounds if db.is_sqlite else 1):
-                on_runs.append(await ingest(db, maker, args.ingest, "on"))
-                await set_index(app, on=False)
-                off_runs.append(await ingest(db, maker, args.ingest, "off"))
-                if db.is_sqlite:
-                    await set_index(app, on=True)
-            with_index = {k: statistics.median(r[k] for r in on_runs) for k in on_runs[0]}
-            without = {k: statistics.median(r[k] for r in off_runs) for k in off_runs[0]}
-            cost = {k: round(100 * (1 - with_index[k] / without[k]), 1) for k in with_index}
-            results["ingest"] = {"indexOn": with_index, "indexOff": without, "costPercent": cost,
-                                 "rounds": {"on": on_runs, "off": off_runs}}
-            print(f"  ingest: {results['ingest']}", flush=True)
+            results["loadAverage"] += [round(x, 2) for x in os.getloadavg()]
+            if not args.no_ingest:
+                results["ingest"] = await measure_ingest(app, maker, args)
+                print(f"  ingest: {results['ingest']}", flush=True)
         finally:
             await runner.cleanup()
         return {"backend": backend, **seeded, "results": results}
     finally:
-        if args.schema:
-            await admin_sql(args.postgres_url, f'DROP SCHEMA IF EXISTS "{args.schema}" CASCADE')
-        shutil.rmtree(workdir, ignore_errors=True)
+        if keep:
+            print(f"  kept: --reuse-{'sqlite ' + str(workdir) if backend == 'sqlite' else 'schema ' + str(args.schema)}", flush=True)
+        else:
+            if args.schema:
+                await admin_sql(args.postgres_url, f'DROP SCHEMA IF EXISTS "{args.schema}" CASCADE')
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _stored_texts(url: str, schema: str | None) -> list[str]:
+    db = Database(url, schema=schema)
+    try:
+        async with db.read() as s:
+            rows = await s.execute(text("SELECT s.text FROM segment AS s JOIN recording_session AS r ON r.id = s.session_id "
+                                        "WHERE r.user_id = :user AND s.seq = 0 ORDER BY r.created_at LIMIT 400"), {"user": USER})
+            return [str(t) for t in rows.scalars()]
+    finally:
+        await db.dispose()
+
+
+async def measure_ingest(app: web.Application, maker: TextMaker, args: argparse.Namespace) -> dict[str, Any]:
+    db = app[services_key].db
+    if not db.is_sqlite:  # the index build's WAL: its checkpoint would fall on the first block
+        async with db.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.exec_driver_sql("CHECKPOINT")
+    await ingest(db, maker, 200, "warmup")
+    # SQLite: blocks with and without the indexer alternate, so the machine's drift falls on both;
+    # PostgreSQL: one block each (the column cannot come back cheaply).
+    on_runs, off_runs = [], []
+    for _ in range(args.rounds if db.is_sqlite else 1):
+        on_runs.append(await ingest(db, maker, args.ingest, "on"))
+        await set_index(app, on=False)
+        off_runs.append(await ingest(db, maker, args.ingest, "off"))
+        if db.is_sqlite:
+            await set_index(app, on=True)
+    with_index = {k: statistics.median(r[k] for r in on_runs) for k in on_runs[0]}
+    without = {k: statistics.median(r[k] for r in off_runs) for k in off_runs[0]}
+    cost = {k: round(100 * (1 - with_index[k] / without[k]) if "PerSecond" in k else 100 * (with_index[k] / without[k] - 1), 1)
+            for k in with_index}
+    return {"indexOn": with_index, "indexOff": without, "costPercent": cost, "rounds": {"on": on_runs, "off": off_runs}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--ingest", type=int, default=1000, help="segments per ingest measurement")
     parser.add_argument("--rounds", type=int, default=3, help="SQLite: alternating ingest blocks with and without the index")
+    parser.add_argument("--no-ingest", action="store_true", help="queries only (PostgreSQL's ingest drops the index)")
+    parser.add_argument("--keep", action="store_true", help="keep the seeded database for --reuse-sqlite / --reuse-schema")
+    parser.add_argument("--reuse-sqlite", help="a kept SQLite directory: measure again without seeding")
+    parser.add_argument("--reuse-schema", help="a kept PostgreSQL schema: measure again without seeding")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
     reports = []

@@ -1076,7 +1076,8 @@ def refusal(data: bytes, mime_type: str) -> str | None:
         return f"audio/mpeg chunk of {len(data)} bytes without an ID3 tag or an MPEG audio frame at its start ({_first(data)})"
     if declared == "wav":
         return f"audio/wav chunk of {len(data)} bytes without a RIFF/WAVE header at its start ({_first(data)})"
-    if declared == "mp4" or len(data) < _JUDGED_MIN or _webm_continues(data) or _ogg_continues(data):
+    if declared == "mp4" or len(data) < _JUDGED_MIN or _webm_continues(data) or _ogg_continues(data) \
+            or _mp4_continues(data):
         return None
     if declared == "ogg" and len(data) <= _MAX_OGG_PAGE:
         return None
@@ -1124,7 +1125,7 @@ def _webm_run(data: bytes, i: int) -> bool:
             assert size is not None
             if eid in _BLOCKS and not _audio_block(data, i + length, size):
                 return False
-            if i + length + size > len(data) and size > _MAX_BLOCK:
+            if i + length + size > len(data) and (eid not in _BLOCKS or size > _MAX_BLOCK):
                 return False  # what the chunk's end cuts is the next chunk's to finish: a block, not a leap
             i += length + size
             blocks += eid in _BLOCKS and i <= len(data)
@@ -1155,6 +1156,27 @@ def _ogg_continues(data: bytes) -> bool:
         except _Corrupt:
             pass
         at = data.find(b"OggS", at + 1, _SCAN + 4)
+    return False
+
+
+_MP4_SYNC = re.compile(rb"moof|mdat|styp|sidx|emsg|prft|free")
+
+
+def _mp4_continues(data: bytes) -> bool:
+    """Fragmented MP4 boxes (moof, mdat, ...) that run from within the first _SCAN bytes to the chunk's end."""
+    for match in _MP4_SYNC.finditer(data, 4, min(len(data), _SCAN + 4)):
+        i, whole = match.start() - 4, 0
+        try:
+            while i < len(data):
+                head = _box_header(data, i)
+                if head is None or head[0] not in _MP4_TOP:
+                    break
+                i += head[1]
+                whole += i <= len(data)
+        except _Corrupt:
+            continue
+        if whole and (i >= len(data) or _box_header(data, i) is None):
+            return True
     return False
 
 

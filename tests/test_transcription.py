@@ -308,3 +308,33 @@ async def test_no_session_completed_while_a_chunk_is_missing(start_server: Serve
     while "session-completed" not in names:
         names.append((await client.receive(timeout=10))[0])
     assert names.count("transcriptSegment") == 3
+
+
+async def test_a_session_completes_again_after_chunks_that_came_since(start_server: ServerFactory, connect: Any,
+                                                                      fake_api: FakeTranscriptionAPI) -> None:
+    """Recorded more after its stop (resume, or a chunk resent late): once that is transcribed too, the session says
+    session-completed again (and its summary is made again), not only the first time."""
+    server = await start_server(transcriber="openai", openai_base_url=await fake_api.start())
+    completed: list[str] = []
+
+    async def on_completed(session_id: str) -> None:
+        completed.append(session_id)
+
+    server.services.pipeline.on_completed = on_completed
+    client = await connect(server.url)
+    await client.call("start-session", {"sessionId": "more"}, timeout=5)
+    await client.call("audio-chunk", chunk("more", 0, HELLO, mimeType="audio/wav"), timeout=5)
+    await client.call("stop-session", {"sessionId": "more"}, timeout=5)
+    names: list[str] = []
+    while "session-completed" not in names:
+        names.append((await client.receive(timeout=10))[0])
+    await client.call("resume-session", {"sessionId": "more"}, timeout=5)
+    await client.call("audio-chunk", chunk("more", 1, HELLO, mimeType="audio/wav"), timeout=5)
+    await client.call("stop-session", {"sessionId": "more"}, timeout=5)
+    names = []
+    while "session-completed" not in names:
+        names.append((await client.receive(timeout=10))[0])
+    assert names.count("transcriptSegment") == 1 and completed == ["more", "more"]
+    await client.call("stop-session", {"sessionId": "more"}, timeout=5)  # stopped again, nothing new: no third time
+    await server.services.pipeline.check_completed("more")
+    assert completed == ["more", "more"]

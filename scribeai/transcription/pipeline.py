@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from datetime import datetime, timezone
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -645,22 +646,29 @@ class Pipeline:
             await self.sio.emit("transcript-updated", updated, room=room_of(segment.session_id), namespace=namespace)
 
     async def check_completed(self, session_id: str) -> None:
-        """Once a stopped session has every sequence stored and none unfinished, say session-completed (once)."""
+        """Once a stopped session has every sequence stored and none unfinished, say session-completed: once, and
+        again after chunks stored since (recorded after a resume, or resent late) are transcribed too."""
         async with self.db.read() as s:
             session = await s.get(RecordingSession, session_id)
-            if session is None or session.status != SessionStatus.STOPPED or session.completed_at is not None:
+            if session is None or session.status != SessionStatus.STOPPED:
                 return
-            stored, highest, unfinished = (await s.execute(
+            stored, highest, unfinished, newest = (await s.execute(
                 select(func.count(), func.max(col(Chunk.seq)),
-                       func.coalesce(func.sum(case((col(Chunk.status).in_(ChunkStatus.UNFINISHED), 1), else_=0)), 0))
+                       func.coalesce(func.sum(case((col(Chunk.status).in_(ChunkStatus.UNFINISHED), 1), else_=0)), 0),
+                       func.max(col(Chunk.created_at)))
                 .where(col(Chunk.session_id) == session_id)
             )).one()
+        if session.completed_at is not None and (newest is None or _aware(newest) <= session.completed_at):
+            return  # said already, and nothing came since
         if unfinished or (highest is not None and stored != highest + 1):
             return  # a missing chunk may still be resent: not complete yet
         async with self.db.write() as s:
             claimed = await s.execute(
-                update(RecordingSession).where(col(RecordingSession.id) == session_id, col(RecordingSession.completed_at).is_(None))
-                .values(completed_at=utcnow())
+                update(RecordingSession).where(
+                    col(RecordingSession.id) == session_id,
+                    col(RecordingSession.completed_at).is_(None) if session.completed_at is None
+                    else col(RecordingSession.completed_at) == session.completed_at,  # one claimer of the news
+                ).values(completed_at=utcnow())
             )
         if affected(claimed) and self.sio is not None:
             for namespace in NAMESPACES:
@@ -700,6 +708,13 @@ def _feed(stream: SessionStream, chunk: ChunkBytes) -> tuple[list[Window], str |
     except media.UndecodableAudio as exc:
         windows, failure = [], f"undecodable audio: {exc.reason}"
     return windows, failure, stream.checkpoint()
+
+
+def _aware(at: datetime) -> datetime:
+    """A timestamp from an aggregate (SQLite gives it back as text-born naive UTC) as an aware UTC datetime."""
+    if isinstance(at, str):
+        at = datetime.fromisoformat(at)
+    return at if at.tzinfo is not None else at.replace(tzinfo=timezone.utc)
 
 
 def _sooner(a: float | None, b: float | None) -> float | None:

@@ -47,7 +47,7 @@ MAX_LIMIT = 100
 # A common word can match millions of segments: only the newest RANK_WINDOW matches are ranked (a full ranking
 # would cost seconds, docs/performance.md); rarer queries have fewer matches than this and are ranked whole.
 # Newest: by the FTS5 rowid (the order segments were stored) on SQLite, by the session's creation on PostgreSQL.
-RANK_WINDOW = 2000
+RANK_WINDOW = 1000
 SNIPPET_TOKENS = 16
 _MARK_ON, _MARK_OFF = "\x02", "\x03"  # sentinels around matches, turned into <mark> after escaping the text
 # PostgreSQL's headline drops what its parser takes for XML tags and entities: those characters go in as

@@ -290,9 +290,9 @@ async def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if keep:
             print(f"  kept: --reuse-{'sqlite ' + str(workdir) if backend == 'sqlite' else 'schema ' + str(args.schema)}", flush=True)
-        else:
-            if args.schema:
-                await admin_sql(args.postgres_url, f'DROP SCHEMA IF EXISTS "{args.schema}" CASCADE')
+        elif args.schema:
+            await admin_sql(args.postgres_url, f'DROP SCHEMA IF EXISTS "{args.schema}" CASCADE')
+        if not (keep and backend == "sqlite"):  # PostgreSQL keeps its schema; this directory holds only the server's files
             shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -9,8 +9,12 @@ A query is parsed here into a small tree (words, "phrases", prefix*, OR) and wri
 engine's own syntax from words that are letters and digits only: nothing the user typed reaches the
 database as query syntax, and every search is filtered to the caller's sessions in SQL.
 
-Summaries are not indexed yet: when their table exists, give it an index beside `segment_fts` /
-`segment.search` and merge its hits into `search()` with `segmentId: null`.
+Summaries (`session_summary`) are not searched yet. The seam: in `create_index`, a second index over
+`session_summary.text` and `key_points` (SQLite: an external-content FTS5 table kept by INSERT/UPDATE/DELETE
+triggers, cheap there since a summary is written a few times per session; PostgreSQL: a generated tsvector
+column with its GIN index); in `search()`, a second subquery over it for the same user and dates, its hits
+merged by score into the same page as results with `segmentId`, `startMs`, `endMs` null (or an action
+item's times) and a field saying which they are; the OpenAPI `SearchPage` and docs/protocol.md to match.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import shutil
 import sqlite3
 import statistics
 import time
+import wave
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +35,15 @@ from sqlmodel import col
 
 from scribeai.app import create_app
 from scribeai.demo import DemoFiles, demo_files_key
-from scribeai.models import Chunk
+from scribeai.models import Chunk, TranscriptSegment
 from scribeai.settings import SettingError, Settings
 from tests.conftest import RunningServer, ServerFactory, token_for
+from tests.fake_chat import LINE as CHAT_LINE
+from tests.fake_chat import FakeChatAPI
 from tests.fake_openai import FakeTranscriptionAPI
 from tests.node_tests import run_driver
 from tests.reload_loss import measure, stored_chunks
-from tests.speech import JS_DIR, make_speech_wav, require_browser_tools, word_recall
+from tests.speech import JS_DIR, MEETING, make_speech_wav, require_browser_tools, word_recall
 from tests.test_crash import ServerProcess
 
 SENTENCES = [
@@ -357,6 +360,12 @@ async def test_demo_page_in_chromium(start_server: ServerFactory, tmp_path: Path
         print(f"record: recall {recall:.2f} of the page's transcript: {' | '.join(d['text'] for d in record['transcript'])}")
         assert recall >= MIN_RECALL, recall
         assert {"id": sid, "status": "stopped"} in record["sessions"]
+        # its summary came on the recorder's socket and shows as the server serves it
+        status, body = await _rest(main.url, f"/api/sessions/{sid}/summary", token_for(USER))
+        summary, shown = json.loads(body), record["summary"]
+        assert (shown["sessionId"], shown["status"], shown["text"], [a["text"] for a in shown["actions"]]) == (
+            sid, "ready", summary["text"], [a["text"] for a in summary["actionItems"]]), shown
+        assert ("recorder", "ready") in [(s["via"], s["status"]) for s in shown["via"]], shown["via"]
         # 20 s into a recording at 5 s blobs, the session list had followed the stored chunks (not only the first)
         assert record["listedWhileRecording"] >= 2, record["listedWhileRecording"]
         files = {}
@@ -587,3 +596,170 @@ async def test_live_captions_in_a_real_browser(start_server: ServerFactory, tmp_
               f"{', '.join(f'{s:.1f}' for s in ahead)} s before its final: {' | '.join(d['text'] for d in page['transcript'])}")
         assert recall >= MIN_RECALL, (name, recall)
     assert {k: v for k, v in server.services.realtime.counters.items() if k.endswith(":internal")} == {}
+
+
+# -- after the meeting: a summary and search on the page ------------------------------------------------------
+
+XSS = '<img src=x onerror="window.__xss=1">'
+MODEL_POINT = '<svg onload="window.__xss=4">A point of the model\'s own</svg>'  # in no transcript sentence: no time
+REVIEW = [(0, 6000, "Welcome to the launch review."),
+          (6000, 14000, "We decided the launch date is Friday the twelfth."),
+          (14000, 21000, "The budget for the launch party is fine.")]
+# a transcript with markup in it (someone read out HTML, or a transcriber wrote it)
+HOSTILE = [(0, 7000, f"The vendor sent {XSS} in the brochure."),
+           (7000, 15000, "Ship it with a <b>bold</b> & brave name. Priya will check the <script>window.__xss=2</script> tag.")]
+BAD_QUERIES = {"***": "Search for words or numbers: punctuation and symbols alone find nothing.",
+               "": "Type a word to search for.",
+               " ".join(["word"] * 17): "That search has too many words: at most 16."}
+SUMMARY_SPEC = {"session": "weekly", "action": MEETING[6], "search": "launch", "searchLimit": 2, "openSession": "review",
+                "badQueries": list(BAD_QUERIES), "markupSession": "hostile", "markupSearch": "bold"}
+SUMMARY_DRIVER_TIMEOUT_S = 120
+
+
+class MarkupChat(FakeChatAPI):
+    """A model that answers in HTML: markup in its summary and in a key point of its own (which no transcript sentence
+    matches: no time); its action items are the transcript's 'will' sentences (placed at their moments)."""
+
+    @staticmethod
+    def answer(user: str) -> str:
+        lines = CHAT_LINE.findall(user)
+        return (f"SUMMARY:\nThe brochure had {XSS} in it. <script>window.__xss=3</script> **Bold**\n"
+                f"KEY POINTS:\n- {MODEL_POINT}\nACTION ITEMS:\n" + "".join(f"- {line}\n" for line in lines if " will " in line))
+
+
+def _meeting() -> list[tuple[int, int, str]]:
+    """MEETING's sentences two to a segment, 9 s a segment."""
+    return [(i // 2 * 9000, i // 2 * 9000 + 8500, " ".join(MEETING[i:i + 2])) for i in range(0, len(MEETING), 2)]
+
+
+async def _store_session(server: RunningServer, session_id: str, title: str, segments: list[tuple[int, int, str]]) -> None:
+    """A session of USER with these segments in the server's database (as transcription would have stored them)."""
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token_for(USER)}"}) as http:
+        async with http.post(f"{server.url}/api/sessions", json={"id": session_id, "title": title}) as response:
+            assert response.status == 201, await response.text()
+    async with server.services.db.write() as s:
+        for i, (start, end, text) in enumerate(segments):
+            s.add(TranscriptSegment(session_id=session_id, seq=i, from_seq=i, chunk_id=f"c{i}", start_ms=start, end_ms=end,
+                                    text=text))
+
+
+async def _summarized(server: RunningServer, session_id: str) -> dict[str, Any]:
+    """Stop the session and wait for its summary."""
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token_for(USER)}"}) as http:
+        async with http.post(f"{server.url}/api/sessions/{session_id}/stop", json={}) as response:
+            assert response.status == 200, await response.text()
+        for _ in range(600):
+            async with http.get(f"{server.url}/api/sessions/{session_id}/summary") as response:
+                body: dict[str, Any] = await response.json()
+            if body["status"] != "pending":
+                return body
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"no summary of {session_id}: {body}")
+
+
+def _holding(segments: list[dict[str, Any]], at_ms: int) -> dict[str, Any]:
+    """The segment whose span holds the moment."""
+    [segment] = [s for s in segments if s["startMs"] <= at_ms < s["endMs"]]
+    return segment
+
+
+@pytest.mark.timeout(SUMMARY_DRIVER_TIMEOUT_S + 30)
+@SQLITE_ONLY
+async def test_summary_and_search_on_the_page(start_server: ServerFactory, tmp_path: Path) -> None:
+    """Two pages in Chromium. One opens a session from the list while it records (summary pending), stops it through
+    REST and gets its summary over the socket; an action item's link highlights the segment that holds its moment;
+    the Markdown download is the server's; a search pages with "more", and a result of another session opens it at
+    its segment; refused queries are said in words. The other shows a model's summary written in HTML, and a
+    transcript with HTML in it, as text: nothing of it runs, and a point without a time has no link."""
+    require_browser_tools()
+    require_demo_files()
+    main = await start_server()
+    fake = MarkupChat()
+    markup = await start_server(summary_base_url=await fake.start(), summary_model="fake-html", data_dir=tmp_path / "markup",
+                                storage_dir=tmp_path / "markup-chunks")
+    try:
+        await _store_session(main, "weekly", "Weekly sync", _meeting())
+        await _store_session(main, "review", "Launch review", REVIEW)
+        review_summary = await _summarized(main, "review")
+        await _store_session(markup, "hostile", "Brochure <i>check</i>", HOSTILE)
+        hostile_summary = await _summarized(markup, "hostile")
+        assert (hostile_summary["method"], hostile_summary["reason"]) == ("llm", None), hostile_summary
+        wav = tmp_path / "silence.wav"  # the driver's fake microphone: nothing records here
+        with wave.open(str(wav), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(16000)
+            out.writeframes(b"\0\0" * 1600)
+        result = await run_driver(JS_DIR / "demo_driver.mjs", [
+            "--wav", str(wav), "--out", str(_screenshot_dir(tmp_path)), "--token", token_for(USER), "--summary", main.url,
+            "--markup", markup.url, "--summary-spec", json.dumps(SUMMARY_SPEC)], SUMMARY_DRIVER_TIMEOUT_S)
+    finally:
+        await fake.close()
+    pages = result["scenarios"]
+    assert {name: page.get("failure") for name, page in pages.items()} == {"summary": None, "markup": None}
+    page = pages["summary"]
+    print("screenshots: " + ", ".join(page["screenshots"] + pages["markup"]["screenshots"]))
+
+    # opened while it still recorded: pending, and said why
+    assert (page["before"]["status"], page["before"]["statusText"]) == (
+        "pending", "The summary is made once the session is stopped and transcribed."), page["before"]
+    # stopped: the summary came over the socket, and shows as the server serves it
+    status, body = await _rest(main.url, "/api/sessions/weekly/summary", token_for(USER))
+    summary = json.loads(body)
+    shown = page["summary"]
+    assert ("event", "ready") in [(s["via"], s["status"]) for s in shown["via"]], shown["via"]
+    assert (shown["status"], shown["text"], shown["keywords"], shown["reason"]) == (
+        "ready", summary["text"], summary["keywords"], None)
+    for part, items in (("points", summary["keyPoints"]), ("actions", summary["actionItems"])):
+        assert [(i["text"], i["link"], i["startMs"]) for i in shown[part]] == [
+            (i["text"], i["startMs"] is not None, i["startMs"]) for i in items], part
+    assert MEETING[6] in [i["text"] for i in summary["actionItems"]]
+    # the action item's link: the segment whose span holds its moment, highlighted, in view; the address unchanged
+    status, body = await _rest(main.url, "/api/sessions/weekly/transcript", token_for(USER))
+    segments = json.loads(body)["segments"]
+    seek = page["seek"]
+    holding = _holding(segments, seek["atMs"])
+    assert (seek["shown"]["id"], seek["shown"]["text"], seek["shown"]["inView"], seek["shown"]["highlightedCount"],
+            seek["hash"]) == (holding["id"], holding["text"], True, 1, ""), (seek, holding)
+    assert MEETING[6] in holding["text"]
+    # the download: the summary, then the transcript, as the server renders it
+    status, md = await _rest(main.url, "/api/sessions/weekly/transcript?format=md", token_for(USER))
+    assert page["files"] == {"weekly.md": md} and md.startswith("# Weekly sync\n\n## Summary")
+
+    # search: two a page, the next added below with "more" (the last page: no more); every result names its session,
+    # its time and the marked words; the four segments that say launch, each once
+    first, second = page["search"]["first"], page["search"]["second"]
+    assert (len(first["results"]), first["more"], first["error"], first["status"]) == (2, True, None, "2 results, more below")
+    results = second["results"]
+    assert (results[:2], second["more"], second["status"]) == (first["results"], False, "4 results"), second
+    assert len({r["segmentId"] for r in results}) == 4 and sorted(r["sessionId"] for r in results) == ["review"] * 3 + ["weekly"]
+    titles = {"weekly": "Weekly sync", "review": "Launch review"}
+    for r in results:
+        assert r["title"] == titles[r["sessionId"]] and r["time"].startswith("at ") and r["tags"] == ["MARK"] * len(r["marks"])
+        assert r["marks"] and all(m.lower().startswith("launch") for m in r["marks"]), r
+    # a result of another session: opened there, at its segment, with that session's summary
+    opened = page["opened"]
+    status, body = await _rest(main.url, "/api/sessions/review/transcript", token_for(USER))
+    review_segments = json.loads(body)["segments"]
+    target = next(s for s in review_segments if s["id"] == opened["target"]["segmentId"])
+    assert (opened["shown"]["sessionId"], opened["shown"]["id"], opened["shown"]["inView"]) == ("review", target["id"], True)
+    assert target["startMs"] == opened["target"]["startMs"] and "launch" in target["text"].lower()
+    assert (opened["summary"]["status"], opened["summary"]["text"]) == ("ready", review_summary["text"])
+    assert page["refused"] == BAD_QUERIES
+    assert (page["mobileOverflow"], page["dialogs"]) == (0, []), "the page scrolls sideways at 375 px, or asked something"
+
+    # markup: shown as text, run nowhere
+    hostile = pages["markup"]
+    shown = hostile["summary"]
+    assert (shown["status"], shown["text"]) == ("ready", hostile_summary["text"]) and XSS in shown["text"]
+    assert shown["statusText"].startswith("Written by the model fake-html")
+    assert hostile_summary["keyPoints"] == [{"text": MODEL_POINT, "startMs": None, "endMs": None}]
+    assert [(p["text"], p["link"]) for p in shown["points"]] == [(MODEL_POINT, False)]  # no time: no link
+    assert [(a["text"], a["link"]) for a in shown["actions"]] == [(a["text"], True) for a in hostile_summary["actionItems"]]
+    assert "<script>window.__xss=2</script>" in shown["actions"][0]["text"]
+    assert hostile["transcript"] == [text for _, _, text in HOSTILE]
+    [found] = hostile["search"]["results"]
+    assert (found["title"], found["marks"], found["tags"]) == ("Brochure <i>check</i>", ["bold"], ["MARK"])
+    assert "<b>bold</b> & brave" in found["snippet"]
+    assert (shown["elements"], shown["xss"], hostile["xss"], hostile["dialogs"]) == (
+        [], None, {"value": None, "images": 0, "scripts": ["importmap inline", "module /demo/demo.js"]}, []), hostile

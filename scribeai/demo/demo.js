@@ -1,7 +1,8 @@
 // The demo page: sign in, record with the recorder library (clients/js), show what it reports.
 // Query string (optional): timeslice=MS (default 1000), outbox=NAME (the IndexedDB database; pages
 // side by side in one browser keep apart with different names), mime=TYPE (the container to record, e.g.
-// audio/ogg;codecs=opus, when the browser supports it; the library's choice otherwise).
+// audio/ogg;codecs=opus, when the browser supports it; the library's choice otherwise), searchlimit=N (search
+// results a page, 1 to 100; default 20).
 // `window.demo` holds the page's state for tests and the curious; the DOM ids are stable.
 
 const TOKEN_KEY = "scribeai-token";
@@ -13,7 +14,9 @@ const LIVE_EVENTS_KEPT = 5000;
 const SESSIONS_SHOWN = 20;
 const SESSIONS_REFRESH_MS = 5000;  // while recording, the session list follows the stored chunks this often
 const PROBE_MS = 3000;             // while disconnected: does the server answer at all (a network cut, or it is down)
-const FORMATS = ["txt", "srt", "vtt"];
+const FORMATS = ["txt", "srt", "vtt", "md"];
+const SEARCH_LIMIT = Math.min(100, Math.max(1, Number(params.get("searchlimit")) || 20));
+const JOIN_TIMEOUT_MS = 5000;      // a session opened: its room joined (for its summary) before its summary is asked for
 
 const $ = (id) => document.getElementById(id);
 const demo = {
@@ -34,6 +37,16 @@ const demo = {
   cuts: [],               // recordings an earlier page load left cut (reload, closed tab): Recorder.pending()'s interrupted + text
   ready: false,           // signed in and the library loaded
   liveEvents: [],         // the transcriptInterim and transcriptSegment bodies as they came, in order (the last 5000)
+  viewer: {               // the session opened below the recorder: its summary and transcript
+    sessionId: null,
+    openedBy: null,       // "user" (the list, a search result) or "recording" (its summary came)
+    session: null,        // GET /api/sessions/{id}
+    segments: [],         // its transcript's segments, by startMs
+    summary: null,        // the summary body shown
+    summaries: [],        // every summary body shown: { via: "get"|"event"|"recorder", sessionId, status, generatedAt }
+    seeks: [],            // every seek: { atMs, segmentId, found (the highlighted segment's id) }
+  },
+  search: { query: null, results: [], next: null, error: null, pages: 0 },
 };
 window.demo = demo;
 
@@ -137,6 +150,7 @@ async function enter(token) {
   $("no-transcriber").hidden = demo.config.transcriber !== "none";
   $("transcript-empty").hidden = demo.config.transcriber === "none";
   $("sessions-section").hidden = false;
+  $("search-section").hidden = false;
   await refreshSessions();
   await showPending();
   demo.ready = true;
@@ -449,6 +463,10 @@ function attach(recorder, { resumed = false } = {}) {
         if (demo.liveEvents.length > LIVE_EVENTS_KEPT) demo.liveEvents.shift();
       });
     }
+    // once the recording is stopped and transcribed, its summary comes (pending, then ready): shown below
+    socket.on("session-summary", (body) => {
+      if (demo.recorder === recorder && body?.sessionId === recorder.sessionId) recordingSummary(body);
+    });
   });
   on("segment", showTranscript);
   on("interim", () => {
@@ -603,12 +621,14 @@ function sessionItem(session) {
   const current = session.id === demo.recorder?.sessionId;
   return element("li", { className: current ? "current" : "", dataset: { session: session.id, status: session.status,
     chunks: String(session.totalChunks) } },
-    element("span", { className: session.title ? "session-name" : "session-name mono", title: session.id },
-      session.title || session.id),
+    element("button", { type: "button", className: session.title ? "link session-name" : "link session-name mono",
+      title: `Open ${session.id}: its summary and transcript`, onclick: () => openSession(session.id) },
+    session.title || session.id),
     element("span", { className: "session-status", dataset: { status: session.status } }, session.status),
     element("span", { className: "session-meta" }, meta),
     element("span", { className: "downloads" }, ...FORMATS.map((format) => element("button", {
-      type: "button", className: "download", dataset: { format }, title: `Download the transcript as .${format}`,
+      type: "button", className: "download", dataset: { format },
+      title: format === "md" ? "Download the summary and the transcript as Markdown" : `Download the transcript as .${format}`,
       onclick: () => download(session.id, format),
     }, format))));
 }
@@ -628,13 +648,13 @@ async function refreshSessions() {
   $("sessions-empty").hidden = sessions.length > 0;
 }
 
-async function download(sessionId, format) {
+async function download(sessionId, format, onError = showError) {
   const record = { sessionId, format, status: null, bytes: 0, name: `${sessionId}.${format}` };
   const response = await api(`/api/sessions/${encodeURIComponent(sessionId)}/transcript?format=${format}`).catch(() => null);
   record.status = response?.status ?? 0;
   if (!response?.ok) {
     demo.downloads.push(record);
-    showError({ code: "download", message: response ? await apiError(response) : "the server is unreachable" });
+    onError({ code: "download", message: response ? await apiError(response) : "the server is unreachable" });
     return;
   }
   // an <a href> cannot carry the Authorization header: fetch, then save the body from a blob URL
@@ -646,6 +666,347 @@ async function download(sessionId, format) {
   link.click();
   link.remove();
   setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+}
+
+// -- a session: its summary and transcript ---------------------------------------
+// Opened from the session list or a search result, or by itself when the current recording's summary comes. Its room
+// is joined on a socket of the page's own, so a summary made later (a session still recording, or made again) shows
+// when it is ready. Everything the server sends is shown as text (textContent), never parsed as HTML: a model may
+// write anything.
+
+let viewerSocket = null;   // the page's own socket for the opened session's room (the recorder's is its recording's)
+let viewerRoom = null;     // the room it joined
+let viewerOpening = 0;     // each open counts up: a slow answer for a session no longer shown is dropped
+let summaryEvents = 0;     // summary events for the shown session: a GET sent before one of them answers older news
+let pendingSeek = null;    // a moment asked for while the session's transcript was still loading
+
+function viewerError(problem) {
+  const message = typeof problem === "string" ? problem : problem.message;
+  $("viewer-error").textContent = message;
+  $("viewer-error").hidden = !message;
+}
+
+/** The page's socket for summaries of the opened session; it joins that session's room again after a reconnect. */
+async function ensureViewerSocket() {
+  if (viewerSocket) return viewerSocket;
+  const { io } = await import("socket.io-client");
+  viewerSocket = io(location.origin, { auth: demo.token ? { token: demo.token } : {} });
+  viewerSocket.on("session-summary", (body) => {
+    if (body?.sessionId === demo.viewer.sessionId) showSummary(body, "event");
+  });
+  viewerSocket.on("transcriptSegment", (segment) => {
+    if (segment?.sessionId === demo.viewer.sessionId) addViewerSegment(segment);
+  });
+  viewerSocket.on("connect", () => {
+    if (viewerRoom) viewerSocket.emit("join", viewerRoom);
+  });
+  return viewerSocket;
+}
+
+/** Join the session's room (leaving the one before); resolves once joined, or after JOIN_TIMEOUT_MS without it. */
+async function joinViewerRoom(sessionId) {
+  const socket = await ensureViewerSocket().catch(() => null);
+  if (!socket) return;
+  const room = `session:${sessionId}`;
+  if (viewerRoom && viewerRoom !== room) socket.emit("leave", viewerRoom);
+  viewerRoom = room;
+  await socket.timeout(JOIN_TIMEOUT_MS).emitWithAck("join", room).catch(() => null);
+}
+
+function closeViewer() {
+  viewerOpening += 1;
+  if (viewerSocket && viewerRoom) viewerSocket.emit("leave", viewerRoom);
+  viewerRoom = null;
+  Object.assign(demo.viewer, { sessionId: null, session: null, segments: [], summary: null, openedBy: null });
+  $("viewer").hidden = true;
+}
+
+/**
+ * Show a session: its title, summary and transcript; with `atMs`, the transcript at that moment (the segment whose
+ * span holds it highlighted; `segmentId` names the segment when known). A `summary` body already in hand (the
+ * recording's event) is shown at once. `by`: "user", or "recording" (opened by the recording's summary, which the
+ * next recording's replaces).
+ */
+async function openSession(sessionId, { atMs = null, segmentId = null, summary = null, by = "user" } = {}) {
+  const viewer = demo.viewer;
+  $("viewer").hidden = false;
+  if (by === "user") viewer.openedBy = "user";
+  if (viewer.sessionId === sessionId) {  // shown, or loading
+    if (summary) showSummary(summary, "recorder");
+    if (atMs !== null && viewer.session) seek(atMs, segmentId);
+    else if (atMs !== null) pendingSeek = { atMs, segmentId };
+    return;
+  }
+  const opening = ++viewerOpening;
+  Object.assign(viewer, { sessionId, session: null, segments: [], summary: null, openedBy: by });
+  summaryEvents = 0;
+  pendingSeek = atMs === null ? null : { atMs, segmentId };
+  viewerError("");
+  $("viewer-title").textContent = "Session";
+  $("viewer-meta").textContent = sessionId;
+  $("viewer-transcript").replaceChildren();
+  $("viewer-empty").hidden = true;
+  clearSummary("Loading the summary…");
+  if (summary) showSummary(summary, "recorder");
+  if (atMs === null) $("viewer").scrollIntoView({ block: "start" });
+  const path = `/api/sessions/${encodeURIComponent(sessionId)}`;
+  const [session, transcript] = await Promise.all([getJson(path), getJson(`${path}/transcript`)]);
+  if (opening !== viewerOpening) return;
+  if (session.error || transcript.error) {
+    viewerError(`Cannot open this session: ${session.error ?? transcript.error}`);
+    clearSummary("");
+    viewer.sessionId = null;  // opening it again tries again
+    return;
+  }
+  viewer.session = session.body;
+  showSessionHeading(session.body);
+  showViewerTranscript(transcript.body.segments);
+  if (pendingSeek) seek(pendingSeek.atMs, pendingSeek.segmentId);
+  pendingSeek = null;
+  // the room first, then the summary: one made between the two arrives as an event, never missed
+  await joinViewerRoom(sessionId);
+  if (opening !== viewerOpening) return;
+  const before = summaryEvents;
+  const answer = await getJson(`${path}/summary`);
+  if (opening !== viewerOpening || summaryEvents !== before) return;  // an event told something newer meanwhile
+  if (answer.error) {
+    clearSummary(`The summary cannot be read: ${answer.error}`);
+    return;
+  }
+  showSummary(answer.body, "get");
+}
+
+/** GET a JSON route: { body } or { error } in words. */
+async function getJson(path) {
+  const response = await api(path).catch(() => null);
+  if (!response) return { error: navigator.onLine === false ? "this device has no network" : "the server does not answer" };
+  if (!response.ok) return { error: await apiError(response), status: response.status };
+  return { body: await response.json() };
+}
+
+function showSessionHeading(session) {
+  $("viewer-title").textContent = session.title || "Untitled session";
+  const started = session.startedAt ?? session.createdAt;
+  const when = started ? new Date(started).toLocaleString([], { dateStyle: "medium", timeStyle: "short" }) : null;
+  $("viewer-meta").textContent = [when, session.status, session.durationMs ? clock(session.durationMs) : null]
+    .filter(Boolean).join(" · ");
+}
+
+function showViewerTranscript(segments) {
+  demo.viewer.segments = [...segments].sort((a, b) => a.startMs - b.startMs || a.seq - b.seq);
+  $("viewer-transcript").replaceChildren(...demo.viewer.segments.map(viewerSegmentItem));
+  $("viewer-empty").hidden = segments.length > 0;
+}
+
+function viewerSegmentItem(segment) {
+  return element("li", { dataset: { id: String(segment.id), start: String(segment.startMs), end: String(segment.endMs) } },
+    element("span", { className: "time" }, clock(segment.startMs)), element("span", { className: "text" }, segment.text));
+}
+
+/** A segment of the opened session transcribed while it is shown: in its place by time (once per id). */
+function addViewerSegment(segment) {
+  const segments = demo.viewer.segments;
+  if (!demo.viewer.session || segments.some((s) => s.id === segment.id)) return;
+  const at = segments.findIndex((s) => s.startMs > segment.startMs);
+  const item = viewerSegmentItem(segment);
+  if (at === -1) {
+    segments.push(segment);
+    $("viewer-transcript").append(item);
+  } else {
+    segments.splice(at, 0, segment);
+    $("viewer-transcript").children[at].before(item);
+  }
+  $("viewer-empty").hidden = true;
+}
+
+/** The transcript at `atMs`: the segment whose span holds it (else the last one begun by then) scrolled to, highlighted. */
+function seek(atMs, segmentId = null) {
+  const items = Array.from($("viewer-transcript").children);
+  const span = (li) => [Number(li.dataset.start), Number(li.dataset.end)];
+  const target = (segmentId && items.find((li) => li.dataset.id === segmentId))
+    ?? items.find((li) => span(li)[0] <= atMs && atMs < span(li)[1])
+    ?? items.find((li) => span(li)[0] <= atMs && atMs <= span(li)[1])
+    ?? items.findLast((li) => span(li)[0] <= atMs)
+    ?? items[0];
+  for (const li of items) li.classList.toggle("highlight", li === target);
+  demo.viewer.seeks.push({ atMs, segmentId, found: target?.dataset.id ?? null });
+  if (!target) return;
+  target.classList.remove("flash");
+  void target.offsetWidth;  // restart the animation when the same segment is sought again
+  target.classList.add("flash");
+  target.scrollIntoView({ block: "center" });
+}
+
+function clearSummary(status) {
+  $("summary").dataset.status = "";
+  $("summary-status").textContent = status;
+  $("summary-status").hidden = !status;
+  for (const id of ["summary-text", "summary-points-part", "summary-actions-part", "summary-keywords-part", "summary-reason"]) {
+    $(id).hidden = true;
+  }
+}
+
+/** A key point or action item: a link to its moment when it has one; its text as text either way. */
+function summaryItem(item) {
+  const text = String(item?.text ?? "");
+  if (typeof item?.startMs !== "number") return element("li", { className: "untimed" }, element("span", { className: "text" }, text));
+  return element("li", {}, element("a", { className: "seek", href: `#t=${item.startMs}`, title: "Show this moment in the transcript",
+    dataset: { startMs: String(item.startMs) }, onclick: (event) => {
+      event.preventDefault();
+      seek(item.startMs);
+    } }, element("span", { className: "time" }, clock(item.startMs)), element("span", { className: "text" }, text)));
+}
+
+function summaryStatus(body, via) {
+  const session = demo.viewer.session;
+  if (body.status === "failed") return "The summary could not be made.";
+  if (body.status === "pending") {
+    if (body.generatedAt) return "Making the summary again… (this is the last one made)";
+    // an event says it is being made; a GET of a session still recording, that it will be
+    if (via === "get" && session && session.status !== "stopped") return "The summary is made once the session is stopped and transcribed.";
+    return "Making the summary…";
+  }
+  const how = body.method === "llm" ? `Written by the model ${body.model ?? ""}`.trim() : "Key sentences picked from the transcript";
+  const words = typeof body.words === "number" ? `${body.words.toLocaleString()} words` : null;
+  const made = body.generatedAt ? `made ${new Date(body.generatedAt).toLocaleString([], { dateStyle: "short", timeStyle: "short" })}` : null;
+  return [how, words, made].filter(Boolean).join(" · ");
+}
+
+/** Show a summary body (GET's or session-summary's): every field as text. */
+function showSummary(body, via) {
+  if (!body || body.sessionId !== demo.viewer.sessionId) return;
+  if (via !== "get") {
+    summaryEvents += 1;
+    // summaries are made of stopped sessions only: one shown as still recording was stopped elsewhere
+    const session = demo.viewer.session;
+    if (session && session.status !== "stopped") {
+      session.status = "stopped";
+      showSessionHeading(session);
+    }
+    if (body.status === "ready") refreshSessions();  // its row says stopped too
+  }
+  demo.viewer.summary = body;
+  demo.viewer.summaries.push({ via, sessionId: body.sessionId, status: body.status, generatedAt: body.generatedAt ?? null });
+  $("summary").dataset.status = String(body.status);
+  $("summary-status").textContent = summaryStatus(body, via);
+  $("summary-status").hidden = false;
+  const list = (value) => (Array.isArray(value) ? value : []);
+  const text = typeof body.text === "string" ? body.text : "";
+  $("summary-text").textContent = text;
+  $("summary-text").hidden = !text;
+  const parts = [["summary-points", list(body.keyPoints)], ["summary-actions", list(body.actionItems)]];
+  for (const [id, items] of parts) {
+    $(id).replaceChildren(...items.map(summaryItem));
+    $(`${id}-part`).hidden = items.length === 0;
+  }
+  const keywords = list(body.keywords).map(String);
+  $("summary-keywords").replaceChildren(...keywords.map((word) => element("li", {}, word)));
+  $("summary-keywords-part").hidden = keywords.length === 0;
+  const reason = typeof body.reason === "string" ? body.reason : "";
+  $("summary-reason").textContent = reason ? `Note: ${reason}` : "";
+  $("summary-reason").hidden = !reason;
+}
+
+/** The current recording's summary event: shown below, unless the user opened another session there. */
+function recordingSummary(body) {
+  const viewer = demo.viewer;
+  if (viewer.sessionId === null || viewer.sessionId === body.sessionId || viewer.openedBy === "recording") {
+    openSession(body.sessionId, { summary: body, by: "recording" });
+  }
+}
+
+// -- search --------------------------------------------------------------------
+
+/** The server's snippet (HTML-escaped text, matches in <mark>): rebuilt as text nodes and <mark> elements only. */
+function snippetNodes(snippet) {
+  const nodes = [];
+  let marked = false;
+  for (const part of String(snippet ?? "").split(/(<mark>|<\/mark>)/)) {
+    if (part === "<mark>" || part === "</mark>") {
+      marked = part === "<mark>";
+    } else if (part) {
+      const text = unescapeHtml(part);
+      nodes.push(marked ? element("mark", {}, text) : document.createTextNode(text));
+    }
+  }
+  return nodes;
+}
+
+const NAMED_ENTITIES = { amp: "&", lt: "<", gt: ">", quot: "\"", apos: "'" };
+
+function unescapeHtml(text) {
+  return text.replace(/&(?:#(\d+)|#x([0-9a-f]+)|([a-z]+));/gi, (whole, decimal, hex, name) => {
+    if (name) return NAMED_ENTITIES[name.toLowerCase()] ?? whole;
+    const code = decimal ? Number(decimal) : parseInt(hex, 16);
+    return code > 0 && code <= 0x10ffff ? String.fromCodePoint(code) : whole;
+  });
+}
+
+/** A search the server refused, said for a person (its message names the query parameter). */
+function searchProblem(status, message) {
+  if (status === 401) return `Cannot search: ${tokenProblem(status, message)}.`;
+  if (status !== 400) return `Cannot search: the server answered ${status} (${message}).`;
+  if (/is required/.test(message)) return "Type a word to search for.";
+  if (/no words/.test(message)) return "Search for words or numbers: punctuation and symbols alone find nothing.";
+  const long = /longer than (\d+)/.exec(message);
+  if (long) return `That search is too long: at most ${long[1]} characters.`;
+  const many = /more than (\d+) words/.exec(message);
+  if (many) return `That search has too many words: at most ${many[1]}.`;
+  if (/cursor/.test(message)) return "These results are out of date: search again.";
+  return `Cannot search: ${message}.`;
+}
+
+async function search(query) {
+  const state = demo.search;
+  Object.assign(state, { query, results: [], next: null, error: null, pages: 0 });
+  $("search-results").replaceChildren();
+  await searchPage(null);
+}
+
+function searchMore() {
+  if (demo.search.next) searchPage(demo.search.next);
+}
+
+async function searchPage(cursor) {
+  const state = demo.search;
+  const query = state.query;
+  const url = `/api/search?${new URLSearchParams({ q: query, limit: String(SEARCH_LIMIT), ...(cursor ? { cursor } : {}) })}`;
+  $("search-more").disabled = true;
+  $("search-button").disabled = true;
+  const response = await api(url).catch(() => null);
+  $("search-button").disabled = false;
+  $("search-more").disabled = false;
+  if (query !== state.query) return;  // a newer search went out meanwhile
+  let error = null;
+  let body = null;
+  if (!response) error = navigator.onLine === false ? "Cannot search: this device has no network." : "Cannot search: the server does not answer.";
+  else if (!response.ok) error = searchProblem(response.status, await apiError(response));
+  else body = await response.json();
+  state.error = error;
+  $("search-error").textContent = error ?? "";
+  $("search-error").hidden = error === null;
+  if (error) {
+    $("search-status").hidden = true;
+    $("search-more").hidden = true;
+    return;
+  }
+  state.pages += 1;
+  state.results.push(...body.results);
+  state.next = body.next ?? null;
+  $("search-results").append(...body.results.map(searchItem));
+  const count = state.results.length;
+  $("search-status").textContent = count === 0 ? "Nothing found." : `${plural(count, "result")}${state.next ? ", more below" : ""}`;
+  $("search-status").hidden = false;
+  $("search-more").hidden = state.next === null;
+}
+
+function searchItem(result) {
+  return element("li", { dataset: { session: result.sessionId, segment: String(result.segmentId), start: String(result.startMs) } },
+    element("button", { type: "button", className: "result", title: "Open the session at this moment",
+      onclick: () => openSession(result.sessionId, { atMs: result.startMs, segmentId: String(result.segmentId) }) },
+    element("span", { className: "result-title" }, String(result.title || result.sessionId)),
+    element("span", { className: "time" }, `at ${clock(result.startMs)}`),
+    element("span", { className: "snippet" }, ...snippetNodes(result.snippet))));
 }
 
 // -- start ---------------------------------------------------------------------
@@ -681,6 +1042,15 @@ async function main() {
   $("pause").addEventListener("click", pauseOrResume);
   $("stop").addEventListener("click", stop);
   $("refresh-sessions").addEventListener("click", refreshSessions);
+  $("viewer-close").addEventListener("click", closeViewer);
+  $("viewer-download").addEventListener("click", () => {
+    if (demo.viewer.sessionId) download(demo.viewer.sessionId, "md", viewerError);
+  });
+  $("search-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    search($("search-q").value);
+  });
+  $("search-more").addEventListener("click", searchMore);
   if (config.auth === "none") {
     await enter(null);
     return;

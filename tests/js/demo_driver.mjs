@@ -8,6 +8,7 @@
 //     [--main URL] [--crash URL] [--overload URL] [--record-seconds 60] [--short-seconds 30]
 //     [--loss URL [--reloads 10] [--seed N] [--loss-timeslice MS] [--exit reload|close]] [--dialog-ms 0]
 //     [--captions URL [--captions-mime TYPE ...] [--speech-seconds S]] [--browser chromium|firefox]
+//     [--summary URL] [--markup URL] [--summary-spec JSON]
 //
 // --main (a jwt server) gets three pages: "record" (records --record-seconds, waits for the whole
 // transcript, lists the sessions, downloads txt/srt/vtt), "offline" (network cut for 10 s mid-recording)
@@ -24,6 +25,10 @@
 // --browser firefox runs only --captions, in Debian's firefox-esr over WebDriver BiDi: its fake microphone is a
 // tone, so the driver starts a PulseAudio server of its own with a null sink, points Firefox's microphone at the
 // sink's monitor (media.audio_loopback_dev) and plays the WAV into the sink (paplay) once every page records.
+// --summary and --markup record nothing (their servers hold sessions the test stored): "summary" opens a session from
+// the list, stops it and shows its summary, follows an action item to its moment, downloads the Markdown, searches and
+// opens a result; "markup" shows a model's summary written in HTML, and a transcript with HTML in it, as text.
+// --summary-spec (JSON) names what they open, click and search for.
 
 import { execFileSync, spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
@@ -59,6 +64,9 @@ const { values: opts } = parseArgs({
     captions: { type: "string" },
     "captions-mime": { type: "string", multiple: true, default: [""] },
     "speech-seconds": { type: "string", default: "10" },
+    summary: { type: "string" },
+    markup: { type: "string" },
+    "summary-spec": { type: "string", default: "{}" },
   },
 });
 for (const name of ["wav", "out", "token"]) {
@@ -385,6 +393,10 @@ async function recordScenario(browser, server, result) {
   await clickStop(page);
   await waitFor(page, () => window.demo.completed === true, TRANSCRIPT_TIMEOUT_MS, "session-completed");
   log("record: transcript complete");
+  // its summary follows on the recorder's socket (session-summary) and shows below the transcript
+  await waitFor(page, () => window.demo.viewer.sessionId === window.demo.recorder.sessionId &&
+    document.getElementById("summary").dataset.status === "ready", 30_000, "the recording's summary").catch((err) => log(err.message));
+  result.summary = await shownSummary(page);
   // the session list follows the session-completed; wait for this session's row to say stopped
   await click(page, "#refresh-sessions");
   await waitFor(page, (sid) => document.querySelector(`#sessions li[data-session="${sid}"]`)?.dataset.status === "stopped",
@@ -677,6 +689,170 @@ async function captionsScenario(browser, server, result) {
   await screenshot(pages[0], `captions-${opts.browser}-done`, result);
 }
 
+/** What the opened session's summary shows: status, text, each item's text and whether (and where) it links. */
+async function shownSummary(page) {
+  return page.evaluate(() => {
+    const items = (id) => Array.from(document.querySelectorAll(`#${id} li`), (li) => {
+      const link = li.querySelector("a.seek");
+      return { text: li.querySelector(".text")?.textContent ?? "", link: link !== null,
+        startMs: link ? Number(link.dataset.startMs) : null, time: link?.querySelector(".time").textContent ?? null };
+    });
+    const viewer = document.getElementById("viewer");
+    return {
+      sessionId: window.demo.viewer.sessionId,
+      status: document.getElementById("summary").dataset.status,
+      statusText: document.getElementById("summary-status").textContent,
+      text: document.getElementById("summary-text").textContent,
+      textHidden: document.getElementById("summary-text").hidden,
+      points: items("summary-points"),
+      actions: items("summary-actions"),
+      keywords: Array.from(document.querySelectorAll("#summary-keywords li"), (li) => li.textContent),
+      reason: document.getElementById("summary-reason").hidden ? null : document.getElementById("summary-reason").textContent,
+      via: window.demo.viewer.summaries,
+      // markup written by a model or spoken into a transcript stays text: no element of it in the page
+      elements: Array.from(viewer.querySelectorAll("img, script, iframe, svg, b, strong, em, i")).map((el) => el.tagName),
+      xss: window.__xss ?? null,
+    };
+  });
+}
+
+/** The highlighted segment of the opened session's transcript, and whether it is in view (its list's and the window's). */
+async function highlighted(page) {
+  return page.evaluate(() => {
+    const li = document.querySelector("#viewer-transcript li.highlight");
+    if (!li) return null;
+    const box = li.getBoundingClientRect();
+    const list = document.getElementById("viewer-transcript").getBoundingClientRect();
+    return { sessionId: window.demo.viewer.sessionId, id: li.dataset.id, startMs: Number(li.dataset.start),
+      endMs: Number(li.dataset.end), text: li.querySelector(".text").textContent,
+      inView: box.top >= list.top - 1 && box.bottom <= list.bottom + 1 && box.top >= 0 && box.bottom <= window.innerHeight,
+      highlightedCount: document.querySelectorAll("#viewer-transcript li.highlight").length };
+  });
+}
+
+/** The search results shown: title, time, the snippet as text and as markup (only <mark> elements in it). */
+async function shownResults(page) {
+  return page.evaluate(() => ({
+    results: Array.from(document.querySelectorAll("#search-results li"), (li) => ({
+      sessionId: li.dataset.session, segmentId: li.dataset.segment, startMs: Number(li.dataset.start),
+      title: li.querySelector(".result-title").textContent, time: li.querySelector(".time").textContent,
+      snippet: li.querySelector(".snippet").textContent,
+      marks: Array.from(li.querySelectorAll(".snippet mark"), (m) => m.textContent),
+      tags: Array.from(li.querySelectorAll(".snippet *"), (el) => el.tagName) })),
+    more: !document.getElementById("search-more").hidden,
+    status: document.getElementById("search-status").hidden ? null : document.getElementById("search-status").textContent,
+    error: document.getElementById("search-error").hidden ? null : document.getElementById("search-error").textContent,
+  }));
+}
+
+/** Type a query in the search box and submit it; wait for its answer (results or an error). */
+async function searchFor(page, query) {
+  const pages = await page.evaluate(() => window.demo.search.pages);
+  await page.$eval("#search-q", (input, q) => { input.value = q; }, query);
+  await click(page, "#search-button");
+  await waitFor(page, (n) => window.demo.search.pages > n || (window.demo.search.error !== null && !document.getElementById("search-button").disabled),
+    15_000, `the search for ${query}`, pages);
+  return shownResults(page);
+}
+
+async function openFromList(page, sessionId) {
+  await waitFor(page, (sid) => document.querySelector(`#sessions li[data-session="${sid}"]`) !== null, 10_000,
+    `${sessionId} in the session list`, sessionId);
+  await click(page, `#sessions li[data-session="${sessionId}"] button.session-name`);
+  await waitFor(page, (sid) => window.demo.viewer.sessionId === sid && window.demo.viewer.session !== null &&
+    window.demo.viewer.summaries.some((s) => s.sessionId === sid), 15_000, `${sessionId} opened with its summary`, sessionId);
+}
+
+/**
+ * (i) After the meeting: a session opened from the list while it still records shows its summary as pending; stopped
+ * (through REST, as another device would), its summary comes over the socket and shows; an action item's link
+ * highlights its moment in the transcript; the Markdown download; a search, its next page, a result opened at its
+ * segment in another session; a query the server refuses, said in words. --summary-spec (JSON) names the sessions.
+ */
+async function summaryScenario(browser, server, result) {
+  const spec = JSON.parse(opts["summary-spec"]);
+  const context = await browser.createBrowserContext();  // its downloads go to a folder of its own
+  const page = await openPage(context, server, "summary", { outbox: "summary", searchlimit: String(spec.searchLimit) });
+  await signIn(page);
+  await openFromList(page, spec.session);
+  result.before = await shownSummary(page);
+  await page.evaluate((sid) => fetch(`/api/sessions/${encodeURIComponent(sid)}/stop`, { method: "POST",
+    headers: { Authorization: `Bearer ${window.demo.token}`, "Content-Type": "application/json" }, body: "{}" }), spec.session);
+  await waitFor(page, () => document.getElementById("summary").dataset.status === "ready", 30_000, "the summary ready");
+  result.summary = await shownSummary(page);
+  // the action item's link: its moment in the transcript
+  const clicked = await page.evaluate((text) => {
+    const link = Array.from(document.querySelectorAll("#summary-actions a.seek")).find((a) => a.querySelector(".text").textContent === text);
+    link?.click();
+    return link ? Number(link.dataset.startMs) : null;
+  }, spec.action);
+  if (clicked === null) throw new Error(`summary: no link for the action item ${spec.action}`);
+  await waitFor(page, (ms) => window.demo.viewer.seeks.at(-1)?.atMs === ms, 5000, "the seek", clicked);
+  result.seek = { atMs: clicked, shown: await highlighted(page), hash: await page.evaluate(() => location.hash) };
+  await screenshot(page, "summary", result);
+  // the transcript with its summary, as Markdown
+  const downloads = mkdtempSync(path.join(OUT, "summary-downloads-"));
+  const cdp = await browser.target().createCDPSession();
+  await cdp.send("Browser.setDownloadBehavior", { behavior: "allow", downloadPath: downloads, browserContextId: context.id });
+  await click(page, "#viewer-download");
+  const deadline = performance.now() + 15_000;
+  while (readdirSync(downloads).filter((name) => !name.endsWith(".crdownload")).length < 1 && performance.now() < deadline) {
+    await sleep(POLL_MS);
+  }
+  result.files = Object.fromEntries(readdirSync(downloads).map((name) => [name, readFileSync(path.join(downloads, name), "utf8")]));
+  // search: a first page, then the next one with the "more" button
+  result.search = { first: await searchFor(page, spec.search) };
+  if (result.search.first.more) {
+    const pages = await page.evaluate(() => window.demo.search.pages);
+    await click(page, "#search-more");
+    await waitFor(page, (n) => window.demo.search.pages > n, 15_000, "the next page of results", pages);
+    result.search.second = await shownResults(page);
+  }
+  // a result in another session: opened at its segment
+  const target = await page.evaluate((sid) => {
+    const li = document.querySelector(`#search-results li[data-session="${sid}"]`);
+    li?.querySelector("button.result").click();
+    return li ? { sessionId: li.dataset.session, segmentId: li.dataset.segment, startMs: Number(li.dataset.start) } : null;
+  }, spec.openSession);
+  if (target === null) throw new Error(`summary: no result of ${spec.openSession} to open`);
+  await waitFor(page, (t) => window.demo.viewer.sessionId === t.sessionId && window.demo.viewer.seeks.at(-1)?.segmentId === t.segmentId &&
+    document.querySelector("#viewer-transcript li.highlight") !== null && window.demo.viewer.summaries.some((s) => s.sessionId === t.sessionId),
+  15_000, "the result opened", target);
+  result.opened = { target, shown: await highlighted(page), summary: await shownSummary(page) };
+  await sleep(300);  // the summary's paint
+  await screenshot(page, "search", result);
+  // queries the server refuses: said in words
+  result.refused = {};
+  for (const query of spec.badQueries) result.refused[query] = (await searchFor(page, query)).error;
+  await page.setViewport(MOBILE);
+  await searchFor(page, spec.search);
+  await screenshot(page, "summary-mobile", result);
+  result.mobileOverflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+  result.dialogs = [...page.dialogs];
+  await context.close();
+}
+
+/**
+ * (j) A summary written by a model that answers in markup (--markup, a server whose summaries come from a fake model),
+ * and a transcript with markup in it: all shown as text, nothing of it run; items without a time have no link.
+ */
+async function markupScenario(browser, server, result) {
+  const spec = JSON.parse(opts["summary-spec"]);
+  const page = await openPage(browser, server, "markup", { outbox: "markup" });
+  await signIn(page);
+  await openFromList(page, spec.markupSession);
+  await waitFor(page, () => document.getElementById("summary").dataset.status === "ready", 15_000, "the summary ready");
+  result.summary = await shownSummary(page);
+  result.transcript = await page.evaluate(() => Array.from(document.querySelectorAll("#viewer-transcript li .text"), (el) => el.textContent));
+  result.search = await searchFor(page, spec.markupSearch);
+  await sleep(500);  // an <img onerror> would have fired by now
+  result.xss = await page.evaluate(() => ({ value: window.__xss ?? null,
+    images: document.querySelectorAll("img, svg, iframe").length,
+    scripts: Array.from(document.scripts, (s) => `${s.type} ${s.src ? new URL(s.src).pathname : "inline"}`) }));
+  await screenshot(page, "summary-markup", result);
+  result.dialogs = [...page.dialogs];
+}
+
 const SCENARIOS = [
   ["record", "main", recordScenario],
   ["offline", "main", offlineScenario],
@@ -686,6 +862,8 @@ const SCENARIOS = [
   ["restart", "main", restartScenario],
   ["loss", "loss", lossScenario],
   ["captions", "captions", captionsScenario],
+  ["summary", "summary", summaryScenario],
+  ["markup", "markup", markupScenario],
 ];
 
 async function run(browser, name, server, fn) {

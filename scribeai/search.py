@@ -204,7 +204,7 @@ async def search(db: Database, user_id: str, query: Query, *, limit: int = DEFAU
                 SELECT s.id, s.session_id, r.title, s.start_ms, s.end_ms, r.created_at, s.search
                 FROM recording_session AS r JOIN segment AS s ON s.session_id = r.id
                 WHERE r.user_id = :user AND s.search @@ {tsquery}{dates}{walk}),
-            hits AS (SELECT * FROM matches ORDER BY created_at DESC, id DESC, start_ms DESC LIMIT :window),
+            hits AS (SELECT * FROM matches ORDER BY created_at DESC, session_id DESC, start_ms DESC LIMIT :window),
             page AS (
                 SELECT id, session_id, title, start_ms, end_ms, created_at, ts_rank(search, {tsquery}) AS score FROM hits
                 ORDER BY score DESC, created_at DESC, start_ms DESC, id DESC LIMIT :limit OFFSET :offset)

@@ -9,7 +9,10 @@ Every blob MediaRecorder produced must be stored once, byte for byte, under cons
 given as a page went, which may not make it). And, on its own, reloads at random points of a 1 s blob: each
 loses at most one blob of audio, and the page that comes back says how much. Last, live captions in Chromium and
 in Firefox (firefox-esr over WebDriver BiDi, its microphone a PulseAudio null sink the speech is played into):
-captions before each final, replaced by it in place, confirmed words never taken back.
+captions before each final, replaced by it in place, confirmed words never taken back. And after the meeting, with
+sessions stored in the server's database: a session's summary (over the socket once it is made), an action item's link
+to its moment in the transcript, the Markdown download, search with its pages and a result opened at its segment, and
+a model's summary written in HTML shown as text.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -554,6 +555,7 @@ class Realtime:
         if self._stopped:
             return
         self._stopped = True
+        _STOPPING.add(self)
         drained = await self.drain(timeout)
         if not drained:
             log.warning("shutdown: %d chunks still being stored after %.1fs", self._in_flight_total, timeout)
@@ -565,13 +567,20 @@ class Realtime:
         self.counters[name] = self.counters.get(name, 0) + 1
 
 
+_STOPPING: weakref.WeakSet[Realtime] = weakref.WeakSet()  # servers of this process in their graceful stop
+
+
 class _ClosedSessionNotice(logging.Filter):
     """A request for an Engine.IO session this server has just closed (a graceful stop closes every one; a polling
-    client's next request comes a moment later) is the client's situation, not a fault: INFO, not ERROR."""
+    client's next request comes a moment later) is the client's situation, not a fault: INFO, not ERROR (nor, while
+    stopping, the WARNING that names a node gone or a balancer that does not route by session)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno > logging.INFO and "Session is disconnected" in record.getMessage():
-            record.levelno, record.levelname = logging.INFO, "INFO"
+        if record.levelno > logging.INFO:
+            message = record.getMessage()
+            if "Session is disconnected" in message or (_STOPPING and ("Invalid session" in message
+                                                                       or "which this node does not hold" in message)):
+                record.levelno, record.levelname = logging.INFO, "INFO"
         return True
 
 

@@ -145,6 +145,7 @@ class _LimitedWebSocketResponse(web.WebSocketResponse):
             except (ConnectionError, RuntimeError):
                 pass  # the client is gone already
             message = message or reason.encode()[:123]  # a close frame's reason holds at most 123 bytes
+            # aiohttp's close below repeats the close frame: a client that has read the first one ignores it
             await self._farewell_close(code, message)
         coalesced = getattr(self._writer, "transport", None)
         if isinstance(coalesced, _CoalescedWrites):

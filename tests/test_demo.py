@@ -725,6 +725,9 @@ async def test_summary_and_search_on_the_page(start_server: ServerFactory, tmp_p
     assert (seek["shown"]["id"], seek["shown"]["text"], seek["shown"]["inView"], seek["shown"]["highlightedCount"],
             seek["hash"]) == (holding["id"], holding["text"], True, 1, ""), (seek, holding)
     assert MEETING[6] in holding["text"]
+    # its address opens the page at that moment (a new tab)
+    assert (page["linked"]["address"], page["linked"]["shown"]["id"], page["linked"]["shown"]["inView"]) == (
+        f"#session=weekly&t={seek['atMs']}", holding["id"], True), page["linked"]
     # the download: the summary, then the transcript, as the server renders it
     status, md = await _rest(main.url, "/api/sessions/weekly/transcript?format=md", token_for(USER))
     assert page["files"] == {"weekly.md": md} and md.startswith("# Weekly sync\n\n## Summary")

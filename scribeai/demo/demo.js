@@ -151,6 +151,11 @@ async function enter(token) {
   $("transcript-empty").hidden = demo.config.transcriber === "none";
   $("sessions-section").hidden = false;
   $("search-section").hidden = false;
+  const linked = new URLSearchParams(location.hash.slice(1));  // #session=ID&t=MS: a summary item's link
+  if (linked.get("session")) {
+    const atMs = Number(linked.get("t"));
+    openSession(linked.get("session"), { atMs: linked.has("t") && Number.isFinite(atMs) ? atMs : null });
+  }
   await refreshSessions();
   await showPending();
   demo.ready = true;
@@ -761,19 +766,24 @@ async function openSession(sessionId, { atMs = null, segmentId = null, summary =
   viewer.session = session.body;
   showSessionHeading(session.body);
   showViewerTranscript(transcript.body.segments);
-  if (pendingSeek) seek(pendingSeek.atMs, pendingSeek.segmentId);
+  const sought = pendingSeek !== null;
+  if (sought) seek(pendingSeek.atMs, pendingSeek.segmentId);
   pendingSeek = null;
   // the room first, then the summary: one made between the two arrives as an event, never missed
   await joinViewerRoom(sessionId);
   if (opening !== viewerOpening) return;
   const before = summaryEvents;
   const answer = await getJson(`${path}/summary`);
-  if (opening !== viewerOpening || summaryEvents !== before) return;  // an event told something newer meanwhile
-  if (answer.error) {
+  if (opening !== viewerOpening) return;
+  if (summaryEvents !== before) {
+    // an event told something newer meanwhile: it is shown
+  } else if (answer.error) {
     clearSummary(`The summary cannot be read: ${answer.error}`);
-    return;
+  } else {
+    showSummary(answer.body, "get");
   }
-  showSummary(answer.body, "get");
+  // the summary above the transcript moved the moment sought: back into view
+  if (sought) document.querySelector("#viewer-transcript li.highlight")?.scrollIntoView({ block: "center" });
 }
 
 /** GET a JSON route: { body } or { error } in words. */
@@ -846,11 +856,15 @@ function clearSummary(status) {
   }
 }
 
-/** A key point or action item: a link to its moment when it has one; its text as text either way. */
-function summaryItem(item) {
+/**
+ * A key point or action item: a link to its moment when it has one; its text as text either way. The link's address
+ * (#session=ID&t=MS) opens the page at that moment too (a new tab, a bookmark).
+ */
+function summaryItem(item, sessionId) {
   const text = String(item?.text ?? "");
   if (typeof item?.startMs !== "number") return element("li", { className: "untimed" }, element("span", { className: "text" }, text));
-  return element("li", {}, element("a", { className: "seek", href: `#t=${item.startMs}`, title: "Show this moment in the transcript",
+  const address = `#${new URLSearchParams({ session: sessionId, t: String(item.startMs) })}`;
+  return element("li", {}, element("a", { className: "seek", href: address, title: "Show this moment in the transcript",
     dataset: { startMs: String(item.startMs) }, onclick: (event) => {
       event.preventDefault();
       seek(item.startMs);
@@ -896,7 +910,7 @@ function showSummary(body, via) {
   $("summary-text").hidden = !text;
   const parts = [["summary-points", list(body.keyPoints)], ["summary-actions", list(body.actionItems)]];
   for (const [id, items] of parts) {
-    $(id).replaceChildren(...items.map(summaryItem));
+    $(id).replaceChildren(...items.map((item) => summaryItem(item, body.sessionId)));
     $(`${id}-part`).hidden = items.length === 0;
   }
   const keywords = list(body.keywords).map(String);
@@ -956,8 +970,11 @@ function searchProblem(status, message) {
   return `Cannot search: ${message}.`;
 }
 
+let searchGeneration = 0;  // each new search counts up: an answer to an earlier one is dropped
+
 async function search(query) {
   const state = demo.search;
+  searchGeneration += 1;
   Object.assign(state, { query, results: [], next: null, error: null, pages: 0 });
   $("search-results").replaceChildren();
   await searchPage(null);
@@ -970,18 +987,20 @@ function searchMore() {
 async function searchPage(cursor) {
   const state = demo.search;
   const query = state.query;
+  const generation = searchGeneration;
   const url = `/api/search?${new URLSearchParams({ q: query, limit: String(SEARCH_LIMIT), ...(cursor ? { cursor } : {}) })}`;
   $("search-more").disabled = true;
   $("search-button").disabled = true;
   const response = await api(url).catch(() => null);
-  $("search-button").disabled = false;
-  $("search-more").disabled = false;
-  if (query !== state.query) return;  // a newer search went out meanwhile
   let error = null;
   let body = null;
   if (!response) error = navigator.onLine === false ? "Cannot search: this device has no network." : "Cannot search: the server does not answer.";
   else if (!response.ok) error = searchProblem(response.status, await apiError(response));
-  else body = await response.json();
+  else body = await response.json().catch(() => null);
+  if (response?.ok && !Array.isArray(body?.results)) error = "Cannot search: the server's answer was cut short; search again.";
+  if (generation !== searchGeneration) return;  // a newer search went out meanwhile: its answer is the one shown
+  $("search-button").disabled = false;
+  $("search-more").disabled = false;
   state.error = error;
   $("search-error").textContent = error ?? "";
   $("search-error").hidden = error === null;

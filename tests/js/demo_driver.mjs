@@ -790,6 +790,16 @@ async function summaryScenario(browser, server, result) {
   await waitFor(page, (ms) => window.demo.viewer.seeks.at(-1)?.atMs === ms, 5000, "the seek", clicked);
   result.seek = { atMs: clicked, shown: await highlighted(page), hash: await page.evaluate(() => location.hash) };
   await screenshot(page, "summary", result);
+  // the link's address, opened in a tab of its own (signed in by the token this browser keeps): the same moment
+  const address = await page.evaluate((text) => Array.from(document.querySelectorAll("#summary-actions a.seek"))
+    .find((a) => a.querySelector(".text").textContent === text).getAttribute("href"), spec.action);
+  const linked = await context.newPage();
+  linked.scenario = "summary (its link in a new tab)";
+  await linked.goto(`${server}/demo/${address}`);
+  await waitFor(linked, () => window.demo?.viewer.seeks.length > 0 && document.querySelector("#viewer-transcript li.highlight") !== null,
+    15_000, "the linked moment");
+  result.linked = { address, shown: await highlighted(linked) };
+  await linked.close();
   // the transcript with its summary, as Markdown
   const downloads = mkdtempSync(path.join(OUT, "summary-downloads-"));
   const cdp = await browser.target().createCDPSession();

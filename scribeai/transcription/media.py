@@ -112,12 +112,13 @@ def measure_duration_ms(data: bytes) -> int | None:
                 return None
             stream = container.streams.audio[0]
             spans = [(p.pts, p.pts + (p.duration or 0)) for p in container.demux(stream) if p.pts is not None]
+            time_base = stream.time_base  # PyAV 18.1.1 refuses a closed container's stream attributes
     except av.FFmpegError:
         return None
-    if not spans or stream.time_base is None:
+    if not spans or time_base is None:
         return None
     ticks = max(end for _, end in spans) - min(start for start, _ in spans)
-    return round(ticks * stream.time_base * 1000)
+    return round(ticks * time_base * 1000)
 
 
 def _header_only(data: bytes) -> bool:

@@ -125,6 +125,7 @@ def create_app(settings: Settings, *, db_schema: str | None = None) -> web.Appli
     app[search.indexer_key] = search.SearchIndexer(db)
     app.cleanup_ctx.append(search.indexer)  # after _database: SQLite's search index a second behind the segments
     app.on_shutdown.append(_graceful_stop)
+    app.on_cleanup.append(_stopped)
     app.on_shutdown.append(summaries.stop_summaries)
     return app
 
@@ -193,6 +194,10 @@ async def _graceful_stop(app: web.Application) -> None:
     """Refuse new chunks, let in-flight ones finish and ack, then disconnect every client (once)."""
     services = app[services_key]
     await services.realtime.stop(services.settings.shutdown_timeout)
+
+
+async def _stopped(app: web.Application) -> None:
+    app[services_key].realtime.stopped()
 
 
 def loop_name(loop: asyncio.AbstractEventLoop) -> str:

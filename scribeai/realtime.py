@@ -563,6 +563,11 @@ class Realtime:
             log.info("shutdown: %d chunks refused (unavailable) while stopping", self._refused_stopping)
         await self.disconnect_all()
 
+    def stopped(self) -> None:
+        """The server no longer takes requests (its connections are closed): a process that runs other servers
+        (tests) must not take their unknown sessions for ones this stop closed."""
+        _STOPPING.discard(self)
+
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 

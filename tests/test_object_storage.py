@@ -59,28 +59,35 @@ class Seaweed(Processes):
         super().__init__(tmp / "weed-logs", dict(os.environ))
         self.dir = tmp / "weed"
         self.dir.mkdir()
-        self.ports = {name: free_port() for name in ("master", "master.grpc", "volume", "volume.grpc", "filer",
-                                                        "filer.grpc", "s3", "s3.grpc")}
-        self.endpoint = f"http://127.0.0.1:{self.ports['s3']}"
+        self._pick_ports()
         self.process: asyncio.subprocess.Process | None = None
         self.starts = 0
 
-    async def start(self) -> None:
-        self.starts += 1
+    def _pick_ports(self) -> None:
+        self.ports = {name: free_port() for name in ("master", "master.grpc", "volume", "volume.grpc", "filer",
+                                                        "filer.grpc", "s3", "s3.grpc")}
+        self.endpoint = f"http://127.0.0.1:{self.ports['s3']}"
+
+    def _args(self) -> list[str]:
         # The S3 gateway's Iceberg and Lance listeners default to fixed ports (8181, 9101): off, so that two
         # gateways (another test run on this machine) never collide.
         args = [_weed(), "server", f"-dir={self.dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3",
                 "-master.telemetry=false", "-volume.max=8", "-s3.port.iceberg=0", "-s3.port.lance=0"]
-        args += [f"-{name.replace('.grpc', '.port.grpc') if name.endswith('.grpc') else name + '.port'}={port}"
-                 for name, port in self.ports.items()]
+        return args + [f"-{name.replace('.grpc', '.port.grpc') if name.endswith('.grpc') else name + '.port'}={port}"
+                       for name, port in self.ports.items()]
+
+    async def start(self) -> None:
+        self.starts += 1
         try:
-            self.process = await self.spawn(f"weed-{self.starts}", *args, ready=self.ports["s3"])
+            self.process = await self.spawn(f"weed-{self.starts}", *self._args(), ready=self.ports["s3"])
         except AssertionError:
             if self.starts > 1:
                 raise
-            # Seen once: weed exiting at its first start with nothing in its log; its later starts never did.
+            # Seen: weed exiting at its first start with nothing in its log, or because another process took one
+            # of the free ports picked for it meanwhile ("bind: address already in use"): once more, on new ports.
             self.starts += 1
-            self.process = await self.spawn(f"weed-{self.starts}", *args, ready=self.ports["s3"])
+            self._pick_ports()
+            self.process = await self.spawn(f"weed-{self.starts}", *self._args(), ready=self.ports["s3"])
         # The gateway listens before the volumes are ready: a bucket PUT is the proof (idempotent).
         deadline = asyncio.get_running_loop().time() + 60
         while True:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -141,7 +141,7 @@ class Summaries:
         abandoned = row is not None and row.status == SummaryStatus.PENDING and (
             row.claimed_until is None or row.claimed_until < utcnow())
         outdated = (row is not None and row.generated_at is not None and newest is not None
-                    and _aware(newest) > row.generated_at and session is not None and session.status == SessionStatus.STOPPED)
+                    and newest > row.generated_at and session is not None and session.status == SessionStatus.STOPPED)
         if session is not None and session.completed_at is not None and (row is None or abandoned) or outdated:
             self.request(session_id)
         return wire(row, session_id)
@@ -265,11 +265,6 @@ class Summaries:
             await self.emitter.emit(EVENT, body, room=room_of(body["sessionId"]), namespace=namespace)
 
 
-def _aware(when: datetime) -> datetime:
-    """max() over a column comes back without the column's type on SQLite: a naive UTC datetime (or its text)."""
-    if isinstance(when, str):
-        when = datetime.fromisoformat(when)
-    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
 
 
 def wire(row: SessionSummary | None, session_id: str) -> dict[str, Any]:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import time
-from datetime import datetime, timezone
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -658,7 +657,7 @@ class Pipeline:
                        func.max(col(Chunk.created_at)))
                 .where(col(Chunk.session_id) == session_id)
             )).one()
-        if session.completed_at is not None and (newest is None or _aware(newest) <= session.completed_at):
+        if session.completed_at is not None and (newest is None or newest <= session.completed_at):
             return  # said already, and nothing came since
         if unfinished or (highest is not None and stored != highest + 1):
             return  # a missing chunk may still be resent: not complete yet
@@ -708,13 +707,6 @@ def _feed(stream: SessionStream, chunk: ChunkBytes) -> tuple[list[Window], str |
     except media.UndecodableAudio as exc:
         windows, failure = [], f"undecodable audio: {exc.reason}"
     return windows, failure, stream.checkpoint()
-
-
-def _aware(at: datetime) -> datetime:
-    """A timestamp from an aggregate (SQLite gives it back as text-born naive UTC) as an aware UTC datetime."""
-    if isinstance(at, str):
-        at = datetime.fromisoformat(at)
-    return at if at.tzinfo is not None else at.replace(tzinfo=timezone.utc)
 
 
 def _sooner(a: float | None, b: float | None) -> float | None:

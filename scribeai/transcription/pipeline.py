@@ -17,7 +17,6 @@ from sqlmodel import col
 from scribeai.db import Database, affected
 from scribeai.metrics import Metrics
 from scribeai.models import (
-    CheckpointKind,
     Chunk,
     ChunkStatus,
     RecordingSession,
@@ -360,7 +359,7 @@ class Pipeline:
         gaps = [Gap(g["fromSeq"], g["toSeq"], g["startMs"], g.get("endMs"), bool(g.get("filled")), g.get("reason", "missing"))
                 for g in state.gaps]
         first = await self.queue.first_unfinished(session_id, _unfilled(gaps))
-        saved = await self.queue.checkpoint(session_id, CheckpointKind.RESUME)
+        saved = await self.queue.resume_checkpoint(session_id)
         stream: SessionStream | None = None
         if saved is not None and (first is None or saved[0] < first):
             try:

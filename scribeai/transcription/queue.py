@@ -183,12 +183,10 @@ class StreamQueue:
             )).scalar_one_or_none()
         return None if first is None else int(first)
 
-    async def checkpoint(self, session_id: str, kind: str, seq: int | None = None) -> tuple[int, bytes] | None:
-        """A stored reading state: the stream's resume point (`seq` None), or the one of a gap (`seq` its chunk before)."""
+    async def resume_checkpoint(self, session_id: str) -> tuple[int, bytes] | None:
+        """The stream's stored resume point: (the seq it was kept after, the reading state)."""
         query = select(col(StreamCheckpoint.seq), col(StreamCheckpoint.state)).where(
-            col(StreamCheckpoint.session_id) == session_id, col(StreamCheckpoint.kind) == kind)
-        if seq is not None:
-            query = query.where(col(StreamCheckpoint.seq) == seq)
+            col(StreamCheckpoint.session_id) == session_id, col(StreamCheckpoint.kind) == CheckpointKind.RESUME)
         async with self.db.read() as s:
             row = (await s.execute(query.order_by(col(StreamCheckpoint.seq).desc()).limit(1))).first()
         return None if row is None else (int(row[0]), bytes(row[1]))

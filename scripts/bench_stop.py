@@ -28,13 +28,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import socketio
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scribeai.auth import create_token  # noqa: E402
+from tests.processes import wait_healthy  # noqa: E402
 
 SECRET = "bench-stop-secret-0123456789abcdef"
 CHUNK_BYTES = 8192
@@ -95,19 +95,6 @@ class Recorder:
                 await asyncio.sleep(0)
 
 
-async def _wait_healthy(url: str, process: asyncio.subprocess.Process) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(300):
-            if process.returncode is not None:
-                raise RuntimeError("the server exited before it was healthy")
-            try:
-                async with http.get(f"{url}/healthz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError("the server did not become healthy")
 
 
 async def one_run(recorders: int, keep_sending: bool, idle: bool, shutdown_timeout: float, show_log: bool = False,
@@ -131,7 +118,7 @@ async def one_run(recorders: int, keep_sending: bool, idle: bool, shutdown_timeo
         reader = asyncio.create_task(read_log())
         url = f"http://127.0.0.1:{port}"
         try:
-            await _wait_healthy(url, process)
+            await wait_healthy(url, process)
             clients = [Recorder(url, i, transports[i % len(transports)], keep_sending) for i in range(recorders)]
             await asyncio.gather(*(c.connect() for c in clients))
             sending = asyncio.Event()

@@ -26,6 +26,24 @@ def listening(port: int) -> bool:
     return False
 
 
+async def wait_healthy(url: str, process: asyncio.subprocess.Process | None = None,
+                       timeout_s: float = START_TIMEOUT_S) -> None:
+    """Until `url`/healthz answers 200; RuntimeError if `process` exits first or `timeout_s` passes."""
+    import aiohttp
+
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    async with aiohttp.ClientSession() as http:
+        while asyncio.get_running_loop().time() < deadline:
+            if process is not None and process.returncode is not None:
+                raise RuntimeError(f"the server exited ({process.returncode}) before it was healthy")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(f"{url}/healthz") as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} was not healthy after {timeout_s:.0f} s")
+
+
 class Processes:
     def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
         self.log_dir = log_dir

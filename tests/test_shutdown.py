@@ -6,20 +6,13 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import sys
 from pathlib import Path
 
-import aiohttp
 import socketio
 
 from tests.conftest import SECRET, chunk, token_for
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.processes import free_port, wait_healthy
 
 
 async def test_sigterm_acks_in_flight_chunks_and_exits_cleanly(tmp_path: Path) -> None:
@@ -30,14 +23,7 @@ async def test_sigterm_acks_in_flight_chunks_and_exits_cleanly(tmp_path: Path) -
                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession() as http:
-            for _ in range(100):
-                try:
-                    async with http.get(f"{url}/healthz") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    await asyncio.sleep(0.1)
+        await wait_healthy(url, process)
         client = socketio.AsyncClient(reconnection=False)
         disconnected = asyncio.Event()
         client.on("disconnect", lambda *args: disconnected.set())
@@ -86,14 +72,7 @@ async def test_sigterm_with_recorders_that_keep_sending_is_answered_and_logged_i
     url = f"http://127.0.0.1:{port}"
     clients: list[socketio.AsyncClient] = []
     try:
-        async with aiohttp.ClientSession() as http:
-            for _ in range(100):
-                try:
-                    async with http.get(f"{url}/healthz") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    await asyncio.sleep(0.1)
+        await wait_healthy(url, process)
         acked: dict[str, list[int]] = {}
         refused: list[str] = []
         stopping = asyncio.Event()

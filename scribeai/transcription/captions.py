@@ -41,10 +41,6 @@ def agreed(stable: list[str], previous: list[str], hypothesis: list[str]) -> lis
     return confirmed
 
 
-def words(text: str) -> list[str]:
-    return text.split()
-
-
 @dataclass
 class Caption:
     """The caption of one open window (identified by where its audio starts on the timeline)."""
@@ -58,9 +54,9 @@ class Caption:
 
     def update(self, hypothesis: str, audio_ms: float) -> bool:
         """Take a new hypothesis (which begins with the confirmed words); False when nothing a viewer sees changed."""
-        heard = words(hypothesis)
+        heard = hypothesis.split()
         if heard[:len(self.stable)] != self.stable:  # the decoder was forced to start with them; keep them anyway
-            heard = self.stable + [w for w in heard[len(self.stable):]]
+            heard = self.stable + heard[len(self.stable):]
         heard = heard[:_loop_start(heard, len(self.stable))]
         if _hallucinated(heard[len(self.stable):]):
             heard = list(self.stable)

@@ -223,3 +223,17 @@ class SessionSummary(SQLModel, table=True):
     reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     generated_at: datetime | None = _when()
     claimed_until: datetime | None = _when()
+
+
+class SummaryPassage(SQLModel, table=True):
+    """One searchable piece of a session's summary: its text, a key point or an action item (with where in the
+    recording it was said). Written with the summary and replaced with it; the search index reads these rows."""
+
+    __tablename__ = "summary_passage"
+
+    id: int | None = Field(default=None, primary_key=True)
+    session_id: str = Field(foreign_key="recording_session.id", max_length=128, index=True)
+    kind: str = Field(max_length=16)  # summary, keyPoint, actionItem (search results say which)
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    start_ms: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    end_ms: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))

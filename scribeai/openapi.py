@@ -122,10 +122,11 @@ def _paths(max_page: int, statuses: Sequence[str]) -> dict[str, Any]:
             errors=(400, 401, 404), parameters=[session_id, _query(
                 "format", {"type": "string", "enum": ["json", *transcripts.FORMATS], "default": "json"}, "Answer format.")])},
         "/api/search": {"get": _operation(
-            "searchTranscripts", "The caller's transcript segments that match `q`, most relevant first.",
+            "searchTranscripts", "The caller's transcript segments and summaries that match `q`, most relevant first.",
             {"200": _json("SearchPage")}, errors=(400, 401), parameters=[
                 {**_query("q", {"type": "string", "minLength": 1, "maxLength": search.MAX_QUERY_CHARS},
-                          "Words (all must match), \"a phrase\", prefix* and `OR` between two terms."), "required": True},
+                          "Words (all must match; common ones such as the, and, we are left out unless inside a phrase), "
+                          "\"a phrase\", prefix* and `OR` between two terms."), "required": True},
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": search.MAX_LIMIT, "default": search.DEFAULT_LIMIT},
                        "Page size."),
                 _query("cursor", {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"},
@@ -256,8 +257,14 @@ def _schemas(statuses: Sequence[str]) -> dict[str, Any]:
                 "fromSeq": _SEQ, "toSeq": _SEQ, "startMs": {"type": "integer"}, "endMs": {"type": ["integer", "null"]},
                 "filled": {"type": "boolean"}, "reason": {"type": "string", "enum": ["missing", "failed"]}})}}),
         "SearchPage": _object({"results": {"type": "array", "items": _object({
-            "sessionId": _TEXT, "title": text_or_null, "segmentId": _TEXT, "startMs": {"type": "integer"},
-            "endMs": {"type": "integer"}, "snippet": {"type": "string", "description": "HTML-safe; matches in <mark>."},
+            "kind": {"enum": ["segment", *search.SUMMARY_KINDS], "description": "A transcript segment, or a part of "
+                     "the session's summary: its text, a key point or an action item."},
+            "sessionId": _TEXT, "title": text_or_null,
+            "segmentId": {"type": ["string", "null"], "description": "The segment's id; null for a summary's part."},
+            "startMs": {"type": ["integer", "null"], "description": "Where it was said; null for a summary's text "
+                        "and for a model's point that no transcript sentence matches."},
+            "endMs": {"type": ["integer", "null"]},
+            "snippet": {"type": "string", "description": "HTML-safe; matches in <mark>."},
             "rank": _NUMBER})}, "next": text_or_null}),
         "ServerStats": _object({
             "scope": {"const": "server"},

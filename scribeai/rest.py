@@ -254,12 +254,12 @@ async def transcript(request: web.Request) -> web.Response:
 
 @routes.get("/api/search")
 async def search_transcripts(request: web.Request) -> web.Response:
-    """The caller's transcript segments that match `q`, most relevant first, with a highlighted snippet."""
+    """The caller's transcript segments and summaries that match `q`, most relevant first, with a highlighted snippet."""
     query = search.parse_query(request.query.get("q"))
     page = await search.search(
         _services(request).db, request[user_key], query,
         limit=_int_param(request, "limit", search.DEFAULT_LIMIT, 1, search.MAX_LIMIT),
-        offset=search.decode_cursor(request.query.get("cursor")),
+        cursor=search.decode_cursor(request.query.get("cursor")),
         since=search.parse_day(request.query.get("from"), "from", end=False),
         until=search.parse_day(request.query.get("to"), "to", end=True))
     return web.json_response(page.wire())

@@ -1,20 +1,21 @@
-"""Full-text search over one user's transcripts: SQLite FTS5, or PostgreSQL tsvector + GIN.
+"""Full-text search over one user's transcripts and summaries: SQLite FTS5, or PostgreSQL tsvector + GIN.
 
-The index lives in the database and follows the `segment` table, so the transcription code never touches
-it: on SQLite an external-content FTS5 table that SearchIndexer fills in batches a second behind (and every
-search brings up to date first), on PostgreSQL a stored generated `tsvector` column with a GIN index. Retention never deletes segments, so the index outlives
-the audio (the cold tier keeps both).
+Two indexes live in the database. One follows the `segment` table, so the transcription code never touches it:
+on SQLite an external-content FTS5 table that SearchIndexer fills in batches a second behind (and every search
+brings up to date first), on PostgreSQL a stored generated `tsvector` column with a GIN index. The other covers
+`summary_passage` (a summary's text, key points and action items, one row each, written with the summary): a
+few rows per session, indexed as they are written (SQLite triggers, PostgreSQL a generated column). Retention
+never deletes segments or summaries, so both outlive the audio (the cold tier keeps them).
 
 A query is parsed here into a small tree (words, "phrases", prefix*, OR) and written out in each
 engine's own syntax from words that are letters and digits only: nothing the user typed reaches the
-database as query syntax, and every search is filtered to the caller's sessions in SQL.
+database as query syntax, and every search is filtered to the caller's sessions in SQL. Bare stop words
+("the", "did", "we") are left out of a query that has other words, on both engines alike: PostgreSQL's
+English configuration drops them anyway, and on SQLite they would make "when did we decide the launch date"
+find only a segment holding all seven words.
 
-Summaries (`session_summary`) are not searched yet. The seam: in `create_index`, a second index over
-`session_summary.text` and `key_points` (SQLite: an external-content FTS5 table kept by INSERT/UPDATE/DELETE
-triggers, cheap there since a summary is written a few times per session; PostgreSQL: a generated tsvector
-column with its GIN index); in `search()`, a second subquery over it for the same user and dates, its hits
-merged by score into the same page as results with `segmentId`, `startMs`, `endMs` null (or an action
-item's times) and a field saying which they are; the OpenAPI `SearchPage` and docs/protocol.md to match.
+A page merges the two ranked lists (segments, summary passages) by score; its cursor holds how far each list
+has been read, so the next page goes on from there.
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from sqlalchemy import bindparam, inspect, text
+from sqlalchemy import bindparam, insert, inspect, select, text
+from sqlmodel import col
 
 from scribeai.errors import InvalidInput
-from scribeai.models import UTCDateTime
+from scribeai.models import SessionSummary, SummaryPassage, SummaryStatus, UTCDateTime
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -61,6 +63,15 @@ _WORD = re.compile(r"[^\W_]+")
 _TOKEN = re.compile(r'"(?P<phrase>[^"]*)"?|(?P<word>[^\s"]+)')
 PG_CONFIG = "english"
 FTS_TOKENIZER = "porter unicode61 remove_diacritics 2"
+# PostgreSQL's English stop words (its tsearch_data/english.stop; tests/test_search.py compares them): a bare one is
+# left out of a query with other words, on both engines, and a query of nothing else is refused.
+STOP_WORDS = frozenset("""
+    i me my myself we our ours ourselves you your yours yourself yourselves he him his himself she her hers herself
+    it its itself they them their theirs themselves what which who whom this that these those am is are was were be
+    been being have has had having do does did doing a an the and but if or because as until while of at by for with
+    about against between into through during before after above below to from up down in out on off over under
+    again further then once here there when where why how all any both each few more most other some such no nor not
+    only own same so than too very s t can will just don should now""".split())
 
 
 @dataclass(frozen=True)
@@ -104,7 +115,15 @@ def parse_query(raw: str | None, name: str = "q") -> Query:
         raise InvalidInput(f"{name} has no words to search for (letters or digits)")
     if terms > MAX_TERMS:
         raise InvalidInput(f"{name} has more than {MAX_TERMS} words")
-    return tuple(tuple(group) for group in groups)
+    telling = [kept for kept in ([t for t in group if not _only_stop_words(t)] for group in groups) if kept]
+    if not telling:
+        raise InvalidInput(f"{name} has only words too common to search for (such as the, and, we): add a word "
+                           "that says more, or put common words inside a \"phrase\" with one that does")
+    return tuple(tuple(group) for group in telling)
+
+
+def _only_stop_words(term: Term) -> bool:
+    return not term.prefix and all(word in STOP_WORDS for word in term.words)
 
 
 def _term(source: str, *, prefix: bool) -> Term | None:
@@ -119,14 +138,21 @@ def fts5_query(query: Query) -> str:
     return " AND ".join("(" + " OR ".join(term(t) for t in group) + ")" for group in query)
 
 
-def pg_tsquery(query: Query) -> str:
-    """PostgreSQL to_tsquery text: every word a quoted lexeme; phrases with <->, prefixes with :*."""
+def pg_tsquery(query: Query) -> tuple[str, dict[str, str]]:
+    """A PostgreSQL tsquery expression and its parameters: every term a to_tsquery of quoted lexemes (phrases with
+    <->, prefixes with :*), joined with && and ||. A prefix that is a stop word (can*) goes through the `simple`
+    configuration, which keeps it: the English one would drop it and find nothing where SQLite finds cancel."""
+    params: dict[str, str] = {}
+
     def term(t: Term) -> str:
         lexemes = [f"'{w}'" for w in t.words]
         if t.prefix:
             lexemes[-1] += ":*"
-        return "(" + " <-> ".join(lexemes) + ")"
-    return " & ".join("(" + " | ".join(term(t) for t in group) + ")" for group in query)
+        name = f"t{len(params)}"
+        params[name] = " <-> ".join(lexemes)
+        config = "simple" if t.prefix and _only_stop_words(Term(t.words)) else PG_CONFIG
+        return f"to_tsquery('{config}', :{name})"
+    return "(" + " && ".join("(" + " || ".join(term(t) for t in group) + ")" for group in query) + ")", params
 
 
 def parse_day(raw: str | None, name: str, *, end: bool) -> datetime | None:
@@ -146,20 +172,24 @@ def parse_day(raw: str | None, name: str, *, end: bool) -> datetime | None:
         raise InvalidInput(f"{name} must be an ISO 8601 date (2026-12-07) or date-time (2026-12-07T09:30:00Z)") from exc
 
 
-def encode_cursor(offset: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"o": offset}).encode()).decode().rstrip("=")
+Cursor = tuple[int, int]  # how many ranked segments, and summary passages, the pages before this one showed
 
 
-def decode_cursor(value: str | None) -> int:
+def encode_cursor(segments: int, passages: int = 0) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"o": segments, "p": passages}).encode()).decode().rstrip("=")
+
+
+def decode_cursor(value: str | None) -> Cursor:
     if not value:
-        return 0
+        return 0, 0
     try:
-        offset = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))["o"]
-    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError) as exc:
+        fields = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+        read = (fields["o"], fields.get("p", 0))
+    except (ValueError, TypeError, KeyError, AttributeError, binascii.Error, UnicodeDecodeError) as exc:
         raise InvalidInput("cursor is not valid") from exc
-    if type(offset) is not int or not 0 <= offset < RANK_WINDOW:
+    if any(type(n) is not int or not 0 <= n < RANK_WINDOW for n in read):
         raise InvalidInput("cursor is not valid")
-    return offset
+    return read
 
 
 @dataclass(frozen=True)
@@ -171,74 +201,118 @@ class SearchPage:
         return {"results": self.results, "next": self.next}
 
 
-async def search(db: Database, user_id: str, query: Query, *, limit: int = DEFAULT_LIMIT, offset: int = 0,
+@dataclass(frozen=True)
+class _Source:
+    """What one ranked list is read from: a table of text rows and its index (segments, or summary passages)."""
+
+    table: str
+    fts: str  # SQLite's FTS5 table over it
+    kind: str  # SQL for the result's kind
+    newest: str  # SQL ordering newest first within a session (after the session's creation)
+
+
+SEGMENTS = _Source("segment", "segment_fts", "'segment'", "x.start_ms DESC")
+PASSAGES = _Source("summary_passage", "summary_fts", "x.kind", "x.id DESC")
+SUMMARY_KINDS = ("summary", "keyPoint", "actionItem")
+
+
+async def search(db: Database, user_id: str, query: Query, *, limit: int = DEFAULT_LIMIT, cursor: Cursor = (0, 0),
                  since: datetime | None = None, until: datetime | None = None) -> SearchPage:
-    """One page of the user's segments that match, most relevant first (ties: newest first)."""
-    window = RANK_WINDOW
+    """One page of the user's segments and summary passages that match, most relevant first (ties: newest first)."""
     await refresh(db)  # SQLite: the segments stored since the indexer's last round
-    params: dict[str, Any] = {"user": user_id, "window": window, "limit": limit + 1, "offset": offset,
+    params: dict[str, Any] = {"user": user_id, "window": RANK_WINDOW, "limit": limit + 1,
                               "since": since, "until": until, "on": _MARK_ON, "off": _MARK_OFF}
-    dates = ("" if since is None else " AND r.created_at >= :since") + ("" if until is None else " AND r.created_at < :until")
     if db.is_sqlite:
         params["q"] = fts5_query(query)
-        # CROSS JOIN keeps the FTS table outermost, read newest first, so LIMIT :window stops the walk early.
-        sql = f"""
-            SELECT id, session_id, title, start_ms, end_ms, score, rid FROM (
-                SELECT s.id, s.session_id, r.title, s.start_ms, s.end_ms, -bm25(segment_fts) AS score, f.rowid AS rid
-                FROM segment_fts AS f CROSS JOIN segment AS s ON s.rowid = f.rowid
-                CROSS JOIN recording_session AS r ON r.id = s.session_id
-                WHERE segment_fts MATCH :q AND r.user_id = :user{dates}
-                ORDER BY f.rowid DESC LIMIT :window)
-            ORDER BY score DESC, rid DESC LIMIT :limit OFFSET :offset"""
     else:
-        params["q"] = pg_tsquery(query)
-        # The tsquery is written inline (a constant the planner can weigh): for a common word it walks the
-        # user's sessions newest first and stops at :window matches; for a rare one it reads the GIN index.
-        tsquery = f"to_tsquery('{PG_CONFIG}', :q)"
-        # A phrase of two common words can be rare while the planner weighs it as their AND: walking sessions
-        # for it read every segment (4 s at 10,000 x 240). Phrases take their matches from the GIN index first.
-        phrase = any(len(term.words) > 1 for group in query for term in group)
-        walk = "" if phrase else " ORDER BY r.created_at DESC, r.id DESC, s.start_ms DESC LIMIT :window"
-        sql = f"""
-            WITH matches AS {"MATERIALIZED " if phrase else ""}(
-                SELECT s.id, s.session_id, r.title, s.start_ms, s.end_ms, r.created_at, s.search
-                FROM recording_session AS r JOIN segment AS s ON s.session_id = r.id
-                WHERE r.user_id = :user AND s.search @@ {tsquery}{dates}{walk}),
-            hits AS (SELECT * FROM matches ORDER BY created_at DESC, session_id DESC, start_ms DESC LIMIT :window),
-            page AS (
-                SELECT id, session_id, title, start_ms, end_ms, created_at, ts_rank(search, {tsquery}) AS score FROM hits
-                ORDER BY score DESC, created_at DESC, start_ms DESC, id DESC LIMIT :limit OFFSET :offset)
-            SELECT page.id, page.session_id, page.title, page.start_ms, page.end_ms, page.score,
-                   ts_headline('{PG_CONFIG}', translate(s.text, '<>&', :stand_ins), {tsquery}, :options) AS snippet
-            FROM page JOIN segment AS s ON s.id = page.id
-            ORDER BY page.score DESC, page.created_at DESC, page.start_ms DESC, page.id DESC"""
-        params["stand_ins"] = _PG_STAND_INS
-        params["options"] = (f'StartSel="{_MARK_ON}", StopSel="{_MARK_OFF}", MaxWords={SNIPPET_TOKENS + 8}, '
-                             f'MinWords={SNIPPET_TOKENS // 2}, ShortWord=2, MaxFragments=1, FragmentDelimiter=" … "')
-    used = {k: v for k, v in params.items() if re.search(f":{k}\\b", sql)}
-    statement = text(sql).bindparams(*(bindparam(k, type_=UTCDateTime()) for k in ("since", "until") if k in used))
-    snippets: dict[int, str] = {}
+        tsquery, terms = pg_tsquery(query)
+        params.update(terms, stand_ins=_PG_STAND_INS, options=(
+            f'StartSel="{_MARK_ON}", StopSel="{_MARK_OFF}", MaxWords={SNIPPET_TOKENS + 8}, '
+            f'MinWords={SNIPPET_TOKENS // 2}, ShortWord=2, MaxFragments=1, FragmentDelimiter=" … "'))
+    lists: list[list[dict[str, Any]]] = []
     async with db.read() as s:
         if not db.is_sqlite:
             # asyncpg prepares statements: after five runs PostgreSQL may plan for any tsquery at all, and that
             # generic plan read every match of a common word (seconds). Each search is planned for its own words.
             await s.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
-        rows = (await s.execute(statement, used)).mappings().all()
-        page = rows[:limit]
-        if db.is_sqlite and page:
-            snippets = {int(rid): str(snippet) for rid, snippet in (await s.execute(
-                text("SELECT rowid, snippet(segment_fts, 0, :on, :off, '…', :tokens) FROM segment_fts "
-                     "WHERE segment_fts MATCH :q AND rowid IN :rids").bindparams(bindparam("rids", expanding=True)),
-                {"on": _MARK_ON, "off": _MARK_OFF, "tokens": SNIPPET_TOKENS, "q": params["q"],
-                 "rids": [row["rid"] for row in page]})).all()}
-    results = [{
-        "sessionId": row["session_id"], "title": row["title"], "segmentId": row["id"],
-        "startMs": int(row["start_ms"]), "endMs": int(row["end_ms"]),
-        "snippet": highlight(snippets.get(row["rid"], "") if db.is_sqlite else str(row["snippet"])),
-        "rank": round(float(row["score"]), 6),
-    } for row in page]
-    more = len(rows) > limit and offset + limit < window
-    return SearchPage(results, encode_cursor(offset + limit) if more else None)
+        for source, offset in zip((SEGMENTS, PASSAGES), cursor):
+            sql = (_sqlite_sql(source, since, until) if db.is_sqlite
+                   else _pg_sql(source, tsquery, since, until, phrase=any(len(t.words) > 1 for g in query for t in g)))
+            used = {k: v for k, v in {**params, "offset": offset}.items() if re.search(f":{k}\\b", sql)}
+            statement = text(sql).bindparams(*(bindparam(k, type_=UTCDateTime()) for k in ("since", "until") if k in used))
+            rows = [dict(row) for row in (await s.execute(statement, used)).mappings().all()]
+            if db.is_sqlite and rows:
+                snippets = {int(rid): str(snippet) for rid, snippet in (await s.execute(
+                    text(f"SELECT rowid, snippet({source.fts}, 0, :on, :off, '…', :tokens) FROM {source.fts} "
+                         f"WHERE {source.fts} MATCH :q AND rowid IN :rids").bindparams(bindparam("rids", expanding=True)),
+                    {"on": _MARK_ON, "off": _MARK_OFF, "tokens": SNIPPET_TOKENS, "q": params["q"],
+                     "rids": [row["rid"] for row in rows[:limit]]})).all()}
+                for row in rows:
+                    row["snippet"] = snippets.get(row["rid"], "")
+            lists.append(rows)
+    # The two lists merged by score (each keeps its own order; a tie goes to the segment): `limit` of them.
+    page: list[dict[str, Any]] = []
+    taken = [0, 0]
+    while len(page) < limit:
+        heads = [i for i in (0, 1) if taken[i] < min(len(lists[i]), limit)]
+        if not heads:
+            break
+        best = max(heads, key=lambda i: (float(lists[i][taken[i]]["score"]), -i))
+        page.append(lists[best][taken[best]])
+        taken[best] += 1
+    read = (cursor[0] + taken[0], cursor[1] + taken[1])
+    more = any(len(rows) > n and start < RANK_WINDOW for rows, n, start in zip(lists, taken, read))
+    return SearchPage([_result(row) for row in page], encode_cursor(*read) if more else None)
+
+
+def _result(row: dict[str, Any]) -> dict[str, Any]:
+    segment = row["kind"] == "segment"
+    return {
+        "kind": row["kind"], "sessionId": row["session_id"], "title": row["title"],
+        "segmentId": row["id"] if segment else None,
+        "startMs": None if row["start_ms"] is None else int(row["start_ms"]),
+        "endMs": None if row["end_ms"] is None else int(row["end_ms"]),
+        "snippet": highlight(str(row["snippet"])), "rank": round(float(row["score"]), 6),
+    }
+
+
+def _dates(since: datetime | None, until: datetime | None) -> str:
+    return ("" if since is None else " AND r.created_at >= :since") + ("" if until is None else " AND r.created_at < :until")
+
+
+def _sqlite_sql(source: _Source, since: datetime | None, until: datetime | None) -> str:
+    # CROSS JOIN keeps the FTS table outermost, read newest first, so LIMIT :window stops the walk early.
+    return f"""
+        SELECT id, session_id, title, kind, start_ms, end_ms, score, rid FROM (
+            SELECT x.id, x.session_id, r.title, {source.kind} AS kind, x.start_ms, x.end_ms,
+                   -bm25({source.fts}) AS score, f.rowid AS rid
+            FROM {source.fts} AS f CROSS JOIN {source.table} AS x ON x.rowid = f.rowid
+            CROSS JOIN recording_session AS r ON r.id = x.session_id
+            WHERE {source.fts} MATCH :q AND r.user_id = :user{_dates(since, until)}
+            ORDER BY f.rowid DESC LIMIT :window)
+        ORDER BY score DESC, rid DESC LIMIT :limit OFFSET :offset"""
+
+
+def _pg_sql(source: _Source, tsquery: str, since: datetime | None, until: datetime | None, *, phrase: bool) -> str:
+    # The tsquery is written inline (constants the planner can weigh): for a common word it walks the user's
+    # sessions newest first and stops at :window matches; for a rare one it reads the GIN index. A phrase of
+    # two common words can be rare while the planner weighs it as their AND: walking sessions for it read every
+    # segment (4 s at 10,000 x 240). Phrases take their matches from the GIN index first.
+    walk = "" if phrase else f" ORDER BY r.created_at DESC, r.id DESC, {source.newest} LIMIT :window"
+    newest = source.newest.replace("x.", "")
+    return f"""
+        WITH matches AS {"MATERIALIZED " if phrase else ""}(
+            SELECT x.id, x.session_id, r.title, {source.kind} AS kind, x.start_ms, x.end_ms, r.created_at, x.search
+            FROM recording_session AS r JOIN {source.table} AS x ON x.session_id = r.id
+            WHERE r.user_id = :user AND x.search @@ {tsquery}{_dates(since, until)}{walk}),
+        hits AS (SELECT * FROM matches ORDER BY created_at DESC, session_id DESC, {newest} LIMIT :window),
+        page AS (
+            SELECT id, session_id, title, kind, start_ms, end_ms, created_at, ts_rank(search, {tsquery}) AS score
+            FROM hits ORDER BY score DESC, created_at DESC, {newest}, id DESC LIMIT :limit OFFSET :offset)
+        SELECT page.id, page.session_id, page.title, page.kind, page.start_ms, page.end_ms, page.score,
+               ts_headline('{PG_CONFIG}', translate(x.text, '<>&', :stand_ins), {tsquery}, :options) AS snippet
+        FROM page JOIN {source.table} AS x ON x.id = page.id
+        ORDER BY page.score DESC, page.created_at DESC, page.{newest.replace(", ", ", page.")}, page.id DESC"""
 
 
 def highlight(snippet: str) -> str:
@@ -262,12 +336,18 @@ _SQLITE_TRIGGERS = {
                           "INSERT INTO segment_fts(segment_fts, rowid, text) VALUES ('delete', old.rowid, old.text); "
                           "INSERT INTO segment_fts(rowid, text) VALUES (new.rowid, new.text); END",
 }
+_SQLITE_SUMMARY_TRIGGERS = {
+    "summary_fts_insert": "AFTER INSERT ON summary_passage BEGIN "
+                          "INSERT INTO summary_fts(rowid, text) VALUES (new.id, new.text); END",
+    "summary_fts_delete": "AFTER DELETE ON summary_passage BEGIN "
+                          "INSERT INTO summary_fts(summary_fts, rowid, text) VALUES ('delete', old.id, old.text); END",
+}
 CATCH_UP_BATCH = 500  # rows per write transaction: bounds how long the index holds SQLite's one writer
 INDEX_INTERVAL_S = 1.0
 
 
 def create_index(conn: Connection) -> None:
-    """Create the search index when it is missing, filled from the segments already stored (once)."""
+    """Create the search indexes when they are missing, filled from the segments and summaries already stored (once)."""
     if conn.dialect.name == "sqlite":
         exists = conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'segment_fts'").first()
         progress = conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'search_progress'").first()
@@ -287,12 +367,43 @@ def create_index(conn: Connection) -> None:
             conn.exec_driver_sql(f"CREATE TRIGGER IF NOT EXISTS {name} {body}")
         while _catch_up(conn, CATCH_UP_BATCH * 20):
             pass
+        # Summary passages: a few rows per session, written a few times in its life, so indexed by triggers.
+        if conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'summary_fts'").first() is None:
+            conn.exec_driver_sql("CREATE VIRTUAL TABLE summary_fts USING fts5(text, content='summary_passage', "
+                                 f"content_rowid='id', tokenize='{FTS_TOKENIZER}')")
+            conn.exec_driver_sql("INSERT INTO summary_fts(summary_fts) VALUES ('rebuild')")
+        for name, body in _SQLITE_SUMMARY_TRIGGERS.items():
+            conn.exec_driver_sql(f"CREATE TRIGGER IF NOT EXISTS {name} {body}")
+    else:
+        for table in ("segment", "summary_passage"):
+            if "search" not in {c["name"] for c in inspect(conn).get_columns(table)}:
+                # Computed for the rows already there by this ALTER (a one-time rewrite of the table), then for every insert.
+                conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN search tsvector "
+                                     f"GENERATED ALWAYS AS (to_tsvector('{PG_CONFIG}'::regconfig, text)) STORED")
+            conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS ix_{table}_search ON {table} USING GIN (search)")
+    _fill_passages(conn)
+
+
+def summary_passages(session_id: str, text: str, key_points: list[dict[str, Any]],
+                     action_items: list[dict[str, Any]]) -> list[SummaryPassage]:
+    """The rows that make a summary searchable: its text, each key point, each action item (with their times)."""
+    rows = [SummaryPassage(session_id=session_id, kind="summary", text=text)] if text.strip() else []
+    for kind, items in (("keyPoint", key_points), ("actionItem", action_items)):
+        rows += [SummaryPassage(session_id=session_id, kind=kind, text=item["text"], start_ms=item.get("startMs"),
+                                end_ms=item.get("endMs")) for item in items if str(item.get("text", "")).strip()]
+    return rows
+
+
+def _fill_passages(conn: Connection) -> None:
+    """Summaries made before they were searchable get their passages (once: while there are none at all)."""
+    if conn.exec_driver_sql("SELECT 1 FROM summary_passage LIMIT 1").first() is not None:
         return
-    if "search" not in {c["name"] for c in inspect(conn).get_columns("segment")}:
-        # Computed for the rows already there by this ALTER (a one-time rewrite of the table), then for every insert.
-        conn.exec_driver_sql("ALTER TABLE segment ADD COLUMN search tsvector "
-                             f"GENERATED ALWAYS AS (to_tsvector('{PG_CONFIG}'::regconfig, text)) STORED")
-    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_segment_search ON segment USING GIN (search)")
+    rows = conn.execute(select(col(SessionSummary.session_id), col(SessionSummary.text), col(SessionSummary.key_points),
+                               col(SessionSummary.action_items)).where(col(SessionSummary.status) == SummaryStatus.READY)).all()
+    passages = [p for sid, body, points, actions in rows for p in summary_passages(sid, body, json.loads(points), json.loads(actions))]
+    if passages:
+        conn.execute(insert(SummaryPassage), [p.model_dump(exclude={"id"}) for p in passages])
+        log.info("search: %d summary passages of %d summaries indexed", len(passages), len(rows))
 
 
 def _catch_up(conn: Connection, limit: int) -> int:
@@ -379,9 +490,12 @@ async def indexer(app: web.Application) -> AsyncIterator[None]:
 def drop_index(conn: Connection) -> None:
     """Remove the search index (tests start from a database without one; `create_index` brings it back, filled)."""
     if conn.dialect.name == "sqlite":
-        for name in (*_SQLITE_TRIGGERS, "segment_fts_insert"):
+        for name in (*_SQLITE_TRIGGERS, *_SQLITE_SUMMARY_TRIGGERS, "segment_fts_insert"):
             conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
         conn.exec_driver_sql("DROP TABLE IF EXISTS segment_fts")
+        conn.exec_driver_sql("DROP TABLE IF EXISTS summary_fts")
         conn.exec_driver_sql("DROP TABLE IF EXISTS search_progress")
     else:
         conn.exec_driver_sql("ALTER TABLE segment DROP COLUMN IF EXISTS search")
+        conn.exec_driver_sql("ALTER TABLE summary_passage DROP COLUMN IF EXISTS search")
+    conn.exec_driver_sql("DELETE FROM summary_passage")  # made again from the summaries

@@ -1,4 +1,5 @@
-"""`scribeai search QUERY --user USER`: a user's transcript segments that match, as GET /api/search finds them."""
+"""`scribeai search QUERY --user USER`: a user's transcript segments and summaries that match, as GET /api/search
+finds them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from scribeai.settings import Settings
 
 
 def register(sub: Any) -> None:
-    search = sub.add_parser("search", help="search a user's transcripts (words, \"a phrase\", prefix*, a OR b)")
+    search = sub.add_parser("search", help="search a user's transcripts and summaries (words, \"a phrase\", prefix*, a OR b)")
     search.add_argument("query", help="what to search for, as the q of GET /api/search")
     search.add_argument("--user", required=True, help="whose transcripts (the token's user id)")
     search.add_argument("--limit", type=int, default=20, help="at most this many results (1 to 100, default 20)")
@@ -51,13 +52,19 @@ def _search(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(page.wire(), indent=2))
         return 0
     for result in page.results:
-        print(f"{result['sessionId']}  {_clock(result['startMs'])}  {result['title'] or '(untitled)'}: {_plain(result['snippet'])}")
+        where = _KINDS.get(result["kind"], "")
+        print(f"{result['sessionId']}  {_clock(result['startMs'])}  {result['title'] or '(untitled)'}: {where}{_plain(result['snippet'])}")
     if not page.results:
-        print(f"no matches for {args.query!r} in {args.user}'s transcripts", file=sys.stderr)
+        print(f"no matches for {args.query!r} in {args.user}'s transcripts and summaries", file=sys.stderr)
     return 0
 
 
-def _clock(ms: int) -> str:
+_KINDS = {"summary": "(summary) ", "keyPoint": "(key point) ", "actionItem": "(action item) "}
+
+
+def _clock(ms: int | None) -> str:
+    if ms is None:
+        return "--:--:--"
     seconds = ms // 1000
     return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 

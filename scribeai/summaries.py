@@ -23,14 +23,15 @@ from typing import Any, TypeVar
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client import Counter as PromCounter
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 
-from scribeai import protocol, transcripts
+from scribeai import protocol, search, transcripts
 from scribeai.db import Database, affected
 from scribeai.errors import InvalidInput
-from scribeai.models import RecordingSession, SessionStatus, SessionSummary, SummaryStatus, TranscriptSegment, utcnow
+from scribeai.models import (RecordingSession, SessionStatus, SessionSummary, SummaryPassage, SummaryStatus,
+                             TranscriptSegment, utcnow)
 from scribeai.protocol import room_of
 from scribeai.settings import Settings
 from scribeai.summarize import EXTRACTIVE, LLM, Digest, extractive, placed, sentences_of
@@ -246,13 +247,17 @@ class Summaries:
         return True
 
     async def _store(self, session_id: str, status: str, digest: Digest) -> None:
+        key_points, action_items = [p.wire() for p in digest.key_points], [p.wire() for p in digest.action_items]
         async with self.db.write() as s:
             await s.execute(update(SessionSummary).where(col(SessionSummary.session_id) == session_id).values(
                 status=status, method=digest.method, model=digest.model, text=digest.text,
-                key_points=json.dumps([p.wire() for p in digest.key_points]),
-                action_items=json.dumps([p.wire() for p in digest.action_items]),
+                key_points=json.dumps(key_points), action_items=json.dumps(action_items),
                 keywords=json.dumps(digest.keywords), words=digest.words, reason=digest.reason,
                 generated_at=utcnow(), claimed_until=None))
+            # What search finds of it, replaced in the same transaction.
+            await s.execute(delete(SummaryPassage).where(col(SummaryPassage.session_id) == session_id))
+            if status == SummaryStatus.READY:
+                s.add_all(search.summary_passages(session_id, digest.text, key_points, action_items))
 
     async def get_stored(self, session_id: str) -> dict[str, Any]:
         async with self.db.read() as s:

@@ -615,6 +615,7 @@ BAD_QUERIES = {"***": "Search for words or numbers: punctuation and symbols alon
                "": "Type a word to search for.",
                " ".join(["word"] * 17): "That search has too many words: at most 16."}
 SUMMARY_SPEC = {"session": "weekly", "action": MEETING[6], "search": "launch", "searchLimit": 2, "openSession": "review",
+                "summarySearch": "vendor",
                 "badQueries": list(BAD_QUERIES), "markupSession": "hostile", "markupSearch": "bold"}
 SUMMARY_DRIVER_TIMEOUT_S = 120
 
@@ -732,16 +733,25 @@ async def test_summary_and_search_on_the_page(start_server: ServerFactory, tmp_p
     status, md = await _rest(main.url, "/api/sessions/weekly/transcript?format=md", token_for(USER))
     assert page["files"] == {"weekly.md": md} and md.startswith("# Weekly sync\n\n## Summary")
 
-    # search: two a page, the next added below with "more" (the last page: no more); every result names its session,
-    # its time and the marked words; the four segments that say launch, each once
+    # search: two a page, the rest added below with "more" until the last; the server's results in its order: the four
+    # segments that say launch, each once, and the parts of the summaries that do; every result names its session, its
+    # time (a summary's part: which part) and the marked words
     first, second = page["search"]["first"], page["search"]["second"]
     assert (len(first["results"]), first["more"], first["error"], first["status"]) == (2, True, None, "2 results, more below")
+    status, body = await _rest(main.url, "/api/search?q=launch&limit=100", token_for(USER))
+    served = json.loads(body)["results"]
     results = second["results"]
-    assert (results[:2], second["more"], second["status"]) == (first["results"], False, "4 results"), second
-    assert len({r["segmentId"] for r in results}) == 4 and sorted(r["sessionId"] for r in results) == ["review"] * 3 + ["weekly"]
+    assert [(r["sessionId"], r["kind"], r["segmentId"], r["start"]) for r in results] == [
+        (r["sessionId"], r["kind"], str(r["segmentId"]) if r["segmentId"] else "null", "" if r["startMs"] is None else str(r["startMs"]))
+        for r in served]
+    assert (results[:2], second["more"], second["status"]) == (first["results"], False, f"{len(served)} results"), second
+    found = [r for r in results if r["kind"] == "segment"]
+    assert len({r["segmentId"] for r in found}) == 4 and sorted(r["sessionId"] for r in found) == ["review"] * 3 + ["weekly"]
+    assert {r["kind"] for r in results} - {"segment"}, "no summary says launch"
     titles = {"weekly": "Weekly sync", "review": "Launch review"}
+    when = {"segment": "at ", "summary": "in the summary", "keyPoint": "key point, at ", "actionItem": "action item, at "}
     for r in results:
-        assert r["title"] == titles[r["sessionId"]] and r["time"].startswith("at ") and r["tags"] == ["MARK"] * len(r["marks"])
+        assert r["title"] == titles[r["sessionId"]] and r["time"].startswith(when[r["kind"]]) and r["tags"] == ["MARK"] * len(r["marks"])
         assert r["marks"] and all(m.lower().startswith("launch") for m in r["marks"]), r
     # a result of another session: opened there, at its segment, with that session's summary
     opened = page["opened"]
@@ -751,6 +761,14 @@ async def test_summary_and_search_on_the_page(start_server: ServerFactory, tmp_p
     assert (opened["shown"]["sessionId"], opened["shown"]["id"], opened["shown"]["inView"]) == ("review", target["id"], True)
     assert target["startMs"] == opened["target"]["startMs"] and "launch" in target["text"].lower()
     assert (opened["summary"]["status"], opened["summary"]["text"]) == ("ready", review_summary["text"])
+    # an action item found in a summary: its session opened at the segment that holds its moment
+    status, body = await _rest(main.url, "/api/search?q=vendor", token_for(USER))
+    item = next(r for r in json.loads(body)["results"] if r["kind"] == "actionItem")
+    clicked, shown = page["summaryOpened"]["item"], page["summaryOpened"]["shown"]
+    assert (clicked["sessionId"], clicked["startMs"], clicked["time"].startswith("action item, at ")) == ("weekly", item["startMs"], True)
+    holding = _holding(segments, item["startMs"])
+    assert (shown["sessionId"], shown["id"], shown["inView"]) == ("weekly", holding["id"], True), (shown, holding)
+    assert "vendor" in holding["text"]
     assert page["refused"] == BAD_QUERIES
     assert (page["mobileOverflow"], page["dialogs"]) == (0, []), "the page scrolls sideways at 375 px, or asked something"
 
@@ -764,7 +782,9 @@ async def test_summary_and_search_on_the_page(start_server: ServerFactory, tmp_p
     assert [(a["text"], a["link"]) for a in shown["actions"]] == [(a["text"], True) for a in hostile_summary["actionItems"]]
     assert "<script>window.__xss=2</script>" in shown["actions"][0]["text"]
     assert hostile["transcript"] == [text for _, _, text in HOSTILE]
-    [found] = hostile["search"]["results"]
+    # the model's parts that say bold are found too, and shown as text like the segment
+    assert all(r["tags"] == ["MARK"] * len(r["marks"]) for r in hostile["search"]["results"]), hostile["search"]
+    [found] = [r for r in hostile["search"]["results"] if r["kind"] == "segment"]
     assert (found["title"], found["marks"], found["tags"]) == ("Brochure <i>check</i>", ["bold"], ["MARK"])
     assert "<b>bold</b> & brave" in found["snippet"]
     assert (shown["elements"], shown["xss"], hostile["xss"], hostile["dialogs"]) == (

@@ -21,7 +21,7 @@ from scribeai import cli as cli_module
 from scribeai import search
 from scribeai.db import Database
 from scribeai.errors import InvalidInput
-from scribeai.models import RecordingSession, TranscriptSegment
+from scribeai.models import RecordingSession, SessionSummary, TranscriptSegment
 from scribeai.retention import Retention
 from scribeai.transcription.queue import StreamQueue
 from tests.conftest import RunningServer, chunk, token_for
@@ -75,7 +75,7 @@ async def test_ranked_results_with_snippet_and_time(server: RunningServer) -> No
     results = await find(server, "launch")
     assert [r["segmentId"] for r in results] == [ids["roadmap"][1], *sorted([ids["roadmap"][0], ids["standup"][0]],
                                                                           key=[r["segmentId"] for r in results].index)]
-    assert results[0] == {"sessionId": "roadmap", "title": "Roadmap review", "segmentId": ids["roadmap"][1], "startMs": 8000,
+    assert results[0] == {"kind": "segment", "sessionId": "roadmap", "title": "Roadmap review", "segmentId": ids["roadmap"][1], "startMs": 8000,
                           "endMs": 16000, "snippet": results[0]["snippet"], "rank": results[0]["rank"]}
     assert results[0]["rank"] > results[1]["rank"] >= results[2]["rank"]
     assert marked(results[0]["snippet"]) == ["launch"] * 4
@@ -110,7 +110,7 @@ HOSTILE = [
     "ze\u0301bracorn", "ＬＡＵＮＣＨ", "launch" + " OR launch" * 7, "café' UNION SELECT text FROM segment --",
 ]
 REFUSED = ["", "   ", "*", "(((", '"', '"***"', "OR", "OR OR", "-", "x" * (search.MAX_QUERY_CHARS + 1),
-           " ".join(["launch"] * (search.MAX_TERMS + 1))]
+           " ".join(["launch"] * (search.MAX_TERMS + 1)), "the", "when did we", '"to be" OR not']
 
 
 async def test_hostile_queries_never_fail_and_never_reach_another_user(server: RunningServer) -> None:
@@ -215,8 +215,17 @@ def test_query_syntax_is_built_from_words_only() -> None:
     query = search.parse_query('launch "the Launch-date" budg* friday OR monday NEAR(x) \'; DROP')
     assert search.fts5_query(query) == ('("launch") AND ("the launch date") AND ("budg"*) AND ("friday" OR "monday") '
                                         'AND ("near x") AND ("drop")')
-    assert search.pg_tsquery(query) == ("(('launch')) & (('the' <-> 'launch' <-> 'date')) & (('budg':*)) & "
-                                        "(('friday') | ('monday')) & (('near' <-> 'x')) & (('drop'))")
+    assert search.pg_tsquery(query) == (
+        "((to_tsquery('english', :t0)) && (to_tsquery('english', :t1)) && (to_tsquery('english', :t2)) && "
+        "(to_tsquery('english', :t3) || to_tsquery('english', :t4)) && (to_tsquery('english', :t5)) && "
+        "(to_tsquery('english', :t6)))",
+        {"t0": "'launch'", "t1": "'the' <-> 'launch' <-> 'date'", "t2": "'budg':*", "t3": "'friday'", "t4": "'monday'",
+         "t5": "'near' <-> 'x'", "t6": "'drop'"})
+    # Bare stop words go (both engines alike), a prefix that is one stays (PostgreSQL's simple configuration keeps it).
+    assert search.parse_query("when did we decide the launch date") == ((search.Term(("decide",)),), (search.Term(("launch",)),),
+                                                                         (search.Term(("date",)),))
+    assert search.parse_query("the OR launch") == ((search.Term(("launch",)),),)
+    assert search.pg_tsquery(search.parse_query("can* launch"))[0] == "((to_tsquery('simple', :t0)) && (to_tsquery('english', :t1)))"
     # Any text makes a MATCH that FTS5 accepts (or a 400 before it reaches the database).
     conn = sqlite3.connect(":memory:")
     conn.execute(f"CREATE VIRTUAL TABLE t USING fts5(text, tokenize='{search.FTS_TOKENIZER}')")
@@ -250,6 +259,9 @@ def test_cli_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pyt
                 for i, (start, end, text) in enumerate(segments):
                     await queue.commit(sid, [TranscriptSegment(id=f"{sid}-{i}", session_id=sid, seq=i, chunk_id="c", start_ms=start,
                                                                end_ms=end, text=text)], end, i, i, [])
+            async with db.write() as s:  # a summary (its passages come at the next start: the command's own)
+                s.add(SessionSummary(session_id="roadmap", status="ready", method="llm", text="A memo was promised.",
+                                     action_items=json.dumps([{"text": "Marketing will send the memo.", "startMs": 8000, "endMs": 16000}])))
         finally:
             await db.dispose()
 
@@ -266,7 +278,9 @@ def test_cli_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pyt
     code, out, err = cli('"launch date"', "--user", "alice")
     assert (code, out, err) == (0, "roadmap  00:00:00  Roadmap review: We decided the [launch date] is Friday the twelfth.\n", "")
     assert cli("bold", "--user", "alice") == (0, "roadmap  00:00:24  Roadmap review: Ship it with a <b>[bold]</b> & brave name.\n", "")
-    assert cli("zebracorn", "--user", "alice") == (0, "", "no matches for 'zebracorn' in alice's transcripts\n")
+    assert cli("memo", "--user", "alice") == (0, "roadmap  --:--:--  Roadmap review: (summary) A [memo] was promised.\n"  # shorter: first
+                                                 "roadmap  00:00:08  Roadmap review: (action item) Marketing will send the [memo].\n", "")
+    assert cli("zebracorn", "--user", "alice") == (0, "", "no matches for 'zebracorn' in alice's transcripts and summaries\n")
     code, out, err = cli("launch", "--user", "bob", "--json")
     assert (code, [(r["sessionId"], r["segmentId"], r["title"]) for r in json.loads(out)["results"]]) == (0, [("bobs", "bobs-0", None)])
     for args, message in ((["***", "--user", "alice"], "scribeai: search: the query has no words to search for (letters or digits)"),
@@ -291,3 +305,109 @@ async def test_sqlite_indexes_new_segments_in_the_background(server: RunningServ
         await asyncio.sleep(0.05)
     assert state == (4, 4)
     assert server.app[search.indexer_key].indexed == 4
+
+
+VENDOR_MEETING = [
+    (0, 6000, "Welcome everyone to the supply review for the new espresso grinders."),
+    (6000, 12000, "The grinders sold out twice this month and the warehouse is nearly empty."),
+    (12000, 18000, "Sarah will follow up with the vendor about the delayed zanzibar shipment by Friday."),
+    (18000, 24000, "Shipping costs rose again because the grinders are heavy."),
+    (24000, 30000, "Overall the grinders remain our best seller this quarter."),
+]
+
+
+async def test_summaries_are_searched_with_their_times(server: RunningServer) -> None:
+    """A session's summary (its text, key points, action items) is found beside its segments, ranked with them:
+    an action item with the time it was said, never another user's, replaced when the summary is made again."""
+    ids = await add_session(server, "alice", "supply", "Supply review", VENDOR_MEETING)
+    await add_session(server, "bob", "bobs", "Bob's plans", [(0, 5000, "Bob will call the zanzibar vendor.")])
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token_for('alice')}"}) as http:
+        async with http.post(f"{server.url}/api/sessions/supply/stop") as response:
+            assert response.status == 200
+    summary = await summary_ready(server, "supply")
+    assert [a["text"] for a in summary["actionItems"]] == [VENDOR_MEETING[2][2]]
+
+    found = await find(server, "zanzibar")
+    assert sorted((r["kind"], r["segmentId"], r["startMs"], r["endMs"]) for r in found) == [
+        ("actionItem", None, 12000, 18000), ("segment", ids[2], 12000, 18000)]
+    item = next(r for r in found if r["kind"] == "actionItem")
+    assert (item["sessionId"], item["title"], marked(item["snippet"])) == ("supply", "Supply review", ["zanzibar"])
+    # The summary's own text and key points: the grinders are what it is about.
+    kinds = {r["kind"] for r in await find(server, "grinders", limit="100")}
+    assert {"segment", "summary", "keyPoint"} <= kinds, kinds
+    assert "actionItem" not in kinds
+    assert [r["sessionId"] for r in await find(server, "zanzibar", user="bob")] == ["bobs"]  # bob's segment, none of alice's
+
+    # Made again: the passages are replaced, not added to.
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token_for('alice')}"}) as http:
+        async with http.post(f"{server.url}/api/sessions/supply/summary") as response:
+            assert response.status == 202
+    await summary_ready(server, "supply", after=summary["generatedAt"])
+    assert sorted(r["kind"] for r in await find(server, "zanzibar")) == ["actionItem", "segment"]
+    async with server.services.db.read() as s:
+        count = (await s.execute(text("SELECT count(*) FROM summary_passage WHERE session_id = 'supply'"))).scalar_one()
+    assert count == 1 + len(summary["keyPoints"]) + len(summary["actionItems"])
+
+
+async def summary_ready(server: RunningServer, session_id: str, after: str | None = None) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:
+        status, body = await api(server, f"/api/sessions/{session_id}/summary")
+        assert status == 200, body
+        if body["status"] == "ready" and body["generatedAt"] != after:
+            return dict(body)
+        assert asyncio.get_running_loop().time() < deadline, body
+        await asyncio.sleep(0.05)
+
+
+async def test_summaries_of_an_older_database_are_indexed_and_pages_merge_both_lists(server: RunningServer) -> None:
+    """Summaries stored before they were searchable get their passages at the next start; a page takes from both
+    ranked lists, and following `next` shows every match once, in the order of one long page."""
+    await add_session(server, "alice", "alpha", "Alpha", [(i * 1000, i * 1000 + 900, "alpha " * (1 + i % 3) + f"note {i}")
+                                                          for i in range(6)])
+    points = [{"text": "alpha " * (1 + i % 2) + f"point {i}", "startMs": i * 1000, "endMs": i * 1000 + 500} for i in range(4)]
+    async with server.services.db.write() as s:
+        s.add(SessionSummary(session_id="alpha", status="ready", method="extractive", text="All about alpha.",
+                             key_points=json.dumps(points[:2]), action_items=json.dumps(points[2:])))
+    db = server.services.db
+    async with db.engine.begin() as conn:
+        await conn.run_sync(search.drop_index)  # as before search: no index, no passages
+    await db.create_all()  # what the next start does
+    await db.create_all()  # and the one after: nothing added twice
+    everything = await find(server, "alpha", limit="100")
+    assert sorted(r["kind"] for r in everything) == ["actionItem"] * 2 + ["keyPoint"] * 2 + ["segment"] * 6 + ["summary"]
+    assert [r["rank"] for r in everything] == sorted((r["rank"] for r in everything), reverse=True)
+    shown: list[tuple[Any, ...]] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        status, body = await api(server, "/api/search", q="alpha", limit="3", **({"cursor": cursor} if cursor else {}))
+        assert status == 200, body
+        shown += [(r["kind"], r["segmentId"], r["startMs"], r["snippet"]) for r in body["results"]]
+        pages += 1
+        if (cursor := body["next"]) is None:
+            break
+    assert (pages, shown) == (4, [(r["kind"], r["segmentId"], r["startMs"], r["snippet"]) for r in everything])
+
+
+async def test_common_words_are_left_out_alike_on_both_engines(server: RunningServer) -> None:
+    ids = await seed(server)
+    await add_session(server, "alice", "tools", "Tools", [(0, 3000, "Cancel the candidate list, we can wait.")])
+    # Seven words, four of them stop words: the segment holding the other three is found.
+    assert [r["segmentId"] for r in await find(server, "when did we decide the launch date")] == [ids["roadmap"][0]]
+    assert [r["segmentId"] for r in await find(server, '"decided the launch" friday')] == [ids["roadmap"][0]]
+    assert [r["sessionId"] for r in await find(server, "can*")] == ["tools"]  # cancel, candidate, can
+    for q in ("the", "when did we", '"to be" OR not'):
+        status, body = await api(server, "/api/search", q=q)
+        assert (status, body["error"]["code"]) == (400, "invalid"), q
+        assert "too common" in body["error"]["message"], body
+
+
+def test_stop_words_are_postgresqls() -> None:
+    """The words left out of queries are the ones PostgreSQL's English configuration leaves out of its index."""
+    found = sorted(Path("/usr/share/postgresql").glob("*/tsearch_data/english.stop"))
+    if not found:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL's english.stop is not installed under /usr/share/postgresql")
+        pytest.skip("PostgreSQL's english.stop is not installed under /usr/share/postgresql")
+    assert search.STOP_WORDS == frozenset(found[-1].read_text().split())

@@ -1019,12 +1019,24 @@ async function searchPage(cursor) {
   $("search-more").hidden = state.next === null;
 }
 
+// What a result is, when it is not a transcript segment: a part of its session's summary.
+const SUMMARY_PARTS = { summary: "in the summary", keyPoint: "key point", actionItem: "action item" };
+
+/** A result: a segment opens its session there; a summary's part at its moment, or at the summary when it has none. */
 function searchItem(result) {
-  return element("li", { dataset: { session: result.sessionId, segment: String(result.segmentId), start: String(result.startMs) } },
-    element("button", { type: "button", className: "result", title: "Open the session at this moment",
-      onclick: () => openSession(result.sessionId, { atMs: result.startMs, segmentId: String(result.segmentId) }) },
+  const part = SUMMARY_PARTS[result.kind] ?? null;
+  const timed = typeof result.startMs === "number";
+  const segmentId = result.segmentId === null || result.segmentId === undefined ? null : String(result.segmentId);
+  const when = [part, timed ? `at ${clock(result.startMs)}` : null].filter(Boolean).join(", ");
+  return element("li", { className: part ? "summary-part" : "", dataset: { session: result.sessionId, kind: String(result.kind ?? "segment"),
+    segment: String(segmentId), start: String(timed ? result.startMs : "") } },
+    element("button", { type: "button", className: "result", title: timed ? "Open the session at this moment" : "Open the session's summary",
+      onclick: () => {
+        if (timed) openSession(result.sessionId, { atMs: result.startMs, segmentId });
+        else openSession(result.sessionId).then(() => $("summary").scrollIntoView({ block: "start" }));
+      } },
     element("span", { className: "result-title" }, String(result.title || result.sessionId)),
-    element("span", { className: "time" }, `at ${clock(result.startMs)}`),
+    element("span", { className: "time" }, when),
     element("span", { className: "snippet" }, ...snippetNodes(result.snippet))));
 }
 

@@ -734,7 +734,7 @@ async function highlighted(page) {
 async function shownResults(page) {
   return page.evaluate(() => ({
     results: Array.from(document.querySelectorAll("#search-results li"), (li) => ({
-      sessionId: li.dataset.session, segmentId: li.dataset.segment, startMs: Number(li.dataset.start),
+      sessionId: li.dataset.session, kind: li.dataset.kind, segmentId: li.dataset.segment, start: li.dataset.start,
       title: li.querySelector(".result-title").textContent, time: li.querySelector(".time").textContent,
       snippet: li.querySelector(".snippet").textContent,
       marks: Array.from(li.querySelectorAll(".snippet mark"), (m) => m.textContent),
@@ -747,11 +747,10 @@ async function shownResults(page) {
 
 /** Type a query in the search box and submit it; wait for its answer (results or an error). */
 async function searchFor(page, query) {
-  const pages = await page.evaluate(() => window.demo.search.pages);
   await page.$eval("#search-q", (input, q) => { input.value = q; }, query);
-  await click(page, "#search-button");
-  await waitFor(page, (n) => window.demo.search.pages > n || (window.demo.search.error !== null && !document.getElementById("search-button").disabled),
-    15_000, `the search for ${query}`, pages);
+  await click(page, "#search-button");  // the submit starts the search at once: its page count is back to 0
+  await waitFor(page, () => window.demo.search.pages > 0 || (window.demo.search.error !== null && !document.getElementById("search-button").disabled),
+    15_000, `the search for ${query}`);
   return shownResults(page);
 }
 
@@ -810,17 +809,17 @@ async function summaryScenario(browser, server, result) {
     await sleep(POLL_MS);
   }
   result.files = Object.fromEntries(readdirSync(downloads).map((name) => [name, readFileSync(path.join(downloads, name), "utf8")]));
-  // search: a first page, then the next one with the "more" button
+  // search: a first page, then the next ones with the "more" button (segments and summaries' parts)
   result.search = { first: await searchFor(page, spec.search) };
-  if (result.search.first.more) {
+  for (let more = 0; more < 20 && (await shownResults(page)).more; more += 1) {
     const pages = await page.evaluate(() => window.demo.search.pages);
     await click(page, "#search-more");
     await waitFor(page, (n) => window.demo.search.pages > n, 15_000, "the next page of results", pages);
     result.search.second = await shownResults(page);
   }
-  // a result in another session: opened at its segment
+  // a segment of another session: opened at its segment
   const target = await page.evaluate((sid) => {
-    const li = document.querySelector(`#search-results li[data-session="${sid}"]`);
+    const li = document.querySelector(`#search-results li[data-session="${sid}"][data-kind="segment"]`);
     li?.querySelector("button.result").click();
     return li ? { sessionId: li.dataset.session, segmentId: li.dataset.segment, startMs: Number(li.dataset.start) } : null;
   }, spec.openSession);
@@ -831,6 +830,19 @@ async function summaryScenario(browser, server, result) {
   result.opened = { target, shown: await highlighted(page), summary: await shownSummary(page) };
   await sleep(300);  // the summary's paint
   await screenshot(page, "search", result);
+  // an action item found in a summary: opened at the moment it was said
+  result.summarySearch = await searchFor(page, spec.summarySearch);
+  const item = await page.evaluate(() => {
+    const li = document.querySelector('#search-results li[data-kind="actionItem"]');
+    li?.querySelector("button.result").click();
+    return li ? { sessionId: li.dataset.session, startMs: Number(li.dataset.start), time: li.querySelector(".time").textContent } : null;
+  });
+  if (item === null) throw new Error(`summary: no action item among the results for ${spec.summarySearch}`);
+  await waitFor(page, (t) => window.demo.viewer.sessionId === t.sessionId && window.demo.viewer.seeks.at(-1)?.atMs === t.startMs &&
+    document.querySelector("#viewer-transcript li.highlight") !== null, 15_000, "the action item opened", item);
+  result.summaryOpened = { item, shown: await highlighted(page) };
+  await sleep(300);
+  await screenshot(page, "search-summary", result);
   // queries the server refuses: said in words
   result.refused = {};
   for (const query of spec.badQueries) result.refused[query] = (await searchFor(page, query)).error;

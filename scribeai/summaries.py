@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 EVENT = "session-summary"
 CLAIM_S = 600.0  # a summary claimed by a process that died is made again after this (on the next GET or request)
+RENEWALS_PER_CLAIM = 4  # a process making one renews its claim this often per CLAIM_S, however long the model takes
 routes = web.RouteTableDef()
 FORMATS = {"txt": "text/plain; charset=utf-8", "md": "text/markdown; charset=utf-8"}
 
@@ -69,6 +70,7 @@ class Summaries:
         self._tasks: set[asyncio.Task[None]] = set()
         self._claimed: set[str] = set()  # sessions whose summary this process is making
         self._stopped = False
+        self.claim_s = CLAIM_S
 
     @classmethod
     def from_settings(cls, db: Database, emitter: Emitter | None, settings: Settings,
@@ -162,6 +164,7 @@ class Summaries:
         if not claimed and not await self._claim(session_id):
             return None
         await self._publish(await self.get_stored(session_id))
+        renewing = asyncio.get_running_loop().create_task(self._keep_claim(session_id), name=f"summary-claim-{session_id}")
         try:
             async with self._one_at_a_time:
                 started = time.monotonic()
@@ -176,6 +179,8 @@ class Summaries:
             self._claimed.discard(session_id)
             await self._publish(await self.get_stored(session_id))
             raise
+        finally:
+            renewing.cancel()
         self._claimed.discard(session_id)
         body = await self.get_stored(session_id)
         await self._publish(body)
@@ -220,6 +225,21 @@ class Summaries:
         async with self.db.read() as s:
             return [row.wire() for row in (await s.execute(query)).scalars()]
 
+    async def _keep_claim(self, session_id: str) -> None:
+        """While this process makes the summary (a model may take longer than a claim lasts: pieces of a long
+        transcript, SUMMARY_TIMEOUT_S each), its claim is renewed, so no other process starts it meanwhile."""
+        while True:
+            await asyncio.sleep(self.claim_s / RENEWALS_PER_CLAIM)
+            try:
+                async with self.db.write() as s:
+                    await s.execute(update(SessionSummary).where(
+                        col(SessionSummary.session_id) == session_id, col(SessionSummary.status) == SummaryStatus.PENDING)
+                        .values(claimed_until=utcnow() + timedelta(seconds=self.claim_s)))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the next renewal tries again; the claim still has most of its time
+                log.warning("summary of %s: renewing its claim failed (%s)", session_id, exc)
+
     async def _claim(self, session_id: str) -> bool:
         if await self._claim_row(session_id):
             self._claimed.add(session_id)
@@ -228,7 +248,7 @@ class Summaries:
 
     async def _claim_row(self, session_id: str) -> bool:
         now = utcnow()
-        until = now + timedelta(seconds=CLAIM_S)
+        until = now + timedelta(seconds=self.claim_s)
         async with self.db.write() as s:
             claimed = await s.execute(
                 update(SessionSummary).where(col(SessionSummary.session_id) == session_id, or_(

@@ -34,8 +34,20 @@ _SPEECH_FILLERS = frozenset("""
     yeah yes okay ok um uh hmm oh ah like know think going really just actually basically right well gonna wanna
     thing things stuff kind sort lot bit maybe guess mean say said see get got let make sure want need also
     thank thanks please good great sounds today tomorrow week time one two three next last first everyone anyone
-    main point update give sorry hear mute screen share interesting saw far
+    main point update give sorry hear mute screen share interesting saw far alright absolutely yesterday rest agenda
+    meeting meetings joining monday tuesday wednesday thursday friday saturday sunday
 """.split())
+# Keywords: a word right after these is used as a noun (or a noun's adjective), after those as a verb.
+_NOUN_CUES = frozenset("""the a an this these those our their my your his her its some any every each no another
+    several many more most both of for in on at with about from into without per""".split())
+_VERB_CUES = frozenset("""to will can could should would must might may shall did do does don't didn't won't can't let's
+    i we they you he she i'll we'll you'll they'll he'll she'll i'm we're they're you're i've we've they've you've
+    i'd we'd it who anyone someone everyone nobody please not also just""".split())
+_BE = frozenset("am is are was were be been being has have had".split())  # "is moving", "was delayed": verbs
+COMMON_ZIPF = 6.5  # a word's weight as a keyword is how far below this its Zipf frequency in English is ("people" 6.0)
+PAIR_WEIGHT = 2.5  # a two-word phrase said in n sentences counts like a word said in 2.5 n
+MIN_KEYWORD_SCORE = 1.5  # below it a word says too little to be shown, even if fewer than KEYWORDS are left
+RARE_ZIPF = 4.5  # a word said in one sentence only is a keyword if it is this rare in English ("webhook", not "Friday")
 # A pronoun anywhere, or a name where a clause starts ("Sarah will", "and then Tom will"; not "in Berlin will").
 _NOT_NAMES = r"(?!(?:It|This|That|There|These|Those|What|Which|Who|Where|When|Why|How|The|Nothing|Something|Anything)\b)"
 # Running the meeting, not its subject: never a key sentence.
@@ -319,40 +331,91 @@ def is_action_item(text: str) -> bool:
 
 
 def keywords(texts: Sequence[str], count: int = KEYWORDS) -> list[str]:
-    """The meeting's most frequent content words and two-word phrases (stop words and fillers left out)."""
+    """What a meeting is about: its content words and two-word phrases, each weighed by the number of different
+    sentences (`texts`) that say it, how unusual it is in English and how often it is used as a noun. A word
+    said once counts (in a short meeting) if it is a rare noun; fewer than `count` come back when the rest
+    would say nothing."""
     summarizer, _, stop_words = _sumy()
-    stem = summarizer.stem_word
+    stem = lru_cache(maxsize=None)(summarizer.stem_word)
     ignore = stop_words | _SPEECH_FILLERS
-    singles: Counter[str] = Counter()
-    pairs: Counter[tuple[str, str]] = Counter()
+    said: Counter[Any] = Counter()  # a word's stem, or a pair of them: the number of different sentences with it
     surface: dict[Any, Counter[str]] = defaultdict(Counter)  # how a word (or pair) was written most often
+    uses: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # a stem: [times used as a noun, as a verb]
+    seen: set[tuple[Any, frozenset[str]]] = set()
     for text in texts:
+        written = _WORD.findall(text)
+        words = [w.lower().replace("’", "'") for w in written]
+        # The same sentence said again (a repeated line, a transcription loop) is not more of the subject.
+        sentence = frozenset(stem(w) for w in words if w not in ignore)
         last: tuple[str, str] | None = None
-        for raw in _WORD.findall(text):
-            word = raw.lower().replace("’", "'")
+        for i, word in enumerate(words):
             if word in ignore or len(word) < 3 or "'" in word:
                 last = None
                 continue
             key = stem(word)
-            surface[key][word] += 1
-            singles[key] += 1
+            _count_use(uses[key], words[i - 1] if i else "", word, i > 0 and written[i][0].isupper())
+            found: list[tuple[Any, str]] = [(key, word)]
             if last is not None:
-                pairs[(last[0], key)] += 1
-                surface[(last[0], key)][f"{last[1]} {word}"] += 1
+                found.append(((last[0], key), f"{last[1]} {word}"))
+            for k, shown in found:
+                surface[k][shown] += 1
+                if (k, sentence) not in seen:
+                    seen.add((k, sentence))
+                    said[k] += 1
             last = (key, word)
 
-    def shown(key: Any) -> str:
-        return surface[key].most_common(1)[0][0]
-    scored = [(2.5 * n, shown(pair), set(pair)) for pair, n in pairs.items() if n >= 2]
-    scored += [(float(n), shown(key), {key}) for key, n in singles.items() if n >= 2]
+    zipf, unlisted = _english_zipf()
+
+    def frequency(key: str) -> float:  # in English, of the commonest form said ("planned" of "plan", "planned")
+        return max(_zipf_of(w, zipf, unlisted) for w in surface[key])
+
+    def rarity(key: str) -> float:
+        return max(0.1, COMMON_ZIPF - frequency(key))
+
+    def as_noun(key: str, unknown: float = 0.5) -> float:  # the share of its uses as a noun (`unknown` if none told)
+        noun, verb = uses[key]
+        return (noun + 0.5) / (noun + verb + 1) if noun or verb else unknown
+
+    scored: list[tuple[float, str, set[str]]] = []
+    for k, n in said.items():
+        shown = surface[k].most_common(1)[0][0]
+        if isinstance(k, tuple) and n >= 2:
+            # A phrase's second word mostly follows its first ("pricing page"): only a verb use of it tells.
+            score = PAIR_WEIGHT * n * (rarity(k[0]) + rarity(k[1])) / 2 * as_noun(k[0]) * as_noun(k[1], 1.0)
+            scored.append((score, shown, set(k)))
+        elif isinstance(k, str) and (n >= 2 or (uses[k][0] and frequency(k) <= RARE_ZIPF)):
+            scored.append((n * rarity(k) * as_noun(k), shown, {k}))
     chosen: list[tuple[str, set[str]]] = []
-    for _, phrase, keys in sorted(scored, key=lambda x: (-x[0], x[1])):
-        if any(keys & other for _, other in chosen):
-            continue  # one word, one keyword: "conference room" leaves out "large conference" and "room"
-        chosen.append((phrase, keys))
-        if len(chosen) == count:
+    for score, phrase, keys in sorted(scored, key=lambda x: (-x[0], x[1])):
+        if score < MIN_KEYWORD_SCORE or len(chosen) == count:
             break
+        if not any(keys & other for _, other in chosen):
+            chosen.append((phrase, keys))  # one word, one keyword: "conference room" leaves out "room"
     return [phrase for phrase, _ in chosen]
+
+
+def _count_use(use: list[int], before: str, word: str, capitalized: bool) -> None:
+    """Count one use of a word as a noun ("the venue", "in Lisbon") or as a verb ("to finish", "we looked")."""
+    if before in _NOUN_CUES or capitalized:
+        use[0] += 1
+    elif before in _VERB_CUES or (before in _BE and word.endswith(("ed", "ing"))):
+        use[1] += 1
+
+
+@lru_cache(maxsize=1)
+def _english_zipf() -> tuple[dict[str, float], float]:
+    """English words' Zipf frequencies (scripts/make_word_frequencies.py), and the one of a word not listed:
+    rarer than all of them."""
+    from scribeai.english_words import BANDS
+
+    return {word: zipf for zipf, words in BANDS for word in words.split()}, BANDS[-1][0] - 0.3
+
+
+def _zipf_of(word: str, zipf: dict[str, float], unlisted: float) -> float:
+    """A word's Zipf frequency; a compound not listed ("six-week") is as common as its rarest part."""
+    if word in zipf or "-" not in word:
+        return zipf.get(word, unlisted)
+    return min(zipf.get(part, unlisted) for part in word.split("-") if part)
 
 
 def placed(lines: list[str], sentences: list[Sentence]) -> list[Point]:

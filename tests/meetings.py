@@ -1,6 +1,7 @@
 """Generated meeting transcripts (no audio): agenda topics talked through by named people, with the small talk,
 decisions, questions and commitments real meetings have, as transcript segments of 6-12 s. Seeded, so a
-figure or a sample summary can be made again. Used by the summary benchmark and the summary samples."""
+figure or a sample summary can be made again. Used by the summary benchmark and the summary samples. Also
+a few short meetings written by hand, with the words each is about (SHORT_MEETINGS: the keywords' tests)."""
 
 from __future__ import annotations
 
@@ -155,3 +156,103 @@ def as_segments(sentences: list[str], seed: int = 7) -> list[dict[str, Any]]:
 def meeting(name: str, words: int, seed: int = 7) -> list[dict[str, Any]]:
     """A generated meeting (MEETINGS' name) of about `words` words as transcript segments."""
     return as_segments(meeting_sentences(MEETINGS[name], words, seed), seed)
+
+
+@dataclass(frozen=True)
+class ShortMeeting:
+    title: str
+    lines: tuple[str, ...]  # what was said, in order
+    subject: frozenset[str]  # the words it is about, planted: its keywords should name them
+
+
+# Short meetings (a few minutes, 240-290 words) written as people talk: the subject said a few times, some of
+# it once ("Stripe", "CSV"), among the verbs every meeting has ("finish", "look", "work", "need", "think").
+SHORT_MEETINGS = {
+    "standup": ShortMeeting("a stand-up: the invoice export and the Stripe webhook", (
+        "Okay, let's start, I think everyone is here.",
+        "So yesterday I looked at the invoice export again.",
+        "The export still times out for customers with more than ten thousand invoices.",
+        "I think the problem is that we build the whole CSV file in memory before we send it.",
+        "I need to finish the streaming version today, and then the rest should be quick.",
+        "Did you try the export with the big test account?",
+        "Yes, I tried it this morning and it took almost four minutes before the timeout.",
+        "Okay, so we need the streaming export before the release, that's clear.",
+        "On my side I worked on the Stripe webhook.",
+        "The webhook sometimes arrives twice, and then we create two invoices for the same payment.",
+        "I think we need to store the event id and ignore a webhook we have already seen.",
+        "That should not take long, I can finish it tomorrow.",
+        "Do we need to clean up the duplicate invoices that are already there?",
+        "Yes, there are about forty duplicate invoices from last month.",
+        "I'll write a small script to find them, and then finance needs to look at the list.",
+        "Good, let's not delete anything before finance has looked at it.",
+        "Anything else? I'm still working on the onboarding emails, nothing new there.",
+        "Okay, then I think we're done, let's finish here and get back to work.",
+        "The rest of the week should be quieter.",
+        "Thanks everyone.",
+    ), frozenset("invoices export webhook stripe csv".split())),
+    "design": ShortMeeting("a design review of the onboarding flow", (
+        "Hi everyone, thanks for making time for this.",
+        "I want to walk you through the new onboarding flow before we start building it.",
+        "Right now a new user lands on an empty dashboard and doesn't know what to do next.",
+        "In the new flow they first see a short checklist with three steps: connect a calendar, invite a teammate, and record a first meeting.",
+        "Each step of the checklist opens a small tooltip that explains it.",
+        "I like the checklist, but I think three steps is already a lot for the first minute.",
+        "Could we make the calendar step optional?",
+        "We can, but the calendar is what makes the rest of the product useful.",
+        "Without the calendar we can't join meetings on their own.",
+        "Okay, fair enough, let's keep the calendar step and make invite a teammate optional instead.",
+        "What about the tooltips on mobile? They cover half of the screen on a small phone.",
+        "Good point, on mobile we'll show the tooltip as a bottom sheet instead.",
+        "And dark mode? The mockups are all in light mode.",
+        "The colors for dark mode are in the design system already, so the checklist should just work.",
+        "I'll still check the contrast of the progress bar in dark mode.",
+        "Let's also track how many users finish the checklist, so we can see whether it helps.",
+        "I think we need an event for every step, not only for the whole checklist.",
+        "Yes, one event per step, and one when someone closes the checklist without finishing.",
+        "So the plan is: calendar step required, invite optional, bottom sheet on mobile, events for every step.",
+        "I'll update the mockups by Thursday and then we can start.",
+        "Great, thanks, that was useful.",
+    ), frozenset("checklist tooltip calendar dark mode mockups".split())),
+    "offsite": ShortMeeting("choosing the venue of the team offsite", (
+        "Okay, so this is just a quick one about the team offsite in September.",
+        "We have two options for the venue, one in Lisbon and one in Porto.",
+        "The Lisbon venue is bigger and closer to the airport, but it costs about twenty percent more.",
+        "The Porto venue has a nicer garden and the hotel is right next to it.",
+        "I think for a team of thirty people the Porto venue is big enough.",
+        "What about flights? Are flights to Porto more expensive?",
+        "A bit, most people would have to change planes, flights to Lisbon are direct from almost everywhere.",
+        "Then maybe Lisbon is better, changing planes for a three day offsite is annoying.",
+        "And the budget? Do we know the budget yet?",
+        "Finance approved the budget last week, it covers the venue, the hotel, and the flights, but not the catering.",
+        "So we need to find money for the catering somewhere.",
+        "The Lisbon venue includes catering for lunch, so that would solve part of it.",
+        "Okay, that's a good argument for Lisbon.",
+        "Let's go with Lisbon then, unless someone has a strong reason for Porto.",
+        "No, Lisbon is fine with me.",
+        "I'll ask the venue to hold the dates and send us a contract.",
+        "Someone needs to collect everyone's travel dates for the flights.",
+        "I can do that, I'll send a form today and give people until Friday.",
+        "And let's think about the agenda for the offsite later, we don't need to decide that now.",
+        "Good, then that's it, thanks.",
+    ), frozenset("offsite venue lisbon porto flights catering budget".split())),
+    "customer": ShortMeeting("a customer's data warehouse migration", (
+        "Thanks for joining, we wanted to talk about your move to the new data warehouse.",
+        "Sure, so we're moving all our reporting from the old Postgres replica to Snowflake.",
+        "The migration should be done by the end of the quarter.",
+        "What we need from you is a way to get the meeting data into Snowflake every night.",
+        "Right now we have a CSV export and a REST API, and we're working on a Snowflake connector.",
+        "When is the connector going to be ready?",
+        "The connector is in beta, we can give you access next week.",
+        "Does the connector handle deleted records? Our churn report needs to know when a customer deletes an account.",
+        "Good question. The connector sends a deleted flag, so the churn report can filter on it.",
+        "And how far back does the first sync go? We need at least two years of history for the churn report.",
+        "The first sync copies everything, so all your history goes over in one go.",
+        "That might take a few hours for an account of your size, so we'd run it over a weekend.",
+        "That works for us. What about the dashboard? Our finance team uses the usage dashboard every Monday.",
+        "The dashboard stays as it is, nothing changes there.",
+        "Okay, good. Then the next step is the beta access for the Snowflake connector.",
+        "We'll send the beta invite on Monday, together with the documentation for the deleted flag.",
+        "And we'll plan the first sync with your data team for a weekend in the next two weeks.",
+        "Perfect, thank you, that answers most of our questions.",
+    ), frozenset("snowflake connector churn report deleted flag dashboard".split())),
+}

@@ -22,7 +22,7 @@ from scribeai.summary_llm import ChatSummarizer, SummaryFailed, parse_answer
 from tests.conftest import RunningServer, ServerFactory, chunk, token_for
 from tests.fake_openai import FakeTranscriptionAPI
 from tests.fake_chat import FakeChatAPI
-from tests.meetings import MEETINGS, as_segments, meeting_lines
+from tests.meetings import MEETINGS, SHORT_MEETINGS, as_segments, meeting_lines
 from tests.speech import MEETING
 
 ACTIONS = {  # the MEETING sentences that commit someone to something
@@ -105,7 +105,44 @@ def test_a_long_generated_meeting(name: str) -> None:
 def test_keywords_are_the_subject_not_the_fillers() -> None:
     texts = ["Yeah so the launch date is Friday, okay.", "The launch date moved, you know.",
              "Um the launch date and the pricing page.", "The pricing page needs new copy.", "Okay yeah thanks."]
-    assert keywords(texts, 3) == ["launch date", "pricing page"]  # "okay", "yeah" and once-said words never
+    assert keywords(texts, 3) == ["launch date", "pricing page"]  # "okay", "yeah" and once-said common words never
+
+
+GENERIC = {"finish", "rest", "need", "think", "look", "looked", "work", "worked", "people", "start", "make", "going",
+           "meeting", "done", "want", "take", "keep"}  # said in every meeting: never what one is about
+
+
+@pytest.mark.parametrize("name", sorted(SHORT_MEETINGS))
+def test_a_short_meetings_keywords_name_its_subject(name: str) -> None:
+    short = SHORT_MEETINGS[name]
+    found = extractive(as_segments(list(short.lines))).keywords
+    words = {word for phrase in found for word in phrase.split()}
+    assert short.subject <= words and not words & GENERIC, found  # its subject (even said once: "Stripe"), no verbs
+    assert len(found) == 10
+
+
+def test_keywords_weigh_a_word_by_how_rare_it_is_in_english() -> None:
+    # "people" is said more often than "invoices" and "webhook", but any meeting says it: it comes last.
+    texts = ["People keep asking about the invoices.", "The invoices are wrong for some people.",
+             "People said the webhook failed.", "Three people saw duplicate invoices.", "The webhook retries."]
+    assert keywords(texts) == ["invoices", "webhook", "people"]
+
+
+def test_keywords_are_nouns_not_verbs() -> None:
+    # "finish" said three times, as a verb each time, says nothing about the meeting: no keyword at all.
+    assert keywords(["We need to finish this today.", "Let's finish it and then look at the rest.",
+                     "I think we can finish it, then we look again."]) == []
+    # The same word used as a noun is one.
+    assert keywords(["The finish on the door is too shiny.", "A dark finish costs more.",
+                     "Which finish did the client pick?"]) == ["finish"]
+
+
+def test_a_sentence_said_again_is_not_more_of_the_subject() -> None:
+    # A line repeated (a transcription loop, a speaker read twice) counts once; topics said in different ways win.
+    texts = (["The outage on Tuesday lasted forty minutes."] * 4
+             + ["The database upgrade is tested in staging.", "We still plan the database upgrade for May.",
+                "Who owns the database upgrade?"])
+    assert keywords(texts) == ["database upgrade", "outage", "staging"]
 
 
 def test_fast_lexrank_equals_sumys_own() -> None:

@@ -1,16 +1,19 @@
 """Live captions: the agreement policy on recorded hypothesis sequences, the CPU budget, and a real server that
-captions real speech streamed in 1 s blobs to the sockets that asked, before the final segment replaces them."""
+captions real speech streamed in 1 s blobs to the sockets that asked, before the final segment replaces them, and
+goes on when another node takes the stream over mid-window."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from scribeai.transcription.captions import Budget, Caption, agreed
-from tests.conftest import ServerFactory, chunk
+from tests.conftest import RunningServer, ServerFactory, chunk
+from tests.node_tests import find_node
 from tests.speech import MEETING, normalize, spoken_blobs
 
 # Hypotheses whisper tiny.en gave for a growing window (1 s steps) of "We agreed that the marketing team will own the
@@ -46,7 +49,22 @@ def test_agreement_confirms_what_two_hypotheses_share_and_never_takes_it_back() 
     for before, after in zip(confirmed, confirmed[1:]):
         assert after.startswith(before), (before, after)  # the stable prefix never shrinks nor changes
     assert [text for text, _, _ in seen] == [" ".join(h.split()) for h in GROWING]
-    assert [revision for _, _, revision in seen] == [1, 2, 3, 4, 5, 6]
+    # the revision is the audio the caption covers (1 s more at each step), ten revisions a millisecond
+    assert [revision for _, _, revision in seen] == [10000, 20000, 30000, 40000, 50000, 60000]
+
+
+def test_a_revision_grows_with_the_audio_covered_whichever_process_decoded_it() -> None:
+    before = Caption(0.0)  # the process that captioned the window until it stopped
+    for step, hypothesis in enumerate(GROWING[:3]):
+        assert before.update(hypothesis, 860.0 * (step + 1))
+    taken_over = Caption(0.0)  # the process that read the window on from the stored chunks: no count of its own
+    assert taken_over.update(GROWING[3], 3 * 860.0 + 900.0)
+    assert (before.revision, taken_over.revision) == (25800, 34800)
+    assert taken_over.update(GROWING[4], 3 * 860.0 + 900.0)  # the same audio said differently (not done by the
+    assert taken_over.revision == 34801                     # pipeline, which waits for STEP_MS more): still grows
+    again = Caption(0.0)
+    assert again.update(GROWING[2], 3 * 860.0)  # the same audio as `before` last covered, decoded again elsewhere:
+    assert again.revision == before.revision    # not news to a viewer who saw that
 
 
 def test_a_hypothesis_that_drops_confirmed_words_keeps_them() -> None:
@@ -208,3 +226,90 @@ def test_a_loop_is_cut_where_it_starts_repeating() -> None:
     caption.update("The quarterly review has been moved to the large conference room on the third floor.", 5772)
     assert caption.text.endswith("third floor.") and caption.stable_chars == len(
         "The quarterly review has been moved to the large conference room on the third")
+
+
+LIBRARY = Path(__file__).parent.parent / "clients" / "js" / "captions.js"
+
+
+async def shown_by_the_library(events: list[tuple[str, dict[str, Any]]]) -> list[bool]:
+    """Each caption of `events` (transcriptInterim and transcriptSegment, as one viewer got them) fed in order to
+    the recorder library's LiveTranscript (clients/js/captions.js, in node): whether it showed it."""
+    node = await find_node("the caption handoff test")
+    script = f"""import {{ LiveTranscript }} from {json.dumps(LIBRARY.as_uri())};
+        import {{ readFileSync }} from "node:fs";
+        const live = new LiveTranscript(), shown = [];
+        for (const [event, body] of JSON.parse(readFileSync(0, "utf8"))) {{
+          if (event === "transcriptSegment") live.addSegment(body); else shown.push(live.addInterim(body) !== null);
+        }}
+        console.log(JSON.stringify(shown));"""
+    proc = await asyncio.create_subprocess_exec(node, "--input-type=module", "-e", script, stdin=asyncio.subprocess.PIPE,
+                                                stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate(json.dumps(events).encode())
+    assert proc.returncode == 0, out
+    return [bool(s) for s in json.loads(out)]
+
+
+@pytest.mark.timeout(240)
+async def test_a_window_s_captions_go_on_being_shown_after_a_restart_mid_window(
+        start_server: ServerFactory, connect: Any, blobs: list[bytes], backend: str) -> None:
+    """Another node takes over a stream whose open window has captions on a viewer's screen: its captions of that
+    window, which cover more of it, must be shown, not dropped as old revisions until the final comes."""
+    if backend == "postgres":
+        pytest.skip("captions run the same code on PostgreSQL; the handoff is the same on either database")
+    # one window over the whole recording (cut only by the stop): the restart is certainly in the middle of it
+    shared = {"transcriber": "whisper", "max_concurrency": 2, "idle_flush_s": 40, "max_queue_size": 500,
+              "window_min_s": 30, "window_target_s": 30}
+    events: list[tuple[str, dict[str, Any]]] = []  # what one viewer got, through its reconnect to the other node
+
+    def interims() -> list[dict[str, Any]]:
+        return [body for event, body in events if event == "transcriptInterim"]
+
+    async def watch(server: RunningServer) -> tuple[Any, asyncio.Task[None]]:
+        recorder, viewer = await connect(server.url), await connect(server.url)
+        assert "error" not in await viewer.call("joinSession", {"sessionId": "handoff", "interim": True}, timeout=10)
+
+        async def collect() -> None:
+            while True:
+                event, *args = await viewer.receive()
+                if event in ("transcriptInterim", "transcriptSegment"):
+                    events.append((event, args[0]))
+        return recorder, asyncio.create_task(collect())
+
+    first = await start_server(**shared, node_id="node-a")
+    recorder, collector = await watch(first)
+    seq = 0
+    while len(interims()) < 3:  # in real time, until the open window has had a few captions
+        assert seq < len(blobs) // 2, "no captions in the first half of the recording"
+        ack = await recorder.call("audio-chunk", chunk("handoff", seq, blobs[seq]), timeout=10)
+        assert "error" not in ack, ack
+        seq += 1
+        await asyncio.sleep(1.0)
+    collector.cancel()
+    await first.app.shutdown()  # its claim on the stream is released: the other node reads on from what is stored
+    await first.app.cleanup()
+    before = len(interims())
+
+    second = await start_server(same_database_as=first, **shared, node_id="node-b")
+    recorder, collector = await watch(second)
+    for later in range(seq, len(blobs)):
+        await asyncio.sleep(1.0)
+        ack = await recorder.call("audio-chunk", chunk("handoff", later, blobs[later]), timeout=10)
+        assert "error" not in ack, ack
+    await recorder.call("stopSession", {"sessionId": "handoff"}, timeout=10)
+    await second.services.pipeline.drain(timeout=60)
+    finals = len(await second.services.pipeline.segments_after("handoff", None))
+    while len([1 for event, _ in events if event == "transcriptSegment"]) < finals:  # and the captions sent before them
+        await asyncio.sleep(0.05)
+    collector.cancel()
+
+    for event, body in events:
+        print(event, body["startMs"], body["endMs"], body.get("revision"), body["text"])
+    sent = interims()
+    windows = {body["startMs"] for body in sent[:before]}
+    assert [body for body in sent[before:] if body["startMs"] in windows], "no caption of the open window after the restart"
+    covered: dict[int, int] = {}  # startMs -> the end of the most of its window a caption covered so far
+    for body, shown in zip(sent, await shown_by_the_library(events), strict=True):
+        more = body["endMs"] > covered.get(body["startMs"], -1)
+        covered[body["startMs"]] = max(body["endMs"], covered.get(body["startMs"], -1))
+        # a caption that covers more of its window than any before it is news, whichever node sent it
+        assert shown or not more, (body, [(b["endMs"], b["revision"]) for b in sent if b["startMs"] == body["startMs"]])

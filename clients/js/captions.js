@@ -2,8 +2,10 @@
 // captions of the windows still open, merged as a viewer sees them.
 // A caption is the server's current hypothesis for an open window (identified by its startMs); its first
 // `stable` characters are confirmed and never taken back, the rest may still change. A newer revision of
-// the same window replaces it; the final segment whose endMs passes a caption's startMs replaces it for good,
-// and a caption that arrives after such a segment (late, reordered) is dropped.
+// the same window replaces it (the server's revisions grow with the audio a caption covers, so they go on
+// growing when another server process carries on with the window); the final segment whose endMs passes a
+// caption's startMs replaces it for good, and a caption that arrives after such a segment (late, reordered) is
+// dropped.
 
 import { SegmentList } from "./segments.js";
 

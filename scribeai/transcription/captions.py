@@ -23,6 +23,7 @@ MIN_AUDIO_MS = 1000.0  # less than this is too little for whisper to say anythin
 VIEWER_TTL_S = 30.0  # a serve node says "someone here watches this session's captions" for this long, renewed
 VIEWER_RENEW_S = 10.0
 LOOP_WORDS = 4  # a caption's words from the first repeated run of this many on are a loop, not speech
+REVISIONS_PER_MS = 10  # a caption's revision is at least this times its endMs - startMs (see Caption.update)
 
 
 def _key(word: str) -> str:
@@ -43,7 +44,11 @@ def agreed(stable: list[str], previous: list[str], hypothesis: list[str]) -> lis
 
 @dataclass
 class Caption:
-    """The caption of one open window (identified by where its audio starts on the timeline)."""
+    """The caption of one open window (identified by where its audio starts on the timeline).
+
+    Its revision comes from the audio it covers, not from a count of this object's updates: a process that takes
+    the stream over mid-window (a restart, another node) has no count, and viewers drop revisions not above the
+    last they showed. A caption that covers more of the window has a higher revision, whoever decoded it."""
 
     start_ms: float
     revision: int = 0
@@ -67,7 +72,9 @@ class Caption:
         if text == self.text and self.revision:
             return False
         self.text = text
-        self.revision += 1
+        # from the wire's endMs - startMs; + 1: an update of the same audio (the pipeline waits for STEP_MS more) grows
+        covered = round(self.start_ms + audio_ms) - round(self.start_ms)
+        self.revision = max(self.revision + 1, covered * REVISIONS_PER_MS)
         return True
 
     @property

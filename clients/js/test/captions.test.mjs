@@ -52,6 +52,21 @@ test("an older or repeated revision changes nothing; a caption after its final i
   assert.equal(live.addSegment(final("a", 3, 0, 3100, "Our budget is ready.")), null);  // a replayed final: no event
 });
 
+test("a window another server process takes over goes on: revisions grow with the audio covered, not per process", () => {
+  // as a server sends them: the revision is ten times the ms of the window's audio the caption covers
+  const live = new LiveTranscript();
+  const covering = (endMs, text, stable) => interim(0, endMs, text, stable, endMs * 10);
+  live.addInterim(covering(1192, "The quarter-ly", 0));
+  live.addInterim(covering(2912, "The quarterly renew has been moved to the", 13));
+  // that process stopped; the next one decodes the same audio again (it cannot know what was shown), then more
+  assert.equal(live.addInterim(covering(2912, "The quarterly review has been moved to the", 0)), null);
+  assert.notEqual(live.addInterim(covering(3812, "The quarterly review has been moved to the large conference.", 13)), null);
+  assert.deepEqual(shown(live), ["The quarterly| review has been moved to the large conference."]);
+  // a late one from the process before (delivered through another node) is older: dropped
+  assert.equal(live.addInterim({ ...covering(2912, "The quarterly renew has been moved to the", 13), revision: 29121 }), null);
+  assert.deepEqual(shown(live), ["The quarterly| review has been moved to the large conference."]);
+});
+
 test("a final replaces every caption that starts before its end, not the ones after", () => {
   const live = new LiveTranscript();
   live.addInterim(interim(0, 4000, "one two", 3, 5));

@@ -258,12 +258,14 @@ def _schemas(statuses: Sequence[str]) -> dict[str, Any]:
                 "filled": {"type": "boolean"}, "reason": {"type": "string", "enum": ["missing", "failed"]}})}}),
         "SearchPage": _object({"results": {"type": "array", "items": _object({
             "kind": {"enum": ["segment", *search.SUMMARY_KINDS], "description": "A transcript segment, or a part of "
-                     "the session's summary: its text, a key point or an action item."},
+                     "the session's summary in a model's words: its text, a key point or an action item."},
             "sessionId": _TEXT, "title": text_or_null,
             "segmentId": {"type": ["string", "null"], "description": "The segment's id; null for a summary's part."},
             "startMs": {"type": ["integer", "null"], "description": "Where it was said; null for a summary's text "
                         "and for a model's point that no transcript sentence matches."},
             "endMs": {"type": ["integer", "null"]},
+            "summaryParts": {"type": "array", "items": {"enum": ["keyPoint", "actionItem"]}, "description":
+                             "A segment: the parts of its session's summary said in it; empty otherwise."},
             "snippet": {"type": "string", "description": "HTML-safe; matches in <mark>."},
             "rank": _NUMBER})}, "next": text_or_null}),
         "ServerStats": _object({

@@ -3,9 +3,11 @@
 Two indexes live in the database. One follows the `segment` table, so the transcription code never touches it:
 on SQLite an external-content FTS5 table that SearchIndexer fills in batches a second behind (and every search
 brings up to date first), on PostgreSQL a stored generated `tsvector` column with a GIN index. The other covers
-`summary_passage` (a summary's text, key points and action items, one row each, written with the summary): a
-few rows per session, indexed as they are written (SQLite triggers, PostgreSQL a generated column). Retention
-never deletes segments or summaries, so both outlive the audio (the cold tier keeps them).
+`summary_passage`: what a model wrote of a session (its summary, key points and action items, one row each,
+written with the summary), a few rows per session indexed as they are written (SQLite triggers, PostgreSQL a
+generated column). An extractive summary writes none: its sentences are the transcript's, found as segments,
+and a segment that is one of its key points or action items says so in the result (`summaryParts`).
+Retention never deletes segments or summaries, so both outlive the audio (the cold tier keeps them).
 
 A query is parsed here into a small tree (words, "phrases", prefix*, OR) and written out in each
 engine's own syntax from words that are letters and digits only: nothing the user typed reaches the
@@ -214,6 +216,7 @@ class _Source:
 SEGMENTS = _Source("segment", "segment_fts", "'segment'", "x.start_ms DESC")
 PASSAGES = _Source("summary_passage", "summary_fts", "x.kind", "x.id DESC")
 SUMMARY_KINDS = ("summary", "keyPoint", "actionItem")
+MODEL_WRITTEN = "llm"  # scribeai.summarize.LLM (not imported: it brings numpy into every command)
 
 
 async def search(db: Database, user_id: str, query: Query, *, limit: int = DEFAULT_LIMIT, cursor: Cursor = (0, 0),
@@ -260,19 +263,35 @@ async def search(db: Database, user_id: str, query: Query, *, limit: int = DEFAU
         best = max(heads, key=lambda i: (float(lists[i][taken[i]]["score"]), -i))
         page.append(lists[best][taken[best]])
         taken[best] += 1
+    parts = await _summary_parts(db, {row["session_id"] for row in page if row["kind"] == "segment"})
     read = (cursor[0] + taken[0], cursor[1] + taken[1])
     more = any(len(rows) > n and start < RANK_WINDOW for rows, n, start in zip(lists, taken, read))
-    return SearchPage([_result(row) for row in page], encode_cursor(*read) if more else None)
+    return SearchPage([_result(row, parts) for row in page], encode_cursor(*read) if more else None)
 
 
-def _result(row: dict[str, Any]) -> dict[str, Any]:
+async def _summary_parts(db: Database, session_ids: set[str]) -> dict[str, list[tuple[str, int]]]:
+    """The key points and action items of these sessions' summaries that have a time: (kind, startMs) each."""
+    if not session_ids:
+        return {}
+    async with db.read() as s:
+        rows = (await s.execute(select(col(SessionSummary.session_id), col(SessionSummary.key_points),
+                                       col(SessionSummary.action_items)).where(
+            col(SessionSummary.session_id).in_(session_ids), col(SessionSummary.status) == SummaryStatus.READY))).all()
+    return {sid: [(kind, int(item["startMs"])) for kind, items in (("keyPoint", points), ("actionItem", actions))
+                  for item in json.loads(items) if isinstance(item.get("startMs"), int)]
+            for sid, points, actions in rows}
+
+
+def _result(row: dict[str, Any], parts: dict[str, list[tuple[str, int]]]) -> dict[str, Any]:
     segment = row["kind"] == "segment"
+    start = None if row["start_ms"] is None else int(row["start_ms"])
+    end = None if row["end_ms"] is None else int(row["end_ms"])
+    held = sorted({kind for kind, at in parts.get(row["session_id"], ()) if segment and start is not None and end is not None
+                   and start <= at < end}, key=SUMMARY_KINDS.index)
     return {
         "kind": row["kind"], "sessionId": row["session_id"], "title": row["title"],
-        "segmentId": row["id"] if segment else None,
-        "startMs": None if row["start_ms"] is None else int(row["start_ms"]),
-        "endMs": None if row["end_ms"] is None else int(row["end_ms"]),
-        "snippet": highlight(str(row["snippet"])), "rank": round(float(row["score"]), 6),
+        "segmentId": row["id"] if segment else None, "startMs": start, "endMs": end,
+        "summaryParts": held, "snippet": highlight(str(row["snippet"])), "rank": round(float(row["score"]), 6),
     }
 
 
@@ -386,7 +405,8 @@ def create_index(conn: Connection) -> None:
 
 def summary_passages(session_id: str, text: str, key_points: list[dict[str, Any]],
                      action_items: list[dict[str, Any]]) -> list[SummaryPassage]:
-    """The rows that make a summary searchable: its text, each key point, each action item (with their times)."""
+    """The rows that make a model's summary searchable: its text, each key point, each action item (with their
+    times). Only for a summary written in words of its own: an extractive one's are the transcript's segments."""
     rows = [SummaryPassage(session_id=session_id, kind="summary", text=text)] if text.strip() else []
     for kind, items in (("keyPoint", key_points), ("actionItem", action_items)):
         rows += [SummaryPassage(session_id=session_id, kind=kind, text=item["text"], start_ms=item.get("startMs"),
@@ -395,11 +415,12 @@ def summary_passages(session_id: str, text: str, key_points: list[dict[str, Any]
 
 
 def _fill_passages(conn: Connection) -> None:
-    """Summaries made before they were searchable get their passages (once: while there are none at all)."""
+    """Models' summaries made before they were searchable get their passages (once: while there are none at all)."""
     if conn.exec_driver_sql("SELECT 1 FROM summary_passage LIMIT 1").first() is not None:
         return
     rows = conn.execute(select(col(SessionSummary.session_id), col(SessionSummary.text), col(SessionSummary.key_points),
-                               col(SessionSummary.action_items)).where(col(SessionSummary.status) == SummaryStatus.READY)).all()
+                               col(SessionSummary.action_items)).where(
+        col(SessionSummary.status) == SummaryStatus.READY, col(SessionSummary.method) == MODEL_WRITTEN)).all()
     passages = [p for sid, body, points, actions in rows for p in summary_passages(sid, body, json.loads(points), json.loads(actions))]
     if passages:
         conn.execute(insert(SummaryPassage), [p.model_dump(exclude={"id"}) for p in passages])

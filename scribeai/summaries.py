@@ -274,9 +274,10 @@ class Summaries:
                 key_points=json.dumps(key_points), action_items=json.dumps(action_items),
                 keywords=json.dumps(digest.keywords), words=digest.words, reason=digest.reason,
                 generated_at=utcnow(), claimed_until=None))
-            # What search finds of it, replaced in the same transaction.
+            # What search finds of a model's words, replaced in the same transaction (an extractive summary's
+            # words are the transcript's: search finds them as segments).
             await s.execute(delete(SummaryPassage).where(col(SummaryPassage.session_id) == session_id))
-            if status == SummaryStatus.READY:
+            if status == SummaryStatus.READY and digest.method == LLM:
                 s.add_all(search.summary_passages(session_id, digest.text, key_points, action_items))
 
     async def get_stored(self, session_id: str) -> dict[str, Any]:

@@ -8,7 +8,8 @@
 Data: the REST benchmark's sessions (scripts/bench_rest.py: one user `alice` with --sessions sessions, plus
 --other-users users with --other-sessions each), every session with --segments transcript segments (others:
 --other-segments) of ~25 words drawn from a Zipf-distributed vocabulary (common English meeting words first,
-then made-up words: the tail). Rows are bulk-loaded without the index, then the index is built the way an
+then made-up words: the tail), and a summary (unless --no-summaries): its text, six key points and four action
+items taken from the session's segments, as the extractive summary takes them. Rows are bulk-loaded without the index, then the index is built the way an
 existing database gets it at start (Database.create_all: FTS5 'rebuild' / ALTER TABLE ... GENERATED + GIN);
 that build time is printed too.
 
@@ -106,6 +107,16 @@ def segment_rows(session: dict[str, Any], count: int, maker: TextMaker, prefix: 
 
 SEGMENT_COLUMNS = ("id", "session_id", "seq", "from_seq", "chunk_id", "start_ms", "end_ms", "text", "speaker", "confidence",
                    "is_final", "created_at")
+PASSAGE_COLUMNS = ("session_id", "kind", "text", "start_ms", "end_ms")
+
+
+def passage_rows(session: dict[str, Any], segments: list[tuple[Any, ...]], rng: random.Random) -> list[tuple[Any, ...]]:
+    """A summary as an extractive one is made: its text (five of the session's sentences), six key points and
+    four action items (sentences of it, with their times)."""
+    picked = rng.sample(segments, min(10, len(segments)))
+    text = " ".join(row[7] for row in rng.sample(segments, min(5, len(segments))))
+    return [(session["id"], "summary", text, None, None)] + [
+        (session["id"], "keyPoint" if i < 6 else "actionItem", row[7], row[5], row[6]) for i, row in enumerate(picked)]
 
 
 async def seed(db: Database, args: argparse.Namespace, maker: TextMaker, sqlite_path: Path | None) -> dict[str, Any]:
@@ -117,7 +128,7 @@ async def seed(db: Database, args: argparse.Namespace, maker: TextMaker, sqlite_
     span = timedelta(days=365)
     plan = [(USER, args.sessions, args.segments)] + [(f"user{u}", args.other_sessions, args.other_segments)
                                                      for u in range(args.other_users)]
-    prefix, counter, total = uuid.uuid4().hex[:8], [0], 0
+    prefix, counter, total, summary_total = uuid.uuid4().hex[:8], [0], 0, 0
     stored: list[str] = []
     raw = sqlite3.connect(sqlite_path) if sqlite_path else None
     pg = None
@@ -131,8 +142,12 @@ async def seed(db: Database, args: argparse.Namespace, maker: TextMaker, sqlite_
                 for i in range(0, len(sessions), 5000):
                     await conn.execute(insert(RecordingSession.__table__), sessions[i:i + 5000])  # type: ignore[attr-defined]
             batch: list[tuple[Any, ...]] = []
+            passages: list[tuple[Any, ...]] = []
             for n, session in enumerate(sessions):
-                batch.extend(segment_rows(session, per_session, maker, prefix, counter))
+                rows = segment_rows(session, per_session, maker, prefix, counter)
+                batch.extend(rows)
+                if args.summaries:
+                    passages.extend(passage_rows(session, rows, maker.rng))
                 if user == USER and n % 25 == 0:
                     stored.append(batch[-1][7])  # texts that are in alice's segments: phrases come from these
                 if len(batch) >= 48_000 or session is sessions[-1]:
@@ -145,7 +160,15 @@ async def seed(db: Database, args: argparse.Namespace, maker: TextMaker, sqlite_
                         assert pg is not None
                         await pg.copy_records_to_table("segment", records=batch, columns=SEGMENT_COLUMNS, schema_name=args.schema)
                     batch = []
-            print(f"  seeded {user}: {count} sessions x {per_session} segments ({time.perf_counter() - started:.0f} s)", flush=True)
+            if raw is not None:
+                raw.executemany(f"INSERT INTO summary_passage ({', '.join(PASSAGE_COLUMNS)}) VALUES (?, ?, ?, ?, ?)", passages)
+                raw.commit()
+            elif passages:
+                assert pg is not None
+                await pg.copy_records_to_table("summary_passage", records=passages, columns=PASSAGE_COLUMNS, schema_name=args.schema)
+            summary_total += len(passages)
+            print(f"  seeded {user}: {count} sessions x {per_session} segments, {len(passages)} summary passages "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
     finally:
         if raw is not None:
             raw.close()
@@ -159,7 +182,8 @@ async def seed(db: Database, args: argparse.Namespace, maker: TextMaker, sqlite_
     if not db.is_sqlite:
         async with db.engine.begin() as conn:
             await conn.exec_driver_sql("ANALYZE")
-    return {"segments": total, "loadSeconds": round(loaded, 1), "indexBuildSeconds": round(built, 1), "texts": stored}
+    return {"segments": total, "summaryPassages": summary_total, "loadSeconds": round(loaded, 1),
+            "indexBuildSeconds": round(built, 1), "texts": stored}
 
 
 def query_sets(words: list[str], texts: list[str], count: int, rng: random.Random) -> dict[str, list[str]]:
@@ -178,7 +202,7 @@ def query_sets(words: list[str], texts: list[str], count: int, rng: random.Rando
 
 async def measure(url: str, queries: list[str], warmup: int) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {create_token(SECRET, USER)}"}
-    latencies, hits = [], []
+    latencies, hits, kinds = [], [], {"segment": 0, "summary": 0}
     async with aiohttp.ClientSession(headers=headers) as http:
         for i, q in enumerate(queries[:warmup] + queries):
             begin = time.perf_counter()
@@ -190,9 +214,11 @@ async def measure(url: str, queries: list[str], warmup: int) -> dict[str, Any]:
             if i >= warmup:
                 latencies.append(elapsed)
                 hits.append(len(body["results"]))
+                for r in body["results"]:
+                    kinds["segment" if r["kind"] == "segment" else "summary"] += 1
     latencies.sort()
     return {"queries": len(latencies), "p50Ms": round(_pct(latencies, 50), 1), "p95Ms": round(_pct(latencies, 95), 1),
-            "maxMs": round(latencies[-1], 1), "emptyResults": sum(1 for h in hits if h == 0)}
+            "maxMs": round(latencies[-1], 1), "emptyResults": sum(1 for h in hits if h == 0), "resultsByKind": kinds}
 
 
 def _pct(values: list[float], p: int) -> float:
@@ -336,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres-url", default="postgresql+asyncpg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--sessions", type=int, default=10_000)
     parser.add_argument("--segments", type=int, default=240)
+    parser.add_argument("--no-summaries", dest="summaries", action="store_false",
+                        help="seed no summaries (by default each session has one: 11 searchable passages)")
     parser.add_argument("--other-users", type=int, default=3)
     parser.add_argument("--other-sessions", type=int, default=1_000)
     parser.add_argument("--other-segments", type=int, default=24)

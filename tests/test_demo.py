@@ -734,24 +734,23 @@ async def test_summary_and_search_on_the_page(start_server: ServerFactory, tmp_p
     assert page["files"] == {"weekly.md": md} and md.startswith("# Weekly sync\n\n## Summary")
 
     # search: two a page, the rest added below with "more" until the last; the server's results in its order: the four
-    # segments that say launch, each once, and the parts of the summaries that do; every result names its session, its
-    # time (a summary's part: which part) and the marked words
+    # segments that say launch, each once (extractive summaries add no words of their own), those that the summary
+    # lists said to be its key points; every result names its session, its time and the marked words
     first, second = page["search"]["first"], page["search"]["second"]
     assert (len(first["results"]), first["more"], first["error"], first["status"]) == (2, True, None, "2 results, more below")
     status, body = await _rest(main.url, "/api/search?q=launch&limit=100", token_for(USER))
     served = json.loads(body)["results"]
     results = second["results"]
-    assert [(r["sessionId"], r["kind"], r["segmentId"], r["start"]) for r in results] == [
-        (r["sessionId"], r["kind"], str(r["segmentId"]) if r["segmentId"] else "null", "" if r["startMs"] is None else str(r["startMs"]))
-        for r in served]
-    assert (results[:2], second["more"], second["status"]) == (first["results"], False, f"{len(served)} results"), second
-    found = [r for r in results if r["kind"] == "segment"]
-    assert len({r["segmentId"] for r in found}) == 4 and sorted(r["sessionId"] for r in found) == ["review"] * 3 + ["weekly"]
-    assert {r["kind"] for r in results} - {"segment"}, "no summary says launch"
+    assert [(r["sessionId"], r["kind"], r["segmentId"], r["start"], r["parts"]) for r in results] == [
+        (r["sessionId"], r["kind"], r["segmentId"], str(r["startMs"]), " ".join(r["summaryParts"])) for r in served]
+    assert (results[:2], second["more"], second["status"]) == (first["results"], False, "4 results"), second
+    assert len({r["segmentId"] for r in results}) == 4 and sorted(r["sessionId"] for r in results) == ["review"] * 3 + ["weekly"]
+    said = {"keyPoint": "key point", "actionItem": "action item"}
+    labelled = [r for r in results if r["parts"]]
+    assert labelled and all(r["time"].endswith("".join(f" · {said[p]}" for p in r["parts"].split())) for r in labelled), results
     titles = {"weekly": "Weekly sync", "review": "Launch review"}
-    when = {"segment": "at ", "summary": "in the summary", "keyPoint": "key point, at ", "actionItem": "action item, at "}
     for r in results:
-        assert r["title"] == titles[r["sessionId"]] and r["time"].startswith(when[r["kind"]]) and r["tags"] == ["MARK"] * len(r["marks"])
+        assert r["title"] == titles[r["sessionId"]] and r["time"].startswith("at ") and r["tags"] == ["MARK"] * len(r["marks"])
         assert r["marks"] and all(m.lower().startswith("launch") for m in r["marks"]), r
     # a result of another session: opened there, at its segment, with that session's summary
     opened = page["opened"]
@@ -761,11 +760,11 @@ async def test_summary_and_search_on_the_page(start_server: ServerFactory, tmp_p
     assert (opened["shown"]["sessionId"], opened["shown"]["id"], opened["shown"]["inView"]) == ("review", target["id"], True)
     assert target["startMs"] == opened["target"]["startMs"] and "launch" in target["text"].lower()
     assert (opened["summary"]["status"], opened["summary"]["text"]) == ("ready", review_summary["text"])
-    # an action item found in a summary: its session opened at the segment that holds its moment
+    # a segment the summary lists as an action item: said so, and opened there
     status, body = await _rest(main.url, "/api/search?q=vendor", token_for(USER))
-    item = next(r for r in json.loads(body)["results"] if r["kind"] == "actionItem")
+    item = next(r for r in json.loads(body)["results"] if "actionItem" in r["summaryParts"])
     clicked, shown = page["summaryOpened"]["item"], page["summaryOpened"]["shown"]
-    assert (clicked["sessionId"], clicked["startMs"], clicked["time"].startswith("action item, at ")) == ("weekly", item["startMs"], True)
+    assert (clicked["sessionId"], clicked["startMs"], clicked["time"].endswith(" · action item")) == ("weekly", item["startMs"], True)
     holding = _holding(segments, item["startMs"])
     assert (shown["sessionId"], shown["id"], shown["inView"]) == ("weekly", holding["id"], True), (shown, holding)
     assert "vendor" in holding["text"]

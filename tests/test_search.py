@@ -24,7 +24,8 @@ from scribeai.errors import InvalidInput
 from scribeai.models import RecordingSession, SessionSummary, TranscriptSegment
 from scribeai.retention import Retention
 from scribeai.transcription.queue import StreamQueue
-from tests.conftest import RunningServer, chunk, token_for
+from tests.conftest import RunningServer, ServerFactory, chunk, token_for
+from tests.fake_chat import FakeChatAPI
 
 ROADMAP = [(0, 8000, "We decided the launch date is Friday the twelfth."),
            (8000, 16000, "Marketing will follow up on the launch plan: launch, launch and the launch party."),
@@ -75,7 +76,7 @@ async def test_ranked_results_with_snippet_and_time(server: RunningServer) -> No
     results = await find(server, "launch")
     assert [r["segmentId"] for r in results] == [ids["roadmap"][1], *sorted([ids["roadmap"][0], ids["standup"][0]],
                                                                           key=[r["segmentId"] for r in results].index)]
-    assert results[0] == {"kind": "segment", "sessionId": "roadmap", "title": "Roadmap review", "segmentId": ids["roadmap"][1], "startMs": 8000,
+    assert results[0] == {"kind": "segment", "summaryParts": [], "sessionId": "roadmap", "title": "Roadmap review", "segmentId": ids["roadmap"][1], "startMs": 8000,
                           "endMs": 16000, "snippet": results[0]["snippet"], "rank": results[0]["rank"]}
     assert results[0]["rank"] > results[1]["rank"] >= results[2]["rank"]
     assert marked(results[0]["snippet"]) == ["launch"] * 4
@@ -316,37 +317,66 @@ VENDOR_MEETING = [
 ]
 
 
-async def test_summaries_are_searched_with_their_times(server: RunningServer) -> None:
-    """A session's summary (its text, key points, action items) is found beside its segments, ranked with them:
-    an action item with the time it was said, never another user's, replaced when the summary is made again."""
+async def test_an_extractive_summary_labels_the_segments_it_lists(server: RunningServer) -> None:
+    """An extractive summary's sentences are the transcript's: each is found once, as its segment, which says that
+    the summary lists it as a key point or an action item. No passage of its own is indexed."""
     ids = await add_session(server, "alice", "supply", "Supply review", VENDOR_MEETING)
-    await add_session(server, "bob", "bobs", "Bob's plans", [(0, 5000, "Bob will call the zanzibar vendor.")])
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token_for('alice')}"}) as http:
-        async with http.post(f"{server.url}/api/sessions/supply/stop") as response:
-            assert response.status == 200
+    await stop(server, "supply")
     summary = await summary_ready(server, "supply")
-    assert [a["text"] for a in summary["actionItems"]] == [VENDOR_MEETING[2][2]]
-
+    assert (summary["method"], [a["text"] for a in summary["actionItems"]]) == ("extractive", [VENDOR_MEETING[2][2]])
     found = await find(server, "zanzibar")
-    assert sorted((r["kind"], r["segmentId"], r["startMs"], r["endMs"]) for r in found) == [
-        ("actionItem", None, 12000, 18000), ("segment", ids[2], 12000, 18000)]
-    item = next(r for r in found if r["kind"] == "actionItem")
-    assert (item["sessionId"], item["title"], marked(item["snippet"])) == ("supply", "Supply review", ["zanzibar"])
-    # The summary's own text and key points: the grinders are what it is about.
-    kinds = {r["kind"] for r in await find(server, "grinders", limit="100")}
-    assert {"segment", "summary", "keyPoint"} <= kinds, kinds
-    assert "actionItem" not in kinds
-    assert [r["sessionId"] for r in await find(server, "zanzibar", user="bob")] == ["bobs"]  # bob's segment, none of alice's
-
-    # Made again: the passages are replaced, not added to.
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token_for('alice')}"}) as http:
-        async with http.post(f"{server.url}/api/sessions/supply/summary") as response:
-            assert response.status == 202
-    await summary_ready(server, "supply", after=summary["generatedAt"])
-    assert sorted(r["kind"] for r in await find(server, "zanzibar")) == ["actionItem", "segment"]
+    assert [(r["kind"], r["segmentId"], r["startMs"], r["summaryParts"]) for r in found] == [
+        ("segment", ids[2], 12000, ["actionItem"])]
+    grinders = await find(server, "grinders", limit="100")
+    assert {r["kind"] for r in grinders} == {"segment"} and len(grinders) == len({r["segmentId"] for r in grinders})
+    point_times = [p["startMs"] for p in summary["keyPoints"]]
+    for r in grinders:
+        holds = any(r["startMs"] <= at < r["endMs"] for at in point_times)
+        assert r["summaryParts"] == (["keyPoint"] if holds else []), (r, point_times)
+    assert any(r["summaryParts"] for r in grinders)
     async with server.services.db.read() as s:
-        count = (await s.execute(text("SELECT count(*) FROM summary_passage WHERE session_id = 'supply'"))).scalar_one()
-    assert count == 1 + len(summary["keyPoints"]) + len(summary["actionItems"])
+        assert (await s.execute(text("SELECT count(*) FROM summary_passage"))).scalar_one() == 0
+
+
+async def test_a_models_summary_is_searched_with_its_times(start_server: ServerFactory) -> None:
+    """What a model wrote (its summary, key points, action items) is found beside the segments, ranked with them:
+    an action item with the time it was said; never another user's; replaced when the summary is made again."""
+    fake = FakeChatAPI()
+    try:
+        server = await start_server(summary_base_url=await fake.start(), summary_model="fake")
+        ids = await add_session(server, "alice", "supply", "Supply review", VENDOR_MEETING)
+        await add_session(server, "bob", "bobs", "Bob's plans", [(0, 5000, "Bob will call the zanzibar vendor.")])
+        await stop(server, "supply")
+        summary = await summary_ready(server, "supply")
+        assert (summary["method"], summary["text"]) == ("llm", "This part has 5 lines."), summary
+        # the model's summary: its own words, no time
+        assert [(r["kind"], r["sessionId"], r["segmentId"], r["startMs"], marked(r["snippet"])) for r in await find(server, "lines")] == [
+            ("summary", "supply", None, None, ["lines"])]
+        # its action item, placed at the sentence it came from, and that sentence's segment
+        found = await find(server, "zanzibar")
+        assert sorted((r["kind"], r["segmentId"], r["startMs"], r["endMs"], r["summaryParts"]) for r in found) == [
+            ("actionItem", None, 12000, 18000, []), ("segment", ids[2], 12000, 18000, ["actionItem"])]
+        item = next(r for r in found if r["kind"] == "actionItem")
+        assert (item["sessionId"], item["title"], marked(item["snippet"])) == ("supply", "Supply review", ["zanzibar"])
+        assert [r["sessionId"] for r in await find(server, "zanzibar", user="bob")] == ["bobs"]  # none of alice's
+        assert await find(server, "lines", user="bob") == []
+        # made again: the passages are replaced, not added to
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token_for('alice')}"}) as http:
+            async with http.post(f"{server.url}/api/sessions/supply/summary") as response:
+                assert response.status == 202
+        await summary_ready(server, "supply", after=summary["generatedAt"])
+        assert sorted(r["kind"] for r in await find(server, "zanzibar")) == ["actionItem", "segment"]
+        async with server.services.db.read() as s:
+            count = (await s.execute(text("SELECT count(*) FROM summary_passage WHERE session_id = 'supply'"))).scalar_one()
+        assert count == 1 + len(summary["keyPoints"]) + len(summary["actionItems"])
+    finally:
+        await fake.close()
+
+
+async def stop(server: RunningServer, session_id: str) -> None:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token_for('alice')}"}) as http:
+        async with http.post(f"{server.url}/api/sessions/{session_id}/stop") as response:
+            assert response.status == 200
 
 
 async def summary_ready(server: RunningServer, session_id: str, after: str | None = None) -> dict[str, Any]:
@@ -361,14 +391,17 @@ async def summary_ready(server: RunningServer, session_id: str, after: str | Non
 
 
 async def test_summaries_of_an_older_database_are_indexed_and_pages_merge_both_lists(server: RunningServer) -> None:
-    """Summaries stored before they were searchable get their passages at the next start; a page takes from both
+    """Models' summaries stored before they were searchable get their passages at the next start; a page takes from both
     ranked lists, and following `next` shows every match once, in the order of one long page."""
     await add_session(server, "alice", "alpha", "Alpha", [(i * 1000, i * 1000 + 900, "alpha " * (1 + i % 3) + f"note {i}")
                                                           for i in range(6)])
     points = [{"text": "alpha " * (1 + i % 2) + f"point {i}", "startMs": i * 1000, "endMs": i * 1000 + 500} for i in range(4)]
+    await add_session(server, "alice", "beta", "Beta", [(0, 900, "beta")])
     async with server.services.db.write() as s:
-        s.add(SessionSummary(session_id="alpha", status="ready", method="extractive", text="All about alpha.",
+        s.add(SessionSummary(session_id="alpha", status="ready", method="llm", text="All about alpha.",
                              key_points=json.dumps(points[:2]), action_items=json.dumps(points[2:])))
+        s.add(SessionSummary(session_id="beta", status="ready", method="extractive", text="Alpha again.",  # no passages
+                             key_points=json.dumps(points[:2])))
     db = server.services.db
     async with db.engine.begin() as conn:
         await conn.run_sync(search.drop_index)  # as before search: no index, no passages

@@ -1019,17 +1019,22 @@ async function searchPage(cursor) {
   $("search-more").hidden = state.next === null;
 }
 
-// What a result is, when it is not a transcript segment: a part of its session's summary.
+// A result that is a model's words in a summary, or a segment that the summary counts as one of its parts.
 const SUMMARY_PARTS = { summary: "in the summary", keyPoint: "key point", actionItem: "action item" };
 
-/** A result: a segment opens its session there; a summary's part at its moment, or at the summary when it has none. */
+/**
+ * A result: a segment opens its session there; a model's summary part at its moment, or at the summary when it has
+ * none. Its line says which it is: "key point, at 0:06" (the model's words), "at 0:27 · action item" (a segment the
+ * summary lists).
+ */
 function searchItem(result) {
   const part = SUMMARY_PARTS[result.kind] ?? null;
   const timed = typeof result.startMs === "number";
   const segmentId = result.segmentId === null || result.segmentId === undefined ? null : String(result.segmentId);
-  const when = [part, timed ? `at ${clock(result.startMs)}` : null].filter(Boolean).join(", ");
+  const listed = (Array.isArray(result.summaryParts) ? result.summaryParts : []).map((p) => SUMMARY_PARTS[p]).filter(Boolean);
+  const when = [[part, timed ? `at ${clock(result.startMs)}` : null].filter(Boolean).join(", "), ...listed].join(" · ");
   return element("li", { className: part ? "summary-part" : "", dataset: { session: result.sessionId, kind: String(result.kind ?? "segment"),
-    segment: String(segmentId), start: String(timed ? result.startMs : "") } },
+    segment: String(segmentId), start: String(timed ? result.startMs : ""), parts: listed.length ? result.summaryParts.join(" ") : "" } },
     element("button", { type: "button", className: "result", title: timed ? "Open the session at this moment" : "Open the session's summary",
       onclick: () => {
         if (timed) openSession(result.sessionId, { atMs: result.startMs, segmentId });

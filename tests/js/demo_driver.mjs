@@ -734,7 +734,7 @@ async function highlighted(page) {
 async function shownResults(page) {
   return page.evaluate(() => ({
     results: Array.from(document.querySelectorAll("#search-results li"), (li) => ({
-      sessionId: li.dataset.session, kind: li.dataset.kind, segmentId: li.dataset.segment, start: li.dataset.start,
+      sessionId: li.dataset.session, kind: li.dataset.kind, segmentId: li.dataset.segment, start: li.dataset.start, parts: li.dataset.parts,
       title: li.querySelector(".result-title").textContent, time: li.querySelector(".time").textContent,
       snippet: li.querySelector(".snippet").textContent,
       marks: Array.from(li.querySelectorAll(".snippet mark"), (m) => m.textContent),
@@ -830,10 +830,10 @@ async function summaryScenario(browser, server, result) {
   result.opened = { target, shown: await highlighted(page), summary: await shownSummary(page) };
   await sleep(300);  // the summary's paint
   await screenshot(page, "search", result);
-  // an action item found in a summary: opened at the moment it was said
+  // a segment that the summary lists as an action item: found, said so, opened at the moment it was said
   result.summarySearch = await searchFor(page, spec.summarySearch);
   const item = await page.evaluate(() => {
-    const li = document.querySelector('#search-results li[data-kind="actionItem"]');
+    const li = document.querySelector('#search-results li[data-parts~="actionItem"]');
     li?.querySelector("button.result").click();
     return li ? { sessionId: li.dataset.session, startMs: Number(li.dataset.start), time: li.querySelector(".time").textContent } : null;
   });

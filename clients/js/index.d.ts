@@ -143,7 +143,8 @@ export interface SegmentDetail {
 export interface InterimDetail { interim: TranscriptInterim; caption: Caption }
 export interface ErrorDetail {
   /** A server code (invalid, too_large, forbidden, conflict, not_found, unauthorized, ...) or a local one:
-   * storage_full, storage, chunks_lost, stop_incomplete, microphone_denied, start_failed, recorder, timeout. */
+   * storage_full, storage, chunks_lost, stop_incomplete, microphone_denied, start_failed, recorder, timeout, protocol.
+   * too_large with a `sequence` is also a chunk over the server's message limit: not sent, or the connection closed over it. */
   code: string;
   message: string;
   sequence?: number;

@@ -7,6 +7,7 @@ import { io } from "socket.io-client";
 import { chunkMimeType, pickMimeType, sniffContainer } from "./mime.js";
 import { CutMarker, lossOf, readMarkers } from "./cut.js";
 import { FlowControl, isRetryable } from "./flow.js";
+import { limitOfClose, messageBytes, messageLimit, overLimit } from "./limits.js";
 import { Outbox, isQuotaError } from "./outbox.js";
 import { nextToSend, resendPlan } from "./resend.js";
 import { LiveTranscript } from "./captions.js";
@@ -113,6 +114,10 @@ export class Recorder extends EventTarget {
     this._volatile = new Map();  // sequence -> record: chunks IndexedDB could not take (storage full), memory only
     this._inFlight = new Map();  // sequence -> connection epoch it was sent on
     this._rejected = new Set();  // sequences refused for good (kept aside, not lost)
+    this._settingAside = new Set();  // refused for good, on their way to the rejected store: not sent again meanwhile
+    this._refusals = new Map();  // sequence -> the too_large error of a connection closed over it (its send's answer)
+    this._messageLimit = null;   // the server's bytes per Engine.IO message (its handshake's maxPayload, or its too_large)
+    this._tooLarge = null;       // {epoch, message}: a protocol-error too_large came; the close follows
     this._nextSeq = 0;
     this._epoch = 0;             // +1 per disconnect: answers from an older connection do not touch flow state
     this._joined = false;
@@ -328,7 +333,10 @@ export class Recorder extends EventTarget {
     this.options.token = token;
     if (!this._socket) return;
     this._socket.auth = token ? { token } : {};
-    if (!this._socket.connected) this._socket.connect();
+    if (!this._socket.connected) {
+      this._socket.connect();
+      this._watchHandshake(this._socket);
+    }
   }
 
   // -- recording -----------------------------------------------------------------
@@ -539,12 +547,16 @@ export class Recorder extends EventTarget {
     const connect = this.options.io ?? io;  // tests pass a fake
     const socket = connect(url, { ...socketOptions, auth });
     this._socket = socket;
+    this._watchHandshake(socket);
+    // socket.io-client makes a new engine for each reconnection attempt, right after this event
+    socket.io?.on?.("reconnect_attempt", () => queueMicrotask(() => this._watchHandshake(socket)));
     socket.on("connect", () => {
       this._setConnected(true);
       socket.io.engine?.once("upgrade", () => this._setConnected(true));
       this._join();
     });
-    socket.on("disconnect", (reason) => {
+    socket.on("disconnect", (reason, details) => {
+      this._closedOverLimit(details);
       this._epoch += 1;
       this._joined = false;
       this._inFlight.clear();
@@ -553,7 +565,11 @@ export class Recorder extends EventTarget {
       this._emitBackpressure();
       // The server closed the connection (a restart or a shutdown): socket.io-client would not retry.
       if (reason === "io server disconnect" && !this._closed) {
-        setTimeout(() => { if (this._socket === socket && !socket.connected) socket.connect(); }, this.options.reconnectMs);
+        setTimeout(() => {
+          if (this._socket !== socket || socket.connected) return;
+          socket.connect();
+          this._watchHandshake(socket);
+        }, this.options.reconnectMs);
       }
     });
     socket.on("connect_error", (err) => {
@@ -563,6 +579,11 @@ export class Recorder extends EventTarget {
       }
     });
     socket.on("protocol-error", (body) => {
+      if (body?.code === "too_large") {  // a message over the server's limit: the disconnect that follows says whose
+        this._learnLimit(body.details?.limit);
+        this._tooLarge = { epoch: this._epoch, message: String(body.message ?? "message too large") };
+        return;
+      }
       this._emitError("protocol", `the server closed the connection: ${body?.message ?? "undecodable packet"}`);
     });
     socket.on("backpressure", (body) => {
@@ -639,6 +660,43 @@ export class Recorder extends EventTarget {
     this._changed();
   }
 
+  /** The Engine.IO handshake says the most bytes one message may carry (maxPayload): a chunk over it is not sent. */
+  _watchHandshake(socket) {
+    const engine = socket.io?.engine;
+    if (!engine || engine === this._watchedEngine || typeof engine.once !== "function") return;
+    this._watchedEngine = engine;  // an engine the page's other sockets opened already shook hands: not seen here
+    engine.once("handshake", (handshake) => this._learnLimit(handshake?.maxPayload));
+  }
+
+  _learnLimit(value) {
+    this._messageLimit = messageLimit(value) ?? this._messageLimit;
+  }
+
+  /**
+   * The connection closes. When the server closed it over a message too large (protocol-error too_large, or a
+   * websocket close 1009), the chunks in flight whose message is over its limit are refused for good: resent, each
+   * would close every connection after this one, and the chunks after it would never go.
+   */
+  _closedOverLimit(details) {
+    const told = this._tooLarge?.epoch === this._epoch ? this._tooLarge : null;
+    this._tooLarge = null;
+    const closeLimit = limitOfClose(details?.context);
+    if (!told && details?.context?.code !== 1009) return;
+    this._learnLimit(closeLimit);
+    const message = told?.message ?? String(details.context.reason || "a message too big (websocket close 1009)");
+    const inFlight = new Map([...this._inFlight.keys()].map((seq) => [seq, this._pending.get(seq) ?? 0]));
+    const blamed = overLimit(inFlight, this._messageLimit, this.transport);
+    if (blamed.length === 0) {
+      this._emitError("protocol", `the server closed the connection: ${message}`);
+      return;
+    }
+    for (const seq of blamed) {
+      this._settingAside.add(seq);
+      this._refusals.set(seq, { code: "too_large",
+        message: `the server closed the connection over its ${inFlight.get(seq)} bytes: ${message}` });
+    }
+  }
+
   /** Make the server's session status follow ours (after a reconnect, a pause may not have reached it). */
   _syncSessionStatus(serverStatus = this.lastJoin?.status) {
     if (!this._joined) return;
@@ -669,7 +727,7 @@ export class Recorder extends EventTarget {
     if (!this._joined || !this._loaded || !this._socket?.connected) return;
     const now = Date.now();
     while (this._flow.canSend(now)) {
-      const seq = nextToSend(this._pending.keys(), this._inFlight);
+      const seq = nextToSend(this._pending.keys(), this._inFlight, this._settingAside);
       if (seq === null) break;
       this._inFlight.set(seq, this._epoch);
       this._flow.sent(now);
@@ -677,7 +735,7 @@ export class Recorder extends EventTarget {
     }
     this._emitBackpressure();
     const wakeAt = this._flow.wakeAt(now);
-    const hasWork = this._pending.size > this._inFlight.size;
+    const hasWork = this._pending.size > this._inFlight.size + this._settingAside.size;
     if ((hasWork || this._flow.overloaded) && Number.isFinite(wakeAt) && wakeAt > now) {
       this._wakeTimer = setTimeout(() => this._pump(), wakeAt - now);
     }
@@ -690,6 +748,12 @@ export class Recorder extends EventTarget {
     } catch (err) {
       // a local failure (the outbox could not be read): the chunk stays, and is tried again after a backoff
       reply = { error: { code: "internal", message: `chunk ${seq} could not be sent: ${err?.message ?? err}` } };
+    }
+    const refusal = this._refusals.get(seq);
+    if (refusal) {  // the connection was closed over this chunk: that is its answer
+      this._refusals.delete(seq);
+      if (reply?.error) reply = { error: refusal };
+      else this._settingAside.delete(seq);
     }
     const current = epoch === this._epoch && this._inFlight.get(seq) === epoch;
     if (current) this._inFlight.delete(seq);
@@ -716,6 +780,13 @@ export class Recorder extends EventTarget {
     if (payload.error) return payload;
     if (!socket || socket !== this._socket || epoch !== this._epoch || !socket.connected) {
       return { error: { code: "disconnected", message: `chunk ${seq}: the connection is gone` } };
+    }
+    const size = payload.audio.byteLength;
+    const bytes = messageBytes(size, socket.io?.engine?.transport?.name);
+    if (this._messageLimit !== null && bytes > this._messageLimit) {  // the server would close the connection over it
+      const encoded = bytes === size ? "" : ` (about ${bytes} on polling, as base64)`;
+      return { error: { code: "too_large",
+        message: `not sent: its ${size} bytes${encoded} are over the server's limit of ${this._messageLimit} bytes per message` } };
     }
     try {
       return await socket.timeout(this.options.ackTimeoutMs).emitWithAck("audio-chunk", payload);
@@ -771,12 +842,15 @@ export class Recorder extends EventTarget {
     }
     // Refused for good (invalid, too_large, forbidden, conflict, ...): set aside, never deleted silently.
     if (!this._pending.has(seq)) return;
+    // not sent again while it moves (nor at all by this page, if the outbox cannot move it: the error says so)
+    this._settingAside.add(seq);
     if (this._volatile.has(seq)) {
       this._rejectedInMemory = [...(this._rejectedInMemory ?? []), { ...this._volatile.get(seq), error }];
       this._volatile.delete(seq);
     } else {
       await (await this._outbox)?.reject(this.sessionId, seq, { code: error.code, message: error.message });
     }
+    this._settingAside.delete(seq);
     this._pending.delete(seq);
     this._rejected.add(seq);
     this._emitQueue();

@@ -356,6 +356,90 @@ test("a chunk refused for good is set aside with an error event, not deleted; th
   assert.deepEqual(await Recorder.pending(db), []);
 });
 
+/** A server that closes the connection when chunk `over` comes (a message over its limit), as `close(socket)` says. */
+function closingServer(over, close) {
+  const server = fakeServer();
+  const socket = new FakeSocket((event, payload) => {
+    if (event !== "audio-chunk" || payload.sequence !== over) return server.handler(event, payload);
+    setTimeout(() => close(socket), 1);
+    return NO_ANSWER;
+  });
+  return { server, socket };
+}
+
+const OVERSIZED = [blob(100, 1), blob(5000, 2), blob(200, 3), blob(300, 4)];
+
+test("a websocket closed with 1009 over a chunk (no protocol-error): that chunk is set aside as too_large, sent once; the rest is stored", async () => {
+  const db = freshDB();
+  const { server, socket } = closingServer(1, (s) => {
+    s.drop("transport close", { description: "websocket connection closed",
+      context: { code: 1009, reason: "message over the server's limit of 1000 bytes" } });
+    setTimeout(() => s.connect(), 20);  // socket.io-client reconnects by itself after a transport close
+  });
+  const rec = make(socket, db);
+  const errors = collect(rec, "error");
+  const retries = collect(rec, "retry");
+  await record(rec, OVERSIZED);
+  const result = await rec.stop({ timeoutMs: 3000 });
+  assert.equal(result.drained, true);
+  assert.deepEqual(socket.chunkSequences().filter((seq) => seq === 1), [1]);
+  assert.deepEqual([...server.stored.keys()].sort(), [0, 2, 3]);
+  assert.deepEqual(errors.map(({ code, sequence }) => [code, sequence]), [["too_large", 1]]);
+  assert.match(errors[0].message, /^chunk 1 was refused: the server closed the connection over its 5000 bytes: message over the server's limit of 1000 bytes; it is kept aside/);
+  assert.deepEqual(retries.filter((r) => r.sequence === 1), []);
+  const rejected = await Recorder.rejected({ ...db, sessionId: "sess-1" });
+  assert.deepEqual(rejected.map((r) => [r.sequence, r.error.code, r.bytes.byteLength]), [[1, "too_large", 5000]]);
+  assert.deepEqual(result.reply.missing, []);  // the fake server does not count gaps
+});
+
+test("protocol-error too_large, then the server's disconnect: the chunk over its limit is set aside, later ones over it are not sent", async () => {
+  const db = freshDB();
+  const { server, socket } = closingServer(1, (s) => {
+    s.push("protocol-error", { code: "too_large", message: "a message of 6669 bytes is over this server's limit of 1000 bytes per message",
+      error: "Message too large", details: { limit: 1000, size: 6669 } });
+    s.drop("io server disconnect");  // the Recorder reconnects by itself after reconnectMs
+  });
+  const rec = make(socket, db, { reconnectMs: 20 });
+  const errors = collect(rec, "error");
+  await record(rec, [...OVERSIZED, blob(1001, 5), blob(1000, 6)]);
+  const result = await rec.stop({ timeoutMs: 3000 });
+  assert.equal(result.drained, true);
+  assert.deepEqual(socket.chunkSequences().filter((seq) => seq === 1 || seq === 4), [1]);
+  assert.deepEqual([...server.stored.keys()].sort(), [0, 2, 3, 5]);
+  assert.deepEqual(errors.map(({ code, sequence }) => [code, sequence]).sort(), [["too_large", 1], ["too_large", 4]]);
+  const byChunk = Object.fromEntries(errors.map((e) => [e.sequence, e.message]));
+  assert.match(byChunk[1], /^chunk 1 was refused: the server closed the connection over its 5000 bytes: a message of 6669 bytes is over/);
+  assert.match(byChunk[4], /^chunk 4 was refused: not sent: its 1001 bytes are over the server's limit of 1000 bytes per message; it is kept aside/);
+  const rejected = await Recorder.rejected({ ...db, sessionId: "sess-1" });
+  assert.deepEqual(rejected.map((r) => [r.sequence, r.error.code, r.bytes.byteLength]), [[1, "too_large", 5000], [4, "too_large", 1001]]);
+});
+
+test("a close over a message too large that no chunk in flight is over (another socket's): a protocol error, the chunks resent", async () => {
+  let closed = false;
+  const server = fakeServer();
+  const socket = new FakeSocket((event, payload) => {
+    if (event === "audio-chunk" && payload.sequence === 1 && !closed) {
+      closed = true;
+      setTimeout(() => {
+        socket.push("protocol-error", { code: "too_large", message: "a message is over this server's limit of 1000 bytes per message",
+          details: { limit: 1000 } });
+        socket.drop("transport close", { context: { code: 1009, reason: "message over the server's limit of 1000 bytes" } });
+        setTimeout(() => socket.connect(), 20);
+      }, 1);
+      return NO_ANSWER;
+    }
+    return server.handler(event, payload);
+  });
+  const rec = make(socket);
+  const errors = collect(rec, "error");
+  await record(rec, BLOBS.slice(0, 3));
+  const result = await rec.stop({ timeoutMs: 3000 });
+  assert.equal(result.drained, true);
+  assert.deepEqual([...server.stored.keys()].sort(), [0, 1, 2]);
+  assert.deepEqual(errors.map(({ code, sequence }) => [code, sequence]), [["protocol", undefined]]);
+  assert.match(errors[0].message, /^the server closed the connection: a message is over this server's limit of 1000 bytes per message$/);
+});
+
 test("storage full: a clear storage_full error, the new chunk is still sent from memory, stored chunks stay safe", async () => {
   const db = freshDB();
   let quota = 10 * 1024 * 1024;

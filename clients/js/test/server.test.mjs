@@ -5,6 +5,7 @@
 import { afterEach, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
+import { Manager } from "socket.io-client";
 import { Recorder } from "../index.js";
 import { FakeMediaRecorder, collect, fakeStream, freshDB, timesliceBlobs, until } from "./support.mjs";
 
@@ -195,4 +196,88 @@ describe("Recorder against a real server whose transcription is slow (MAX_QUEUE_
     assert.equal(acks.filter((a) => a.status === "stored").length, 4);
     assert.equal((await session(rec.sessionId, SLOW_URL)).totalChunks, 4);
   });
+});
+
+// MAX_CHUNK_BYTES of 64 KiB: a chunk over it is answered too_large; one over the Engine.IO message limit (~1.1 MiB)
+// would close the connection (protocol-error too_large, on a websocket a close 1009), so it must never be resent.
+const SMALL_URL = process.env.SCRIBEAI_RECORDER_SMALL_URL;
+const SMALL_MAX_CHUNK_BYTES = Number(process.env.SCRIBEAI_RECORDER_SMALL_MAX_CHUNK_BYTES);
+const MESSAGE_LIMIT = Number(process.env.SCRIBEAI_RECORDER_SMALL_MESSAGE_LIMIT);
+const filler = (size, fill) => new Blob([new Uint8Array(size).fill(fill)], { type: "audio/webm;codecs=opus" });
+
+describe("Recorder against a real server with MAX_CHUNK_BYTES=64 KiB", { skip: SMALL_URL ? false : skip || "no small server" }, () => {
+  for (const transport of ["websocket", "polling"]) {
+    test(`over ${transport}: a chunk over the server's message limit is not sent, one over MAX_CHUNK_BYTES is refused; both set aside as too_large, the rest stored`, async () => {
+      const blobs = await timesliceBlobs();
+      const refused = filler(SMALL_MAX_CHUNK_BYTES + 1, 1);
+      const huge = filler(MESSAGE_LIMIT + 1, 2);
+      FakeMediaRecorder.blobs = [blobs[0], refused, blobs[1], huge, blobs[2], blobs[3]];
+      const db = freshDB();
+      const rec = recorder({ url: SMALL_URL, sessionId: `small-${randomUUID()}`, ...db,
+        socketOptions: { transports: [transport], reconnectionDelay: 100, reconnectionDelayMax: 500 } });
+      const acks = collect(rec, "ack");
+      const errors = collect(rec, "error");
+      const connections = collect(rec, "connection");
+      await rec.start(fakeStream());
+      await tickAll(FakeMediaRecorder.instances[0]);
+      const result = await rec.stop({ timeoutMs: 10000 });
+
+      // the connection was never closed: the huge chunk was refused here (the handshake's maxPayload), never sent
+      assert.deepEqual(connections, [{ connected: true, transport }]);
+      assert.equal(result.drained, true);
+      assert.deepEqual(errors.map(({ code, sequence }) => [code, sequence]).sort((a, b) => a[1] - b[1]), [["too_large", 1], ["too_large", 3]]);
+      const byChunk = Object.fromEntries(errors.map((e) => [e.sequence, e.message]));
+      assert.match(byChunk[1], new RegExp(`^chunk 1 was refused: audio of ${SMALL_MAX_CHUNK_BYTES + 1} bytes exceeds MAX_CHUNK_BYTES \\(${SMALL_MAX_CHUNK_BYTES}\\)`));
+      assert.match(byChunk[3], new RegExp(`^chunk 3 was refused: not sent: its ${MESSAGE_LIMIT + 1} bytes .*over the server's limit of ${MESSAGE_LIMIT} bytes per message; it is kept aside`));
+      assert.deepEqual(acks.map((a) => [a.sequence, a.status]).sort((a, b) => a[0] - b[0]),
+        [[0, "stored"], [2, "stored"], [4, "stored"], [5, "stored"]]);
+      assert.deepEqual(result.reply.missing, [1, 3]);
+      const rejected = await Recorder.rejected({ ...db, sessionId: rec.sessionId });
+      assert.deepEqual(rejected.map((r) => [r.sequence, r.error.code, r.bytes.byteLength]),
+        [[1, "too_large", SMALL_MAX_CHUNK_BYTES + 1], [3, "too_large", MESSAGE_LIMIT + 1]]);
+      assert.deepEqual(await Recorder.pending(db), []);
+      const view = await session(rec.sessionId, SMALL_URL);
+      assert.equal(view.totalChunks, 4);
+      assert.equal(view.bytes, blobs.reduce((n, b) => n + b.size, 0));
+    });
+
+    test(`over ${transport}: a page whose socket.io connection was up first (no handshake seen): the server closes it over a chunk; that chunk is set aside as too_large, sent once, the rest stored`, async () => {
+      const blobs = await timesliceBlobs();
+      const huge = filler(MESSAGE_LIMIT + 1, 3);
+      FakeMediaRecorder.blobs = [blobs[0], huge, blobs[1], blobs[2]];
+      const socketOptions = { transports: [transport], reconnectionDelay: 100, reconnectionDelayMax: 500 };
+      // the page's viewer on /record and the recorder share one socket.io-client Manager, its handshake done before
+      const manager = new Manager(SMALL_URL, socketOptions);
+      const viewer = manager.socket("/record", { auth: { token: TOKEN } });
+      try {
+        await new Promise((resolve, reject) => { viewer.once("connect", resolve); viewer.once("connect_error", reject); });
+        const db = freshDB();
+        const rec = recorder({ url: SMALL_URL, sessionId: `small-${randomUUID()}`, ...db, socketOptions, reconnectMs: 100,
+          io: (url, options) => manager.socket("/", options) });
+        const acks = collect(rec, "ack");
+        const errors = collect(rec, "error");
+        const retries = collect(rec, "retry");
+        const connections = collect(rec, "connection");
+        await rec.start(fakeStream());
+        assert.equal(rec.socket.io, manager);
+        await tickAll(FakeMediaRecorder.instances[0]);
+        const result = await rec.stop({ timeoutMs: 10000 });
+
+        assert.deepEqual(connections.map((c) => c.connected), [true, false, true]);  // one close, not one per resend
+        assert.equal(result.drained, true);
+        assert.deepEqual(errors.map(({ code, sequence }) => [code, sequence]), [["too_large", 1]]);
+        const sizeSaid = transport === "polling" ? "a message of \\d+ bytes" : "a message";
+        assert.match(errors[0].message, new RegExp(`^chunk 1 was refused: the server closed the connection over its ${MESSAGE_LIMIT + 1} bytes: ` +
+          `${sizeSaid} is over this server's limit of ${MESSAGE_LIMIT} bytes per message.*; it is kept aside`));
+        assert.deepEqual(retries.filter((r) => r.sequence === 1), []);
+        assert.deepEqual(acks.filter((a) => a.status === "stored").map((a) => a.sequence).sort(), [0, 2, 3]);
+        assert.deepEqual(result.reply.missing, [1]);
+        const rejected = await Recorder.rejected({ ...db, sessionId: rec.sessionId });
+        assert.deepEqual(rejected.map((r) => [r.sequence, r.error.code, r.bytes.byteLength]), [[1, "too_large", MESSAGE_LIMIT + 1]]);
+        assert.equal((await session(rec.sessionId, SMALL_URL)).totalChunks, 3);
+      } finally {
+        viewer.disconnect();
+      }
+    });
+  }
 });

@@ -117,7 +117,8 @@ export function collect(target, type) {
 /**
  * A stand-in for socket.io-client's Socket (Recorder option `io`), driven by `handler(event, payload)`,
  * which returns the ack body (or a promise of it). Connects when the Recorder calls io(), asynchronously, like io().
- * `push(event, body)` is a server-sent event; `drop()` cuts the connection (pending acks fail as in 4.8).
+ * `push(event, body)` is a server-sent event; `drop(reason, details)` cuts the connection (pending acks fail as in 4.8,
+ * after the disconnect event).
  */
 export class FakeSocket {
   constructor(handler, { autoConnect = true } = {}) {
@@ -151,8 +152,8 @@ export class FakeSocket {
     this.listeners.clear();
   }
 
-  push(event, body) {
-    for (const fn of this.listeners.get(event) ?? []) fn(body);
+  push(event, ...args) {
+    for (const fn of this.listeners.get(event) ?? []) fn(...args);
   }
 
   connect() {
@@ -168,10 +169,10 @@ export class FakeSocket {
     this.push("disconnect", "io client disconnect");
   }
 
-  drop(reason = "transport close") {
+  drop(reason = "transport close", details = undefined) {
     this.connected = false;
+    this.push("disconnect", reason, details);
     this._failPending();
-    this.push("disconnect", reason);
   }
 
   timeout(ms) {

@@ -97,7 +97,8 @@ def create_app(settings: Settings, *, db_schema: str | None = None) -> web.Appli
                         chunk_duration_ms=settings.chunk_duration_ms, retry_base_s=settings.transcribe_retry_base_s,
                         gap_wait_s=settings.gap_wait_s, idle_flush_s=settings.idle_flush_s,
                         window_wait_s=settings.window_wait_s, window_s=(settings.window_min_s, settings.window_target_s),
-                        lease_s=settings.transcribe_lease_s, caption_share=settings.caption_cpu_budget)
+                        lease_s=settings.transcribe_lease_s, caption_share=settings.caption_cpu_budget,
+                        takeover_s=settings.transcribe_takeover_s)
     realtime = Realtime(sio, settings, auth, ingest, sessions, monitor, pipeline, metrics)
     realtime.register()
     pipeline.on_transcribed = realtime.chunk_transcribed

@@ -162,6 +162,16 @@ class CaptionViewer(SQLModel, table=True):
     until: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
 
 
+class TranscriberNode(SQLModel, table=True):
+    """A process that transcribes, alive until `alive_until` (its heartbeat moves it on every few seconds): once
+    that has passed, the streams it claimed may be taken by another node before their leases run out."""
+
+    __tablename__ = "transcriber_node"
+
+    node_id: str = Field(primary_key=True, max_length=128)
+    alive_until: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
 class TranscriptSegment(SQLModel, table=True):
     # "segment" replaced "transcript_segment" (one row per chunk) when segments became windows of the stream.
     __tablename__ = "segment"

@@ -1,7 +1,8 @@
 """`scribeai worker`: transcription (and the daily retention run) without the Socket.IO/REST server.
 
 A worker claims session streams from the shared database exactly as the server's own workers do (a lease
-per session, renewed after each window; a killed worker's streams are taken over when the lease runs out),
+per session, renewed by the process's heartbeat while it lives; a killed worker's streams are taken over once its
+heartbeat has stopped for TRANSCRIBE_TAKEOVER_S, or its lease ran out),
 reads the chunk files from the shared STORAGE_DIR, and sends live segments to the sessions' rooms through
 the Socket.IO nodes' Redis channel, so whichever node holds a recorder or viewer delivers them.
 """
@@ -61,7 +62,8 @@ async def run_worker(settings: Settings) -> None:
                         retry_base_s=settings.transcribe_retry_base_s, gap_wait_s=settings.gap_wait_s,
                         idle_flush_s=settings.idle_flush_s, window_wait_s=settings.window_wait_s,
                         window_s=(settings.window_min_s, settings.window_target_s),
-                        lease_s=settings.transcribe_lease_s, caption_share=settings.caption_cpu_budget)
+                        lease_s=settings.transcribe_lease_s, caption_share=settings.caption_cpu_budget,
+                        takeover_s=settings.transcribe_takeover_s)
     summaries = Summaries.from_settings(db, emitter, settings, metrics.registry)  # sessions this worker finds all transcribed
     pipeline.on_completed = summaries.session_completed
     scheduler: RetentionScheduler | None = None

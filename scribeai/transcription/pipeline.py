@@ -30,7 +30,7 @@ from scribeai.store import Store
 from scribeai.transcription import media
 from scribeai.transcription.captions import MIN_AUDIO_MS, STEP_MS, Budget, Caption
 from scribeai.transcription.engines import Engine, Transcription, TranscriptionFailed
-from scribeai.transcription.queue import StreamQueue, StreamState
+from scribeai.transcription.queue import LeaseLost, StreamQueue, StreamState
 from scribeai.transcription.streams import CheckpointError, ChunkBytes, Gap, NoStream, SessionStream, Timing
 from scribeai.transcription.windows import SileroDetector, Window, Windower
 
@@ -77,12 +77,12 @@ class Pipeline:
                  node_id: str, workers: int, chunk_duration_ms: int, retry_base_s: float = 1.0,
                  metrics: Metrics | None = None, gap_wait_s: float = 15.0, idle_flush_s: float = 40.0,
                  window_wait_s: float = 1.5, window_s: tuple[float, float] = (3.0, 8.0), lease_s: float = 120.0,
-                 caption_share: float = 0.5) -> None:
+                 caption_share: float = 0.5, takeover_s: float = 20.0) -> None:
         self.db = db
         self.store = store
         self.engine = engine
         self.sio = sio
-        self.queue = StreamQueue(db, node_id, lease_s=lease_s, retry_base_s=retry_base_s)
+        self.queue = StreamQueue(db, node_id, lease_s=lease_s, retry_base_s=retry_base_s, takeover_s=takeover_s)
         self.metrics = metrics or Metrics()
         self.workers = workers
         self.chunk_duration_ms = chunk_duration_ms
@@ -111,6 +111,7 @@ class Pipeline:
         self._detector: SileroDetector | None = None
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._alive = False  # this process's heartbeat is in the database (said gone again when it stops)
 
     def __repr__(self) -> str:
         return (f"Pipeline({self.engine.name}, workers={self.workers}, backlog={self.backlog}, in_flight={self.in_flight}, "
@@ -128,7 +129,11 @@ class Pipeline:
             log.info("took back %d transcription streams this node held before it stopped", recovered)
         self.backlog = await self.queue.backlog()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._work(i), name=f"transcriber-{i}") for i in range(self.workers)]
+        if self.workers:  # alive before the first claim
+            await self.queue.heartbeat([])
+            self._alive = True
+            self._tasks.append(loop.create_task(self._heartbeat(), name="transcription-heartbeat"))
+        self._tasks += [loop.create_task(self._work(i), name=f"transcriber-{i}") for i in range(self.workers)]
         self._tasks.append(loop.create_task(self._refresh_backlog(), name="transcription-backlog"))
 
     async def stop(self) -> None:
@@ -142,6 +147,12 @@ class Pipeline:
             except Exception:
                 log.exception("releasing the stream of %s failed", session_id)
         self._held.clear()
+        if self._alive:
+            self._alive = False
+            try:
+                await self.queue.leave()
+            except Exception:
+                log.exception("saying this node stopped transcribing failed")
         await self.engine.close()
 
     def notify(self) -> None:
@@ -216,6 +227,10 @@ class Pipeline:
             due: float | None = 0.0
             try:
                 due = await self._turn(state)
+            except LeaseLost as exc:  # another node took the stream over while this one stalled: it reads on
+                self._streams.pop(state.session_id, None)
+                due = None
+                log.warning("%s; leaving it to its new holder", exc, extra={"sessionId": state.session_id})
             except TranscriptionFailed as exc:  # retryable, and tries are left
                 self._streams.pop(state.session_id, None)
                 due = await self.queue.count_failure(state.session_id, state.attempts + 1, exc.reason)
@@ -234,6 +249,16 @@ class Pipeline:
                 except Exception:
                     log.exception("releasing the stream of %s failed", state.session_id)
                 self._held.discard(state.session_id)
+
+    async def _heartbeat(self) -> None:
+        """This process lives, and holds its streams: renewed here, not by the windows, so that a window that takes
+        longer than the lease does not lose it; a process that dies stops renewing, and others take over."""
+        while True:
+            await asyncio.sleep(self.queue.heartbeat_s)
+            try:
+                await self.queue.heartbeat(sorted(self._held))
+            except Exception:
+                log.exception("the transcription heartbeat failed")
 
     async def _refresh_backlog(self) -> None:
         while True:
@@ -356,8 +381,8 @@ class Pipeline:
         """The stream as it was after the last chunk a committed window covers (its checkpoint), reading on from
         there; without a usable checkpoint, from the last container header before the first unfinished chunk."""
         session_id = state.session_id
-        gaps = [Gap(g["fromSeq"], g["toSeq"], g["startMs"], g.get("endMs"), bool(g.get("filled")), g.get("reason", "missing"))
-                for g in state.gaps]
+        gaps = [Gap(g["fromSeq"], g["toSeq"], g["startMs"], g.get("endMs"), bool(g.get("filled")), g.get("reason", "missing"),
+                    done_ms=g.get("doneMs")) for g in state.gaps]
         first = await self.queue.first_unfinished(session_id, _unfilled(gaps))
         saved = await self.queue.resume_checkpoint(session_id)
         stream: SessionStream | None = None
@@ -450,8 +475,10 @@ class Pipeline:
     async def _commit_read(self, state: StreamState, live: _Live) -> None:
         """Chunks whose audio is all in windows already (or who had none) are done: nothing else would say so."""
         through = live.stream.done_through_seq()
+        # with the gaps' reading states: a gap first stored here must not lose its state if the process dies next
         await self.queue.commit(state.session_id, [], live.done_ms, through, live.committed_through + 1,
-                                [g.wire() for g in live.stream.gaps], resume=_state_of(live, through))
+                                [g.wire() for g in live.stream.gaps], resume=_state_of(live, through),
+                                gap_states=_gap_states(live.stream.gaps), claimed=True)
         live.committed_through = through
 
     async def _fill_late(self, state: StreamState, live: _Live) -> float | None | str:
@@ -522,12 +549,13 @@ class Pipeline:
         late = _Live(side, live.done_ms, "")
         late.chunk_ids = {row.seq: row.id for row in read}
         for window in windows:
+            gap.done_ms = window.through_ms  # stored with the window's segments
             await self._transcribe(state, late, window, gap.from_seq - 1, from_seq=gap.from_seq, main=live)
         pieces = _split_gap(gap, side, rest)
         index = live.stream.gaps.index(gap)
         live.stream.gaps[index:index + 1] = pieces
         await self.queue.commit(session_id, [], 0, through, gap.from_seq, [g.wire() for g in live.stream.gaps],
-                                gap_states=_gap_states(live.stream.gaps))
+                                gap_states=_gap_states(live.stream.gaps), claimed=True)
         log.info("session %s: late chunks %d..%d filled gap %d..%d (%.0f..%.0f ms)", session_id, gap.from_seq, through,
                  gap.from_seq, gap.to_seq, gap.start_ms, gap.end_ms or -1, extra={"sessionId": session_id})
 
@@ -537,19 +565,25 @@ class Pipeline:
         where the stream resumed), keeping only the gap's stretch of the timeline; with `hold`, up to the first
         chunk still missing, returned as the gap that remains."""
         until = gap.end_ms if gap.end_ms is not None else float("inf")
+        # a fill that died midway stored its windows up to done_ms: read on from there, whatever the reading path
+        resume_ms = gap.start_ms if gap.done_ms is None else max(gap.start_ms, gap.done_ms)
         side: SessionStream | None = None
         if gap.checkpoint is not None:
             try:
-                side = SessionStream.resumed(self._windower(), gap.checkpoint, resume_ms=gap.start_ms, until_ms=until)
+                side = SessionStream.resumed(self._windower(), gap.checkpoint, resume_ms=resume_ms, until_ms=until)
             except CheckpointError as exc:
                 log.warning("session %s: %s; reading gap %d..%d from its stream's header", session_id, exc, gap.from_seq,
                             gap.to_seq, extra={"sessionId": session_id})
+        how = "the state before it"
         if side is None:  # a gap recorded before checkpoints existed
             start = await self.queue.stream_start_before(session_id, gap.from_seq)
             if start is None:
                 return None, [], None, []
-            side = SessionStream(self._windower(), await self._timing(session_id), resume_ms=gap.start_ms, until_ms=until,
+            side = SessionStream(self._windower(), await self._timing(session_id), resume_ms=resume_ms, until_ms=until,
                                  next_seq=start)
+            how = f"its stream's header (chunk {start})"
+        log.info("session %s: reading gap %d..%d from %s", session_id, gap.from_seq, gap.to_seq, how,
+                 extra={"sessionId": session_id})
         windows: list[Window] = []
         rest: Gap | None = None
         read: list[Chunk] = []
@@ -599,7 +633,7 @@ class Pipeline:
         new = await self.queue.commit(state.session_id, segments, round(window.through_ms) if advance else 0,
                                       done_through_seq, from_seq, [g.wire() for g in session_gaps],
                                       resume=_state_of(live, done_through_seq) if advance else None,
-                                      gap_states=_gap_states(session_gaps))
+                                      gap_states=_gap_states(session_gaps), claimed=True)
         if advance:
             live.done_ms = max(live.done_ms, round(window.through_ms))
             live.stream.resume_ms = max(live.stream.resume_ms, window.through_ms)
@@ -685,7 +719,7 @@ class Pipeline:
     async def gaps(self, session_id: str) -> list[dict[str, Any]]:
         async with self.db.read() as s:
             raw = (await s.execute(select(col(TranscriptStream.gaps)).where(col(TranscriptStream.session_id) == session_id))).scalar_one_or_none()
-        return list(json.loads(raw)) if raw else []
+        return [{key: value for key, value in gap.items() if key != "doneMs"} for gap in json.loads(raw)] if raw else []
 
 
 def _seq_at(stream: SessionStream, window: Window, at_ms: float) -> int:

@@ -4,7 +4,10 @@ A stored chunk is `pending` until a worker reads it into its session's stream, `
 its audio waits for a window's text, `done` once every window it touches is stored. Work is claimed
 per session with a lease (`transcript_stream`), so two processes never transcribe one stream at once;
 a process that dies leaves a lease that runs out, and whoever claims next rebuilds the stream from
-the stored chunks and `done_ms`.
+the stored chunks and `done_ms`. Each transcribing process also keeps a heartbeat (`transcriber_node`),
+which runs its leases on while it lives (a slow window included): once its heartbeat has stopped for
+`takeover_s`, its streams are free before their leases run out. A window's commit is fenced by the
+claim, so a process that lost its stream (stalled past its heartbeat) stores nothing more of it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from scribeai.models import (
     ChunkStatus,
     RecordingSession,
     StreamCheckpoint,
+    TranscriberNode,
     TranscriptSegment,
     TranscriptStream,
     utcnow,
@@ -34,11 +38,16 @@ from scribeai.models import (
 
 CANDIDATES = 16
 STALE_S = 30.0  # a free stream with chunks still `transcribing` and nothing due is looked at again after this
+GONE_NODES_KEPT = timedelta(days=1)  # a node's heartbeat row outlives it this long (NODE_IDs that change per start)
 
 
 def retry_delays(base_s: float = 1.0) -> tuple[float, ...]:
     """1 s, 4 s, 16 s by default: after the 1st, 2nd and 3rd failure; the 4th is final."""
     return (base_s, base_s * 4, base_s * 16)
+
+
+class LeaseLost(Exception):
+    """Another node holds the stream now (this process stalled past its heartbeat): nothing of it was stored."""
 
 
 @dataclass(frozen=True)
@@ -55,14 +64,28 @@ class StreamState:
 class StreamQueue:
     """Claim, advance and release session streams; safe with several processes on PostgreSQL."""
 
-    def __init__(self, db: Database, node_id: str, lease_s: float = 120.0, retry_base_s: float = 1.0) -> None:
+    def __init__(self, db: Database, node_id: str, lease_s: float = 120.0, retry_base_s: float = 1.0,
+                 takeover_s: float = 20.0) -> None:
         self.db = db
         self.node_id = node_id
         self.lease_s = lease_s
+        self.takeover_s = takeover_s
         self.retry_delays = retry_delays(retry_base_s)
 
     def __repr__(self) -> str:
-        return f"StreamQueue(node={self.node_id!r}, lease={self.lease_s}s)"
+        return f"StreamQueue(node={self.node_id!r}, lease={self.lease_s}s, takeover={self.takeover_s}s)"
+
+    @property
+    def heartbeat_s(self) -> float:
+        """How often a transcribing process says it lives: four times within its takeover time and its lease."""
+        return min(self.takeover_s, self.lease_s) / 4
+
+    @staticmethod
+    def _free(now: datetime) -> Any:
+        """A stream nobody may be working on: never claimed, its lease run out, or its holder's heartbeat stopped."""
+        gone = select(col(TranscriberNode.node_id)).where(col(TranscriberNode.alive_until) < now)
+        return or_(col(TranscriptStream.lease_until).is_(None), col(TranscriptStream.lease_until) < now,
+                   col(TranscriptStream.claimed_by).in_(gone))
 
     def _insert(self) -> Any:
         return sqlite.insert if self.db.is_sqlite else postgresql.insert
@@ -71,7 +94,7 @@ class StreamQueue:
         """A session with work whose lease is free: a new chunk, a window waiting, a retry, or a stream whose
         holder is gone (its lease ran out before it gave the stream back)."""
         now = utcnow()
-        free = or_(col(TranscriptStream.lease_until).is_(None), col(TranscriptStream.lease_until) < now)
+        free = self._free(now)
         others = col(TranscriptStream.session_id).not_in(list(exclude))
         new_chunks = (
             select(col(Chunk.session_id)).where(
@@ -81,8 +104,7 @@ class StreamQueue:
             ).order_by(col(Chunk.created_at)).limit(CANDIDATES)
         )
         due = select(col(TranscriptStream.session_id)).where(
-            or_(col(TranscriptStream.due_at) <= now,
-                and_(col(TranscriptStream.claimed_by).is_not(None), col(TranscriptStream.lease_until) < now)),
+            or_(col(TranscriptStream.due_at) <= now, col(TranscriptStream.claimed_by).is_not(None)),
             free, others,
         ).order_by(col(TranscriptStream.lease_until), col(TranscriptStream.due_at)).limit(CANDIDATES)
         # Belt and braces: chunks read into a stream that nobody holds and nothing will look at again.
@@ -114,7 +136,7 @@ class StreamQueue:
             index_elements=["session_id"],
             set_={"claimed_by": self.node_id, "lease_until": lease, "due_at": None, "updated_at": now},
             where=and_(
-                or_(col(TranscriptStream.lease_until).is_(None), col(TranscriptStream.lease_until) < now),
+                self._free(now),
                 # a stream waiting out a retry's backoff is not taken early by a new chunk or a stop
                 or_(col(TranscriptStream.attempts) == 0, col(TranscriptStream.due_at).is_(None), col(TranscriptStream.due_at) <= now),
             ),
@@ -135,6 +157,25 @@ class StreamQueue:
                 .values(lease_until=utcnow() + timedelta(seconds=self.lease_s))
             )
         return affected(result) > 0
+
+    async def heartbeat(self, held: Sequence[str]) -> None:
+        """This process lives for another `takeover_s`, and so do its leases on the streams in `held`."""
+        now = utcnow()
+        alive = now + timedelta(seconds=self.takeover_s)
+        async with self.db.write() as s:
+            await s.execute(self._insert()(TranscriberNode).values(node_id=self.node_id, alive_until=alive)
+                            .on_conflict_do_update(index_elements=["node_id"], set_={"alive_until": alive}))
+            if held:
+                await s.execute(update(TranscriptStream).where(col(TranscriptStream.session_id).in_(list(held)),
+                                                               col(TranscriptStream.claimed_by) == self.node_id)
+                                .values(lease_until=now + timedelta(seconds=self.lease_s)))
+            await s.execute(delete(TranscriberNode).where(col(TranscriberNode.alive_until) < now - GONE_NODES_KEPT))
+
+    async def leave(self) -> None:
+        """This process stops (its streams released): it is gone now, not `takeover_s` later."""
+        async with self.db.write() as s:
+            await s.execute(update(TranscriberNode).where(col(TranscriberNode.node_id) == self.node_id)
+                            .values(alive_until=utcnow()))
 
     async def release(self, session_id: str, due_in_s: float | None, error: str | None = None) -> None:
         """Give the stream back; look at it again in `due_in_s` seconds even without a new chunk."""
@@ -262,15 +303,26 @@ class StreamQueue:
     async def commit(self, session_id: str, segments: Sequence[TranscriptSegment], done_ms: int,
                      done_through_seq: int, from_seq: int, gaps: list[dict[str, Any]], *,
                      resume: tuple[int, bytes] | None = None,
-                     gap_states: Sequence[tuple[int, bytes]] | None = None) -> list[TranscriptSegment]:
+                     gap_states: Sequence[tuple[int, bytes]] | None = None, claimed: bool = False) -> list[TranscriptSegment]:
         """Store a window's segments, advance the stream and finish the chunks it covered, in one transaction.
 
         `resume` is the reading state after the last chunk now done (the stream's new resume point);
-        `gap_states` those of the unfilled gaps (any other gap state is dropped). Returns the segments
-        that were new (a window redone after a crash inserts nothing twice).
+        `gap_states` those of the unfilled gaps (any other gap state is dropped). `claimed`: only while this
+        node holds the stream (else LeaseLost, and nothing is stored). Returns the segments that were new (a
+        window redone after a crash inserts nothing twice).
         """
         inserted: list[TranscriptSegment] = []
+        advance = update(TranscriptStream).where(col(TranscriptStream.session_id) == session_id)
+        if claimed:
+            advance = advance.where(col(TranscriptStream.claimed_by) == self.node_id)
         async with self.db.write() as s:
+            advanced = await s.execute(
+                advance.values(done_ms=func.max(col(TranscriptStream.done_ms), done_ms) if self.db.is_sqlite
+                               else func.greatest(col(TranscriptStream.done_ms), done_ms),
+                               attempts=0, gaps=json.dumps(gaps), error=None, updated_at=utcnow())
+            )
+            if claimed and not affected(advanced):
+                raise LeaseLost(f"the stream of session {session_id} is no longer this node's ({self.node_id})")
             if resume is not None:
                 await self._keep_states(s, session_id, CheckpointKind.RESUME, [resume])
             if gap_states is not None:
@@ -281,12 +333,6 @@ class StreamQueue:
                                          .on_conflict_do_nothing(index_elements=["session_id", "start_ms"]))
                 if affected(result):
                     inserted.append(segment)
-            await s.execute(
-                update(TranscriptStream).where(col(TranscriptStream.session_id) == session_id)
-                .values(done_ms=func.max(col(TranscriptStream.done_ms), done_ms) if self.db.is_sqlite
-                        else func.greatest(col(TranscriptStream.done_ms), done_ms),
-                        attempts=0, gaps=json.dumps(gaps), error=None, updated_at=utcnow())
-            )
             await s.execute(
                 update(Chunk).where(col(Chunk.session_id) == session_id, col(Chunk.seq) >= from_seq,
                                     col(Chunk.seq) <= done_through_seq, col(Chunk.status) == ChunkStatus.TRANSCRIBING)
@@ -318,7 +364,8 @@ class StreamQueue:
         """A window failed: the delay before the next try, or None when it failed for good."""
         final = attempts > len(self.retry_delays)
         async with self.db.write() as s:
-            await s.execute(update(TranscriptStream).where(col(TranscriptStream.session_id) == session_id)
+            await s.execute(update(TranscriptStream).where(col(TranscriptStream.session_id) == session_id,
+                                                           col(TranscriptStream.claimed_by) == self.node_id)
                             .values(attempts=0 if final else attempts, error=reason[:2000]))
         return None if final else self.retry_delays[attempts - 1]
 

@@ -96,10 +96,16 @@ class Gap:
     filled: bool = False
     reason: str = "missing"  # or "failed": audio whose transcription failed for good (retry-failed redoes it)
     checkpoint: bytes | None = field(default=None, repr=False, compare=False)  # reading state just before from_seq
+    # a late fill under way has its windows stored up to here: one killed midway goes on from it, not over them again
+    done_ms: float | None = None
 
     def wire(self) -> dict[str, Any]:
-        return {"fromSeq": self.from_seq, "toSeq": self.to_seq, "startMs": round(self.start_ms),
-                "endMs": None if self.end_ms is None else round(self.end_ms), "filled": self.filled, "reason": self.reason}
+        wire: dict[str, Any] = {"fromSeq": self.from_seq, "toSeq": self.to_seq, "startMs": round(self.start_ms),
+                                "endMs": None if self.end_ms is None else round(self.end_ms), "filled": self.filled,
+                                "reason": self.reason}
+        if self.done_ms is not None and not self.filled:
+            wire["doneMs"] = round(self.done_ms)  # kept with the stream's row, not shown to clients
+        return wire
 
 
 @dataclass

@@ -8,8 +8,8 @@
 Data: the REST benchmark's sessions (scripts/bench_rest.py: one user `alice` with --sessions sessions, plus
 --other-users users with --other-sessions each), every session with --segments transcript segments (others:
 --other-segments) of ~25 words drawn from a Zipf-distributed vocabulary (common English meeting words first,
-then made-up words: the tail), and a summary (unless --no-summaries): its text, six key points and four action
-items taken from the session's segments, as the extractive summary takes them. Rows are bulk-loaded without the index, then the index is built the way an
+then made-up words: the tail), and a model's summary (unless --no-summaries): its text, six key points and four
+action items in words of its own (the same vocabulary), each placed at one of the session's segments. Rows are bulk-loaded without the index, then the index is built the way an
 existing database gets it at start (Database.create_all: FTS5 'rebuild' / ALTER TABLE ... GENERATED + GIN);
 that build time is printed too.
 
@@ -110,13 +110,13 @@ SEGMENT_COLUMNS = ("id", "session_id", "seq", "from_seq", "chunk_id", "start_ms"
 PASSAGE_COLUMNS = ("session_id", "kind", "text", "start_ms", "end_ms")
 
 
-def passage_rows(session: dict[str, Any], segments: list[tuple[Any, ...]], rng: random.Random) -> list[tuple[Any, ...]]:
-    """A summary as an extractive one is made: its text (five of the session's sentences), six key points and
-    four action items (sentences of it, with their times)."""
-    picked = rng.sample(segments, min(10, len(segments)))
-    text = " ".join(row[7] for row in rng.sample(segments, min(5, len(segments))))
-    return [(session["id"], "summary", text, None, None)] + [
-        (session["id"], "keyPoint" if i < 6 else "actionItem", row[7], row[5], row[6]) for i, row in enumerate(picked)]
+def passage_rows(session: dict[str, Any], segments: list[tuple[Any, ...]], maker: TextMaker) -> list[tuple[Any, ...]]:
+    """A model's summary (only a model's words are indexed as passages): its text (five sentences of its own),
+    six key points and four action items, each placed at one of the session's segments."""
+    picked = maker.rng.sample(segments, min(10, len(segments)))
+    points = maker.texts(len(picked))
+    return [(session["id"], "summary", " ".join(maker.texts(5)), None, None)] + [
+        (session["id"], "keyPoint" if i < 6 else "actionItem", point, row[5], row[6]) for i, (row, point) in enumerate(zip(picked, points))]
 
 
 async def seed(db: Database, args: argparse.Namespace, maker: TextMaker, sqlite_path: Path | None) -> dict[str, Any]:
@@ -147,7 +147,7 @@ async def seed(db: Database, args: argparse.Namespace, maker: TextMaker, sqlite_
                 rows = segment_rows(session, per_session, maker, prefix, counter)
                 batch.extend(rows)
                 if args.summaries:
-                    passages.extend(passage_rows(session, rows, maker.rng))
+                    passages.extend(passage_rows(session, rows, maker))
                 if user == USER and n % 25 == 0:
                     stored.append(batch[-1][7])  # texts that are in alice's segments: phrases come from these
                 if len(batch) >= 48_000 or session is sessions[-1]:
@@ -219,6 +219,35 @@ async def measure(url: str, queries: list[str], warmup: int) -> dict[str, Any]:
     latencies.sort()
     return {"queries": len(latencies), "p50Ms": round(_pct(latencies, 50), 1), "p95Ms": round(_pct(latencies, 95), 1),
             "maxMs": round(latencies[-1], 1), "emptyResults": sum(1 for h in hits if h == 0), "resultsByKind": kinds}
+
+
+async def measure_statements(db: Database, queries: dict[str, list[str]], warmup: int) -> dict[str, Any]:
+    """Each list's own SQL statement (segments; summary passages) timed alone, per query kind: what searching
+    summaries adds to a search."""
+    results: dict[str, Any] = {}
+    for kind, texts in queries.items():
+        for source in (search.SEGMENTS, search.PASSAGES):
+            latencies = []
+            for i, q in enumerate(texts[:warmup] + texts):
+                query = search.parse_query(q)
+                params: dict[str, Any] = {"user": USER, "window": search.RANK_WINDOW, "limit": 21, "offset": 0}
+                if db.is_sqlite:
+                    sql, params["q"] = search._sqlite_sql(source, None, None), search.fts5_query(query)
+                else:
+                    tsquery, terms = search.pg_tsquery(query)
+                    phrase = any(len(t.words) > 1 for g in query for t in g)
+                    sql = search._pg_sql(source, tsquery, None, None, phrase=phrase)
+                    params.update(terms, stand_ins="\ue000\ue001\ue002", options="MaxWords=24, MinWords=8")
+                begin = time.perf_counter()
+                async with db.read() as s:
+                    if not db.is_sqlite:
+                        await s.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+                    (await s.execute(text(sql), params)).all()
+                if i >= warmup:
+                    latencies.append((time.perf_counter() - begin) * 1000)
+            latencies.sort()
+            results[f"{kind}, {source.table}"] = {"p50Ms": round(_pct(latencies, 50), 1), "p95Ms": round(_pct(latencies, 95), 1)}
+    return results
 
 
 def _pct(values: list[float], p: int) -> float:
@@ -303,9 +332,14 @@ async def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         results: dict[str, Any] = {"loadAverage": [round(x, 2) for x in os.getloadavg()]}
         try:
-            for kind, queries in query_sets(words, seeded.pop("texts"), args.queries, rng).items():
+            sets = query_sets(words, seeded.pop("texts"), args.queries, rng)
+            for kind, queries in sets.items():
                 results[kind] = await measure(f"http://127.0.0.1:{port}", queries, args.warmup)
                 print(f"  {kind}: {results[kind]}", flush=True)
+            if args.statements:
+                results["statements"] = await measure_statements(app[services_key].db, sets, args.warmup)
+                for name, figures in results["statements"].items():
+                    print(f"  statement alone, {name}: {figures}", flush=True)
             results["loadAverage"] += [round(x, 2) for x in os.getloadavg()]
             if not args.no_ingest:
                 results["ingest"] = await measure_ingest(app, maker, args)
@@ -362,8 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres-url", default="postgresql+asyncpg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--sessions", type=int, default=10_000)
     parser.add_argument("--segments", type=int, default=240)
+    parser.add_argument("--statements", action="store_true",
+                        help="also time each list's SQL statement alone (segments; summary passages), per query kind")
     parser.add_argument("--no-summaries", dest="summaries", action="store_false",
-                        help="seed no summaries (by default each session has one: 11 searchable passages)")
+                        help="seed no summaries (by default each session has a model's: 11 searchable passages)")
     parser.add_argument("--other-users", type=int, default=3)
     parser.add_argument("--other-sessions", type=int, default=1_000)
     parser.add_argument("--other-segments", type=int, default=24)

@@ -612,6 +612,7 @@ REVIEW = [(0, 6000, "Welcome to the launch review."),
 HOSTILE = [(0, 7000, f"The vendor sent {XSS} in the brochure."),
            (7000, 15000, "Ship it with a <b>bold</b> & brave name. Priya will check the <script>window.__xss=2</script> tag.")]
 BAD_QUERIES = {"***": "Search for words or numbers: punctuation and symbols alone find nothing.",
+               "when did we": "Add a word that says more: words as common as the, and or we are not searched for alone.",
                "": "Type a word to search for.",
                " ".join(["word"] * 17): "That search has too many words: at most 16."}
 SUMMARY_SPEC = {"session": "weekly", "action": MEETING[6], "search": "launch", "searchLimit": 2, "openSession": "review",

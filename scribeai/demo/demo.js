@@ -962,6 +962,7 @@ function searchProblem(status, message) {
   if (status !== 400) return `Cannot search: the server answered ${status} (${message}).`;
   if (/is required/.test(message)) return "Type a word to search for.";
   if (/no words/.test(message)) return "Search for words or numbers: punctuation and symbols alone find nothing.";
+  if (/too common/.test(message)) return "Add a word that says more: words as common as the, and or we are not searched for alone.";
   const long = /longer than (\d+)/.exec(message);
   if (long) return `That search is too long: at most ${long[1]} characters.`;
   const many = /more than (\d+) words/.exec(message);

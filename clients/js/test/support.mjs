@@ -24,7 +24,8 @@ export function freshDB() {
 
 /**
  * A MediaRecorder that gives the blobs it was handed: one per tick() (a timeslice elapsing), the next one
- * on requestData(), all that are left on stop() (then "stop"). Events are async, as in a browser.
+ * on requestData(), all that are left on stop() (then "stop"). Events are async, as in a browser; hold() keeps
+ * tick() and requestData() blobs back until release().
  */
 export class FakeMediaRecorder extends EventTarget {
   static blobs = [];
@@ -40,6 +41,7 @@ export class FakeMediaRecorder extends EventTarget {
     this.state = "inactive";
     this.timeslice = null;
     this.queue = [...FakeMediaRecorder.blobs];
+    this.held = null;
     FakeMediaRecorder.instances.push(this);
   }
 
@@ -82,7 +84,22 @@ export class FakeMediaRecorder extends EventTarget {
     }, 1);
   }
 
+  /** The page goes before the browser hands over what it was asked for: blobs wait until release() (or forever). */
+  hold() {
+    this.held ??= [];
+  }
+
+  release() {
+    const held = this.held ?? [];
+    this.held = null;
+    for (const blob of held) this._give(blob);
+  }
+
   _give(blob) {
+    if (this.held) {
+      this.held.push(blob);
+      return;
+    }
     setTimeout(() => this.dispatchEvent(Object.assign(new Event("dataavailable"), { data: blob })), 1);
   }
 }

@@ -92,7 +92,7 @@ class StreamQueue:
 
     async def claim(self, exclude: Sequence[str] = ()) -> StreamState | None:
         """A session with work whose lease is free: a new chunk, a window waiting, a retry, or a stream whose
-        holder is gone (its lease ran out before it gave the stream back)."""
+        holder is gone (its heartbeat stopped, or its lease ran out, before it gave the stream back)."""
         now = utcnow()
         free = self._free(now)
         others = col(TranscriptStream.session_id).not_in(list(exclude))

@@ -273,7 +273,8 @@ export declare class Recorder extends EventTarget {
   stop(options?: { timeoutMs?: number }): Promise<StopResult>;
   /** Wait until this session's outbox is empty: true, or false after timeoutMs. */
   flush(options?: { timeoutMs?: number }): Promise<boolean>;
-  /** Disconnect without stopping the session (a recording in progress is flushed to the outbox first). */
+  /** Disconnect without stopping the session (a recording in progress is flushed to the outbox first); takes off
+   * only its own listeners (the page's other sockets may share its socket.io-client Manager). */
   close(): Promise<void>;
   /** Use a new token (after an `unauthorized` error) and reconnect. */
   setToken(token: string | null): void;

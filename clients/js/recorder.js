@@ -124,6 +124,11 @@ export class Recorder extends EventTarget {
     this._loaded = false;
     this._outbox = null;
     this._socket = null;
+    // what this recorder listens to on its socket, its Manager (socket.io-client gives the page's other sockets on
+    // this origin the same one) and the Manager's engine: close() takes off these and nothing else
+    this._listeners = [];        // [target, event, fn]
+    this._engine = null;         // the engine _engineListeners are on (a new one per connection attempt)
+    this._engineListeners = new Map();  // event -> once-listener not yet called
     this._writes = Promise.resolve();
     this._wakeTimer = null;
     this._waiters = new Set();
@@ -313,8 +318,8 @@ export class Recorder extends EventTarget {
     if (recording) this._cut.clear();
     clearTimeout(this._wakeTimer);
     if (this._socket) {
-      this._socket.removeAllListeners();
-      this._socket.io.removeAllListeners?.();
+      for (const [target, event, fn] of this._listeners.splice(0)) target.off(event, fn);
+      this._offEngine();
       this._socket.disconnect();
       this._socket = null;
     }
@@ -548,14 +553,15 @@ export class Recorder extends EventTarget {
     const socket = connect(url, { ...socketOptions, auth });
     this._socket = socket;
     this._watchHandshake(socket);
+    const on = (event, fn) => this._listen(socket, event, fn);
     // socket.io-client makes a new engine for each reconnection attempt, right after this event
-    socket.io?.on?.("reconnect_attempt", () => queueMicrotask(() => this._watchHandshake(socket)));
-    socket.on("connect", () => {
+    this._listen(socket.io, "reconnect_attempt", () => queueMicrotask(() => this._watchHandshake(socket)));
+    on("connect", () => {
       this._setConnected(true);
-      socket.io.engine?.once("upgrade", () => this._setConnected(true));
+      this._onceOnEngine(socket.io?.engine, "upgrade", () => this._setConnected(true));
       this._join();
     });
-    socket.on("disconnect", (reason, details) => {
+    on("disconnect", (reason, details) => {
       this._closedOverLimit(details);
       this._epoch += 1;
       this._joined = false;
@@ -572,13 +578,13 @@ export class Recorder extends EventTarget {
         }, this.options.reconnectMs);
       }
     });
-    socket.on("connect_error", (err) => {
+    on("connect_error", (err) => {
       this._setConnected(false);
       if (err?.data?.code === "unauthorized") {
         this._emitError("unauthorized", `${err.data.message ?? err.message}: chunks wait in the outbox; call setToken()`);
       }
     });
-    socket.on("protocol-error", (body) => {
+    on("protocol-error", (body) => {
       if (body?.code === "too_large") {  // a message over the server's limit: the disconnect that follows says whose
         this._learnLimit(body.details?.limit);
         this._tooLarge = { epoch: this._epoch, message: String(body.message ?? "message too large") };
@@ -586,27 +592,27 @@ export class Recorder extends EventTarget {
       }
       this._emitError("protocol", `the server closed the connection: ${body?.message ?? "undecodable packet"}`);
     });
-    socket.on("backpressure", (body) => {
+    on("backpressure", (body) => {
       this._flow.backpressure(body ?? {}, Date.now());
       this._emitBackpressure();
       this._pump();
     });
-    socket.on("slowDown", () => {
+    on("slowDown", () => {
       this._flow.slowDown(Date.now());
       this._emitBackpressure();
       this._pump();
     });
-    socket.on("transcriptSegment", (segment) => {
+    on("transcriptSegment", (segment) => {
       if (segment?.sessionId !== this.sessionId) return;
       const replaced = this._live.addSegment(segment);
       if (replaced) this._emit("segment", { segment, replaced });
     });
-    socket.on("transcriptInterim", (interim) => {
+    on("transcriptInterim", (interim) => {
       if (interim?.sessionId !== this.sessionId) return;
       const caption = this._live.addInterim(interim);
       if (caption) this._emit("interim", { interim, caption });
     });
-    socket.on("session-completed", (body) => {
+    on("session-completed", (body) => {
       if (body?.sessionId !== this.sessionId) return;
       this.completed = true;
       const dropped = this._live.dropCaptions();  // every chunk is transcribed: no final will replace them
@@ -662,10 +668,37 @@ export class Recorder extends EventTarget {
 
   /** The Engine.IO handshake says the most bytes one message may carry (maxPayload): a chunk over it is not sent. */
   _watchHandshake(socket) {
-    const engine = socket.io?.engine;
-    if (!engine || engine === this._watchedEngine || typeof engine.once !== "function") return;
-    this._watchedEngine = engine;  // an engine the page's other sockets opened already shook hands: not seen here
-    engine.once("handshake", (handshake) => this._learnLimit(handshake?.maxPayload));
+    // an engine the page's other sockets opened already shook hands: not seen here
+    this._onceOnEngine(socket.io?.engine, "handshake", (handshake) => this._learnLimit(handshake?.maxPayload));
+  }
+
+  /** `target.on(event, fn)` (the socket or its Manager), remembered for close(). */
+  _listen(target, event, fn) {
+    if (typeof target?.on !== "function") return;
+    target.on(event, fn);
+    this._listeners.push([target, event, fn]);
+  }
+
+  /** `fn` once on `engine`, unless already asked; what was still awaited on an earlier engine (closed) is taken off. */
+  _onceOnEngine(engine, event, fn) {
+    if (typeof engine?.once !== "function") return;
+    if (engine !== this._engine) {
+      this._offEngine();
+      this._engine = engine;
+    }
+    if (this._engineListeners.has(event)) return;
+    const listener = (...args) => {
+      this._engineListeners.delete(event);
+      fn(...args);
+    };
+    this._engineListeners.set(event, listener);
+    engine.once(event, listener);
+  }
+
+  _offEngine() {
+    for (const [event, listener] of this._engineListeners) this._engine.off?.(event, listener);
+    this._engineListeners.clear();
+    this._engine = null;
   }
 
   _learnLimit(value) {

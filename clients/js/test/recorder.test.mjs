@@ -47,6 +47,22 @@ test("io() gets the url, the token as auth and the socketOptions", async () => {
   assert.deepEqual(socket.options, { transports: ["websocket"], path: "/socket.io/", auth: { token: "tok" } });
 });
 
+test("close() takes off the listeners it added to its socket, its Manager and the engine, and no others", async () => {
+  const socket = new FakeSocket(fakeServer().handler);
+  const pages = () => {};
+  socket.io.on("reconnect", pages);  // the page's own socket's, on the Manager io() gave both (see page.test.mjs)
+  socket.on("transcriptSegment", pages);
+  const rec = make(socket);
+  rec._connect();
+  await nextEvent(rec, "joined");
+  assert.deepEqual([socket.io.events().reconnect_attempt, socket.io.engine.events()], [1, { handshake: 1, upgrade: 1 }]);
+  await rec.close();
+  assert.deepEqual(socket.io.events(), { reconnect: 1 });
+  assert.deepEqual(socket.io.engine.events(), {});
+  assert.deepEqual(socket.events(), { transcriptSegment: 1 });
+  assert.equal(socket.connected, false);
+});
+
 test("a recording is written to the outbox, sent in order with its metadata, and the outbox empties on the acks", async () => {
   const server = fakeServer();
   const socket = new FakeSocket(server.handler);

@@ -131,21 +131,60 @@ export function collect(target, type) {
   return seen;
 }
 
+/** on/once/off as socket.io-client's emitters have them; `push(event, ...args)` calls the listeners; `events()` counts them. */
+class FakeEmitter {
+  constructor() {
+    this.listeners = new Map();
+  }
+
+  on(event, fn) {
+    if (!this.listeners.has(event)) this.listeners.set(event, []);
+    this.listeners.get(event).push(fn);
+    return this;
+  }
+
+  once(event, fn) {
+    const listener = (...args) => {
+      this.off(event, listener);
+      fn(...args);
+    };
+    listener.fn = fn;  // off(event, fn) finds it, as in socket.io-client's emitter
+    return this.on(event, listener);
+  }
+
+  off(event, fn) {
+    const left = (this.listeners.get(event) ?? []).filter((listener) => listener !== fn && listener.fn !== fn);
+    if (left.length > 0) this.listeners.set(event, left);
+    else this.listeners.delete(event);
+    return this;
+  }
+
+  push(event, ...args) {
+    for (const fn of [...this.listeners.get(event) ?? []]) fn(...args);
+  }
+
+  /** `{event: number of listeners}` of the events listened to. */
+  events() {
+    return Object.fromEntries([...this.listeners].map(([event, fns]) => [event, fns.length]));
+  }
+}
+
 /**
  * A stand-in for socket.io-client's Socket (Recorder option `io`), driven by `handler(event, payload)`,
  * which returns the ack body (or a promise of it). Connects when the Recorder calls io(), asynchronously, like io().
  * `push(event, body)` is a server-sent event; `drop(reason, details)` cuts the connection (pending acks fail as in 4.8,
  * after the disconnect event).
  */
-export class FakeSocket {
+export class FakeSocket extends FakeEmitter {
   constructor(handler, { autoConnect = true } = {}) {
+    super();
     this.handler = handler;
-    this.listeners = new Map();
     this.connected = false;
     this.sent = [];          // every [event, payload] emitted
     this.pending = new Set();
     this.auth = {};
-    this.io = { engine: { transport: { name: "websocket" }, once() {} }, removeAllListeners() {} };
+    // its Manager (which a page's other sockets may share) and the Manager's engine
+    this.io = Object.assign(new FakeEmitter(), { engine: Object.assign(new FakeEmitter(), { transport: { name: "websocket" } }) });
     this.autoConnect = autoConnect;
   }
 
@@ -157,20 +196,6 @@ export class FakeSocket {
       if (this.autoConnect) setTimeout(() => this.connect(), 1);  // as io() does, once the caller added its listeners
       return this;
     };
-  }
-
-  on(event, fn) {
-    if (!this.listeners.has(event)) this.listeners.set(event, []);
-    this.listeners.get(event).push(fn);
-    return this;
-  }
-
-  removeAllListeners() {
-    this.listeners.clear();
-  }
-
-  push(event, ...args) {
-    for (const fn of this.listeners.get(event) ?? []) fn(...args);
   }
 
   connect() {

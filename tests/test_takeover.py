@@ -25,10 +25,11 @@ from sqlalchemy import text
 from scribeai.db import Database
 from scribeai.models import TranscriptSegment, utcnow
 from scribeai.transcription.queue import LeaseLost, StreamQueue
-from tests.conftest import RunningServer, ServerFactory, chunk, fresh_postgres_database
+from tests.conftest import RunningServer, ServerFactory, chunk
 from tests.speech import MEETING, spoken_blobs, word_recall
 from tests.test_crash import ServerProcess
 from tests.test_recovery_kills import EPOCH, TIMEOUT_S, rows, send, statuses
+from tests.test_recovery_kills import api, database_url  # noqa: F401 (fixtures: the whisper API, each database)
 from tests.whisper_api import WhisperAPI
 
 SENTENCES = [MEETING[i] for i in (0, 1, 2, 6)]
@@ -39,23 +40,6 @@ SESSION = "meeting"
 @pytest.fixture(scope="module")
 def blobs(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
     return spoken_blobs(SENTENCES, tmp_path_factory.mktemp("takeover"))
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[WhisperAPI]:
-    whisper = WhisperAPI()
-    await whisper.start()
-    yield whisper
-    await whisper.close()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'scribeai.db'}"
-    else:
-        async with fresh_postgres_database("takeover") as url:
-            yield url
 
 
 @pytest.fixture

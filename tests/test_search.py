@@ -188,7 +188,8 @@ async def test_an_existing_database_is_indexed_at_start(server: RunningServer) -
 
 
 async def test_the_index_outlives_the_audio(server: RunningServer, connect: Any) -> None:
-    """Retention archives the raw chunks (warm) and then deletes the archive (cold): the transcript stays searchable."""
+    """Retention archives the raw chunks (warm) and then deletes the archive (cold): the transcript and a model's
+    summary stay searchable."""
     client = await connect(server.url)
     for seq in range(2):
         ack = await client.call("audio-chunk", chunk("meeting", seq, os.urandom(3000)), timeout=5)
@@ -199,6 +200,10 @@ async def test_the_index_outlives_the_audio(server: RunningServer, connect: Any)
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token_for('alice')}"}) as http:
         async with http.post(f"{server.url}/api/sessions/meeting/stop") as response:
             assert response.status == 200
+    async with server.services.db.write() as s:  # a model's summary of it, as stored before summaries were searched
+        s.add(SessionSummary(session_id="meeting", status="ready", method="llm", text="The forecast comes next week.",
+                             action_items=json.dumps([{"text": "Dana will send the forecast.", "startMs": 0, "endMs": 4000}])))
+    await server.services.db.create_all()  # the next start gives it its passages
     retention = Retention(server.services.db, server.settings)
     now = datetime.now(timezone.utc)
     for days, tier in ((8, "warm"), (40, "cold")):
@@ -208,7 +213,8 @@ async def test_the_index_outlives_the_audio(server: RunningServer, connect: Any)
             session = await s.get(RecordingSession, "meeting")
         assert session is not None and session.tier == tier
         results = await find(server, "forecast")
-        assert [(r["sessionId"], r["segmentId"], r["startMs"]) for r in results] == [("meeting", rows[0].id, 0)]
+        assert sorted((r["kind"], r["segmentId"], r["startMs"]) for r in results) == [
+            ("actionItem", None, 0), ("segment", rows[0].id, 0), ("summary", None, None)]
     assert not (server.settings.storage_dir / "meeting").exists()
 
 

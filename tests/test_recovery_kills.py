@@ -11,6 +11,11 @@ step under test every time. Then it is restarted on the same data and the transc
   (same or a new NODE_ID), then the late chunks come; the fill must read on from the state stored before the gap;
 - a kill in the middle of a late fill: during its first window (nothing of it stored) and its second (its first
   window's segments stored, its chunks still `transcribing`, the gap not yet filled);
+- a stream read again from its header (its stored resume point unusable, as after an upgrade of the checkpoint
+  format) while the hole is still open: its late chunks stored and their fill killed at its first window, or not
+  come yet (killed in a window after the gap), or with a window after it failed for good and retried after the
+  restart; the gaps the stream went past must stay gaps and be filled, not read in order behind the point the
+  stream was transcribed to (where their audio counts as done unheard);
 - the stale safety net: killed holding a session's tail (every chunk read, some `transcribing`), its stream then
   left free with nothing due, as a release without a look-again time leaves it; the restarted server must find
   it by the chunks alone (queue.STALE_S).
@@ -19,13 +24,16 @@ step under test every time. Then it is restarted on the same data and the transc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import pickle
 import re
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import socketio
 from sqlalchemy import text
@@ -33,6 +41,7 @@ from sqlalchemy import text
 from scribeai.db import Database
 from scribeai.models import utcnow
 from scribeai.transcription.queue import STALE_S
+from scribeai.transcription.streams import CHECKPOINT_VERSION
 from tests.conftest import fresh_postgres_database, token_for
 from tests.speech import MEETING, normalize, spoken_blobs, word_recall
 from tests.test_crash import ServerProcess
@@ -220,6 +229,88 @@ async def test_a_kill_in_the_middle_of_a_late_fill_is_redone_once(
     await until(server, lambda: everything_done(db, len(blobs)), "every chunk done and the gap filled")
     await check_transcript(db, gap)
     assert fills(server) == ["the state before it"] * 2, server.log()  # the killed fill, then the one redone
+
+
+async def spoil_resume_point(db: Database) -> None:
+    """The stream's stored resume point made one of another checkpoint version (as a server upgraded to a new format
+    finds it): unusable, so the stream is read from its header again. The gaps' reading states are left as they are."""
+    found = await rows(db, "SELECT seq, state FROM stream_checkpoint WHERE session_id = :s AND kind = 'resume'", s=SESSION)
+    assert len(found) == 1, found
+    other = dataclasses.replace(pickle.loads(bytes(found[0][1])), version=CHECKPOINT_VERSION + 1)
+    async with db.write() as s:
+        await s.execute(text("UPDATE stream_checkpoint SET state = :state WHERE session_id = :s AND kind = 'resume'"),
+                        {"state": pickle.dumps(other), "s": SESSION})
+
+
+def rebuilds(server: ServerProcess) -> list[str]:
+    """How each start since the first read the stream on, from the server's log."""
+    since = server.log_path.read_text(errors="replace").split("--- start 2", 1)[1]
+    return re.findall(r"stream read on from chunk \d+ \((from its [a-z]+)\)", since)
+
+
+@pytest.mark.parametrize("late", ["waiting-for-their-fill", "not-come-yet", "with-a-failed-window-retried"])
+async def test_a_stream_read_from_its_header_again_keeps_the_gaps_it_went_past(
+        server: ServerProcess, db: Database, api: WhisperAPI, blobs: list[bytes], late: str) -> None:
+    await server.start()
+    await send(server, blobs, outside_hole(range(35)))
+    gap = await until(server, lambda: skipped_gap(db), "the hole skipped with its state stored")
+
+    async def gone_past() -> bool:  # audio after the hole transcribed: the stream's place (done_ms) is past it
+        return bool(await rows(db, "SELECT 1 FROM segment WHERE session_id = :s AND start_ms >= :e", s=SESSION,
+                               e=gap["endMs"]))
+
+    await until(server, gone_past, "a window after the hole stored")
+    rest = outside_hole(range(len(blobs)))
+    if late == "waiting-for-their-fill":
+        await send(server, blobs, range(35, len(blobs)))
+
+        async def settled() -> bool:  # every chunk sent is done: the requests from now on are the fill's
+            return await statuses(db) == {seq: "done" for seq in rest}
+
+        await until(server, settled, "the session transcribed but for the hole")
+        first = len(api.requests)
+        api.hold(first)
+        await send(server, blobs, HOLE)
+        await api.arrived(first + 1)  # the fill's first window waits: the late chunks are stored, the gap still open
+    elif late == "not-come-yet":
+        held = len(api.requests)
+        api.hold(held)  # the server dies inside a window after the gap: it holds the stream, taken back at its restart
+        await send(server, blobs, range(35, len(blobs)))
+        await api.arrived(held + 1)
+    else:
+        api.refused.add(len(api.requests))  # the next window (after the hole) fails for good: a second gap, "failed"
+
+        async def one_failed() -> bool:
+            found = await statuses(db)
+            return set(found) == set(rest) and set(found.values()) == {"done", "failed"} and \
+                [g["reason"] for g in await stream_gaps(db) if not g["filled"]] == ["missing", "failed"]
+
+        await send(server, blobs, range(35, len(blobs)))
+        await until(server, one_failed, "the session transcribed but for the hole and a failed window")
+    await server.kill()
+    api.release()
+    await spoil_resume_point(db)
+    await server.start()
+    if late == "not-come-yet":
+        async def read_again() -> bool:  # the restarted server has read the stream from its header past the hole
+            return rebuilds(server) != [] and await statuses(db) == {seq: "done" for seq in rest}
+
+        await until(server, read_again, "the stream read again from its header")
+        assert [g for g in await stream_gaps(db) if not g["filled"]] == [gap]
+    if late == "with-a-failed-window-retried":  # its chunks pending again (the stream is claimed for them), then the hole
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{server.url}/api/sessions/{SESSION}/retry-failed",
+                                 headers={"Authorization": f"Bearer {token_for(USER)}"}) as response:
+                assert response.status == 200, await response.text()
+    if late != "waiting-for-their-fill":
+        await send(server, blobs, HOLE)
+    await until(server, lambda: everything_done(db, len(blobs)), "every chunk done and the gaps filled")
+    assert rebuilds(server)[0] == "from its header", server.log()
+    await check_transcript(db, gap)  # the failed window's words too: recall as in a run without one
+    filled = [g for g in await stream_gaps(db) if g["reason"] == "missing"]  # the hole, filled (whole or in pieces)
+    assert filled and (filled[0]["fromSeq"], filled[-1]["toSeq"], filled[0]["startMs"], filled[-1]["endMs"]) == \
+        (HOLE[0], HOLE[-1], gap["startMs"], gap["endMs"]), filled
+    assert fills(server)[-1] == "the state before it", server.log()
 
 
 async def test_a_free_stream_with_chunks_left_transcribing_is_picked_up(

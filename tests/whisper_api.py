@@ -2,7 +2,8 @@
 
 The recovery tests point a real `scribeai serve` process at it (TRANSCRIBER=openai): the words are real (tiny.en
 on the real speech), and the test knows exactly which window the server is transcribing, so it can SIGKILL the
-server while it is inside that step (a request held here), not after a sleep that may have missed it.
+server while it is inside that step (a request held here), not after a sleep that may have missed it. A chosen request
+can also be refused (HTTP 400): its window fails for good.
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ class Request:
 @dataclass
 class WhisperAPI:
     """POST /v1/audio/transcriptions answered by the bundled whisper; requests numbered from `hold_from` on wait
-    for `release()`."""
+    for `release()`; those numbered in `refused` get HTTP 400."""
 
     engine: WhisperEngine = field(default_factory=lambda: WhisperEngine(workers=1))
     requests: list[Request] = field(default_factory=list)
     hold_from: int | None = None
+    refused: set[int] = field(default_factory=set)
     server: TestServer | None = None
     _released: asyncio.Event = field(default_factory=asyncio.Event)
     _arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -51,6 +53,10 @@ class WhisperAPI:
         async with self._arrived:
             self.requests.append(asked)
             self._arrived.notify_all()
+        if index in self.refused:
+            asked.text = ""
+            return web.json_response({"error": {"message": "refused by the test", "type": "invalid_request_error"}},
+                                     status=400)
         if self.hold_from is not None and index >= self.hold_from:
             await self._released.wait()
             if request.transport is None or request.transport.is_closing():

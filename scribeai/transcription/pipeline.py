@@ -379,7 +379,8 @@ class Pipeline:
 
     async def _rebuild(self, state: StreamState) -> _Live:
         """The stream as it was after the last chunk a committed window covers (its checkpoint), reading on from
-        there; without a usable checkpoint, from the last container header before the first unfinished chunk."""
+        there; without a usable checkpoint, from the last container header before the first unfinished chunk (the
+        gaps it went past on the way stay gaps: see `_read`)."""
         session_id = state.session_id
         gaps = [Gap(g["fromSeq"], g["toSeq"], g["startMs"], g.get("endMs"), bool(g.get("filled")), g.get("reason", "missing"),
                     done_ms=g.get("doneMs")) for g in state.gaps]
@@ -393,7 +394,7 @@ class Pipeline:
                 log.warning("session %s: %s; reading its stream from the header again", session_id, exc,
                             extra={"sessionId": session_id})
         if stream is None:
-            start_seq = await self.queue.resume_point(session_id, [(g.from_seq, g.to_seq) for g in gaps])
+            start_seq = await self.queue.resume_point(session_id, [(g.from_seq, g.to_seq) for g in gaps], _unfilled(gaps))
             stream = SessionStream(self._windower(), await self._timing(session_id), resume_ms=float(state.done_ms),
                                    next_seq=start_seq)
             how = "from its header"
@@ -401,8 +402,11 @@ class Pipeline:
             how = "from its checkpoint"
         log.info("session %s: stream read on from chunk %d (%s), transcribed up to %d ms", session_id, stream.next_seq,
                  how, state.done_ms, extra={"sessionId": session_id})
-        # A gap past the resume point is found again when the stream reaches it (its chunks may be there by now).
-        stream.gaps = [g for g in gaps if g.from_seq < stream.next_seq or g.filled]
+        # A gap past the read point is found again when the stream reaches it (its chunks may be there by now, and are
+        # read in order), unless audio after it is transcribed already (read from a header, well before the stored
+        # resume point): its chunks' audio lies behind done_ms, so read in order it would count as done unheard. That
+        # gap stays one, skipped again when the stream gets there, and its chunks are a late fill's.
+        stream.gaps = [g for g in gaps if g.from_seq < stream.next_seq or g.filled or g.start_ms < state.done_ms]
         open_gaps = [gap for gap in stream.gaps if not gap.filled and gap.from_seq > 0]
         states = await self.queue.gap_checkpoints(session_id, [gap.from_seq - 1 for gap in open_gaps])
         for gap in open_gaps:
@@ -442,6 +446,14 @@ class Pipeline:
         rows = await self.queue.chunks(state.session_id, stream.next_seq, CHUNKS_PER_TURN)
         due = 0.0 if len(rows) == CHUNKS_PER_TURN else None  # more may follow: this turn reads one batch
         for row in rows:
+            while (kept := _missing_gap_at(stream.gaps, stream.next_seq)) is not None:
+                # a gap kept through a rebuild from the header: skipped again as when it was found, whether or not
+                # its chunks are there now (they are its late fill's, next turn)
+                stream.gap(kept.from_seq, kept.to_seq)
+                live.checkpoints[kept.to_seq] = stream.checkpoint()
+                due = 0.0
+            if row.seq < stream.next_seq:
+                continue
             if row.seq > stream.next_seq:
                 waited = (utcnow() - row.created_at).total_seconds()
                 if waited < self.gap_wait_s and not self._flush_all and state.status == SessionStatus.RECORDING:
@@ -459,14 +471,16 @@ class Pipeline:
             data = await asyncio.to_thread(self.store.read, row.path)
             live.chunk_ids[row.seq] = row.id
             live.last_read_at = live.read_at[row.seq] = time.monotonic()
-            if row.status == ChunkStatus.PENDING:
+            # a chunk of a window that failed, read again from a header: its status is its gap's (retry-failed, a fill)
+            mine = row.status == ChunkStatus.PENDING and not _in_gap(_unfilled(stream.gaps), row.seq)
+            if mine:
                 await self.queue.mark_read([row.id])
             windows, failure, live.checkpoints[row.seq] = await asyncio.to_thread(
                 _feed, stream, ChunkBytes(row.seq, data, row.mime_type, row.timestamp_ms))
             if failure is not None:
                 await self.queue.fail_chunks(state.session_id, [row.seq], failure)
             await self._transcribe_all(state, live, windows)
-            if row.status == ChunkStatus.PENDING:
+            if mine:
                 self.backlog = max(self.backlog - 1, 0)
                 if self.on_transcribed is not None:
                     await self.on_transcribed(row.id)
@@ -478,7 +492,7 @@ class Pipeline:
         # with the gaps' reading states: a gap first stored here must not lose its state if the process dies next
         await self.queue.commit(state.session_id, [], live.done_ms, through, live.committed_through + 1,
                                 [g.wire() for g in live.stream.gaps], resume=_state_of(live, through),
-                                gap_states=_gap_states(live.stream.gaps), claimed=True)
+                                gap_states=_gap_states(live.stream.gaps), claimed=True, unheard=_unfilled(live.stream.gaps))
         live.committed_through = through
 
     async def _fill_late(self, state: StreamState, live: _Live) -> float | None | str:
@@ -633,7 +647,8 @@ class Pipeline:
         new = await self.queue.commit(state.session_id, segments, round(window.through_ms) if advance else 0,
                                       done_through_seq, from_seq, [g.wire() for g in session_gaps],
                                       resume=_state_of(live, done_through_seq) if advance else None,
-                                      gap_states=_gap_states(session_gaps), claimed=True)
+                                      gap_states=_gap_states(session_gaps), claimed=True,
+                                      unheard=_unfilled(session_gaps) if advance else ())
         if advance:
             live.done_ms = max(live.done_ms, round(window.through_ms))
             live.stream.resume_ms = max(live.stream.resume_ms, window.through_ms)
@@ -748,6 +763,15 @@ def _sooner(a: float | None, b: float | None) -> float | None:
 
 def _unfilled(gaps: list[Gap]) -> list[tuple[int, int]]:
     return [(g.from_seq, g.to_seq) for g in gaps if not g.filled]
+
+
+def _in_gap(gaps: list[tuple[int, int]], seq: int) -> bool:
+    return any(low <= seq <= high for low, high in gaps)
+
+
+def _missing_gap_at(gaps: list[Gap], seq: int) -> Gap | None:
+    """An unfilled gap of missing chunks that begins at `seq` (a failed window's chunks were read: they are read again)."""
+    return next((g for g in gaps if g.from_seq == seq and not g.filled and g.reason == "missing"), None)
 
 
 def _state_of(live: _Live, seq: int) -> tuple[int, bytes] | None:

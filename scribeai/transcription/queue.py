@@ -250,19 +250,22 @@ class StreamQueue:
             )).scalar_one_or_none()
         return None if start is None else int(start)
 
-    async def resume_point(self, session_id: str, gaps: Sequence[tuple[int, int]]) -> int:
+    async def resume_point(self, session_id: str, gaps: Sequence[tuple[int, int]],
+                           unfilled: Sequence[tuple[int, int]]) -> int:
         """The seq to read from: the last stream start before the first chunk not yet read through.
 
-        That is the first unfinished chunk, or an earlier sequence that never arrived and was not
-        given up as a gap (the stream cannot have gone past it: later chunks arrived first).
+        That is the first unfinished chunk outside the `unfilled` gaps (as `first_unfinished`: their chunks are
+        late fills'), or an earlier sequence that never arrived and was not given up as one of the `gaps` (the
+        stream cannot have gone past it: later chunks arrived first); with none, the chunk after the last.
         """
+        first = await self.first_unfinished(session_id, unfilled)
         async with self.db.read() as s:
-            first = (await s.execute(
-                select(func.min(col(Chunk.seq))).where(col(Chunk.session_id) == session_id,
-                                                       col(Chunk.status).in_(ChunkStatus.UNFINISHED))
-            )).scalar_one_or_none()
             if first is None:
-                return 0
+                last = (await s.execute(select(func.max(col(Chunk.seq))).where(col(Chunk.session_id) == session_id))
+                        ).scalar_one_or_none()
+                if last is None:
+                    return 0
+                first = int(last) + 1
             present = set((await s.execute(
                 select(col(Chunk.seq)).where(col(Chunk.session_id) == session_id, col(Chunk.seq) < first)
             )).scalars())
@@ -303,13 +306,15 @@ class StreamQueue:
     async def commit(self, session_id: str, segments: Sequence[TranscriptSegment], done_ms: int,
                      done_through_seq: int, from_seq: int, gaps: list[dict[str, Any]], *,
                      resume: tuple[int, bytes] | None = None,
-                     gap_states: Sequence[tuple[int, bytes]] | None = None, claimed: bool = False) -> list[TranscriptSegment]:
+                     gap_states: Sequence[tuple[int, bytes]] | None = None, claimed: bool = False,
+                     unheard: Sequence[tuple[int, int]] = ()) -> list[TranscriptSegment]:
         """Store a window's segments, advance the stream and finish the chunks it covered, in one transaction.
 
         `resume` is the reading state after the last chunk now done (the stream's new resume point);
         `gap_states` those of the unfilled gaps (any other gap state is dropped). `claimed`: only while this
-        node holds the stream (else LeaseLost, and nothing is stored). Returns the segments that were new (a
-        window redone after a crash inserts nothing twice).
+        node holds the stream (else LeaseLost, and nothing is stored). `unheard`: (from, to) seq ranges whose
+        chunks this window does not finish (unfilled gaps: their late fill does). Returns the segments that
+        were new (a window redone after a crash inserts nothing twice).
         """
         inserted: list[TranscriptSegment] = []
         advance = update(TranscriptStream).where(col(TranscriptStream.session_id) == session_id)
@@ -335,7 +340,8 @@ class StreamQueue:
                     inserted.append(segment)
             await s.execute(
                 update(Chunk).where(col(Chunk.session_id) == session_id, col(Chunk.seq) >= from_seq,
-                                    col(Chunk.seq) <= done_through_seq, col(Chunk.status) == ChunkStatus.TRANSCRIBING)
+                                    col(Chunk.seq) <= done_through_seq, col(Chunk.status) == ChunkStatus.TRANSCRIBING,
+                                    *[not_(col(Chunk.seq).between(low, high)) for low, high in unheard])
                 .values(status=ChunkStatus.DONE, transcribed_at=utcnow(), error=None)
             )
         return inserted

@@ -8,27 +8,33 @@ the stream stores nothing more of it (the commit is fenced by the claim).
 The kill tests run two real `scribeai serve` processes with different NODE_IDs on one database (a SQLite file, or
 PostgreSQL), both transcribing through tests/whisper_api.py (the bundled whisper behind an OpenAI-compatible API) so
 that the holder is SIGKILLed while it is inside a window (its request held there), with TRANSCRIBE_LEASE_S left at
-120 s: the survivor must finish the transcript while the dead node's recorded lease still runs.
+120 s: the survivor must finish the transcript while the dead node's recorded lease still runs. The fence is
+tested the same way: the holder SIGSTOPped inside a window past its heartbeat, woken once the other node has taken
+the stream (and is itself inside a window, its request held), must store nothing of its window.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import hashlib
+import signal
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from sqlalchemy import text
 
 from scribeai.db import Database
 from scribeai.models import TranscriptSegment, utcnow
 from scribeai.transcription.queue import LeaseLost, StreamQueue
-from tests.conftest import RunningServer, ServerFactory, chunk
-from tests.speech import MEETING, spoken_blobs, word_recall
+from tests.conftest import RunningServer, ServerFactory, chunk, token_for
+from tests.speech import MEETING, normalize, spoken_blobs, word_recall
 from tests.test_crash import ServerProcess
-from tests.test_recovery_kills import EPOCH, TIMEOUT_S, rows, send, statuses
+from tests.test_recovery_kills import EPOCH, TIMEOUT_S, USER, rows, send, statuses
 from tests.test_recovery_kills import api, database_url  # noqa: F401 (fixtures: the whisper API, each database)
 from tests.whisper_api import WhisperAPI
 
@@ -192,3 +198,123 @@ async def test_the_claim_follows_heartbeats_and_a_lost_claim_stores_nothing(
     held = await rows(db, "SELECT claimed_by FROM transcript_stream WHERE session_id = :s", s=SESSION)
     assert held == [("b",)]
     assert await b.commit(SESSION, [segment], 900, 0, 0, [], claimed=True) == [segment]
+
+
+@contextmanager
+def sigstopped(process: ServerProcess) -> Iterator[None]:
+    """The server's process frozen (SIGSTOP) for the block, and always let go again (SIGCONT) when the block ends."""
+    proc = process.proc
+    assert proc is not None and proc.poll() is None
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+
+
+async def alive_until(db: Database, node: str) -> Any:
+    found = await rows(db, "SELECT alive_until FROM transcriber_node WHERE node_id = :n", n=node)
+    return found[0][0] if found else None
+
+
+async def heartbeats(db: Database, node: ServerProcess, name: str, count: int) -> None:
+    """Until the node has written `count` more heartbeats: returns just after the last (the next is a quarter of
+    TRANSCRIBE_TAKEOVER_S away), so the node is between database writes."""
+    for _ in range(count):
+        seen = await alive_until(db, name)
+
+        async def moved(seen: Any = seen) -> bool:
+            return bool(await alive_until(db, name) != seen)
+
+        await wait(f"a heartbeat of {name}", moved, node)
+
+
+async def stored(db: Database) -> dict[str, Any]:
+    """What the session's transcription has stored: segments, the stream's progress, reading states, chunk statuses."""
+    return {
+        "segments": [tuple(r) for r in await rows(
+            db, "SELECT start_ms, end_ms, text, seq, from_seq FROM segment WHERE session_id = :s ORDER BY start_ms",
+            s=SESSION)],
+        "stream": [tuple(r) for r in await rows(
+            db, "SELECT done_ms, gaps, attempts, error, updated_at FROM transcript_stream WHERE session_id = :s",
+            s=SESSION)],
+        "checkpoints": [(kind, seq, hashlib.sha256(bytes(state)).hexdigest()[:16]) for kind, seq, state in await rows(
+            db, "SELECT kind, seq, state FROM stream_checkpoint WHERE session_id = :s ORDER BY kind, seq", s=SESSION)],
+        "chunks": await statuses(db),
+    }
+
+
+async def stop_session(node: ServerProcess) -> None:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token_for(USER)}"}) as http:
+        async with http.post(f"{node.url}/api/sessions/{SESSION}/stop", json={}) as response:
+            assert response.status == 200, await response.text()
+
+
+@pytest.mark.timeout(300)
+async def test_a_holder_frozen_past_its_heartbeat_stores_nothing_of_its_window_once_taken_over(
+        nodes: dict[str, ServerProcess], db: Database, api: WhisperAPI, blobs: list[bytes]) -> None:
+    """The fence with real processes: the holder is SIGSTOPped inside a window (its request held), the other node
+    takes the stream once its heartbeat has stopped and is inside the same stretch (its request held too); the
+    holder then wakes to its window's words and must store nothing of them, say it leaves the stream, and not take
+    the stream back from the node holding it."""
+    for node in nodes.values():
+        node.settings["TRANSCRIBE_TAKEOVER_S"] = "3"
+        await node.start()
+    api.hold(1)  # whichever node claims the session: its second window is where it freezes
+    await send(nodes["node-a"], blobs, range(len(blobs)))
+    await stop_session(nodes["node-a"])  # the next holder reads the rest (24 chunks) in one turn
+    await api.arrived(2)
+    holder, _ = await claim(db)
+    assert holder in nodes, holder
+    taker = next(name for name in nodes if name != holder)
+    frozen, other = nodes[holder], nodes[taker]
+    # frozen just after a heartbeat, and more than a second after its last window's commit (the SQLite search
+    # indexer's write for it is done): between its database writes, so it holds no lock the other node waits on
+    await heartbeats(db, frozen, holder, 3)
+    with sigstopped(frozen):
+        # The held window is answered now, into the frozen process's socket: it reads the words when it wakes. The
+        # next request (the taker's first window, from the same stored resume point) is held in its place.
+        api.release()
+        api.hold(2)
+
+        async def taken() -> bool:
+            return (await claim(db))[0] == taker
+
+        await wait(f"the stream taken by {taker}", taken, other)
+        await api.arrived(3)  # the taker is inside its first window, holding the stream
+        before = await stored(db)
+    # SIGCONT: the woken holder commits its window's words to a stream it no longer holds
+
+    def left() -> int:
+        return frozen.log_path.read_text(errors="replace").count(
+            f"the stream of session {SESSION} is no longer this node's ({holder}); leaving it to its new holder")
+
+    async def done_with_its_window() -> bool:
+        return left() > 0 or await stored(db) != before
+
+    await wait(f"{holder} done with its window", done_with_its_window, frozen)
+    assert await stored(db) == before  # nothing of the window stored (the taker is held: nothing else wrote)
+    assert left() == 1, frozen.log()
+    await heartbeats(db, frozen, holder, 2)  # awake a while: its worker looked for work again (at once, then each 1 s)
+    assert (await claim(db))[0] == taker, frozen.log()  # it did not take the stream back from the node inside a window
+    assert len(api.requests) == 3, frozen.log()  # nor began any window again
+    api.release()
+
+    async def completed() -> bool:
+        found = await rows(db, "SELECT completed_at FROM recording_session WHERE id = :s", s=SESSION)
+        return found[0][0] is not None
+
+    await wait("the session completed", completed, *nodes.values())
+    await check_transcript(db, len(blobs))
+    # the held window's words (those said once in the meeting, heard in both its requests) are there once: the
+    # taker's, not the holder's too
+    once = {word for word in normalize(REFERENCE) if normalize(REFERENCE).count(word) == 1}
+    window = once & set(normalize(api.requests[1].text or "")) & set(normalize(api.requests[2].text or ""))
+    heard = normalize(" ".join(said for (said,) in await rows(
+        db, "SELECT text FROM segment WHERE session_id = :s ORDER BY start_ms", s=SESSION)))
+    assert window and {word: heard.count(word) for word in window} == {word: 1 for word in window}, (window, heard)
+    # the holder never held the stream again (a claim rebuilds it: its stream was dropped when it left)
+    after_leaving = frozen.log_path.read_text().split("leaving it to its new holder", 1)[1]
+    assert "stream read on from chunk" not in after_leaving, frozen.log()
+    assert "(from its checkpoint)" in other.log_path.read_text(), other.log()

@@ -194,6 +194,13 @@ async def test_the_claim_follows_heartbeats_and_a_lost_claim_stores_nothing(
     with pytest.raises(LeaseLost):
         await a.commit(SESSION, [segment], 900, 0, 0, [], claimed=True)
     assert await server.services.pipeline.segments_after(SESSION, None) == []
+    # nor does a's request that failed for good meanwhile fail the chunks, nor reopen them with its gaps
+    with pytest.raises(LeaseLost):
+        await a.fail_chunks(SESSION, [0], "the model refused it")
+    with pytest.raises(LeaseLost):
+        await a.reopen_after(SESSION, -1, [{"fromSeq": 0, "toSeq": 0}])
+    assert await rows(db, "SELECT status, error FROM chunk WHERE session_id = :s", s=SESSION) == [("pending", None)]
+    assert await rows(db, "SELECT gaps FROM transcript_stream WHERE session_id = :s", s=SESSION) == [("[]",)]
     await a.heartbeat([SESSION])  # a comes back to life: its heartbeat does not take the stream back
     held = await rows(db, "SELECT claimed_by FROM transcript_stream WHERE session_id = :s", s=SESSION)
     assert held == [("b",)]

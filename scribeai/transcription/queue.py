@@ -299,9 +299,21 @@ class StreamQueue:
                 error=reason, next_attempt_at=utcnow() + timedelta(seconds=seconds)))
 
     async def fail_chunks(self, session_id: str, seqs: Sequence[int], reason: str) -> None:
+        """Chunks that failed for good, while this node holds the stream (else LeaseLost, and nothing changes:
+        a holder that stalled in a request that then failed must not fail chunks its successor has done)."""
         async with self.db.write() as s:
+            await self._still_held(s, session_id)
             await s.execute(update(Chunk).where(col(Chunk.session_id) == session_id, col(Chunk.seq).in_(list(seqs)))
                             .values(status=ChunkStatus.FAILED, error=reason[:2000], transcribed_at=utcnow()))
+
+    async def _still_held(self, s: Any, session_id: str) -> None:
+        """In the caller's transaction: this node holds the stream (its row is locked until the transaction ends),
+        or LeaseLost."""
+        held = await s.execute(update(TranscriptStream).where(col(TranscriptStream.session_id) == session_id,
+                                                              col(TranscriptStream.claimed_by) == self.node_id)
+                               .values(updated_at=utcnow()))
+        if not affected(held):
+            raise LeaseLost(f"the stream of session {session_id} is no longer this node's ({self.node_id})")
 
     async def commit(self, session_id: str, segments: Sequence[TranscriptSegment], done_ms: int,
                      done_through_seq: int, from_seq: int, gaps: list[dict[str, Any]], *,
@@ -358,8 +370,10 @@ class StreamQueue:
                             .on_conflict_do_nothing(index_elements=["session_id", "kind", "seq"]))
 
     async def reopen_after(self, session_id: str, seq: int, gaps: list[dict[str, Any]]) -> None:
-        """Chunks after `seq` that failed for want of its header go back to pending; the stream keeps `gaps`."""
+        """Chunks after `seq` that failed for want of its header go back to pending; the stream keeps `gaps`.
+        Only while this node holds the stream (else LeaseLost, and nothing changes)."""
         async with self.db.write() as s:
+            await self._still_held(s, session_id)
             await s.execute(update(Chunk).where(col(Chunk.session_id) == session_id, col(Chunk.seq) > seq,
                                                 col(Chunk.status) == ChunkStatus.FAILED, col(Chunk.deleted_at).is_(None))
                             .values(status=ChunkStatus.PENDING, error=None, next_attempt_at=utcnow()))

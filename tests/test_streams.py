@@ -332,3 +332,56 @@ async def test_a_recorder_that_goes_quiet_gets_its_words_without_the_idle_flush(
         name, *data = await client.receive(timeout=60)
         if name == "transcriptSegment":
             heard |= words(data[0]["text"])
+
+
+def _read_with_holes(stream: SessionStream, pieces: list[bytes], missing: set[int], until_seq: int | None = None) -> None:
+    """Feed chunks from `stream.next_seq` on as the pipeline does: a gap where chunks are missing."""
+    for seq in range(stream.next_seq, len(pieces) if until_seq is None else until_seq + 1):
+        if seq in missing:
+            continue
+        if seq > stream.next_seq:
+            stream.gap(stream.next_seq, seq - 1)
+        stream.feed(ChunkBytes(seq, pieces[seq], "audio/webm;codecs=opus", 1.7e12 + seq * 1000))
+
+
+def test_packets_skipped_before_the_resume_point_still_place_gaps_and_chunk_ends() -> None:
+    """A stream read again from its header (resume_ms past a missing chunk) skips the packets long done without
+    decoding them, but they are on the timeline all the same: the gap it finds there has the missing chunk's own span
+    (not from where the read began to where decoding began), and each chunk's end is where it was."""
+    pieces = blobs("ts1000")
+    whole = SessionStream(_Tape(), Timing(1.7e12, 15000))  # type: ignore[arg-type]
+    _read_with_holes(whole, pieces, {3})
+    resume_ms = whole.chunk_end_ms[5]  # chunk 4 and most of 5 are long done: not even decoded
+    again = SessionStream(_Tape(), Timing(1.7e12, 15000), resume_ms=resume_ms)  # type: ignore[arg-type]
+    _read_with_holes(again, pieces, {3})
+    assert [(g.from_seq, g.to_seq) for g in again.gaps] == [(3, 3)]
+    (expected,), (found,) = whole.gaps, again.gaps
+    assert (found.start_ms, found.end_ms) == pytest.approx((expected.start_ms, expected.end_ms), abs=1.5)
+    assert expected.end_ms is not None and 900 <= expected.end_ms - expected.start_ms <= 1200  # chunk 3's own second
+    assert sorted(again.chunk_end_ms) == sorted(whole.chunk_end_ms) == [0, 1, 2, 4, 5, 6, 7]
+    assert again.chunk_end_ms == pytest.approx(whole.chunk_end_ms, abs=1.5)
+    assert again.end_ms == pytest.approx(whole.end_ms, abs=1.5)
+    assert min(start for start, _ in again.windower.pieces) >= resume_ms - 400 - 20  # type: ignore[attr-defined]
+
+
+def test_a_late_fill_resumed_past_a_hole_counts_the_chunks_it_skipped_as_filled() -> None:
+    """A late fill killed midway goes on from its stored windows (gap.done_ms, past a chunk still missing): the
+    chunks before that hole, all long done, are filled; the hole keeps its own span; nothing is read twice."""
+    from scribeai.transcription.pipeline import _split_gap
+
+    pieces = blobs("ts1000")
+    whole = SessionStream(_Tape(), Timing(1.7e12, 15000))  # type: ignore[arg-type]
+    _read_with_holes(whole, pieces, {4})
+    main = SessionStream(_Tape(), Timing(1.7e12, 15000))  # type: ignore[arg-type]
+    _read_with_holes(main, pieces, {2, 3, 4, 5})  # chunks 2..5 skipped by the stream, 2, 3 and 5 come late
+    (gap,) = main.gaps
+    assert gap.checkpoint is not None and gap.end_ms is not None
+    gap.done_ms = whole.chunk_end_ms[5] - 300  # the killed fill's windows went past the hole at 4, into chunk 5
+    side = SessionStream.resumed(_Tape(), gap.checkpoint, resume_ms=gap.done_ms, until_ms=gap.end_ms)  # type: ignore[arg-type]
+    _read_with_holes(side, pieces, {4}, until_seq=6)
+    pieces_after = _split_gap(gap, side, None)
+    assert [(g.from_seq, g.to_seq, g.filled) for g in pieces_after] == [(2, 3, True), (4, 4, False), (5, 5, True)]
+    hole = pieces_after[1]
+    (expected,) = whole.gaps
+    assert (hole.start_ms, hole.end_ms) == pytest.approx((expected.start_ms, expected.end_ms), abs=1.5)
+    assert (pieces_after[0].start_ms, pieces_after[0].end_ms) == (gap.start_ms, hole.start_ms)

@@ -228,8 +228,9 @@ class SessionStream:
         if self._clock_ms is None or abs(at - self._clock_ms) > JUMP_MS:
             self._clock_ms = at
         if at + (packet.duration_ms or 20.0) < self.resume_ms - WARMUP_MS:
-            self._clock_ms = at + (packet.duration_ms or 20.0)
-            return []  # long done: not even decoded
+            # long done: not even decoded, but on the timeline as if it were (gaps found here, chunk ends, end_ms)
+            self._advance(at, at + (packet.duration_ms or 20.0), packet.seq)
+            return []
         if current.decoder is None:
             if current.demuxer.config is None:
                 return []
@@ -241,15 +242,19 @@ class SessionStream:
         pcm = current.decoder.decode(packet)
         return self._add(pcm, packet.seq)
 
-    def _add(self, pcm: NDArray[np.float32], seq: int) -> list[Window]:
-        start = self._clock_ms if self._clock_ms is not None else self.end_ms
-        end = start + len(pcm) * 1000 / RATE
+    def _advance(self, start: float, end: float, seq: int) -> None:
+        """Chunk `seq` placed audio at start..end, decoded or not: the timeline's bookkeeping."""
         self._clock_ms = end
         for gap in self.gaps:
-            if gap.end_ms is None:
+            if gap.end_ms is None and gap.to_seq < seq:  # a gap kept ahead of a read from the header ends after it
                 gap.end_ms = start
         self.chunk_end_ms[seq] = max(end, self.chunk_end_ms.get(seq, 0.0))
         self.end_ms = max(self.end_ms, end)
+
+    def _add(self, pcm: NDArray[np.float32], seq: int) -> list[Window]:
+        start = self._clock_ms if self._clock_ms is not None else self.end_ms
+        end = start + len(pcm) * 1000 / RATE
+        self._advance(start, end, seq)
         if end <= self.resume_ms or start >= self.until_ms or len(pcm) == 0:
             return []
         if end > self.until_ms:

@@ -148,6 +148,20 @@ def outside_hole(seqs: range) -> list[int]:
     return [seq for seq in seqs if seq not in HOLE]
 
 
+async def transcribed_but_for_the_hole(server: ServerProcess, db: Database, blobs: list[bytes]) -> dict[str, Any]:
+    """The server started and sent every chunk but the hole's; returns the gap once it is skipped with its state
+    stored and every chunk sent is done (the whisper requests from then on are the fill's)."""
+    await server.start()
+    await send(server, blobs, outside_hole(range(len(blobs))))
+    gap = await until(server, lambda: skipped_gap(db), "the hole skipped with its state stored")
+
+    async def settled() -> bool:
+        return set((await statuses(db)).values()) == {"done"} and len(await statuses(db)) == len(blobs) - len(HOLE)
+
+    await until(server, settled, "the session transcribed but for the hole")
+    return dict(gap)
+
+
 async def skipped_gap(db: Database) -> dict[str, Any] | None:
     """The hole, recorded as a gap of the stream with its reading state from before it, once it is."""
     gaps = [g for g in await stream_gaps(db) if (g["fromSeq"], g["toSeq"]) == (HOLE[0], HOLE[-1]) and not g["filled"]]
@@ -207,14 +221,7 @@ async def test_a_kill_in_the_middle_of_a_late_fill_is_redone_once(
         server: ServerProcess, db: Database, api: WhisperAPI, blobs: list[bytes], window: int, database_url: str) -> None:
     if window == 0 and not database_url.startswith("sqlite"):
         pytest.skip("the fill's first window once is enough (its second covers PostgreSQL's commit path)")
-    await server.start()
-    await send(server, blobs, outside_hole(range(len(blobs))))
-    gap = await until(server, lambda: skipped_gap(db), "the hole skipped with its state stored")
-
-    async def settled() -> bool:  # every chunk sent is done: the requests from now on are the fill's
-        return set((await statuses(db)).values()) == {"done"} and len(await statuses(db)) == len(blobs) - len(HOLE)
-
-    await until(server, settled, "the session transcribed but for the hole")
+    gap = await transcribed_but_for_the_hole(server, db, blobs)
     first = len(api.requests)
     api.hold(first + window)
     await send(server, blobs, HOLE)
@@ -364,14 +371,7 @@ async def test_a_hole_a_resumed_fill_finds_past_its_stored_windows_keeps_its_own
     if not database_url.startswith("sqlite"):
         pytest.skip("the fill's reading is the same on both databases (the kill tests above cover PostgreSQL's commits)")
     missing = 14
-    await server.start()
-    await send(server, blobs, outside_hole(range(len(blobs))))
-    gap = await until(server, lambda: skipped_gap(db), "the hole skipped with its state stored")
-
-    async def settled() -> bool:  # every chunk sent is done: the requests from now on are the fill's
-        return set((await statuses(db)).values()) == {"done"} and len(await statuses(db)) == len(blobs) - len(HOLE)
-
-    await until(server, settled, "the session transcribed but for the hole")
+    gap = await transcribed_but_for_the_hole(server, db, blobs)
     index = len(api.requests)
     api.hold(index)
     await send(server, blobs, [seq for seq in HOLE if seq != missing])

@@ -37,6 +37,13 @@ async function tickAll(mediaRecorder) {
   while (mediaRecorder.tick()) await new Promise((resolve) => setTimeout(resolve, 5));
 }
 
+/** Start `rec`, hand over every blob (one per timeslice), stop: stop()'s result. */
+async function recordAll(rec, timeoutMs = 10000) {
+  await rec.start(fakeStream());
+  await tickAll(FakeMediaRecorder.instances[0]);
+  return rec.stop({ timeoutMs });
+}
+
 describe("Recorder against a real server", { skip }, () => {
   test("every blob of a recording is stored once, in order, and stop() reports nothing missing", async () => {
     const blobs = await timesliceBlobs();
@@ -107,9 +114,7 @@ describe("Recorder against a real server", { skip }, () => {
     FakeMediaRecorder.blobs = blobs;
     const rec = recorder({ sessionId: `lib-${randomUUID()}`, ...freshDB(), socketOptions: { transports: ["polling"] } });
     const connections = collect(rec, "connection");
-    await rec.start(fakeStream());
-    await tickAll(FakeMediaRecorder.instances[0]);
-    const result = await rec.stop({ timeoutMs: 10000 });
+    const result = await recordAll(rec);
     assert.equal(connections[0].transport, "polling");
     assert.equal(result.drained, true);
     assert.equal(result.reply.totalChunks, 4);
@@ -183,9 +188,7 @@ describe("Recorder against a real server whose transcription is slow (MAX_QUEUE_
     const levels = collect(rec, "backpressure");
     const retries = collect(rec, "retry");
     const errors = collect(rec, "error");
-    await rec.start(fakeStream());
-    await tickAll(FakeMediaRecorder.instances[0]);
-    const result = await rec.stop({ timeoutMs: 30000 });
+    const result = await recordAll(rec, 30000);
     t.diagnostic(`backpressure ${levels.map((l) => l.level).join(",")}; retries ${retries.map((r) => `${r.sequence}:${r.code}`).join(",")}`);
     assert.deepEqual(errors, []);
     // the server did push back (its queue of one was full), and the recorder waited instead of dropping
@@ -218,9 +221,7 @@ describe("Recorder against a real server with MAX_CHUNK_BYTES=64 KiB", { skip: S
       const acks = collect(rec, "ack");
       const errors = collect(rec, "error");
       const connections = collect(rec, "connection");
-      await rec.start(fakeStream());
-      await tickAll(FakeMediaRecorder.instances[0]);
-      const result = await rec.stop({ timeoutMs: 10000 });
+      const result = await recordAll(rec);
 
       // the connection was never closed: the huge chunk was refused here (the handshake's maxPayload), never sent
       assert.deepEqual(connections, [{ connected: true, transport }]);

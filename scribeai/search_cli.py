@@ -63,10 +63,9 @@ _KINDS = {"summary": "(summary) ", "keyPoint": "(key point) ", "actionItem": "(a
 
 
 def _clock(ms: int | None) -> str:
-    if ms is None:
-        return "--:--:--"
-    seconds = ms // 1000
-    return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    from scribeai.transcripts import clock
+
+    return "--:--:--" if ms is None else clock(ms)
 
 
 def _plain(snippet: str) -> str:

@@ -339,9 +339,7 @@ def _at(item: dict[str, Any]) -> str:
     start = item.get("startMs")
     if start is None:
         return ""
-    minutes, seconds = divmod(int(start) // 1000, 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"[{hours:02d}:{minutes:02d}:{seconds:02d}] "
+    return f"[{transcripts.clock(int(start))}] "
 
 
 

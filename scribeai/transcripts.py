@@ -21,6 +21,11 @@ def _clock(ms: int, separator: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{seconds:02d}{separator}{millis:03d}"
 
 
+def clock(ms: int) -> str:
+    """hh:mm:ss on the recording's timeline (the txt and md exports' times, a summary item's, a search result's)."""
+    return _clock(ms, ".")[:-4]
+
+
 def _cues(segments: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     # Cues must not run backwards or overlap for players: clamp each start to the previous end.
     cues, last_end = [], 0
@@ -44,13 +49,13 @@ def render(segments: Sequence[dict[str, Any]], fmt: str) -> str:
     """Segments in seq order (wire shape) as `txt`, `srt`, `vtt` or `md` (a list, times first)."""
     cues = _cues(segments)
     if fmt == "txt":
-        return "".join(f"[{_clock(c['start'], '.')[:-4]}] {c['text']}\n" for c in cues)
+        return "".join(f"[{clock(c['start'])}] {c['text']}\n" for c in cues)
     if fmt == "srt":
         return "\n".join(
             f"{i}\n{_clock(c['start'], ',')} --> {_clock(c['end'], ',')}\n{c['text']}\n" for i, c in enumerate(cues, 1)
         )
     if fmt == "md":
-        return "".join(f"- [{_clock(c['start'], '.')[:-4]}] {markdown_text(c['text'])}\n" for c in cues)
+        return "".join(f"- [{clock(c['start'])}] {markdown_text(c['text'])}\n" for c in cues)
     if fmt == "vtt":
         body = "\n".join(f"{_clock(c['start'], '.')} --> {_clock(c['end'], '.')}\n{c['text']}\n" for c in cues)
         return "WEBVTT\n\n" + body

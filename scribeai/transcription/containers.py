@@ -1125,7 +1125,7 @@ def _webm_run(data: bytes, i: int) -> bool:
             assert size is not None
             if eid in _BLOCKS and not _audio_block(data, i + length, size):
                 return False
-            if i + length + size > len(data) and (eid not in _BLOCKS or size > _MAX_BLOCK):
+            if i + length + size > len(data) and eid not in _BLOCKS:
                 return False  # what the chunk's end cuts is the next chunk's to finish: a block, not a leap
             i += length + size
             blocks += eid in _BLOCKS and i <= len(data)

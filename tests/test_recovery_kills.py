@@ -174,12 +174,18 @@ async def everything_done(db: Database, count: int) -> bool:
         all(g["filled"] for g in await stream_gaps(db))
 
 
-async def check_transcript(db: Database, gap: dict[str, Any]) -> str:
-    """No segment overlaps another, the hole's words are there once (and inside the hole), the rest as spoken."""
+async def segments_in_order(db: Database) -> list[tuple[int, int, str]]:
+    """The session's segments (start, end, text) by start, asserting that none overlaps the next."""
     found = [(int(a), int(b), str(t)) for a, b, t in await rows(
         db, "SELECT start_ms, end_ms, text FROM segment WHERE session_id = :s ORDER BY start_ms", s=SESSION)]
     for (_, end, before), (start, _, after) in zip(found, found[1:]):
         assert start >= end, f"overlapping segments: {before!r} / {after!r} in {found}"
+    return found
+
+
+async def check_transcript(db: Database, gap: dict[str, Any]) -> str:
+    """No segment overlaps another, the hole's words are there once (and inside the hole), the rest as spoken."""
+    found = await segments_in_order(db)
     transcript = " ".join(t for _, _, t in found)
     heard = normalize(transcript)
     assert {word: heard.count(word) for word in HOLE_WORDS} == {word: 1 for word in HOLE_WORDS}, transcript
@@ -351,11 +357,7 @@ async def test_a_free_stream_with_chunks_left_transcribing_is_picked_up(
     await until(server, tail_done, "the tail transcribed")
     await send(server, blobs, range(tail, len(blobs)))  # and the recorder goes on where it was
     await until(server, lambda: everything_done(db, len(blobs)), "every chunk done")
-    found = [(int(a), int(b), str(t)) for a, b, t in await rows(
-        db, "SELECT start_ms, end_ms, text FROM segment WHERE session_id = :s ORDER BY start_ms", s=SESSION)]
-    for (_, end, before), (start, _, after) in zip(found, found[1:]):
-        assert start >= end, f"overlapping segments: {before!r} / {after!r}"
-    transcript = " ".join(t for _, _, t in found)
+    transcript = " ".join(t for _, _, t in await segments_in_order(db))
     assert word_recall(REFERENCE, transcript) >= 0.88, transcript
     assert {word: normalize(transcript).count(word) for word in HOLE_WORDS} == {word: 1 for word in HOLE_WORDS}, transcript
 
@@ -408,11 +410,7 @@ async def test_a_hole_a_resumed_fill_finds_past_its_stored_windows_keeps_its_own
         (gap, new)
     await send(server, blobs, [missing])
     await until(server, lambda: everything_done(db, len(blobs)), "every chunk done and the gaps filled")
-    found = [(int(a), int(b), str(t)) for a, b, t in await rows(
-        db, "SELECT start_ms, end_ms, text FROM segment WHERE session_id = :s ORDER BY start_ms", s=SESSION)]
-    for (_, end, before), (start, _, after) in zip(found, found[1:]):
-        assert start >= end, f"overlapping segments: {before!r} / {after!r} in {found}"
-    transcript = " ".join(t for _, _, t in found)
+    transcript = " ".join(t for _, _, t in await segments_in_order(db))
     heard = normalize(transcript)
     # "marketing" is cut by chunk 14's edges (its second transcribed alone is often misheard); the others come once
     assert {word: heard.count(word) for word in HOLE_WORDS[1:]} == {word: 1 for word in HOLE_WORDS[1:]}, transcript

@@ -306,6 +306,9 @@ class StreamQueue:
             await s.execute(update(Chunk).where(col(Chunk.session_id) == session_id, col(Chunk.seq).in_(list(seqs)))
                             .values(status=ChunkStatus.FAILED, error=reason[:2000], transcribed_at=utcnow()))
 
+    def _lost(self, session_id: str) -> LeaseLost:
+        return LeaseLost(f"the stream of session {session_id} is no longer this node's ({self.node_id})")
+
     async def _still_held(self, s: Any, session_id: str) -> None:
         """In the caller's transaction: this node holds the stream (its row is locked until the transaction ends),
         or LeaseLost."""
@@ -313,7 +316,7 @@ class StreamQueue:
                                                               col(TranscriptStream.claimed_by) == self.node_id)
                                .values(updated_at=utcnow()))
         if not affected(held):
-            raise LeaseLost(f"the stream of session {session_id} is no longer this node's ({self.node_id})")
+            raise self._lost(session_id)
 
     async def commit(self, session_id: str, segments: Sequence[TranscriptSegment], done_ms: int,
                      done_through_seq: int, from_seq: int, gaps: list[dict[str, Any]], *,
@@ -339,7 +342,7 @@ class StreamQueue:
                                attempts=0, gaps=json.dumps(gaps), error=None, updated_at=utcnow())
             )
             if claimed and not affected(advanced):
-                raise LeaseLost(f"the stream of session {session_id} is no longer this node's ({self.node_id})")
+                raise self._lost(session_id)
             if resume is not None:
                 await self._keep_states(s, session_id, CheckpointKind.RESUME, [resume])
             if gap_states is not None:

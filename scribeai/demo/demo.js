@@ -791,7 +791,7 @@ async function getJson(path) {
   const response = await api(path).catch(() => null);
   if (!response) return { error: navigator.onLine === false ? "this device has no network" : "the server does not answer" };
   if (!response.ok) return { error: await apiError(response), status: response.status };
-  return { body: await response.json() };
+  return { body: await response.json().catch(() => null) };  // null: cut short
 }
 
 function showSessionHeading(session) {
@@ -992,13 +992,11 @@ async function searchPage(cursor) {
   const url = `/api/search?${new URLSearchParams({ q: query, limit: String(SEARCH_LIMIT), ...(cursor ? { cursor } : {}) })}`;
   $("search-more").disabled = true;
   $("search-button").disabled = true;
-  const response = await api(url).catch(() => null);
+  const { body, error: problem, status } = await getJson(url);
   let error = null;
-  let body = null;
-  if (!response) error = navigator.onLine === false ? "Cannot search: this device has no network." : "Cannot search: the server does not answer.";
-  else if (!response.ok) error = searchProblem(response.status, await apiError(response));
-  else body = await response.json().catch(() => null);
-  if (response?.ok && !Array.isArray(body?.results)) error = "Cannot search: the server's answer was cut short; search again.";
+  if (status) error = searchProblem(status, problem);
+  else if (problem) error = `Cannot search: ${problem}.`;
+  else if (!Array.isArray(body?.results)) error = "Cannot search: the server's answer was cut short; search again.";
   if (generation !== searchGeneration) return;  // a newer search went out meanwhile: its answer is the one shown
   $("search-button").disabled = false;
   $("search-more").disabled = false;

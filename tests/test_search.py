@@ -200,9 +200,11 @@ async def test_the_index_outlives_the_audio(server: RunningServer, connect: Any)
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token_for('alice')}"}) as http:
         async with http.post(f"{server.url}/api/sessions/meeting/stop") as response:
             assert response.status == 200
-    async with server.services.db.write() as s:  # a model's summary of it, as stored before summaries were searched
-        s.add(SessionSummary(session_id="meeting", status="ready", method="llm", text="The forecast comes next week.",
-                             action_items=json.dumps([{"text": "Dana will send the forecast.", "startMs": 0, "endMs": 4000}])))
+    await summary_ready(server, "meeting")  # stopped with every chunk stored (TRANSCRIBER=none): completed, summarised
+    async with server.services.db.write() as s:  # made a model's summary, as stored before summaries were searched
+        await s.execute(update(SessionSummary).where(SessionSummary.session_id == "meeting").values(  # type: ignore[arg-type]
+            method="llm", text="The forecast comes next week.", key_points="[]",
+            action_items=json.dumps([{"text": "Dana will send the forecast.", "startMs": 0, "endMs": 4000}])))
     await server.services.db.create_all()  # the next start gives it its passages
     retention = Retention(server.services.db, server.settings)
     now = datetime.now(timezone.utc)

@@ -243,40 +243,42 @@ async def search(db: Database, user_id: str, query: Query, *, limit: int = DEFAU
                    else _pg_sql(source, tsquery, since, until, phrase=any(len(t.words) > 1 for g in query for t in g)))
             used = {k: v for k, v in {**params, "offset": offset}.items() if re.search(f":{k}\\b", sql)}
             statement = text(sql).bindparams(*(bindparam(k, type_=UTCDateTime()) for k in ("since", "until") if k in used))
-            rows = [dict(row) for row in (await s.execute(statement, used)).mappings().all()]
-            if db.is_sqlite and rows:
+            lists.append([dict(row) for row in (await s.execute(statement, used)).mappings().all()])
+        # The two lists merged by score (each keeps its own order; a tie goes to the segment): `limit` of them.
+        page: list[dict[str, Any]] = []
+        taken = [0, 0]
+        while len(page) < limit:
+            heads = [i for i in (0, 1) if taken[i] < min(len(lists[i]), limit)]
+            if not heads:
+                break
+            best = max(heads, key=lambda i: (float(lists[i][taken[i]]["score"]), -i))
+            page.append(lists[best][taken[best]])
+            taken[best] += 1
+        if db.is_sqlite:  # snippets of the rows shown only (PostgreSQL's query made its own)
+            for source in (SEGMENTS, PASSAGES):
+                shown = [row for row in page if (row["kind"] == "segment") == (source is SEGMENTS)]
+                if not shown:
+                    continue
                 snippets = {int(rid): str(snippet) for rid, snippet in (await s.execute(
                     text(f"SELECT rowid, snippet({source.fts}, 0, :on, :off, '…', :tokens) FROM {source.fts} "
                          f"WHERE {source.fts} MATCH :q AND rowid IN :rids").bindparams(bindparam("rids", expanding=True)),
                     {"on": _MARK_ON, "off": _MARK_OFF, "tokens": SNIPPET_TOKENS, "q": params["q"],
-                     "rids": [row["rid"] for row in rows[:limit]]})).all()}
-                for row in rows:
+                     "rids": [row["rid"] for row in shown]})).all()}
+                for row in shown:
                     row["snippet"] = snippets.get(row["rid"], "")
-            lists.append(rows)
-    # The two lists merged by score (each keeps its own order; a tie goes to the segment): `limit` of them.
-    page: list[dict[str, Any]] = []
-    taken = [0, 0]
-    while len(page) < limit:
-        heads = [i for i in (0, 1) if taken[i] < min(len(lists[i]), limit)]
-        if not heads:
-            break
-        best = max(heads, key=lambda i: (float(lists[i][taken[i]]["score"]), -i))
-        page.append(lists[best][taken[best]])
-        taken[best] += 1
-    parts = await _summary_parts(db, {row["session_id"] for row in page if row["kind"] == "segment"})
+        parts = await _summary_parts(s, {row["session_id"] for row in page if row["kind"] == "segment"})
     read = (cursor[0] + taken[0], cursor[1] + taken[1])
     more = any(len(rows) > n and start < RANK_WINDOW for rows, n, start in zip(lists, taken, read))
     return SearchPage([_result(row, parts) for row in page], encode_cursor(*read) if more else None)
 
 
-async def _summary_parts(db: Database, session_ids: set[str]) -> dict[str, list[tuple[str, int]]]:
+async def _summary_parts(s: Any, session_ids: set[str]) -> dict[str, list[tuple[str, int]]]:
     """The key points and action items of these sessions' summaries that have a time: (kind, startMs) each."""
     if not session_ids:
         return {}
-    async with db.read() as s:
-        rows = (await s.execute(select(col(SessionSummary.session_id), col(SessionSummary.key_points),
-                                       col(SessionSummary.action_items)).where(
-            col(SessionSummary.session_id).in_(session_ids), col(SessionSummary.status) == SummaryStatus.READY))).all()
+    rows = (await s.execute(select(col(SessionSummary.session_id), col(SessionSummary.key_points),
+                                   col(SessionSummary.action_items)).where(
+        col(SessionSummary.session_id).in_(session_ids), col(SessionSummary.status) == SummaryStatus.READY))).all()
     return {sid: [(kind, int(item["startMs"])) for kind, items in (("keyPoint", points), ("actionItem", actions))
                   for item in json.loads(items) if isinstance(item.get("startMs"), int)]
             for sid, points, actions in rows}
